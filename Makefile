@@ -1,0 +1,28 @@
+# `make demo` and `make test` work on a fresh machine with only Python and make:
+# each creates .venv, installs fedsock into it, and runs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: demo test venv lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[test,demo]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m fedsock demo
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check fedsock tests
+	$(PY) -m mypy --strict fedsock/protocol fedsock/aggregation
+
+clean:
+	rm -rf $(VENV) fedsock-demo fedsock-chief .pytest_cache .hypothesis

@@ -1,0 +1,3 @@
+from fedsock.cli import console
+
+console()

@@ -1,0 +1,24 @@
+"""Aggregation as pure numpy transforms (no TensorFlow, no I/O)."""
+
+from fedsock.aggregation.transforms import (
+    ChainState,
+    EmptyState,
+    Transform,
+    TraceState,
+    apply_delta,
+    chain,
+    fedavg,
+    fedavgm,
+    flatten_state,
+    identity,
+    scale,
+    trace,
+    unflatten_state,
+)
+from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
+
+__all__ = [
+    "ChainState", "EmptyState", "Transform", "TraceState", "WeightedSum", "apply_delta",
+    "chain", "empty_sum", "fedavg", "fedavgm", "flatten_state", "fold", "identity", "mean",
+    "scale", "trace", "unflatten_state",
+]

@@ -1,0 +1,120 @@
+"""Chief checkpoints: global weights, round and aggregation state, written atomically.
+
+Format: the 8-byte magic ``FSCKPT1\\n`` followed by one msgpack map::
+
+    {"round": int, "tensors": [spec...], "weights": [bin...],
+     "state": [{"dtype": str, "shape": [int...], "data": bin}...],
+     "meta": {str: any}}
+
+Written to a temp file, fsynced, then renamed over the target, and the
+directory fsynced: a crash leaves the old file or the new one, never a torn one.
+No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from fedsock.errors import ConfigError
+from fedsock.protocol.messages import TensorSpec
+from fedsock.protocol.tensors import raw_view
+
+MAGIC = b"FSCKPT1\n"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A saved global model."""
+
+    round: int
+    specs: tuple[TensorSpec, ...]
+    weights: list[np.ndarray]
+    state: list[np.ndarray]
+    meta: dict[str, Any]
+
+
+def _array_to_wire(a: np.ndarray) -> dict[str, Any]:
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": bytes(raw_view(a))}
+
+
+def _array_from_wire(obj: dict[str, Any]) -> np.ndarray:
+    dt = np.dtype(obj["dtype"]).newbyteorder("<")
+    return np.frombuffer(obj["data"], dtype=dt).reshape(obj["shape"]).copy()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via temp file + fsync + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save(path: Path, ckpt: Checkpoint) -> None:
+    """Write a checkpoint atomically."""
+    body = {
+        "round": ckpt.round,
+        "tensors": [s.to_wire() for s in ckpt.specs],
+        "weights": [bytes(raw_view(w)) for w in ckpt.weights],
+        "state": [_array_to_wire(np.asarray(a)) for a in ckpt.state],
+        "meta": ckpt.meta,
+    }
+    atomic_write(path, MAGIC + msgpack.packb(body, use_bin_type=True))
+
+
+def load(path: Path) -> Checkpoint:
+    """Read a checkpoint.
+
+    Raises:
+        ConfigError: not a fedsock checkpoint, or corrupt, naming the file.
+    """
+    data = Path(path).read_bytes()
+    if not data.startswith(MAGIC):
+        raise ConfigError(f"{path} is not a fedsock checkpoint (bad magic)")
+    try:
+        body = msgpack.unpackb(data[len(MAGIC):], raw=False, strict_map_key=True)
+        specs = tuple(TensorSpec.from_wire(s) for s in body["tensors"])
+        weights = [
+            np.frombuffer(b, dtype=np.dtype(s.dtype).newbyteorder("<")).reshape(s.shape).copy()
+            for s, b in zip(specs, body["weights"], strict=True)
+        ]
+        state = [_array_from_wire(a) for a in body["state"]]
+        return Checkpoint(int(body["round"]), specs, weights, state, dict(body["meta"]))
+    except Exception as exc:  # any decode failure means a corrupt file
+        raise ConfigError(f"{path} is corrupt: {exc}") from None
+
+
+def round_path(directory: Path, round_: int) -> Path:
+    """``<dir>/round-000042.fsck``."""
+    return directory / f"round-{round_:06d}.fsck"
+
+
+def prune(directory: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` round checkpoints."""
+    files = sorted(directory.glob("round-*.fsck"))
+    for f in files[: max(0, len(files) - keep)]:
+        f.unlink(missing_ok=True)
+
+
+def weights_to_npz(path: Path, specs: Sequence[TensorSpec], weights: Sequence[np.ndarray]) -> None:
+    """Save weights as an ``.npz`` keyed by tensor name (no pickle), atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{f"{i:04d}:{s.name}": w for i, (s, w) in enumerate(zip(specs, weights))})
+    atomic_write(path, buf.getvalue())

@@ -1,0 +1,66 @@
+"""The chief's settings (one dataclass; the CLI and ``fedsock.Chief`` fill it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsock import limits
+from fedsock.errors import ConfigError
+
+
+@dataclass
+class ChiefConfig:
+    """Everything a chief run is configured by.
+
+    Attributes:
+        host: address to listen on.
+        port: TCP port (0 picks a free one; the chief logs it).
+        state_dir: key, certificate, token, checkpoints, metrics, final model.
+        rounds: rounds of federated averaging before ``Done``.
+        min_workers: workers needed to start, and updates needed to close a
+            round at its deadline.
+        round_timeout: seconds after which a round with ``min_workers``
+            updates closes without waiting for the rest.
+        model: ``.keras`` file or ``module:function``; None = bring your own
+            (the first worker's weights become round 0).
+        eval_data: holdout shard directory evaluated after every round
+            (needs ``model``).
+        sync_every: local steps between syncs (sent to workers in the plan).
+        batch_size: local batch size (sent to workers in the plan).
+        advertise: host name workers should use, for the printed command line.
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 7777
+    state_dir: Path = Path("fedsock-chief")
+    rounds: int = 10
+    min_workers: int = 2
+    round_timeout: float = 300.0
+    model: str | None = None
+    eval_data: Path | None = None
+    sync_every: int = 50
+    batch_size: int = 32
+    advertise: str | None = None
+    handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
+    idle_timeout: float = limits.IDLE_TIMEOUT_S
+    heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S
+    keep_checkpoints: int = 5
+    done_grace: float = 10.0
+
+    def validate(self) -> None:
+        """Raises ConfigError for values that cannot work."""
+        if self.rounds < 1:
+            raise ConfigError("--rounds must be at least 1")
+        if self.min_workers < 1:
+            raise ConfigError("--min-workers must be at least 1")
+        if self.round_timeout <= 0:
+            raise ConfigError("--round-timeout must be positive")
+        if self.sync_every < 1 or self.batch_size < 1:
+            raise ConfigError("--sync-every and --batch-size must be at least 1")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port} is not a TCP port")
+        if self.eval_data is not None and self.model is None:
+            raise ConfigError(
+                "--eval-data needs --model: without an architecture the chief cannot evaluate"
+            )

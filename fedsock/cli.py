@@ -1,0 +1,140 @@
+"""``fedsock chief|worker|shard|demo``; ``chief.py`` and ``worker.py`` are the same commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedsock.errors import FedsockError
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def chief_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=7777, help="TCP port (default 7777; 0 picks a free one)")
+    p.add_argument("--state-dir", type=Path, default=Path("fedsock-chief"),
+                   help="key, certificate, token, checkpoints, metrics.jsonl, final model")
+    p.add_argument("--rounds", type=int, default=10, help="rounds of federated averaging")
+    p.add_argument("--min-workers", type=int, default=2,
+                   help="workers needed to start, and updates needed to close a round at its deadline")
+    p.add_argument("--round-timeout", type=float, default=300.0,
+                   help="seconds after which a round with --min-workers updates closes")
+    p.add_argument("--model", help="a .keras file or module:function returning a compiled model; "
+                   "without it the first worker's weights become round 0")
+    p.add_argument("--eval-data", type=Path, help="holdout shard evaluated after each round (needs --model)")
+    p.add_argument("--sync-every", type=int, default=50, help="local steps between syncs")
+    p.add_argument("--batch-size", type=int, default=32, help="local batch size")
+    p.add_argument("--advertise", help="host name workers use to reach this chief (for the printed command)")
+
+
+def worker_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chief", required=True, help="HOST:PORT of the chief")
+    p.add_argument("--data", type=Path, required=True, help="shard directory with .npz files (x, y)")
+    p.add_argument("--token", help="join token printed by the chief (default: $FEDSOCK_TOKEN)")
+    p.add_argument("--name", help="name shown in the chief's logs (default: host-pid)")
+    p.add_argument("--model", help="your own model (.keras or module:function) when the chief has none")
+    p.add_argument("--connect-timeout", type=float, default=60.0,
+                   help="seconds to keep retrying an unreachable chief (default 60)")
+
+
+def shard_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--workers", type=int, default=3, help="number of worker shards")
+    p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | labels:K")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=float, default=0.2, help="share of examples kept for the chief")
+
+
+def demo_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", type=Path, default=Path("fedsock-demo"), help="where shards, state and the plot go")
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--partition", default="dirichlet:0.5")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser(prog: str = "fedsock") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Federated averaging for Keras over TLS.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chief_parser(sub.add_parser("chief", help="run the chief (server)"))
+    worker_parser(sub.add_parser("worker", help="run a worker"))
+    shard_parser(sub.add_parser("shard", help="split the bundled digits data into worker shards"))
+    demo_parser(sub.add_parser("demo", help="chief + workers on 127.0.0.1 with real digits data"))
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "chief":
+        from fedsock.chief import Chief, ChiefConfig
+
+        cfg = ChiefConfig(
+            host=args.host, port=args.port, state_dir=args.state_dir, rounds=args.rounds,
+            min_workers=args.min_workers, round_timeout=args.round_timeout, model=args.model,
+            eval_data=args.eval_data, sync_every=args.sync_every, batch_size=args.batch_size,
+            advertise=args.advertise,
+        )
+        Chief(cfg).run()
+        return 0
+    if args.command == "worker":
+        from fedsock.worker.run import run_worker
+
+        run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
+                   connect_timeout=args.connect_timeout)
+        return 0
+    if args.command == "shard":
+        from fedsock.data import Partition, split_digits
+
+        sizes = split_digits(args.out, args.workers, Partition.parse(args.partition), args.seed, args.holdout)
+        for name, n in sizes.items():
+            print(f"{args.out / name}: {n} examples")
+        return 0
+    if args.command == "demo":
+        from fedsock.demo import run_demo
+
+        return run_demo(args.workdir, args.workers, args.rounds, args.partition, args.seed)
+    raise AssertionError(args.command)
+
+
+COMMANDS = {"chief": chief_parser, "worker": worker_parser, "shard": shard_parser, "demo": demo_parser}
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str | None = None) -> int:
+    """Console entry point. Returns the exit code.
+
+    With ``command`` (as in ``chief.py``), ``argv`` holds only that command's options.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if command is None:
+        args = build_parser(prog).parse_args(argv)
+    else:
+        parser = argparse.ArgumentParser(prog=prog, description=f"fedsock {command}")
+        parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        COMMANDS[command](parser)
+        args = parser.parse_args(argv)
+        args.command = command
+    _setup_logging(args.verbose)
+    try:
+        return run(args)
+    except FedsockError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def console() -> None:
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""fedsock's exceptions, split by blame.
+
+Every fedsock error derives from :class:`FedsockError` and carries a message a
+user can act on.
+"""
+
+from __future__ import annotations
+
+
+class FedsockError(Exception):
+    """Base class of every error fedsock raises on purpose."""
+
+
+class LocalProtocolError(FedsockError):
+    """Our caller misused the protocol API (e.g. sent a message out of order)."""
+
+
+class RemoteProtocolError(FedsockError):
+    """The peer sent something malformed, oversized or out of order.
+
+    Attributes:
+        code: the wire error code to send back in an ``Error`` message.
+    """
+
+    def __init__(self, message: str, code: str = "protocol_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PeerError(FedsockError):
+    """The peer sent us an ``Error`` message (its code and text are kept)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.text = message
+
+
+class AuthenticationError(FedsockError):
+    """Authentication failed: wrong token, wrong chief certificate."""
+
+
+class ConnectError(FedsockError):
+    """The chief could not be reached within the retry budget."""
+
+
+class ConfigError(FedsockError):
+    """Invalid command-line options, token, data or model for this run."""

@@ -1,0 +1,117 @@
+"""Keras at the edge: loading, describing and rebuilding models.
+
+Only this module, ``fedsock.worker.keras`` and the chief's evaluator import
+TensorFlow/Keras, and only when called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsock.errors import ConfigError
+from fedsock.protocol import TensorSpec, specs_of
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def import_keras() -> Any:
+    """Import Keras quietly (TensorFlow logs a lot at import)."""
+    import keras
+
+    return keras
+
+
+def load_model(spec: str) -> Any:
+    """Load ``--model``: a ``.keras`` file or ``module:function`` returning a compiled model.
+
+    Raises:
+        ConfigError: the file/module/function does not exist or returns no model.
+    """
+    keras = import_keras()
+    if spec.endswith(".keras"):
+        if not Path(spec).is_file():
+            raise ConfigError(f"model file {spec} does not exist")
+        return keras.saving.load_model(spec, safe_mode=True)
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ConfigError(f"--model {spec!r}: use a .keras file or module:function")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--model {spec!r}: {exc}") from None
+    model = func()
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"--model {spec!r} returned {type(model).__name__}, not a keras.Model")
+    if getattr(model, "optimizer", None) is None:
+        raise ConfigError(f"--model {spec!r} returned an uncompiled model; call model.compile(...)")
+    return model
+
+
+def tensor_names(model: Any) -> list[str]:
+    """Names of ``model.get_weights()`` tensors, e.g. ``hidden/kernel``."""
+    return [getattr(v, "path", None) or v.name for v in model.weights]
+
+
+def describe(model: Any) -> tuple[str, str | None, tuple[TensorSpec, ...], list[np.ndarray]]:
+    """The model's JSON config, compile config (JSON), tensor specs and weights."""
+    weights = model.get_weights()
+    compile_cfg = model.get_compile_config() if model.optimizer is not None else None
+    return (
+        model.to_json(),
+        json.dumps(compile_cfg) if compile_cfg else None,
+        specs_of(weights, tensor_names(model)),
+        weights,
+    )
+
+
+def rebuild(model_json: str, compile_json: str | None) -> Any:
+    """Rebuild a model sent by the chief, in Keras safe mode (no lambdas, no arbitrary code).
+
+    Raises:
+        ConfigError: the config cannot be deserialized safely.
+    """
+    keras = import_keras()
+    try:
+        model = keras.saving.deserialize_keras_object(json.loads(model_json), safe_mode=True)
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"config describes a {type(model).__name__}, not a Model")
+        if compile_json:
+            model.compile_from_config(json.loads(compile_json))
+    except Exception as exc:  # Keras raises many types for bad configs
+        raise ConfigError(f"cannot build the chief's model: {exc}") from None
+    return model
+
+
+def check_data_fits(model: Any, x: np.ndarray, y: np.ndarray) -> None:
+    """Check a shard against the model before any training.
+
+    Raises:
+        ConfigError: naming the expected and the actual shapes / classes.
+    """
+    expected = tuple(model.inputs[0].shape[1:]) if model.inputs else None
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        raise ConfigError(
+            f"data does not fit the model: model expects inputs of shape "
+            f"{('N',) + tuple(expected)}, the shard has x of shape {x.shape}"
+        )
+    out = model.outputs[0].shape[-1] if model.outputs else None
+    if out is not None and y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(y):
+        if y.min() < 0 or y.max() >= out:
+            raise ConfigError(
+                f"data does not fit the model: model has {out} output classes (0..{out - 1}), "
+                f"the shard has labels {int(y.min())}..{int(y.max())}"
+            )
+
+
+def evaluate(model: Any, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Holdout metrics under their Keras names (``loss``, ``accuracy``, ...)."""
+    model.set_weights(list(weights))
+    res = model.evaluate(x, y, batch_size=256, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in res.items()}

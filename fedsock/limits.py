@@ -1,0 +1,57 @@
+"""Every limit fedsock enforces, in one place.
+
+protocol.md lists the same numbers; a test checks that the two agree.
+Limits on peer input are checked *before* memory is allocated for it.
+"""
+
+from __future__ import annotations
+
+# --- framing -------------------------------------------------------------
+#: Largest frame body a peer may announce, in bytes. Checked on the 8-byte
+#: header, before a single byte of the body is buffered.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: Tensor data is sent in chunks of at most this many bytes (< MAX_FRAME_BYTES,
+#: leaving room for the chunk's msgpack envelope).
+CHUNK_BYTES = 4 * 1024 * 1024
+
+# --- message bodies (msgpack) -------------------------------------------
+#: Longest string in any message body (names, messages, JSON model configs).
+MAX_STR_BYTES = 4 * 1024 * 1024
+#: Most items in any msgpack array in a message body.
+MAX_ARRAY_ITEMS = 100_000
+#: Most keys in any msgpack map in a message body.
+MAX_MAP_ITEMS = 10_000
+#: Deepest nesting of arrays/maps in a message body.
+MAX_NESTING = 32
+#: Longest worker name in Hello.
+MAX_NAME_BYTES = 128
+
+# --- tensors -------------------------------------------------------------
+#: Most tensors in one set of weights.
+MAX_TENSORS = 10_000
+#: Most elements in one tensor.
+MAX_TENSOR_ELEMENTS = 2**31
+#: Most dimensions of one tensor.
+MAX_TENSOR_RANK = 8
+#: Most bytes in one set of weights (all tensors together).
+MAX_MODEL_BYTES = 64 * 1024**3
+
+# --- time ----------------------------------------------------------------
+#: Seconds a new connection has to complete TLS + Hello/Challenge/Auth.
+HANDSHAKE_TIMEOUT_S = 10.0
+#: Seconds of silence after which a peer is considered gone. Both sides send
+#: a Heartbeat every HEARTBEAT_INTERVAL_S while they have nothing else to say.
+IDLE_TIMEOUT_S = 60.0
+HEARTBEAT_INTERVAL_S = 10.0
+
+# --- admission -----------------------------------------------------------
+#: Most connections that have not yet authenticated, at once.
+MAX_UNAUTHENTICATED = 64
+#: Most authenticated workers at once.
+MAX_WORKERS = 1024
+
+# --- authentication ------------------------------------------------------
+#: Bytes of the chief's random challenge nonce.
+NONCE_BYTES = 32
+#: Bytes of the join secret in a token.
+SECRET_BYTES = 32

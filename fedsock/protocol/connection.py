@@ -1,0 +1,339 @@
+"""The connection state machine: bytes in, events out; events in, bytes out.
+
+No I/O happens here (model: h11). The caller feeds received bytes with
+``receive_data`` and pulls events with ``next_event``; it turns its own
+messages into bytes with ``send``. Which message may come when is decided by
+one table, ``ALLOWED``; everything the peer gets wrong raises
+``RemoteProtocolError`` and nothing else.
+
+Conversation (W = worker, C = chief)::
+
+    HELLO --W:Hello--> CHALLENGE --C:Challenge--> AUTH --W:Auth--> WELCOME
+    WELCOME --C:Welcome(+chunks)--> ESTABLISHED
+    ESTABLISHED: W may send Update(+chunks), Heartbeat;
+                 C may send Global(+chunks), Heartbeat, Done(+chunks)
+    Error from either side, at any time, ends that side's sending; during
+    the handshake it ends the conversation. Done ends the chief's sending.
+
+A weights message (Welcome, Update, Global, Done) is followed by exactly the
+chunks its tensor specs announce, in order (tensor by tensor, offset by
+offset); the receiver gets the message, its ``Chunk`` events, then an
+``EndOfMessage``. While a sender streams chunks it may send nothing else
+except ``Error``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Union
+
+from fedsock import limits
+from fedsock.errors import LocalProtocolError, RemoteProtocolError
+from fedsock.protocol import frames
+from fedsock.protocol.frames import Kind
+from fedsock.protocol.messages import (
+    CLASSES,
+    WEIGHTS_KINDS,
+    Chunk,
+    EndOfMessage,
+    Error,
+    Hello,
+    Message,
+    TensorSpec,
+)
+
+
+class Role(enum.Enum):
+    """Which end of the conversation a ``Connection`` is."""
+
+    CHIEF = "chief"
+    WORKER = "worker"
+
+
+class Phase(enum.Enum):
+    """Where the conversation is."""
+
+    HELLO = "hello"
+    CHALLENGE = "challenge"
+    AUTH = "auth"
+    WELCOME = "welcome"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+class NeedData(enum.Enum):
+    """Sentinel: ``next_event`` needs more bytes."""
+
+    NEED_DATA = "need_data"
+
+
+NEED_DATA = NeedData.NEED_DATA
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The peer closed the connection cleanly, at a frame boundary."""
+
+
+Event = Union[Message, EndOfMessage, ConnectionClosed]
+
+#: (sender, phase) -> {kind: phase after it}. Error is allowed everywhere and
+#: handled apart; Chunk is governed by the open stream, not by this table.
+ALLOWED: dict[tuple[Role, Phase], dict[Kind, Phase]] = {
+    (Role.WORKER, Phase.HELLO): {Kind.HELLO: Phase.CHALLENGE},
+    (Role.CHIEF, Phase.CHALLENGE): {Kind.CHALLENGE: Phase.AUTH},
+    (Role.WORKER, Phase.AUTH): {Kind.AUTH: Phase.WELCOME},
+    (Role.CHIEF, Phase.WELCOME): {Kind.WELCOME: Phase.ESTABLISHED},
+    (Role.WORKER, Phase.ESTABLISHED): {
+        Kind.UPDATE: Phase.ESTABLISHED,
+        Kind.HEARTBEAT: Phase.ESTABLISHED,
+    },
+    (Role.CHIEF, Phase.ESTABLISHED): {
+        Kind.GLOBAL: Phase.ESTABLISHED,
+        Kind.HEARTBEAT: Phase.ESTABLISHED,
+        Kind.DONE: Phase.ESTABLISHED,  # and the chief's sending ends
+    },
+}
+
+
+@dataclass
+class _Stream:
+    """Chunks still expected for one weights message."""
+
+    of: Kind
+    sizes: list[int]
+    finishes: bool = False  # the sender's side ends with this message (Done)
+    tensor: int = 0
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        self._skip_empty()
+
+    def _skip_empty(self) -> None:
+        while self.tensor < len(self.sizes) and self.offset >= self.sizes[self.tensor]:
+            self.tensor += 1
+            self.offset = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.tensor >= len(self.sizes)
+
+    def check(self, chunk: Chunk) -> str | None:
+        """Why ``chunk`` is not the next one expected, or None if it is."""
+        if self.complete:
+            return "chunk after the last tensor"
+        if chunk.tensor != self.tensor or chunk.offset != self.offset:
+            return (
+                f"expected chunk of tensor {self.tensor} at offset {self.offset}, "
+                f"got tensor {chunk.tensor} at offset {chunk.offset}"
+            )
+        remaining = self.sizes[self.tensor] - self.offset
+        if not 0 < len(chunk.data) <= remaining:
+            return f"chunk of {len(chunk.data)} bytes where 1..{remaining} were expected"
+        return None
+
+    def advance(self, nbytes: int) -> None:
+        self.offset += nbytes
+        self._skip_empty()
+
+
+@dataclass
+class _Side:
+    """What one sender may still do."""
+
+    stream: _Stream | None = None
+    finished: bool = False  # sent Error, or (chief) Done
+
+
+@dataclass
+class Connection:
+    """One end of a fedsock conversation, without I/O.
+
+    Args:
+        role: which end this is.
+        max_frame: largest frame body accepted from the peer.
+    """
+
+    role: Role
+    max_frame: int = limits.MAX_FRAME_BYTES
+    phase: Phase = Phase.HELLO
+    _sides: dict[Role, _Side] = field(default_factory=lambda: {r: _Side() for r in Role})
+    _buf: bytearray = field(default_factory=bytearray)
+    _eof: bool = False
+    _failed: RemoteProtocolError | None = None
+    _header: tuple[Kind, int] | None = None
+    #: Size (header + body) of the last frame decoded, for byte accounting.
+    last_frame_bytes: int = 0
+
+    @property
+    def peer_role(self) -> Role:
+        return Role.WORKER if self.role is Role.CHIEF else Role.CHIEF
+
+    @property
+    def they_finished(self) -> bool:
+        """The peer has sent its last message (Error, or the chief's Done)."""
+        return self._sides[self.peer_role].finished
+
+    @property
+    def we_finished(self) -> bool:
+        return self._sides[self.role].finished
+
+    # --- state table ------------------------------------------------------
+
+    def _transition(self, sender: Role, msg: Message) -> None:
+        """Apply ``msg`` sent by ``sender`` to the state, or raise ValueError."""
+        side = self._sides[sender]
+        kind = msg.kind
+        if side.finished:
+            raise ValueError(f"{kind.name} after the {sender.value} ended its side")
+        if kind is Kind.ERROR:
+            side.finished = True
+            side.stream = None
+            if self.phase is not Phase.ESTABLISHED:
+                self.phase = Phase.CLOSED
+            return
+        if side.stream is not None:
+            if kind is not Kind.CHUNK:
+                raise ValueError(
+                    f"{kind.name} while the chunks of {side.stream.of.name} are still due"
+                )
+            assert isinstance(msg, Chunk)
+            why = side.stream.check(msg)
+            if why:
+                raise ValueError(why)
+            side.stream.advance(len(msg.data))
+            return
+        if kind is Kind.CHUNK:
+            raise ValueError("CHUNK outside a weights message")
+        nxt = ALLOWED.get((sender, self.phase), {}).get(kind)
+        if nxt is None:
+            raise ValueError(f"{sender.value} may not send {kind.name} in phase {self.phase.value}")
+        self.phase = nxt
+        if kind in WEIGHTS_KINDS:
+            specs: tuple[TensorSpec, ...] = msg.tensors  # type: ignore[union-attr]
+            side.stream = _Stream(kind, [s.nbytes for s in specs], finishes=kind is Kind.DONE)
+
+    def _end_of_message(self, sender: Role) -> EndOfMessage | None:
+        side = self._sides[sender]
+        if side.stream is not None and side.stream.complete:
+            of = side.stream.of
+            side.finished = side.stream.finishes
+            side.stream = None
+            return EndOfMessage(of)
+        return None
+
+    # --- sending ----------------------------------------------------------
+
+    def send(self, msg: Message) -> bytes:
+        """Turn one of our messages into the bytes of its frame.
+
+        Raises:
+            LocalProtocolError: the message is not allowed now.
+        """
+        if self._failed is not None and not isinstance(msg, Error):
+            raise LocalProtocolError("connection failed; only an Error and closing are left")
+        try:
+            self._transition(self.role, msg)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        self._end_of_message(self.role)
+        if isinstance(msg, Chunk):
+            data = msg.data
+            body_prefix = _chunk_prefix(msg.tensor, msg.offset, len(data))
+            return b"".join(
+                (frames.encode_header(Kind.CHUNK, len(body_prefix) + len(data)), body_prefix, data)
+            )
+        body = frames.pack_body(msg.to_body())
+        return frames.encode_header(msg.kind, len(body)) + body
+
+    def sending_weights(self) -> bool:
+        """True while we owe chunks of a weights message."""
+        return self._sides[self.role].stream is not None
+
+    # --- receiving --------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed."""
+        if data:
+            if self._eof:
+                raise LocalProtocolError("data after end of stream")
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | NeedData:
+        """The next event from the peer, or ``NEED_DATA``.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; the connection
+                is unusable afterwards (every later call raises it again).
+        """
+        if self._failed is not None:
+            raise self._failed
+        sender = self.peer_role
+        eom = self._end_of_message(sender)
+        if eom is not None:
+            return eom
+        try:
+            return self._next_frame(sender)
+        except RemoteProtocolError as exc:
+            self._failed = exc
+            raise
+        except Exception as exc:  # noqa: BLE001 - the fuzzing invariant: only RemoteProtocolError
+            self._failed = RemoteProtocolError(f"undecodable input: {exc!r}", code="bad_frame")
+            raise self._failed from None
+
+    def _next_frame(self, sender: Role) -> Event | NeedData:
+        if self._header is None:
+            if len(self._buf) < frames.HEADER_BYTES:
+                return self._at_eof(partial=bool(self._buf))
+            self._header = frames.decode_header(self._buf[: frames.HEADER_BYTES], self.max_frame)
+        kind, length = self._header
+        end = frames.HEADER_BYTES + length
+        if len(self._buf) < end:
+            return self._at_eof(partial=True)
+        body = memoryview(self._buf)[frames.HEADER_BYTES : end]
+        try:
+            msg = CLASSES[kind].from_body(frames.unpack_body(body))
+        finally:
+            body.release()
+        del self._buf[:end]
+        self._header = None
+        self.last_frame_bytes = end
+        if isinstance(msg, Hello) and msg.version != frames.VERSION:
+            raise RemoteProtocolError(
+                f"peer speaks protocol version {msg.version}, this side speaks {frames.VERSION}",
+                code="unsupported_version",
+            )
+        try:
+            self._transition(sender, msg)
+        except ValueError as exc:
+            raise RemoteProtocolError(str(exc), code="out_of_order") from None
+        return msg
+
+    def _at_eof(self, partial: bool) -> ConnectionClosed | NeedData:
+        if not self._eof:
+            return NEED_DATA
+        if partial:
+            raise RemoteProtocolError("connection closed in the middle of a frame", code="bad_frame")
+        if self._sides[self.peer_role].stream is not None:
+            raise RemoteProtocolError(
+                "connection closed in the middle of a weights message", code="bad_frame"
+            )
+        return ConnectionClosed()
+
+
+def _chunk_prefix(tensor: int, offset: int, length: int) -> bytes:
+    """The msgpack bytes of ``{"t": tensor, "o": offset, "d": <bin length>}``
+    up to (not including) the binary payload, so data can be sent unpacked."""
+    import struct
+
+    head = frames.pack_body({"t": tensor, "o": offset})
+    # head starts with fixmap(2) 0x82; rewrite as fixmap(3) and append key "d".
+    return b"\x83" + head[1:] + b"\xa1d" + b"\xc6" + struct.pack(">I", length)
+
+
+def make_error(exc: RemoteProtocolError) -> Error:
+    """The Error message that answers a peer's protocol violation."""
+    return Error(code=exc.code, message=str(exc))

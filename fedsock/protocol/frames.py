@@ -1,0 +1,138 @@
+"""Frame layer: an 8-byte header followed by a msgpack body.
+
+```
+offset size field
+0      2    magic    b"FS" (0x46 0x53)
+2      1    version  protocol version, 1
+3      1    kind     message kind (see ``Kind``)
+4      4    length   body length in bytes, unsigned big-endian
+```
+
+The header is checked (magic, version, kind, length <= limit) before the body
+is buffered, so a peer cannot make us allocate more than the frame limit.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Any
+
+import msgpack
+
+from fedsock import limits
+from fedsock.errors import RemoteProtocolError
+
+MAGIC = b"FS"
+VERSION = 1
+HEADER = struct.Struct(">2sBBI")
+HEADER_BYTES = HEADER.size  # 8
+
+
+class Kind(enum.IntEnum):
+    """The message kind byte of a frame header."""
+
+    HELLO = 1
+    CHALLENGE = 2
+    AUTH = 3
+    WELCOME = 4
+    UPDATE = 5
+    GLOBAL = 6
+    HEARTBEAT = 7
+    DONE = 8
+    ERROR = 9
+    CHUNK = 10
+
+
+def encode_header(kind: Kind, length: int) -> bytes:
+    """Return the 8-byte header of a frame whose body is ``length`` bytes."""
+    return HEADER.pack(MAGIC, VERSION, int(kind), length)
+
+
+def decode_header(header: bytes | bytearray | memoryview, max_body: int) -> tuple[Kind, int]:
+    """Parse and check a frame header.
+
+    Args:
+        header: exactly ``HEADER_BYTES`` bytes.
+        max_body: the largest body length accepted.
+
+    Returns:
+        The message kind and the body length.
+
+    Raises:
+        RemoteProtocolError: bad magic, unsupported version, unknown kind or a
+            body longer than ``max_body``.
+    """
+    magic, version, kind, length = HEADER.unpack(bytes(header))
+    if magic != MAGIC:
+        raise RemoteProtocolError(
+            f"not a fedsock frame (magic {magic!r}, expected {MAGIC!r}); "
+            "is the peer speaking another protocol?",
+            code="bad_frame",
+        )
+    if version != VERSION:
+        raise RemoteProtocolError(
+            f"unsupported protocol version {version}; this side speaks {VERSION}",
+            code="unsupported_version",
+        )
+    try:
+        k = Kind(kind)
+    except ValueError:
+        raise RemoteProtocolError(f"unknown message kind {kind}", code="bad_frame") from None
+    if length > max_body:
+        raise RemoteProtocolError(
+            f"frame body of {length} bytes exceeds the limit of {max_body} bytes",
+            code="frame_too_large",
+        )
+    return k, length
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
+def pack_body(body: dict[str, Any]) -> bytes:
+    """Serialize a message body (a map with string keys) with msgpack."""
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def unpack_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Decode a message body with explicit limits.
+
+    Raises:
+        RemoteProtocolError: for any malformed, oversized, too deeply nested or
+            non-map body, or an ext type. Never any other exception.
+    """
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=limits.MAX_STR_BYTES,
+            max_bin_len=limits.MAX_FRAME_BYTES,
+            max_array_len=limits.MAX_ARRAY_ITEMS,
+            max_map_len=limits.MAX_MAP_ITEMS,
+            max_ext_len=0,
+            ext_hook=_reject_ext,
+        )
+    except Exception as exc:  # msgpack may raise many types; all are the peer's fault
+        raise RemoteProtocolError(f"malformed message body: {exc}", code="bad_frame") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("message body is not a map", code="bad_frame")
+    _check_depth(obj, limits.MAX_NESTING)
+    return obj
+
+
+def _check_depth(obj: Any, budget: int) -> None:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > budget:
+            raise RemoteProtocolError(
+                f"message nested deeper than {budget} levels", code="bad_frame"
+            )
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)

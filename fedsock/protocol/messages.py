@@ -1,0 +1,418 @@
+"""The messages of protocol v1 and their msgpack bodies.
+
+Each message is a frozen dataclass. ``to_body`` gives the map that is packed
+into a frame; ``from_body`` validates a decoded map from a peer and raises
+``RemoteProtocolError`` for anything that does not fit the contract.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+from fedsock import limits
+from fedsock.errors import RemoteProtocolError
+from fedsock.protocol.frames import Kind
+
+#: dtypes allowed on the wire (always little-endian).
+DTYPES = frozenset(
+    {
+        "float16", "float32", "float64",
+        "int8", "int16", "int32", "int64",
+        "uint8", "uint16", "uint32", "uint64",
+        "bool",
+    }
+)
+ITEMSIZE = {
+    "float16": 2, "float32": 4, "float64": 8,
+    "int8": 1, "int16": 2, "int32": 4, "int64": 8,
+    "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
+    "bool": 1,
+}
+
+#: Error codes carried by ``Error.code``.
+ERROR_CODES = frozenset(
+    {
+        "bad_frame",            # undecodable frame or body
+        "frame_too_large",      # header announced more than MAX_FRAME_BYTES
+        "unsupported_version",  # protocol version not spoken here
+        "out_of_order",         # message not allowed in the current state
+        "bad_message",          # well-formed msgpack, wrong fields or types
+        "limit_exceeded",       # too many tensors, elements, bytes, ...
+        "auth_failed",          # wrong token / HMAC
+        "signature_mismatch",   # tensor names/shapes/dtypes differ from the model
+        "invalid_weights",      # NaN or Inf in an update
+        "timeout",              # peer too slow (handshake, idle)
+        "busy",                 # chief at capacity
+        "shutdown",             # chief is stopping
+        "internal",             # a bug on the sender's side
+    }
+)
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if name not in body:
+        raise RemoteProtocolError(f"{what}: missing field {name!r}", code="bad_message")
+    value = body[name]
+    # bool is a subclass of int; never accept it where an int is wanted.
+    if kind is int and isinstance(value, bool):
+        raise RemoteProtocolError(f"{what}: field {name!r} must be int", code="bad_message")
+    if not isinstance(value, kind):
+        tname = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise RemoteProtocolError(
+            f"{what}: field {name!r} must be {tname}, got {type(value).__name__}",
+            code="bad_message",
+        )
+    return value
+
+
+def _nonneg(value: int, name: str, what: str) -> int:
+    if value < 0 or value > 2**63 - 1:
+        raise RemoteProtocolError(f"{what}: field {name!r} out of range", code="bad_message")
+    return value
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Number of bytes of its raw little-endian data."""
+        return self.size * ITEMSIZE[self.dtype]
+
+    def describe(self) -> str:
+        """Human form, e.g. ``'dense/kernel' float32[64, 10]``."""
+        return f"{self.name!r} {self.dtype}{list(self.shape)}"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> TensorSpec:
+        what = "tensor spec"
+        if not isinstance(obj, dict):
+            raise RemoteProtocolError(f"{what} must be a map", code="bad_message")
+        name = _field(obj, "name", str, what)
+        dtype = _field(obj, "dtype", str, what)
+        shape = _field(obj, "shape", list, what)
+        if len(name.encode()) > limits.MAX_NAME_BYTES * 4:
+            raise RemoteProtocolError(f"{what}: name too long", code="limit_exceeded")
+        if dtype not in DTYPES:
+            raise RemoteProtocolError(f"{what}: unsupported dtype {dtype!r}", code="bad_message")
+        if len(shape) > limits.MAX_TENSOR_RANK:
+            raise RemoteProtocolError(
+                f"{what}: rank {len(shape)} exceeds {limits.MAX_TENSOR_RANK}",
+                code="limit_exceeded",
+            )
+        size = 1
+        for dim in shape:
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+                raise RemoteProtocolError(f"{what}: bad dimension {dim!r}", code="bad_message")
+            size *= dim
+            if size > limits.MAX_TENSOR_ELEMENTS:
+                raise RemoteProtocolError(
+                    f"{what}: {name!r} has more than {limits.MAX_TENSOR_ELEMENTS} elements",
+                    code="limit_exceeded",
+                )
+        return cls(name, dtype, tuple(shape))
+
+
+def specs_to_wire(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+    return [s.to_wire() for s in specs]
+
+
+def specs_from_wire(body: dict[str, Any], what: str) -> tuple[TensorSpec, ...]:
+    raw = _field(body, "tensors", list, what)
+    if len(raw) > limits.MAX_TENSORS:
+        raise RemoteProtocolError(
+            f"{what}: {len(raw)} tensors exceed the limit of {limits.MAX_TENSORS}",
+            code="limit_exceeded",
+        )
+    specs = tuple(TensorSpec.from_wire(t) for t in raw)
+    total = sum(s.nbytes for s in specs)
+    if total > limits.MAX_MODEL_BYTES:
+        raise RemoteProtocolError(
+            f"{what}: {total} bytes of weights exceed the limit of {limits.MAX_MODEL_BYTES}",
+            code="limit_exceeded",
+        )
+    return specs
+
+
+# --- messages ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Worker -> chief, first message: who is speaking, what it can do."""
+
+    kind: ClassVar[Kind] = Kind.HELLO
+    name: str
+    version: int = 1
+    capabilities: tuple[str, ...] = ()
+
+    def to_body(self) -> dict[str, Any]:
+        return {"version": self.version, "name": self.name, "capabilities": list(self.capabilities)}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Hello:
+        version = _field(b, "version", int, "Hello")
+        name = _field(b, "name", str, "Hello")
+        caps = _field(b, "capabilities", list, "Hello")
+        if len(name.encode()) > limits.MAX_NAME_BYTES:
+            raise RemoteProtocolError(
+                f"Hello: name longer than {limits.MAX_NAME_BYTES} bytes", code="limit_exceeded"
+            )
+        if not all(isinstance(c, str) for c in caps):
+            raise RemoteProtocolError("Hello: capabilities must be strings", code="bad_message")
+        return cls(name=name, version=version, capabilities=tuple(caps))
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """Chief -> worker: a fresh random nonce to authenticate against."""
+
+    kind: ClassVar[Kind] = Kind.CHALLENGE
+    nonce: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Challenge:
+        nonce = _field(b, "nonce", bytes, "Challenge")
+        if len(nonce) != limits.NONCE_BYTES:
+            raise RemoteProtocolError(
+                f"Challenge: nonce must be {limits.NONCE_BYTES} bytes", code="bad_message"
+            )
+        return cls(nonce)
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Worker -> chief: HMAC-SHA256 proving knowledge of the join secret."""
+
+    kind: ClassVar[Kind] = Kind.AUTH
+    mac: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {"mac": self.mac}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Auth:
+        mac = _field(b, "mac", bytes, "Auth")
+        if len(mac) != 32:
+            raise RemoteProtocolError("Auth: mac must be 32 bytes", code="bad_message")
+        return cls(mac)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The training plan the chief hands to workers."""
+
+    rounds: int
+    sync_every: int
+    batch_size: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "sync_every": self.sync_every, "batch_size": self.batch_size}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Plan:
+        if not isinstance(obj, dict):
+            raise RemoteProtocolError("Welcome: plan must be a map", code="bad_message")
+        vals = [_field(obj, k, int, "plan") for k in ("rounds", "sync_every", "batch_size")]
+        if vals[0] < 0 or vals[1] < 1 or vals[2] < 1:
+            raise RemoteProtocolError("plan: values out of range", code="bad_message")
+        return cls(*vals)
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Chief -> worker: accepted. Followed by the global weights' chunks.
+
+    ``round`` is the round of the global weights that follow (0 = initial).
+    With no global model yet (bring-your-own-model), ``tensors`` is empty and
+    the worker proposes its weights with ``Update(round=0)``.
+    """
+
+    kind: ClassVar[Kind] = Kind.WELCOME
+    worker_id: int
+    round: int
+    plan: Plan
+    tensors: tuple[TensorSpec, ...] = ()
+    model: str | None = None
+    compile: str | None = None
+    has_weights: bool = False
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "round": self.round,
+            "plan": self.plan.to_wire(),
+            "model": self.model,
+            "compile": self.compile,
+            "has_weights": self.has_weights,
+            "tensors": specs_to_wire(self.tensors),
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Welcome:
+        w = "Welcome"
+        model = _field(b, "model", (str, type(None)), w)
+        comp = _field(b, "compile", (str, type(None)), w)
+        return cls(
+            worker_id=_nonneg(_field(b, "worker_id", int, w), "worker_id", w),
+            round=_nonneg(_field(b, "round", int, w), "round", w),
+            plan=Plan.from_wire(_field(b, "plan", dict, w)),
+            tensors=specs_from_wire(b, w),
+            model=model,
+            compile=comp,
+            has_weights=_field(b, "has_weights", bool, w),
+        )
+
+
+@dataclass(frozen=True)
+class Update:
+    """Worker -> chief: weights after local training. Followed by chunks."""
+
+    kind: ClassVar[Kind] = Kind.UPDATE
+    round: int
+    num_examples: int
+    tensors: tuple[TensorSpec, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "num_examples": self.num_examples,
+            "metrics": dict(self.metrics),
+            "tensors": specs_to_wire(self.tensors),
+        }
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Update:
+        w = "Update"
+        metrics = _field(b, "metrics", dict, w)
+        for k, v in metrics.items():
+            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise RemoteProtocolError("Update: metrics must map str to number", code="bad_message")
+        return cls(
+            round=_nonneg(_field(b, "round", int, w), "round", w),
+            num_examples=_nonneg(_field(b, "num_examples", int, w), "num_examples", w),
+            tensors=specs_from_wire(b, w),
+            metrics={k: float(v) for k, v in metrics.items()},
+        )
+
+
+@dataclass(frozen=True)
+class Global:
+    """Chief -> worker: the aggregated weights of ``round``. Followed by chunks."""
+
+    kind: ClassVar[Kind] = Kind.GLOBAL
+    round: int
+    tensors: tuple[TensorSpec, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "tensors": specs_to_wire(self.tensors)}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Global:
+        return cls(
+            round=_nonneg(_field(b, "round", int, "Global"), "round", "Global"),
+            tensors=specs_from_wire(b, "Global"),
+        )
+
+
+@dataclass(frozen=True)
+class Done:
+    """Chief -> worker: training is over; the final weights follow."""
+
+    kind: ClassVar[Kind] = Kind.DONE
+    round: int
+    tensors: tuple[TensorSpec, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "tensors": specs_to_wire(self.tensors)}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Done:
+        return cls(
+            round=_nonneg(_field(b, "round", int, "Done"), "round", "Done"),
+            tensors=specs_from_wire(b, "Done"),
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Either side: "still here" while there is nothing else to say."""
+
+    kind: ClassVar[Kind] = Kind.HEARTBEAT
+
+    def to_body(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Heartbeat:
+        return cls()
+
+
+@dataclass(frozen=True)
+class Error:
+    """Either side: a failure; the sender closes the connection after it."""
+
+    kind: ClassVar[Kind] = Kind.ERROR
+    code: str
+    message: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Error:
+        return cls(code=_field(b, "code", str, "Error"), message=_field(b, "message", str, "Error"))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of tensor data: ``data`` starts at byte ``offset`` of tensor ``tensor``."""
+
+    kind: ClassVar[Kind] = Kind.CHUNK
+    tensor: int
+    offset: int
+    data: bytes | memoryview
+
+    def to_body(self) -> dict[str, Any]:
+        return {"t": self.tensor, "o": self.offset, "d": bytes(self.data)}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Chunk:
+        return cls(
+            tensor=_nonneg(_field(b, "t", int, "Chunk"), "t", "Chunk"),
+            offset=_nonneg(_field(b, "o", int, "Chunk"), "o", "Chunk"),
+            data=_field(b, "d", bytes, "Chunk"),
+        )
+
+
+@dataclass(frozen=True)
+class EndOfMessage:
+    """Not on the wire: emitted after the last chunk of a weights message."""
+
+    of: Kind
+
+
+Message = Union[Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk]
+WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE})
+CLASSES: dict[Kind, type] = {
+    c.kind: c for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk)
+}

@@ -1,0 +1,369 @@
+"""``fedsock.Client``: the numpy-level worker, for any training loop.
+
+Blocking sockets over TLS 1.3, the chief pinned by certificate fingerprint.
+A background thread sends heartbeats while the caller trains; every read and
+write happens under one lock, so the TLS socket is never used by two threads
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fedsock import limits, tls
+from fedsock.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConnectError,
+    FedsockError,
+    PeerError,
+    RemoteProtocolError,
+)
+from fedsock.protocol import (
+    NEED_DATA,
+    Auth,
+    Challenge,
+    Chunk,
+    Connection,
+    ConnectionClosed,
+    Done,
+    EndOfMessage,
+    Error,
+    Event,
+    Global,
+    Heartbeat,
+    Hello,
+    Message,
+    Plan,
+    Role,
+    TensorAssembler,
+    TensorSpec,
+    Update,
+    Welcome,
+    check_signature,
+    iter_chunks,
+    specs_of,
+)
+
+log = logging.getLogger("fedsock.worker")
+READ_BYTES = 256 * 1024
+
+
+def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) -> (host, port).
+
+    Raises:
+        ConfigError: no port, or not a number.
+    """
+    if isinstance(address, tuple):
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"bad chief address {address!r}: use HOST:PORT, e.g. 1.2.3.4:7777")
+    return host.strip("[]"), int(port)
+
+
+def _token_from(token: str | tls.JoinToken | None) -> tls.JoinToken:
+    if isinstance(token, tls.JoinToken):
+        return token
+    text = token or os.environ.get("FEDSOCK_TOKEN")
+    if not text:
+        raise ConfigError(
+            "no join token: pass --token (or token=...) or set FEDSOCK_TOKEN; the chief prints it "
+            "at start and stores it in <state-dir>/token"
+        )
+    return tls.JoinToken.parse(text)
+
+
+class Client:
+    """A worker's connection to the chief.
+
+    Connecting, authenticating and receiving ``Welcome`` happen in the
+    constructor (with retries for ``connect_timeout`` seconds).
+
+    Args:
+        address: ``"host:port"`` of the chief.
+        token: join token; default ``$FEDSOCK_TOKEN``.
+        name: how the chief's logs call this worker (default: host name + pid).
+        names: tensor names to send (default: the chief's, or ``t0, t1, ...``).
+        connect_timeout: seconds to keep retrying an unreachable chief.
+        idle_timeout: seconds of silence from the chief before giving up.
+        heartbeat_interval: seconds between heartbeats while idle.
+
+    Raises:
+        ConfigError: bad address or token.
+        ConnectError: chief not reachable within ``connect_timeout``.
+        AuthenticationError: wrong token, or the chief's certificate is not
+            the pinned one.
+    """
+
+    def __init__(self, address: str | tuple[str, int], token: str | tls.JoinToken | None = None,
+                 name: str | None = None, *, names: Sequence[str] | None = None,
+                 connect_timeout: float = 60.0, idle_timeout: float = limits.IDLE_TIMEOUT_S,
+                 heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S) -> None:
+        self.address = parse_address(address)
+        self._token = _token_from(token)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self._names = list(names) if names is not None else None
+        self._idle_timeout = idle_timeout
+        self._hb_interval = heartbeat_interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._last_sent = time.monotonic()
+        self.finished = False
+        self.weights: list[np.ndarray] | None = None
+        self._global_specs: tuple[TensorSpec, ...] = ()
+        self.round = 0
+        self._conn = Connection(Role.WORKER)
+        self._sock = self._connect(connect_timeout)
+        try:
+            self.welcome = self._handshake()
+        except BaseException:
+            self._sock.close()
+            raise
+        self.plan: Plan = self.welcome.plan
+        self.worker_id = self.welcome.worker_id
+        self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
+        self._hb.start()
+
+    # --- public API -------------------------------------------------------
+
+    @property
+    def model_config(self) -> str | None:
+        """Keras JSON config of the chief's model (None: bring your own)."""
+        return self.welcome.model
+
+    @property
+    def compile_config(self) -> str | None:
+        """Keras compile config (JSON) of the chief's model, if any."""
+        return self.welcome.compile
+
+    def join(self, weights: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Get the global model to start from.
+
+        If the chief has a model, its weights are returned (and ``weights``,
+        if given, must match their signature). Otherwise ``weights`` are
+        proposed as the initial model; the first proposal wins.
+
+        Raises:
+            ConfigError: the chief has no model and no weights were given, or
+                ``weights`` do not match the chief's model.
+        """
+        if self.weights is not None:
+            if weights is not None:
+                try:
+                    check_signature(self.welcome.tensors, self._specs(weights))
+                except RemoteProtocolError as exc:
+                    raise ConfigError(f"local model does not match the chief's: {exc}") from None
+            return self.weights
+        if weights is None:
+            raise ConfigError("the chief has no model yet: pass your initial weights to join()")
+        return self._exchange(Update(0, 0, self._specs(weights)), weights)
+
+    def sync(self, weights: Sequence[np.ndarray], num_examples: int,
+             metrics: dict[str, float] | None = None) -> list[np.ndarray]:
+        """Send weights trained on ``num_examples`` examples; block until the average returns.
+
+        After the last round this returns the final weights and sets
+        ``finished``; later calls return them again without talking to the chief.
+        """
+        if self.finished:
+            assert self.weights is not None
+            return self.weights
+        if self.weights is None:
+            raise FedsockError("call join() before sync()")
+        upd = Update(self.round + 1, int(num_examples), self._specs(weights), dict(metrics or {}))
+        return self._exchange(upd, weights)
+
+    def close(self, reason: str | None = None) -> None:
+        """Hang up; with ``reason``, tell the chief why first."""
+        self._stop.set()
+        with self._lock:
+            if reason and not self._conn.we_finished and not self.finished:
+                try:
+                    self._send(Error(code="shutdown", message=reason))
+                except (OSError, FedsockError):
+                    pass
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- connection -------------------------------------------------------
+
+    def _connect(self, timeout: float) -> ssl.SSLSocket:
+        host, port = self.address
+        deadline = time.monotonic() + timeout
+        delay, last = 0.25, "no attempt"
+        ctx = tls.client_context()
+        while True:
+            try:
+                raw = socket.create_connection((host, port), timeout=min(10.0, max(timeout, 1.0)))
+            except OSError as exc:
+                last = str(exc) or type(exc).__name__
+            else:
+                try:
+                    sock = ctx.wrap_socket(raw, server_hostname=host)
+                except (ssl.SSLError, OSError) as exc:
+                    raw.close()
+                    raise ConnectError(
+                        f"TLS handshake with {host}:{port} failed ({exc}); is it a fedsock chief?"
+                    ) from None
+                tls.check_pinned(sock, self._token.fingerprint)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock
+            if time.monotonic() + delay > deadline:
+                raise ConnectError(
+                    f"could not reach the chief at {host}:{port} within {timeout:g} s ({last}); "
+                    "is it running, and is the port open?"
+                )
+            log.info("chief at %s:%s not reachable (%s); retrying in %.1f s", host, port, last, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0) * random.uniform(0.8, 1.2)
+
+    def _handshake(self) -> Welcome:
+        with self._lock:
+            self._send(Hello(name=self.name))
+            ev = self._expect(Challenge)
+            assert isinstance(ev, Challenge)
+            mac = tls.auth_mac(self._token.secret, ev.nonce, self._token.fingerprint, self.name)
+            self._send(Auth(mac))
+            try:
+                welcome = self._expect(Welcome)
+            except PeerError as exc:
+                if exc.code == "auth_failed":
+                    raise AuthenticationError(
+                        f"authentication failed: the chief rejected the join token ({exc.text})"
+                    ) from None
+                raise
+            assert isinstance(welcome, Welcome)
+            self.round = welcome.round
+            if welcome.has_weights:
+                self.weights = self._read_weights(welcome.tensors)
+                self._global_specs = welcome.tensors
+            else:
+                self._read_weights(())
+            return welcome
+
+    def _exchange(self, upd: Update, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            try:
+                self._send(upd, weights)
+            except OSError as exc:
+                # The chief may have sent Done and hung up; read what is left.
+                log.info("send failed (%s); reading what the chief sent", exc)
+            return self._await_global()
+
+    def _await_global(self) -> list[np.ndarray]:
+        while True:
+            ev = self._next_event()
+            if isinstance(ev, Heartbeat):
+                continue
+            if isinstance(ev, (Global, Done)):
+                self.weights = self._read_weights(ev.tensors)
+                self._global_specs = ev.tensors
+                self.round = ev.round
+                if isinstance(ev, Done):
+                    self.finished = True
+                return self.weights
+            if isinstance(ev, ConnectionClosed):
+                raise FedsockError("the chief closed the connection")
+            raise FedsockError(f"unexpected {type(ev).__name__} from the chief")
+
+    def _read_weights(self, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
+        asm = TensorAssembler(specs)
+        while True:
+            ev = self._next_event()
+            if isinstance(ev, Chunk):
+                asm.add(ev)
+            elif isinstance(ev, EndOfMessage):
+                return asm.arrays()
+            else:
+                raise FedsockError(f"unexpected {type(ev).__name__} inside a weights message")
+
+    def _expect(self, kind: type) -> Event:
+        while True:
+            ev = self._next_event()
+            if isinstance(ev, kind):
+                return ev
+            if isinstance(ev, ConnectionClosed):
+                raise FedsockError("the chief closed the connection during the handshake")
+            raise FedsockError(f"expected {kind.__name__}, got {type(ev).__name__}")
+
+    def _next_event(self) -> Event:
+        """Next event; heartbeats go out while we wait. Raises PeerError on Error."""
+        silent_since = time.monotonic()
+        while True:
+            try:
+                ev = self._conn.next_event()
+            except RemoteProtocolError as exc:
+                self._send_quietly(Error(code=exc.code, message=str(exc)))
+                raise
+            if ev is not NEED_DATA:
+                if isinstance(ev, Error):
+                    raise PeerError(ev.code, ev.message)
+                return ev  # type: ignore[return-value]
+            self._sock.settimeout(self._hb_interval)
+            try:
+                data = self._sock.recv(READ_BYTES)
+            except (socket.timeout, TimeoutError):
+                if time.monotonic() - silent_since > self._idle_timeout:
+                    raise FedsockError(
+                        f"the chief has been silent for {self._idle_timeout:g} s; giving up"
+                    ) from None
+                if self._conn.phase.value == "established" and not self._conn.we_finished:
+                    self._send_quietly(Heartbeat())
+                continue
+            except (ConnectionError, ssl.SSLError) as exc:
+                raise FedsockError(f"connection to the chief lost: {exc}") from None
+            silent_since = time.monotonic()
+            self._conn.receive_data(data)
+
+    def _send(self, msg: Message, arrays: Sequence[np.ndarray] = ()) -> None:
+        self._sock.settimeout(self._idle_timeout)
+        self._sock.sendall(self._conn.send(msg))
+        for chunk in iter_chunks(arrays):
+            self._sock.sendall(self._conn.send(chunk))
+        self._last_sent = time.monotonic()
+
+    def _send_quietly(self, msg: Message) -> None:
+        try:
+            self._send(msg)
+        except (OSError, FedsockError):
+            pass
+
+    def _specs(self, weights: Sequence[np.ndarray]) -> tuple[TensorSpec, ...]:
+        names = self._names
+        if names is None and len(self._global_specs) == len(weights):
+            names = [s.name for s in self._global_specs]
+        return specs_of([np.asarray(w) for w in weights], names)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self._hb_interval / 2):
+            if time.monotonic() - self._last_sent < self._hb_interval:
+                continue
+            if not self._lock.acquire(blocking=False):
+                continue  # a sync is under way; it sends its own heartbeats
+            try:
+                if not self._conn.we_finished and not self.finished:
+                    self._send(Heartbeat())
+            except (OSError, FedsockError):
+                pass
+            finally:
+                self._lock.release()

@@ -1,0 +1,71 @@
+"""``FederatedCallback``: federated averaging inside ``model.fit``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from fedsock.worker.client import Client
+
+
+class FederatedCallback(keras.callbacks.Callback):
+    """Sync the model with the chief every ``sync_every`` training steps.
+
+    At the start of training the model takes the global weights (or, if the
+    chief has none yet, proposes its own). Every ``sync_every`` steps it sends
+    its weights with the number of examples trained since the last sync and
+    continues from the average. When the chief says the run is over, the
+    model holds the final weights and ``fit`` stops.
+
+    Args:
+        client: a connected ``fedsock.Client``.
+        sync_every: steps between syncs (default: the chief's plan).
+        batch_size: the batch size given to ``fit`` (default: the plan's),
+            used to count examples.
+        num_examples: size of the training set; makes the count exact for the
+            last, partial batch of an epoch.
+    """
+
+    def __init__(self, client: Client, sync_every: int | None = None, batch_size: int | None = None,
+                 num_examples: int | None = None) -> None:
+        super().__init__()
+        self.client = client
+        self.sync_every = sync_every or client.plan.sync_every
+        self.batch_size = batch_size or client.plan.batch_size
+        self.num_examples = num_examples
+        self._steps = 0
+        self._examples = 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.model.set_weights(self.client.join(self.model.get_weights()))
+        self._steps = self._examples = 0
+        if self.client.finished:
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._steps += 1
+        self._examples += self._batch_examples(batch)
+        if self._steps % self.sync_every == 0:
+            self._sync(logs)
+
+    def _batch_examples(self, batch: int) -> int:
+        if self.num_examples is None:
+            return self.batch_size
+        return max(0, min(self.batch_size, self.num_examples - batch * self.batch_size))
+
+    def _sync(self, logs: dict[str, Any] | None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        new = self.client.sync(self.model.get_weights(), self._examples, metrics)
+        self.model.set_weights(new)
+        self._examples = 0
+        if self.client.finished:
+            self.model.stop_training = True
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
