@@ -1,7 +1,7 @@
 """fedsock: federated averaging for Keras/TensorFlow over TLS sockets.
 
-``import fedsock`` does not import TensorFlow; ``fedsock.keras`` does, on
-first use.
+``import fedsock`` imports nothing heavy: ``fedsock.Client``, ``fedsock.Chief``
+and ``fedsock.keras`` (which imports TensorFlow) load on first use.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from fedsock.errors import (
     PeerError,
     RemoteProtocolError,
 )
-from fedsock.worker.client import Client
 
 __version__ = "0.1.0"
 
@@ -29,6 +28,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Client":
+        from fedsock.worker.client import Client
+
+        return Client
     if name == "Chief":
         from fedsock.chief import Chief
 

@@ -47,6 +47,8 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="your own model (.keras or module:function) when the chief has none")
     p.add_argument("--connect-timeout", type=float, default=60.0,
                    help="seconds to keep retrying an unreachable chief (default 60)")
+    p.add_argument("--save-updates", type=Path,
+                   help="keep a copy of every update sent (round-N.npz) to audit what left this machine")
 
 
 def shard_parser(p: argparse.ArgumentParser) -> None:
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         from fedsock.worker.run import run_worker
 
         run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
-                   connect_timeout=args.connect_timeout)
+                   connect_timeout=args.connect_timeout, save_updates=args.save_updates)
         return 0
     if args.command == "shard":
         from fedsock.data import Partition, split_digits

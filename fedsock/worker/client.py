@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,9 @@ class Client:
         connect_timeout: seconds to keep retrying an unreachable chief.
         idle_timeout: seconds of silence from the chief before giving up.
         heartbeat_interval: seconds between heartbeats while idle.
+        save_updates: directory in which to keep a copy of every update sent
+            (``round-NNNNNN.npz``: the tensors and ``num_examples``), to
+            audit what left this machine.
 
     Raises:
         ConfigError: bad address or token.
@@ -110,13 +114,15 @@ class Client:
     def __init__(self, address: str | tuple[str, int], token: str | tls.JoinToken | None = None,
                  name: str | None = None, *, names: Sequence[str] | None = None,
                  connect_timeout: float = 60.0, idle_timeout: float = limits.IDLE_TIMEOUT_S,
-                 heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S) -> None:
+                 heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
+                 save_updates: str | os.PathLike[str] | None = None) -> None:
         self.address = parse_address(address)
         self._token = _token_from(token)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
+        self._save_updates = Path(save_updates) if save_updates is not None else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._last_sent = time.monotonic()
@@ -183,6 +189,11 @@ class Client:
         if self.weights is None:
             raise FedsockError("call join() before sync()")
         upd = Update(self.round + 1, int(num_examples), self._specs(weights), dict(metrics or {}))
+        if self._save_updates is not None:
+            self._save_updates.mkdir(parents=True, exist_ok=True)
+            np.savez(self._save_updates / f"round-{upd.round:06d}.npz",
+                     num_examples=np.int64(upd.num_examples),
+                     **{f"w{i:04d}": np.asarray(w) for i, w in enumerate(weights)})
         return self._exchange(upd, weights)
 
     def close(self, reason: str | None = None) -> None:

@@ -13,7 +13,8 @@ log = logging.getLogger("fedsock.worker")
 
 
 def run_worker(chief: str, data: Path, token: str | None = None, name: str | None = None,
-               model: str | None = None, connect_timeout: float = 60.0, verbose: int = 0) -> dict[str, float]:
+               model: str | None = None, connect_timeout: float = 60.0, verbose: int = 0,
+               save_updates: Path | None = None) -> dict[str, float]:
     """Train with the chief until it says ``Done``.
 
     Args:
@@ -25,6 +26,7 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
             only when the chief has no ``--model``.
         connect_timeout: seconds to keep retrying an unreachable chief.
         verbose: Keras ``fit`` verbosity.
+        save_updates: keep a copy of every update sent in this directory.
 
     Returns:
         The final model's metrics on the local shard.
@@ -36,9 +38,9 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
     x, y = load_shard(data)
     log.info("loaded %d examples from %s", len(y), data)
     from fedsock import kerasutil
-    from fedsock.worker.keras import FederatedCallback
 
-    with Client(chief, token=token, name=name, connect_timeout=connect_timeout) as client:
+    with Client(chief, token=token, name=name, connect_timeout=connect_timeout,
+                save_updates=save_updates) as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
@@ -56,6 +58,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
         except ConfigError as exc:
             client.close(reason=f"worker {client.name} cannot train: {exc}")
             raise
+        from fedsock.worker.keras import FederatedCallback
+
         plan = client.plan
         callback = FederatedCallback(client, plan.sync_every, plan.batch_size, num_examples=len(y))
         keras_model.fit(x, y, batch_size=plan.batch_size, epochs=1_000_000, shuffle=True,

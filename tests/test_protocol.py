@@ -1,0 +1,245 @@
+"""The sans-I/O core, with two in-memory connections wired back to back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsock import limits
+from fedsock.errors import LocalProtocolError, RemoteProtocolError
+from fedsock.protocol import (
+    NEED_DATA,
+    Auth,
+    Challenge,
+    Chunk,
+    Connection,
+    ConnectionClosed,
+    Done,
+    EndOfMessage,
+    Error,
+    Global,
+    Heartbeat,
+    Hello,
+    Kind,
+    Phase,
+    Plan,
+    Role,
+    TensorAssembler,
+    Update,
+    Welcome,
+    iter_chunks,
+    specs_of,
+)
+from fedsock.protocol import frames
+
+PLAN = Plan(rounds=3, sync_every=5, batch_size=8)
+
+
+def pump(src_bytes: bytes, dst: Connection) -> list:
+    """Feed bytes to ``dst`` and drain its events."""
+    dst.receive_data(src_bytes)
+    out = []
+    while (ev := dst.next_event()) is not NEED_DATA:
+        out.append(ev)
+    return out
+
+
+def send_weights(conn: Connection, msg, arrays, chunk_bytes=limits.CHUNK_BYTES) -> bytes:
+    data = conn.send(msg)
+    for c in iter_chunks(arrays, chunk_bytes):
+        data += conn.send(c)
+    return data
+
+
+def handshake(weights=None):
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    assert pump(worker.send(Hello(name="w1")), chief) == [Hello(name="w1")]
+    nonce = b"n" * 32
+    assert pump(chief.send(Challenge(nonce)), worker) == [Challenge(nonce)]
+    assert pump(worker.send(Auth(b"m" * 32)), chief) == [Auth(b"m" * 32)]
+    arrays = weights if weights is not None else [np.arange(6, dtype=np.float32).reshape(2, 3)]
+    specs = specs_of(arrays)
+    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=specs, has_weights=True)
+    events = pump(send_weights(chief, welcome, arrays), worker)
+    assert events[0] == welcome and events[-1] == EndOfMessage(Kind.WELCOME)
+    assert worker.phase is Phase.ESTABLISHED and chief.phase is Phase.ESTABLISHED
+    return worker, chief, arrays
+
+
+def test_handshake_and_weights_roundtrip_across_chunks():
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(37, 11)).astype(np.float32), np.zeros((0,), np.float32),
+              rng.integers(0, 9, size=(5,)).astype(np.int64), rng.normal(size=3).astype(np.float16)]
+    worker, chief, _ = handshake(arrays)
+    upd = Update(round=1, num_examples=12, tensors=specs_of(arrays), metrics={"loss": 0.5})
+    # 100-byte chunks force tensors to span several frames
+    events = pump(send_weights(worker, upd, arrays, chunk_bytes=100), chief)
+    assert events[0] == upd and events[-1] == EndOfMessage(Kind.UPDATE)
+    chunks = [e for e in events if isinstance(e, Chunk)]
+    assert len(chunks) > len(arrays)
+    asm = TensorAssembler(upd.tensors)
+    for c in chunks:
+        asm.add(c)
+    for got, want in zip(asm.arrays(), arrays):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_byte_at_a_time_delivery_gives_same_events():
+    worker, chief, arrays = handshake()
+    data = send_weights(chief, Global(round=1, tensors=specs_of(arrays)), arrays)
+    events = []
+    for i in range(len(data)):
+        events += pump(data[i : i + 1], worker)
+    assert isinstance(events[0], Global) and events[-1] == EndOfMessage(Kind.GLOBAL)
+
+
+def test_update_before_auth_is_rejected():
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    # a worker that skips the handshake: craft the frame by hand
+    body = frames.pack_body(Update(1, 1, ()).to_body())
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(frames.encode_header(Kind.UPDATE, len(body)) + body, chief)
+    assert ei.value.code == "out_of_order"
+    # and the connection stays failed
+    with pytest.raises(RemoteProtocolError):
+        chief.next_event()
+
+
+def test_local_misuse_is_a_local_error():
+    worker = Connection(Role.WORKER)
+    with pytest.raises(LocalProtocolError):
+        worker.send(Update(1, 1, ()))
+    with pytest.raises(LocalProtocolError):
+        worker.send(Challenge(b"x" * 32))  # the chief's message
+
+
+def test_chunk_out_of_order_is_rejected():
+    worker, chief, arrays = handshake()
+    specs = specs_of(arrays)
+    data = worker.send(Update(1, 1, specs))
+    body = frames.pack_body(Chunk(0, 4, b"\0" * 4).to_body())  # skips bytes 0..3
+    frame = frames.encode_header(Kind.CHUNK, len(body)) + body
+    pump(data, chief)
+    with pytest.raises(RemoteProtocolError, match="offset 0"):
+        pump(frame, chief)
+
+
+def test_messages_interleaved_with_chunks_are_rejected():
+    worker, chief, arrays = handshake()
+    data = worker.send(Update(1, 1, specs_of(arrays)))
+    hb = frames.encode_header(Kind.HEARTBEAT, 1) + b"\x80"
+    pump(data, chief)
+    with pytest.raises(RemoteProtocolError, match="chunks of UPDATE"):
+        pump(hb, chief)
+
+
+def test_oversized_frame_rejected_from_header_alone():
+    chief = Connection(Role.CHIEF)
+    header = frames.encode_header(Kind.HELLO, limits.MAX_FRAME_BYTES + 1)
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(header, chief)  # no body bytes at all were needed to decide
+    assert ei.value.code == "frame_too_large"
+
+
+@pytest.mark.parametrize("data", [b"GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"])
+def test_other_protocols_rejected(data):
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(data, Connection(Role.CHIEF))
+    assert ei.value.code == "bad_frame"
+
+
+def test_wrong_version_rejected():
+    body = frames.pack_body(Hello(name="x").to_body())
+    header = frames.HEADER.pack(frames.MAGIC, 2, Kind.HELLO, len(body))
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(header + body, Connection(Role.CHIEF))
+    assert ei.value.code == "unsupported_version"
+
+
+def test_eof_mid_frame_and_clean_eof():
+    worker, chief, arrays = handshake()
+    data = worker.send(Heartbeat())
+    chief.receive_data(data[:5])
+    assert chief.next_event() is NEED_DATA
+    chief.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+        chief.next_event()
+    w2, c2, _ = handshake()
+    c2.receive_data(b"")
+    assert isinstance(c2.next_event(), ConnectionClosed)
+
+
+def test_eof_mid_weights_message_discards_update():
+    worker, chief, arrays = handshake()
+    arrays2 = [np.ones((100,), np.float32)]
+    data = send_weights(worker, Update(1, 1, specs_of(arrays2)), arrays2, chunk_bytes=64)
+    events = pump(data[: len(data) // 2], chief)
+    assert not any(isinstance(e, EndOfMessage) for e in events)
+    chief.receive_data(b"")
+    with pytest.raises(RemoteProtocolError):
+        while chief.next_event() is not NEED_DATA:
+            pass
+
+
+def test_done_ends_chief_side_after_its_chunks():
+    worker, chief, arrays = handshake()
+    events = pump(send_weights(chief, Done(round=3, tensors=specs_of(arrays)), arrays), worker)
+    assert isinstance(events[0], Done) and events[-1] == EndOfMessage(Kind.DONE)
+    assert worker.they_finished and chief.we_finished
+    with pytest.raises(LocalProtocolError):
+        chief.send(Heartbeat())
+    # the worker may still say why it leaves
+    assert pump(worker.send(Error("shutdown", "bye")), chief) == [Error("shutdown", "bye")]
+
+
+def test_error_allowed_after_protocol_failure():
+    chief = Connection(Role.CHIEF)
+    with pytest.raises(RemoteProtocolError):
+        pump(b"garbage!", chief)
+    assert chief.send(Error("bad_frame", "nope")).startswith(frames.MAGIC)
+
+
+def test_field_validation():
+    chief = Connection(Role.CHIEF)
+    body = frames.pack_body({"version": 1, "name": 5, "capabilities": []})
+    with pytest.raises(RemoteProtocolError, match="name"):
+        pump(frames.encode_header(Kind.HELLO, len(body)) + body, chief)
+    chief = Connection(Role.CHIEF)
+    body = frames.pack_body({"version": 1, "name": "x" * (limits.MAX_NAME_BYTES + 1), "capabilities": []})
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(frames.encode_header(Kind.HELLO, len(body)) + body, chief)
+    assert ei.value.code == "limit_exceeded"
+
+
+def test_tensor_limits_checked_before_allocation():
+    worker, chief, _ = handshake()
+    spec = {"name": "huge", "dtype": "float32", "shape": [2**20, 2**20]}
+    body = frames.pack_body({"round": 1, "num_examples": 1, "metrics": {}, "tensors": [spec]})
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(frames.encode_header(Kind.UPDATE, len(body)) + body, chief)
+    assert ei.value.code == "limit_exceeded"
+
+
+def test_ext_types_and_deep_nesting_rejected():
+    import msgpack
+
+    body = msgpack.packb({"version": 1, "name": "x", "capabilities": [msgpack.ExtType(5, b"zz")]})
+    with pytest.raises(RemoteProtocolError):
+        pump(frames.encode_header(Kind.HELLO, len(body)) + body, Connection(Role.CHIEF))
+    nested: object = []
+    for _ in range(limits.MAX_NESTING + 2):
+        nested = [nested]
+    body = msgpack.packb({"version": 1, "name": "x", "capabilities": nested})
+    with pytest.raises(RemoteProtocolError, match="nested"):
+        pump(frames.encode_header(Kind.HELLO, len(body)) + body, Connection(Role.CHIEF))
+
+
+def test_big_endian_arrays_travel_as_little_endian():
+    a = np.arange(4, dtype=">f4")
+    worker, chief, _ = handshake([a.astype("<f4")])
+    events = pump(send_weights(worker, Update(1, 1, specs_of([a])), [a]), chief)
+    asm = TensorAssembler(events[0].tensors)
+    for c in events[1:-1]:
+        asm.add(c)
+    np.testing.assert_array_equal(asm.arrays()[0], a)

@@ -1,0 +1,116 @@
+"""Token, HMAC, certificates, data shards and checkpoints."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from fedsock import checkpoint, tls
+from fedsock.data import Partition, load_shard, partition_indices, save_shard, split_digits
+from fedsock.errors import ConfigError
+from fedsock.protocol import specs_of
+
+
+def test_token_roundtrip_and_errors():
+    t = tls.JoinToken(b"f" * 32, b"s" * 32)
+    assert tls.JoinToken.parse(str(t)) == t
+    for bad in ("", "fs1.abc.def", "fs2." + "00" * 32 + "." + "00" * 32, str(t) + ".x"):
+        with pytest.raises(ConfigError, match="malformed join token"):
+            tls.JoinToken.parse(bad)
+
+
+def test_mac_binds_nonce_name_and_fingerprint():
+    s, n, fp = b"k" * 32, b"n" * 32, b"f" * 32
+    mac = tls.auth_mac(s, n, fp, "w1")
+    assert tls.verify_mac(s, n, fp, "w1", mac)
+    assert not tls.verify_mac(s, b"m" * 32, fp, "w1", mac)
+    assert not tls.verify_mac(s, n, fp, "w2", mac)
+    assert not tls.verify_mac(s, n, b"g" * 32, "w1", mac)
+    assert not tls.verify_mac(b"x" * 32, n, fp, "w1", mac)
+
+
+def test_identity_created_once_with_private_files(tmp_path):
+    a = tls.ensure_identity(tmp_path, ["127.0.0.1"])
+    assert a.created
+    for name in ("chief.key", "token"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
+    b = tls.ensure_identity(tmp_path, ["127.0.0.1"])
+    assert not b.created and b.token == a.token
+    (tmp_path / "token").write_text(str(tls.JoinToken(b"x" * 32, b"y" * 32)))
+    with pytest.raises(ConfigError, match="another certificate"):
+        tls.ensure_identity(tmp_path, [])
+
+
+def test_tls13_only_contexts(tmp_path):
+    import ssl
+
+    ident = tls.ensure_identity(tmp_path, [])
+    assert tls.server_context(ident.cert_path, ident.key_path).minimum_version is ssl.TLSVersion.TLSv1_3
+    assert tls.client_context().minimum_version is ssl.TLSVersion.TLSv1_3
+
+
+def test_partitions():
+    y = np.repeat(np.arange(10), 50)
+    iid = partition_indices(y, 5, Partition.parse("iid"), 0)
+    assert sorted(np.concatenate(iid)) == list(range(500))
+    labels = partition_indices(y, 5, Partition.parse("labels:2"), 0)
+    assert all(len(np.unique(y[i])) <= 2 for i in labels)
+    assert sorted(np.concatenate(labels)) == list(range(500))
+    dirich = partition_indices(y, 4, Partition.parse("dirichlet:0.3"), 1)
+    assert sorted(np.concatenate(dirich)) == list(range(500))
+    assert all(len(i) >= 10 for i in dirich)
+    for bad in ("dirichlet:0", "labels:x", "zipf", "iid:3"):
+        with pytest.raises(ConfigError):
+            Partition.parse(bad)
+
+
+def test_split_digits_writes_loadable_shards(tmp_path):
+    sizes = split_digits(tmp_path, 3, Partition.parse("dirichlet:0.5"), seed=0)
+    assert sum(sizes.values()) == 1797
+    x, y = load_shard(tmp_path / "worker-0")
+    assert x.shape[1:] == (64,) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert len(x) == sizes["worker-0"]
+
+
+def test_load_shard_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_shard(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="no .npz"):
+        load_shard(tmp_path)
+    np.savez(tmp_path / "a.npz", x=np.zeros((3, 2)))
+    with pytest.raises(ConfigError, match="lacks"):
+        load_shard(tmp_path)
+    save_shard(tmp_path / "b", np.zeros((3, 2)), np.zeros(2))
+    with pytest.raises(ConfigError, match="3 rows"):
+        load_shard(tmp_path / "b")
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path):
+    w = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(2, np.float64)]
+    ck = checkpoint.Checkpoint(4, specs_of(w), w, [np.zeros(3)], {"metrics_lines": 4})
+    p = checkpoint.round_path(tmp_path, 4)
+    checkpoint.save(p, ck)
+    back = checkpoint.load(p)
+    assert back.round == 4 and back.meta == {"metrics_lines": 4}
+    for a, b in zip(back.weights, w):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match="corrupt"):
+        checkpoint.load(p)
+    p.write_bytes(b"PK\x03\x04 not ours")
+    with pytest.raises(ConfigError, match="not a fedsock checkpoint"):
+        checkpoint.load(p)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_prune_keeps_newest(tmp_path):
+    w = [np.zeros(1, np.float32)]
+    for r in range(6):
+        checkpoint.save(checkpoint.round_path(tmp_path, r), checkpoint.Checkpoint(r, specs_of(w), w, [], {}))
+    checkpoint.prune(tmp_path, 2)
+    assert [p.name for p in sorted(tmp_path.glob("round-*"))] == ["round-000004.fsck", "round-000005.fsck"]
