@@ -1,0 +1,189 @@
+"""Print hex dumps of real fedsock protocol v1 frames, for protocol.md.
+
+Every frame below is produced by the real sans-I/O protocol code
+(``fedsock.protocol.Connection.send``) and decoded again by a peer
+``Connection``, so the dumps are exactly what fedsock puts on the wire
+(inside TLS). The example values are fixed, so the output is reproducible::
+
+    .venv/bin/python tools/protocol_dumps.py
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedsock import tls
+from fedsock.errors import RemoteProtocolError
+from fedsock.protocol import (
+    NEED_DATA,
+    Auth,
+    Challenge,
+    Connection,
+    Done,
+    EndOfMessage,
+    Error,
+    Global,
+    Heartbeat,
+    Hello,
+    Kind,
+    Plan,
+    Role,
+    Update,
+    Welcome,
+    check_signature,
+    frames,
+    iter_chunks,
+    make_error,
+    specs_of,
+)
+
+# --- fixed example values ---------------------------------------------------
+SECRET = bytes(range(0x00, 0x20))  # the join secret (never sent)
+NONCE = bytes(range(0x20, 0x40))  # the chief's challenge
+FINGERPRINT = bytes(range(0x40, 0x60))  # SHA-256 of the chief's DER certificate
+NAME = "worker-1"
+NAMES = ["dense/kernel", "dense/bias"]
+PLAN = Plan(rounds=3, sync_every=50, batch_size=32)
+
+
+def f32(values: Any) -> np.ndarray:
+    return np.array(values, dtype=np.float32)
+
+
+INITIAL = [f32([[1.0, 2.0], [3.0, 4.0]]), f32([0.5, -0.5])]
+TRAINED = [f32([[1.5, 2.0], [3.0, 3.5]]), f32([0.25, -0.25])]
+ROUND1 = [f32([[1.25, 2.0], [3.0, 3.75]]), f32([0.375, -0.375])]
+FINAL = [f32([[1.0, 1.5], [2.5, 3.0]]), f32([0.125, -0.125])]
+SPECS = specs_of(INITIAL, NAMES)
+
+
+# --- output -----------------------------------------------------------------
+def show(obj: Any) -> str:
+    """A decoded msgpack body in JSON-like notation; bin values as hex."""
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{show(k)}: {show(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, list):
+        return "[" + ", ".join(show(v) for v in obj) + "]"
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return f"bin({len(obj)}) {bytes(obj).hex()}"
+    if isinstance(obj, str):
+        return '"' + obj + '"'
+    if obj is None:
+        return "nil"
+    if isinstance(obj, bool):
+        return "true" if obj else "false"
+    return repr(obj)
+
+
+def hexdump(data: bytes) -> str:
+    """``hexdump -C`` style lines."""
+    lines = []
+    for off in range(0, len(data), 16):
+        row = data[off : off + 16]
+        left = " ".join(f"{b:02x}" for b in row[:8])
+        right = " ".join(f"{b:02x}" for b in row[8:])
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in row)
+        lines.append(f"{off:08x}  {left:<23}  {right:<23}  |{text}|")
+    return "\n".join(lines)
+
+
+def dump(title: str, frame: bytes) -> None:
+    magic, version, kind, length = frames.HEADER.unpack(frame[: frames.HEADER_BYTES])
+    assert length == len(frame) - frames.HEADER_BYTES
+    body = frames.unpack_body(frame[frames.HEADER_BYTES :])
+    h = frame[: frames.HEADER_BYTES]
+    print(f"--- {title}: {len(frame)} bytes")
+    print(
+        f"header  {h[0]:02x} {h[1]:02x} | {h[2]:02x} | {h[3]:02x} | {h[4:].hex(' ')}"
+        f"   magic {magic.decode()!r}, version {version}, kind {kind} ({Kind(kind).name}),"
+        f" body length {length}"
+    )
+    print(f"body    {show(body)}")
+    print(hexdump(frame))
+    print()
+
+
+# --- a conversation -----------------------------------------------------------
+def deliver(frame: bytes, to: Connection) -> list[Any]:
+    """Feed one frame to the peer and return what it decoded (checks the bytes)."""
+    to.receive_data(frame)
+    events = []
+    while (ev := to.next_event()) is not NEED_DATA:
+        events.append(ev)
+    return events
+
+
+def send(title: str, sender: Connection, receiver: Connection, msg: Any,
+         arrays: list[np.ndarray] | None = None, quiet: bool = False) -> None:
+    frame = sender.send(msg)
+    got = deliver(frame, receiver)
+    assert got and got[0] == msg, (got, msg)
+    if not quiet:
+        dump(title, frame)
+    for i, chunk in enumerate(iter_chunks(arrays or [])):
+        frame = sender.send(chunk)
+        got = deliver(frame, receiver)
+        assert bytes(got[0].data) == bytes(chunk.data)
+        if not quiet:
+            dump(f"{title}, Chunk {i + 1} (tensor {chunk.tensor}, offset {chunk.offset})", frame)
+    if arrays is not None:
+        assert isinstance(got[-1], EndOfMessage), got
+
+
+def handshake(worker: Connection, chief: Connection, quiet: bool) -> None:
+    send("Hello (worker -> chief)", worker, chief, Hello(name=NAME), quiet=quiet)
+    send("Challenge (chief -> worker)", chief, worker, Challenge(NONCE), quiet=quiet)
+    mac = tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)
+    send("Auth (worker -> chief)", worker, chief, Auth(mac), quiet=quiet)
+    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True)
+    send("Welcome (chief -> worker)", chief, worker, welcome, INITIAL, quiet=quiet)
+
+
+def auth_example() -> None:
+    token = tls.JoinToken(FINGERPRINT, SECRET)
+    label_nonce_fp_name = tls.AUTH_LABEL + NONCE + FINGERPRINT + NAME.encode()
+    mac = tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)
+    print("=== Authentication example (fedsock.tls.auth_mac)")
+    print(f"join token   {token}")
+    print(f"secret       {SECRET.hex()}")
+    print(f"fingerprint  {FINGERPRINT.hex()}")
+    print(f"nonce        {NONCE.hex()}")
+    print(f"name         {NAME!r} = {NAME.encode().hex()}")
+    print(f"HMAC input ({len(label_nonce_fp_name)} bytes):")
+    print(hexdump(label_nonce_fp_name))
+    print(f"mac          {mac.hex()}")
+    print()
+
+
+def main() -> None:
+    auth_example()
+
+    print("=== Frames of one conversation (worker 1, a float32[2, 2] and a float32[2] tensor)")
+    print()
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    handshake(worker, chief, quiet=False)
+    update = Update(round=1, num_examples=100, tensors=SPECS, metrics={"loss": 0.125})
+    send("Update (worker -> chief)", worker, chief, update, TRAINED)
+    send("Global (chief -> worker)", chief, worker, Global(round=1, tensors=SPECS), ROUND1)
+    send("Heartbeat (either side)", worker, chief, Heartbeat())
+    send("Done (chief -> worker)", chief, worker, Done(round=3, tensors=SPECS), FINAL)
+    assert chief.we_finished and worker.they_finished
+
+    # A second conversation: an update whose bias has the wrong shape is refused.
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    handshake(worker, chief, quiet=True)
+    bad = [TRAINED[0], f32([0.25, -0.25, 0.0])]
+    try:
+        check_signature(SPECS, specs_of(bad, NAMES))
+    except RemoteProtocolError as exc:
+        error = make_error(exc)
+    else:  # pragma: no cover
+        raise AssertionError("signature check passed")
+    assert isinstance(error, Error)
+    send("Error (chief -> worker)", chief, worker, error)
+
+
+if __name__ == "__main__":
+    main()
