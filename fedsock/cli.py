@@ -60,7 +60,8 @@ def shard_parser(p: argparse.ArgumentParser) -> None:
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", type=Path, default=Path("fedsock-demo"), help="where shards, state and the plot go")
+    p.add_argument("--workdir", type=Path, default=Path("fedsock-demo"),
+                   help="where shards, state and the plot go")
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--partition", default="dirichlet:0.5")

@@ -40,7 +40,7 @@ def test_weighted_mean_matches_numpy():
     for t in range(2):
         ref = np.average(np.stack([w[t] for w in ws]).astype(np.float64), axis=0, weights=ns)
         np.testing.assert_allclose(got[t], ref, rtol=1e-12)
-    assert acc.count == 4 and acc.weight == ns.sum()
+    assert acc.updates == 4 and acc.weight == ns.sum()
 
 
 def test_fold_rejects_bad_input():
@@ -73,7 +73,7 @@ def test_momentum_chain_matches_reference():
     t = fedavgm(server_lr=0.5, momentum=0.9)
     state = t.init(params)
     v = np.zeros(3)
-    for step in range(4):
+    for _ in range(4):
         d = rng.normal(size=3)
         out, state = t.update([d], state, params)
         v = 0.9 * v + d

@@ -13,8 +13,7 @@ import pytest
 import fedsock
 from fedsock import limits, tls
 from fedsock.errors import AuthenticationError, ConnectError, PeerError
-from fedsock.protocol import NEED_DATA, Connection, Error, Kind, Role
-from fedsock.protocol import frames
+from fedsock.protocol import NEED_DATA, Connection, Error, Kind, Role, frames
 from tests.conftest import finish, start_worker
 
 pytestmark = pytest.mark.integration
@@ -219,7 +218,8 @@ def test_worker_whose_data_does_not_fit_the_model(tmp_path, chiefs):
     chief = chiefs("--model", "fedsock.models:digits_mlp", "--rounds", "1", "--min-workers", "1")
     save_shard(tmp_path / "wide", np.zeros((20, 32), np.float32), np.zeros(20, np.int64))
     save_shard(tmp_path / "labels", np.zeros((20, 64), np.float32), np.arange(20, dtype=np.int64))
-    p1 = start_worker(tmp_path, "a", "--chief", chief.address, "--data", str(tmp_path / "wide"), token=chief.token)
+    p1 = start_worker(tmp_path, "a", "--chief", chief.address, "--data", str(tmp_path / "wide"),
+                      token=chief.token)
     p2 = start_worker(tmp_path, "b", "--chief", chief.address, "--data", str(tmp_path / "labels"),
                       token=chief.token)
     code, out = finish(p1)

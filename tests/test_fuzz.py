@@ -26,7 +26,9 @@ from fedsock.protocol import (
     iter_chunks,
     specs_of,
 )
-from fedsock.protocol.messages import CLASSES, Chunk
+from fedsock.protocol.messages import Chunk, Done
+
+MESSAGE_TYPES = (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, EndOfMessage)
 
 
 def drain(conn: Connection, data: bytes, eof: bool = True) -> list:
@@ -44,7 +46,7 @@ def drain(conn: Connection, data: bytes, eof: bool = True) -> list:
         ev = conn.next_event()
         if ev is NEED_DATA or isinstance(ev, ConnectionClosed):
             break
-        assert isinstance(ev, (*CLASSES.values(), EndOfMessage)), ev
+        assert isinstance(ev, MESSAGE_TYPES), ev
         events.append(ev)
         if isinstance(ev, Hello):
             conn.send(Challenge(b"c" * 32))
@@ -78,12 +80,15 @@ def real_worker_stream() -> bytes:
     worker_sends(Auth(b"a" * 32))
     _deliver(c.send(Welcome(1, 0, Plan(1, 1, 1), tensors=(), has_weights=False)), w)
     worker_sends(Update(1, 3, specs_of(arrays), {"loss": 1.0}))
+    global CHUNKS_START
+    CHUNKS_START = len(out)
     for ch in iter_chunks(arrays, 16):
         worker_sends(ch)
     worker_sends(Heartbeat())
     return out
 
 
+CHUNKS_START = 0
 STREAM = real_worker_stream()
 
 
@@ -149,10 +154,16 @@ def _frame(i: int) -> bytes:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=1, max_size=64), st.integers(0, 2**32 - 1))
 def test_chunk_frames_with_random_bounds(data, offset):
+    """A chunk with random offset and length right after a real Update header:
+    accepted only if it is exactly the next expected piece of tensor 0."""
     from fedsock.protocol import frames
 
     body = frames.pack_body(Chunk(0, offset, data).to_body())
+    stream = STREAM[:CHUNKS_START] + frames.encode_header(10, len(body)) + body
+    valid = offset == 0 and len(data) <= 12 * 4
     try:
-        drain(Connection(Role.CHIEF), STREAM[:STREAM.index(b"FS", 40)] + frames.encode_header(10, len(body)) + body)
+        events = drain(Connection(Role.CHIEF), stream, eof=False)
     except RemoteProtocolError:
-        pass
+        assert not valid
+    else:
+        assert valid and isinstance(events[-1], Chunk) and events[-1].data == data

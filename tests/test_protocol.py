@@ -27,10 +27,10 @@ from fedsock.protocol import (
     TensorAssembler,
     Update,
     Welcome,
+    frames,
     iter_chunks,
     specs_of,
 )
-from fedsock.protocol import frames
 
 PLAN = Plan(rounds=3, sync_every=5, batch_size=8)
 
@@ -95,7 +95,7 @@ def test_byte_at_a_time_delivery_gives_same_events():
 
 
 def test_update_before_auth_is_rejected():
-    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    chief = Connection(Role.CHIEF)
     # a worker that skips the handshake: craft the frame by hand
     body = frames.pack_body(Update(1, 1, ()).to_body())
     with pytest.raises(RemoteProtocolError) as ei:

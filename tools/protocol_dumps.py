@@ -175,8 +175,10 @@ def main() -> None:
     worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
     handshake(worker, chief, quiet=True)
     bad = [TRAINED[0], f32([0.25, -0.25, 0.0])]
+    bad_update = Update(round=1, num_examples=100, tensors=specs_of(bad, NAMES))
+    send("Update with a wrong shape", worker, chief, bad_update, bad, quiet=True)
     try:
-        check_signature(SPECS, specs_of(bad, NAMES))
+        check_signature(SPECS, bad_update.tensors)  # what the chief's round logic does
     except RemoteProtocolError as exc:
         error = make_error(exc)
     else:  # pragma: no cover

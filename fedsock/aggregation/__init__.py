@@ -3,8 +3,8 @@
 from fedsock.aggregation.transforms import (
     ChainState,
     EmptyState,
-    Transform,
     TraceState,
+    Transform,
     apply_delta,
     chain,
     fedavg,

@@ -17,7 +17,7 @@ class WeightedSum(NamedTuple):
 
     total: tuple[np.ndarray, ...]
     weight: float
-    count: int
+    updates: int
 
 
 def empty_sum(shapes: Sequence[tuple[int, ...]]) -> WeightedSum:
@@ -42,7 +42,7 @@ def fold(acc: WeightedSum, weights: Sequence[np.ndarray], num_examples: float) -
         if buf.shape != np.shape(w):
             raise ValueError(f"tensor of shape {np.shape(w)}, sum has {buf.shape}")
         buf += np.asarray(w, np.float64) * num_examples
-    return WeightedSum(acc.total, acc.weight + float(num_examples), acc.count + 1)
+    return WeightedSum(acc.total, acc.weight + float(num_examples), acc.updates + 1)
 
 
 def mean(acc: WeightedSum) -> list[np.ndarray]:
@@ -51,6 +51,6 @@ def mean(acc: WeightedSum) -> list[np.ndarray]:
     Raises:
         ValueError: the sum is empty.
     """
-    if acc.count == 0:
+    if acc.updates == 0:
         raise ValueError("no updates to average")
     return [t / acc.weight for t in acc.total]

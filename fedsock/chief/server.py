@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from fedsock.protocol import (
 )
 
 log = logging.getLogger("fedsock.chief")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,6 @@ class Chief:
             self._accept, cfg.host, cfg.port,
             ssl=tls.server_context(identity.cert_path, identity.key_path),
             ssl_handshake_timeout=cfg.handshake_timeout,
-            limit=limits.MAX_FRAME_BYTES,
         )
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -114,7 +114,8 @@ class Chief:
     def _announce(self, identity: tls.ChiefIdentity) -> None:
         cfg = self.config
         host = cfg.advertise or (cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "CHIEF_HOST")
-        log.info("fedsock chief listening on %s:%s (TLS 1.3, state dir %s)", cfg.host, self.port, cfg.state_dir)
+        log.info("fedsock chief listening on %s:%s (TLS 1.3, state dir %s)",
+                 cfg.host, self.port, cfg.state_dir)
         log.info("certificate sha256 %s%s", identity.token.fingerprint.hex(),
                  " (new)" if identity.created else "")
         log.info("join token (also in %s): %s", cfg.state_dir / "token", identity.token)
@@ -147,6 +148,9 @@ class Chief:
             await session.send_error("timeout", "no message within the time limit")
         except (ConnectionError, OSError) as exc:
             log.info("%s: connection lost (%s)", session.label, exc)
+        except Exception:  # a bug here must cost one connection, not the chief
+            log.exception("%s: internal error; dropping the connection", session.label)
+            await session.send_error("internal", "internal error on the chief; see its log")
         finally:
             if not authenticated:
                 self._unauthenticated -= 1
@@ -158,19 +162,17 @@ class Chief:
 
     async def _handshake(self, s: Session) -> bool:
         """Hello -> Challenge -> Auth -> Welcome. Returns True if the worker is in."""
-        ev = await s.next_event(self.config.handshake_timeout)
-        if isinstance(ev, ConnectionClosed):
+        hello = await self._handshake_event(s, Hello)
+        if hello is None:
             return False
-        assert isinstance(ev, Hello), ev  # the state table allows nothing else
-        s.name = ev.name
+        s.name = hello.name
         nonce = secrets.token_bytes(limits.NONCE_BYTES)
         await s.send(Challenge(nonce))
-        ev = await s.next_event(self.config.handshake_timeout)
-        if isinstance(ev, ConnectionClosed):
+        auth = await self._handshake_event(s, Auth)
+        if auth is None:
             return False
-        assert isinstance(ev, Auth), ev
         token = self.identity.token
-        if not tls.verify_mac(token.secret, nonce, token.fingerprint, s.name, ev.mac):
+        if not tls.verify_mac(token.secret, nonce, token.fingerprint, s.name, auth.mac):
             log.warning("authentication failed for %r from %s (wrong token?)", s.name, s.peer)
             await s.send_error("auth_failed", "authentication failed: wrong join token")
             return False
@@ -194,6 +196,17 @@ class Chief:
             ctrl.join(s.worker_id)
             self._wake.set()
         return True
+
+    async def _handshake_event(self, s: Session, kind: type[T]) -> T | None:
+        """The next handshake message, or None if the peer hung up or gave up."""
+        ev = await s.next_event(self.config.handshake_timeout)
+        if isinstance(ev, Error):
+            log.info("%s gave up during the handshake: %s [%s]", s.label, ev.message, ev.code)
+            return None
+        if isinstance(ev, ConnectionClosed):
+            return None
+        assert isinstance(ev, kind), ev  # the state table allows nothing else here
+        return ev
 
     async def _serve_worker(self, s: Session) -> None:
         heartbeat = asyncio.create_task(self._heartbeats(s))
@@ -260,7 +273,8 @@ class Chief:
                 if now - last_log > 10:
                     last_log = now
                     log.info("waiting for workers: %d of %d connected%s", len(ctrl.members),
-                             ctrl.min_workers, "" if ctrl.has_model else " (no model yet: the first worker's becomes round 0)")
+                             ctrl.min_workers,
+                             "" if ctrl.has_model else " (no model yet: the first worker's becomes round 0)")
                 await self._sleep_until_woken(5.0)
                 continue
             if ctrl.should_close(now):

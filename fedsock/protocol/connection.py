@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Union
 
 from fedsock import limits
 from fedsock.errors import LocalProtocolError, RemoteProtocolError
@@ -76,7 +75,7 @@ class ConnectionClosed:
     """The peer closed the connection cleanly, at a frame boundary."""
 
 
-Event = Union[Message, EndOfMessage, ConnectionClosed]
+Event = Message | EndOfMessage | ConnectionClosed
 
 #: (sender, phase) -> {kind: phase after it}. Error is allowed everywhere and
 #: handled apart; Chunk is governed by the open stream, not by this table.
@@ -295,7 +294,7 @@ class Connection:
             return self._at_eof(partial=True)
         body = memoryview(self._buf)[frames.HEADER_BYTES : end]
         try:
-            msg = CLASSES[kind].from_body(frames.unpack_body(body))
+            msg = CLASSES[kind](frames.unpack_body(body))
         finally:
             body.release()
         del self._buf[:end]

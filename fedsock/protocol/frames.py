@@ -93,7 +93,8 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 def pack_body(body: dict[str, Any]) -> bytes:
     """Serialize a message body (a map with string keys) with msgpack."""
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def unpack_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:

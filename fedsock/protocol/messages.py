@@ -8,8 +8,9 @@ into a frame; ``from_body`` validates a decoded map from a peer and raises
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from fedsock import limits
 from fedsock.errors import RemoteProtocolError
@@ -411,8 +412,9 @@ class EndOfMessage:
     of: Kind
 
 
-Message = Union[Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk]
+Message = Hello | Challenge | Auth | Welcome | Update | Global | Done | Heartbeat | Error | Chunk
 WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE})
-CLASSES: dict[Kind, type] = {
-    c.kind: c for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk)
+CLASSES: dict[Kind, Callable[[dict[str, Any]], Message]] = {
+    c.kind: c.from_body
+    for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk)
 }

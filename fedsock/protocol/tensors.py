@@ -43,8 +43,8 @@ def raw_view(array: np.ndarray) -> memoryview:
     le = a.dtype.newbyteorder("<")
     if a.dtype != le and a.dtype.byteorder not in ("|", "="):
         a = a.astype(le)
-    a = np.ascontiguousarray(a)
-    return memoryview(a).cast("B")
+    # a flat uint8 view of the contiguous array: no copy, and safe for 0-size arrays
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8).data
 
 
 def iter_chunks(arrays: Sequence[np.ndarray], chunk_bytes: int = limits.CHUNK_BYTES) -> Iterator[Chunk]:

@@ -333,7 +333,7 @@ class Client:
             self._sock.settimeout(self._hb_interval)
             try:
                 data = self._sock.recv(READ_BYTES)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 if time.monotonic() - silent_since > self._idle_timeout:
                     raise FedsockError(
                         f"the chief has been silent for {self._idle_timeout:g} s; giving up"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import keras
 
 from fedsock.worker.client import Client
+
+log = logging.getLogger("fedsock.worker")
 
 
 class FederatedCallback(keras.callbacks.Callback):
@@ -58,6 +61,8 @@ class FederatedCallback(keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         new = self.client.sync(self.model.get_weights(), self._examples, metrics)
         self.model.set_weights(new)
+        log.info("round %d: synced after %d local examples (%s)", self.client.round, self._examples,
+                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no metrics")
         self._examples = 0
         if self.client.finished:
             self.model.stop_training = True
