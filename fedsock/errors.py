@@ -22,7 +22,7 @@ class RemoteProtocolError(FedsockError):
         code: the wire error code to send back in an ``Error`` message.
     """
 
-    def __init__(self, message: str, code: str = "protocol_error") -> None:
+    def __init__(self, message: str, code: str = "bad_message") -> None:
         super().__init__(message)
         self.code = code
 

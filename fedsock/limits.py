@@ -25,6 +25,8 @@ MAX_MAP_ITEMS = 10_000
 MAX_NESTING = 32
 #: Longest worker name in Hello.
 MAX_NAME_BYTES = 128
+#: Longest tensor name in a tensor spec.
+MAX_TENSOR_NAME_BYTES = 512
 
 # --- tensors -------------------------------------------------------------
 #: Most tensors in one set of weights.
@@ -37,7 +39,8 @@ MAX_TENSOR_RANK = 8
 MAX_MODEL_BYTES = 64 * 1024**3
 
 # --- time ----------------------------------------------------------------
-#: Seconds a new connection has to complete TLS + Hello/Challenge/Auth.
+#: Seconds a new connection has for the TLS handshake, and then again for
+#: Hello/Challenge/Auth (sending Welcome's weights is bounded by IDLE_TIMEOUT_S).
 HANDSHAKE_TIMEOUT_S = 10.0
 #: Seconds of silence after which a peer is considered gone. Both sides send
 #: a Heartbeat every HEARTBEAT_INTERVAL_S while they have nothing else to say.

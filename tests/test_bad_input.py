@@ -63,9 +63,11 @@ def live(tmp_path_factory):
     assert honest.progresses(), chief.output()
     yield chief, honest
     honest.stop.set()
+    honest.join(30)
+    assert not honest.is_alive() and honest.error is None, honest.error
+    honest.client.close()
     chief.proc.kill()
     chief.proc.wait()
-    assert honest.error is None, honest.error
 
 
 def tls_socket(address: str, token: str) -> ssl.SSLSocket:

@@ -1,5 +1,6 @@
 """Aggregation as pure numpy transforms (no TensorFlow, no I/O)."""
 
+from fedsock.aggregation.reducers import Reducer, weighted_mean
 from fedsock.aggregation.transforms import (
     ChainState,
     EmptyState,
@@ -18,7 +19,7 @@ from fedsock.aggregation.transforms import (
 from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
 
 __all__ = [
-    "ChainState", "EmptyState", "Transform", "TraceState", "WeightedSum", "apply_delta",
+    "ChainState", "EmptyState", "Reducer", "Transform", "TraceState", "WeightedSum", "apply_delta",
     "chain", "empty_sum", "fedavg", "fedavgm", "flatten_state", "fold", "identity", "mean",
-    "scale", "trace", "unflatten_state",
+    "scale", "trace", "unflatten_state", "weighted_mean",
 ]

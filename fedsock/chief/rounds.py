@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from fedsock.aggregation import (
-    Transform,
-    WeightedSum,
-    apply_delta,
-    empty_sum,
-    fold,
-    mean,
-)
+from fedsock.aggregation import Reducer, Transform, apply_delta, weighted_mean
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature, first_nonfinite
 
@@ -58,19 +52,22 @@ class RoundController:
             (and workers needed before training starts).
         round_timeout: seconds after a round opens at which it closes if it
             has ``min_workers`` updates.
-        transform: server transform applied to the averaged delta.
+        transform: server transform applied to the combined delta.
+        reducer: how updates are combined within a round (default: the
+            weighted mean as a running sum).
     """
 
     rounds: int
     min_workers: int
     round_timeout: float
     transform: Transform
+    reducer: Reducer = field(default_factory=weighted_mean)
     specs: tuple[TensorSpec, ...] | None = None
     weights: list[np.ndarray] | None = None
     round: int = 0
     transform_state: object = None
     members: set[int] = field(default_factory=set)
-    _sum: WeightedSum | None = None
+    _acc: Any = None
     _submitted: dict[int, int] = field(default_factory=dict)
     _opened_at: float | None = None
 
@@ -154,11 +151,11 @@ class RoundController:
                 self._opened_at = now
         return self._opened_at is not None
 
-    def _ensure_sum(self) -> WeightedSum:
-        if self._sum is None:
+    def _ensure_acc(self) -> Any:
+        if self._acc is None:
             assert self.weights is not None
-            self._sum = empty_sum([w.shape for w in self.weights])
-        return self._sum
+            self._acc = self.reducer.init([w.shape for w in self.weights])
+        return self._acc
 
     def submit(
         self, worker: int, round_: int, num_examples: int, specs: Sequence[TensorSpec],
@@ -170,6 +167,11 @@ class RoundController:
             RemoteProtocolError: wrong signature, NaN/Inf, zero examples, an
                 update for a future round, or a second update in one round.
         """
+        if not self.has_model:
+            raise RemoteProtocolError(
+                "there is no global model yet: propose initial weights with an Update for round 0",
+                code="out_of_order",
+            )
         if round_ <= self.round or self.finished:
             return Stale(round_, self.collecting)
         if round_ > self.collecting:
@@ -184,7 +186,7 @@ class RoundController:
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
         self._check(specs, weights)
-        self._sum = fold(self._ensure_sum(), weights, num_examples)
+        self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)
         self._submitted[worker] = num_examples
         return Accepted()
 
@@ -203,8 +205,9 @@ class RoundController:
 
     def close(self, now: float) -> RoundResult:
         """Aggregate the open round into the new global model; the next round opens at ``now``."""
-        assert self._sum is not None and self.weights is not None
-        delta = [m - np.asarray(w, np.float64) for m, w in zip(mean(self._sum), self.weights)]
+        assert self._acc is not None and self.weights is not None
+        combined = self.reducer.result(self._acc)
+        delta = [m - np.asarray(w, np.float64) for m, w in zip(combined, self.weights)]
         delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
         self.weights = apply_delta(self.weights, delta)
         self.round += 1
@@ -213,6 +216,6 @@ class RoundController:
             self.round, self.weights, tuple(sorted(self._submitted)), sum(self._submitted.values()),
             self._opened_at,
         )
-        self._sum, self._submitted = None, {}
+        self._acc, self._submitted = None, {}
         self._opened_at = now if not self.finished else None
         return result

@@ -127,7 +127,7 @@ class Chief:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         session = Session(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
-        if self._unauthenticated >= limits.MAX_UNAUTHENTICATED or len(self._sessions) >= limits.MAX_WORKERS:
+        if self._unauthenticated >= limits.MAX_UNAUTHENTICATED:
             log.warning("refusing %s: too many connections", session.peer)
             await session.send_error("busy", "the chief is at capacity; retry later")
             await session.close()
@@ -139,6 +139,7 @@ class Chief:
             self._unauthenticated -= 1
             authenticated = True
             if joined:
+                await self._welcome(session)
                 await self._serve_worker(session)
         except RemoteProtocolError as exc:
             log.warning("%s: %s [%s]", session.label, exc, exc.code)
@@ -179,9 +180,17 @@ class Chief:
         if self._done.is_set():
             await s.send_error("shutdown", "training is over; the chief is shutting down")
             return False
+        if len(self._sessions) >= limits.MAX_WORKERS:
+            await s.send_error("busy", f"the chief already serves {limits.MAX_WORKERS} workers")
+            return False
         s.worker_id = next(self._ids)
         self._sessions[s.worker_id] = s
         log.info("%s joined", s.label)
+        return True
+
+    async def _welcome(self, s: Session) -> None:
+        """Send Welcome with the plan, the model and the global weights (bounded by the idle timeout)."""
+        assert s.worker_id is not None
         ctrl = self.controller
         plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size)
         m = self.outputs.model_info
@@ -191,11 +200,11 @@ class Chief:
             model=m.config if m else None, compile=m.compile if m else None,
             has_weights=ctrl.has_model,
         )
-        await s.send(welcome, ctrl.weights if ctrl.has_model else ())
+        await asyncio.wait_for(s.send(welcome, ctrl.weights if ctrl.has_model else ()),
+                               self.config.idle_timeout)
         if ctrl.has_model:
             ctrl.join(s.worker_id)
             self._wake.set()
-        return True
 
     async def _handshake_event(self, s: Session, kind: type[T]) -> T | None:
         """The next handshake message, or None if the peer hung up or gave up."""
@@ -316,7 +325,10 @@ class Chief:
         try:
             return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
         except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
-            log.info("%s: could not send %s (%s)", s.label, type(msg).__name__, exc)
+            # A half-sent weights message leaves the connection unusable: drop it.
+            log.info("%s: could not send %s (%s); dropping the connection", s.label,
+                     type(msg).__name__, exc or type(exc).__name__)
+            s.writer.transport.abort()
             return 0
 
     async def _finish(self) -> None:

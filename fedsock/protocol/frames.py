@@ -118,7 +118,8 @@ def unpack_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
             ext_hook=_reject_ext,
         )
     except Exception as exc:  # msgpack may raise many types; all are the peer's fault
-        raise RemoteProtocolError(f"malformed message body: {exc}", code="bad_frame") from None
+        code = "limit_exceeded" if "exceeds max" in str(exc) else "bad_frame"
+        raise RemoteProtocolError(f"malformed message body: {exc}", code=code) from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("message body is not a map", code="bad_frame")
     _check_depth(obj, limits.MAX_NESTING)
@@ -131,7 +132,7 @@ def _check_depth(obj: Any, budget: int) -> None:
         item, depth = stack.pop()
         if depth > budget:
             raise RemoteProtocolError(
-                f"message nested deeper than {budget} levels", code="bad_frame"
+                f"message nested deeper than {budget} levels", code="limit_exceeded"
             )
         if isinstance(item, dict):
             stack.extend((v, depth + 1) for v in item.values())

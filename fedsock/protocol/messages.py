@@ -42,7 +42,7 @@ ERROR_CODES = frozenset(
         "bad_message",          # well-formed msgpack, wrong fields or types
         "limit_exceeded",       # too many tensors, elements, bytes, ...
         "auth_failed",          # wrong token / HMAC
-        "signature_mismatch",   # tensor names/shapes/dtypes differ from the model
+        "signature_mismatch",   # tensor count, shapes or dtypes differ from the model
         "invalid_weights",      # NaN or Inf in an update
         "timeout",              # peer too slow (handshake, idle)
         "busy",                 # chief at capacity
@@ -107,7 +107,7 @@ class TensorSpec:
         name = _field(obj, "name", str, what)
         dtype = _field(obj, "dtype", str, what)
         shape = _field(obj, "shape", list, what)
-        if len(name.encode()) > limits.MAX_NAME_BYTES * 4:
+        if len(name.encode()) > limits.MAX_TENSOR_NAME_BYTES:
             raise RemoteProtocolError(f"{what}: name too long", code="limit_exceeded")
         if dtype not in DTYPES:
             raise RemoteProtocolError(f"{what}: unsupported dtype {dtype!r}", code="bad_message")
@@ -272,14 +272,18 @@ class Welcome:
         w = "Welcome"
         model = _field(b, "model", (str, type(None)), w)
         comp = _field(b, "compile", (str, type(None)), w)
+        has_weights = _field(b, "has_weights", bool, w)
+        tensors = specs_from_wire(b, w)
+        if not has_weights and tensors:
+            raise RemoteProtocolError("Welcome: tensors without has_weights", code="bad_message")
         return cls(
             worker_id=_nonneg(_field(b, "worker_id", int, w), "worker_id", w),
             round=_nonneg(_field(b, "round", int, w), "round", w),
             plan=Plan.from_wire(_field(b, "plan", dict, w)),
-            tensors=specs_from_wire(b, w),
+            tensors=tensors,
             model=model,
             compile=comp,
-            has_weights=_field(b, "has_weights", bool, w),
+            has_weights=has_weights,
         )
 
 

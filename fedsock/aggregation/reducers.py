@@ -1,0 +1,34 @@
+"""Reducers: how the chief combines the workers' weights within one round.
+
+A ``Reducer`` is three pure functions over an explicit accumulator::
+
+    init(shapes) -> acc
+    add(acc, weights, num_examples) -> acc
+    result(acc) -> list[np.ndarray]      # the combined weights, float64
+
+``weighted_mean`` streams: its accumulator is one running sum, so memory does
+not grow with the number of workers. Robust reducers (median, Krum, ...) must
+keep every update and say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fedsock.aggregation.weighted_sum import empty_sum, fold, mean
+
+
+class Reducer(NamedTuple):
+    """Pure functions that combine one round's updates."""
+
+    init: Callable[[Sequence[tuple[int, ...]]], Any]
+    add: Callable[[Any, Sequence[np.ndarray], float], Any]
+    result: Callable[[Any], list[np.ndarray]]
+
+
+def weighted_mean() -> Reducer:
+    """FedAvg's ``sum(n_k w_k) / sum(n_k)``, as a running sum."""
+    return Reducer(empty_sum, fold, mean)
