@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedsock import limits
 from fedsock.errors import FedsockError
 
 
@@ -37,6 +38,13 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-every", type=int, default=50, help="local steps between syncs")
     p.add_argument("--batch-size", type=int, default=32, help="local batch size")
     p.add_argument("--advertise", help="host name workers use to reach this chief (for the printed command)")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="share of connected workers sampled per round, seeded by --seed (default 1.0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the worker sampling")
+    p.add_argument("--idle-timeout", type=float, default=limits.IDLE_TIMEOUT_S,
+                   help=f"seconds of silence after which a worker counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
+    p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
+                   help=f"seconds between heartbeats to a quiet worker (default {limits.HEARTBEAT_INTERVAL_S:g})")
 
 
 def worker_parser(p: argparse.ArgumentParser) -> None:
@@ -47,6 +55,8 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="your own model (.keras or module:function) when the chief has none")
     p.add_argument("--connect-timeout", type=float, default=60.0,
                    help="seconds to keep retrying an unreachable chief (default 60)")
+    p.add_argument("--reconnect-timeout", type=float, default=300.0,
+                   help="after a lost connection, seconds to keep reconnecting (default 300; 0 = never)")
     p.add_argument("--save-updates", type=Path,
                    help="keep a copy of every update sent (round-N.npz) to audit what left this machine")
 
@@ -87,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, state_dir=args.state_dir, rounds=args.rounds,
             min_workers=args.min_workers, round_timeout=args.round_timeout, model=args.model,
             eval_data=args.eval_data, sync_every=args.sync_every, batch_size=args.batch_size,
-            advertise=args.advertise,
+            advertise=args.advertise, fraction=args.fraction, seed=args.seed,
+            idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
         )
         Chief(cfg).run()
         return 0
@@ -95,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         from fedsock.worker.run import run_worker
 
         run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
-                   connect_timeout=args.connect_timeout, save_updates=args.save_updates)
+                   connect_timeout=args.connect_timeout, reconnect_timeout=args.reconnect_timeout,
+                   save_updates=args.save_updates)
         return 0
     if args.command == "shard":
         from fedsock.data import Partition, split_digits

@@ -29,6 +29,10 @@ class ChiefConfig:
         sync_every: local steps between syncs (sent to workers in the plan).
         batch_size: local batch size (sent to workers in the plan).
         advertise: host name workers should use, for the printed command line.
+        fraction: share of connected workers sampled per round (seeded).
+        seed: seed of the sampling.
+        idle_timeout: seconds of silence after which a worker is dropped.
+        heartbeat_interval: seconds between heartbeats to a quiet worker.
     """
 
     host: str = "0.0.0.0"
@@ -42,6 +46,8 @@ class ChiefConfig:
     sync_every: int = 50
     batch_size: int = 32
     advertise: str | None = None
+    fraction: float = 1.0
+    seed: int = 0
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
     idle_timeout: float = limits.IDLE_TIMEOUT_S
     heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S
@@ -58,6 +64,10 @@ class ChiefConfig:
             raise ConfigError("--round-timeout must be positive")
         if self.sync_every < 1 or self.batch_size < 1:
             raise ConfigError("--sync-every and --batch-size must be at least 1")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError("--fraction must be in (0, 1]")
+        if not 0 < self.heartbeat_interval < self.idle_timeout:
+            raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port")
         if self.eval_data is not None and self.model is None:

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedsock import checkpoint
-from fedsock.aggregation import flatten_state
+from fedsock.aggregation import flatten_state, unflatten_state
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.rounds import RoundController, RoundResult
 from fedsock.data import load_shard
-from fedsock.protocol import TensorSpec
+from fedsock.errors import ConfigError, RemoteProtocolError
+from fedsock.protocol import TensorSpec, check_signature
 
 log = logging.getLogger("fedsock.chief")
 
@@ -72,16 +75,69 @@ class Outputs:
         return kerasutil.evaluate(self._model, weights, *self._eval)
 
     def record_round(self, r: RoundResult, seconds: float, bytes_in: int, bytes_out: int,
-                     metrics: dict[str, float]) -> None:
-        """Append to metrics.jsonl and print the round's table row."""
-        line = {
+                     metrics: dict[str, float], names: list[str]) -> None:
+        """Append to metrics.jsonl (fsynced: the checkpoint that follows counts it) and print a row."""
+        line: dict[str, Any] = {
             "round": r.round, "workers": len(r.workers), "examples": r.examples,
             "seconds": round(seconds, 4), "bytes_in": bytes_in, "bytes_out": bytes_out,
-            "time": time.time(), **metrics,
+            "time": time.time(), "participants": names, **metrics,
         }
-        with open(self.config.state_dir / "metrics.jsonl", "a") as f:
+        if r.selected is not None:
+            line["fraction"] = self.config.fraction
+            line["sampled"] = len(r.selected)
+        with open(self.metrics_path, "a") as f:
             f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         self._print_row(line)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.config.state_dir / "metrics.jsonl"
+
+    def resume(self, ctrl: RoundController, model_specs: tuple[TensorSpec, ...] | None) -> bool:
+        """Restore ``ctrl`` from the newest checkpoint, if any.
+
+        Returns:
+            True if a checkpoint was restored.
+
+        Raises:
+            ConfigError: the newest checkpoint is corrupt, foreign, or does not
+                fit ``--model`` or the configured aggregation: never a silent
+                fresh start.
+        """
+        directory = self.config.state_dir / "checkpoints"
+        files = sorted(directory.glob("round-*.fsck")) if directory.is_dir() else []
+        if not files:
+            if self.metrics_path.exists() and self.metrics_path.stat().st_size:
+                log.warning("no checkpoint in %s: starting fresh; the old metrics.jsonl is "
+                            "kept as metrics.jsonl.old", directory)
+                self.metrics_path.replace(self.metrics_path.with_suffix(".jsonl.old"))
+            return False
+        ckpt = checkpoint.load(files[-1])
+        hint = f"move {files[-1]} away to resume from an older checkpoint, or use another --state-dir"
+        if model_specs is not None:
+            try:
+                check_signature(model_specs, ckpt.specs)
+            except RemoteProtocolError as exc:
+                raise ConfigError(f"{files[-1]} was written for another model ({exc}); {hint}") from None
+        try:
+            state = unflatten_state(ctrl.transform.init(ckpt.weights), ckpt.state)
+            rng = json.loads(ckpt.meta["rng"]) if "rng" in ckpt.meta else None
+            lines = int(ckpt.meta.get("metrics_lines", ckpt.round))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{files[-1]} does not fit this chief's aggregation ({exc}); {hint}") from None
+        ctrl.restore(ckpt.round, ckpt.specs, ckpt.weights, state, rng)
+        self._truncate_metrics(lines)
+        log.info("resuming after round %d of %d from %s", ckpt.round, ctrl.rounds, files[-1])
+        return True
+
+    def _truncate_metrics(self, lines: int) -> None:
+        """Keep the first ``lines`` lines: rounds recorded after the checkpoint are redone."""
+        if not self.metrics_path.exists():
+            return
+        kept = self.metrics_path.read_text().splitlines(keepends=True)[:lines]
+        checkpoint.atomic_write(self.metrics_path, "".join(kept).encode())
 
     def _print_row(self, m: dict[str, Any]) -> None:
         if not self._header_printed:
@@ -95,13 +151,18 @@ class Outputs:
               flush=True)
         sys.stdout.flush()
 
-    def checkpoint(self, ctrl: RoundController, metrics_line: int) -> None:
-        """Atomically checkpoint the global model after a round (keeps the newest few)."""
+    def checkpoint(self, ctrl: RoundController) -> None:
+        """Atomically checkpoint the global model after a round (keeps the newest few).
+
+        It records the round, the aggregation state, the sampling RNG and how
+        many metrics lines belong to completed rounds.
+        """
         assert ctrl.specs is not None and ctrl.weights is not None
         directory = self.config.state_dir / "checkpoints"
+        meta = {"metrics_lines": ctrl.round, "rng": json.dumps(ctrl.rng.bit_generator.state)}
         ckpt = checkpoint.Checkpoint(
             round=ctrl.round, specs=ctrl.specs, weights=ctrl.weights,
-            state=flatten_state(ctrl.transform_state), meta={"metrics_lines": metrics_line},
+            state=flatten_state(ctrl.transform_state), meta=meta,
         )
         checkpoint.save(checkpoint.round_path(directory, ctrl.round), ckpt)
         checkpoint.prune(directory, self.config.keep_checkpoints)

@@ -3,10 +3,15 @@
 The chief's network code asks ``RoundController`` what to do and does it;
 nothing here touches a socket or a clock of its own (``now`` is passed in).
 Rounds are numbered from 1; round 0 is the initial global model.
+
+Worker ids are stable identities: a worker that reconnects keeps its id, so
+an update it re-sends after a dropped connection is recognised as the same
+contribution and never counted twice.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +37,19 @@ class Stale:
 
 
 @dataclass(frozen=True)
+class Duplicate:
+    """The same worker re-sent its update after reconnecting; the first copy counts."""
+
+
+@dataclass(frozen=True)
+class NotSelected:
+    """The worker is not sampled for this round (``--fraction``); it waits."""
+
+
+Verdict = Accepted | Stale | Duplicate | NotSelected
+
+
+@dataclass(frozen=True)
 class RoundResult:
     """What closing a round produced."""
 
@@ -40,21 +58,24 @@ class RoundResult:
     workers: tuple[int, ...]
     examples: int
     opened_at: float
+    selected: tuple[int, ...] | None
 
 
 @dataclass
 class RoundController:
-    """Global model, round counter and the open round's running sum.
+    """Global model, round counter and the open round's accumulator.
 
     Args:
         rounds: rounds to train before ``Done``.
-        min_workers: updates needed before a round may close at its deadline
-            (and workers needed before training starts).
+        min_workers: updates needed to close a round (and workers needed
+            before training starts).
         round_timeout: seconds after a round opens at which it closes if it
-            has ``min_workers`` updates.
+            has ``min_workers`` updates; without them it is extended by the
+            same time again (and the chief says why).
         transform: server transform applied to the combined delta.
-        reducer: how updates are combined within a round (default: the
-            weighted mean as a running sum).
+        reducer: how updates are combined within a round.
+        fraction: share of the connected workers sampled per round (1.0 = all).
+        seed: seed of the sampling generator.
     """
 
     rounds: int
@@ -62,14 +83,22 @@ class RoundController:
     round_timeout: float
     transform: Transform
     reducer: Reducer = field(default_factory=weighted_mean)
+    fraction: float = 1.0
+    seed: int = 0
     specs: tuple[TensorSpec, ...] | None = None
     weights: list[np.ndarray] | None = None
     round: int = 0
-    transform_state: object = None
+    transform_state: Any = None
     members: set[int] = field(default_factory=set)
+    selected: frozenset[int] | None = None
+    rng: np.random.Generator = field(init=False)
     _acc: Any = None
-    _submitted: dict[int, int] = field(default_factory=dict)
+    _submitted: dict[int, tuple[int, int]] = field(default_factory=dict)
     _opened_at: float | None = None
+    _deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
 
     # --- model ------------------------------------------------------------
 
@@ -82,6 +111,16 @@ class RoundController:
         self.specs = specs
         self.weights = [np.array(w) for w in weights]
         self.transform_state = self.transform.init(self.weights)
+
+    def restore(self, round_: int, specs: tuple[TensorSpec, ...], weights: Sequence[np.ndarray],
+                transform_state: Any, rng_state: dict[str, Any] | None) -> None:
+        """Resume from a checkpoint taken after ``round_``."""
+        self.specs = specs
+        self.weights = [np.array(w) for w in weights]
+        self.transform_state = transform_state
+        self.round = round_
+        if rng_state is not None:
+            self.rng.bit_generator.state = rng_state
 
     def propose_initial(self, specs: tuple[TensorSpec, ...], weights: Sequence[np.ndarray]) -> bool:
         """A worker's weights for round 0 (bring-your-own-model).
@@ -132,40 +171,58 @@ class RoundController:
         return self.round + 1
 
     @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
+    @property
     def submitted(self) -> dict[int, int]:
         """Worker id -> examples, for the open round."""
-        return dict(self._submitted)
+        return {w: n for w, (n, _) in self._submitted.items()}
+
+    def is_selected(self, worker: int) -> bool:
+        """Whether ``worker`` takes part in the open round (always, without sampling)."""
+        return self.selected is None or worker in self.selected
 
     def open_if_ready(self, now: float) -> bool:
-        """Start the round's deadline clock once ``min_workers`` hold the model.
+        """Open the next round once ``min_workers`` hold the model.
 
         Updates are accepted before that (a fast worker may finish its local
         steps while others are still joining); the round just cannot close.
-        After the first round, each round opens when the previous one closes.
 
         Returns:
             True if the round being collected is open.
         """
         if self._opened_at is None and self.has_model and not self.finished:
-            if self.round > 0 or len(self.members) >= self.min_workers:
-                self._opened_at = now
+            if len(self.members) >= self.min_workers:
+                self._open(now)
         return self._opened_at is not None
 
-    def _ensure_acc(self) -> Any:
-        if self._acc is None:
-            assert self.weights is not None
-            self._acc = self.reducer.init([w.shape for w in self.weights])
-        return self._acc
+    def _open(self, now: float) -> None:
+        self._opened_at = now
+        self._deadline = now + self.round_timeout
+        if self.fraction < 1.0:
+            pool = sorted(self.members)
+            k = min(len(pool), max(self.min_workers, math.ceil(self.fraction * len(pool))))
+            picked = self.rng.choice(len(pool), size=k, replace=False) if pool else np.zeros(0, int)
+            self.selected = frozenset(pool[int(i)] for i in picked) | frozenset(self._submitted)
+        else:
+            self.selected = None
 
     def submit(
         self, worker: int, round_: int, num_examples: int, specs: Sequence[TensorSpec],
-        weights: Sequence[np.ndarray],
-    ) -> Accepted | Stale:
+        weights: Sequence[np.ndarray], connection: int = 0,
+    ) -> Verdict:
         """Fold a worker's update into the round being collected.
 
+        Args:
+            connection: identifies the connection it came on; a re-send on a
+                new connection is a ``Duplicate``, a second send on the same
+                one is an error.
+
         Raises:
-            RemoteProtocolError: wrong signature, NaN/Inf, zero examples, an
-                update for a future round, or a second update in one round.
+            RemoteProtocolError: no model yet, wrong signature, NaN/Inf, zero
+                examples, an update for a future round, or a second update in
+                one round on the same connection.
         """
         if not self.has_model:
             raise RemoteProtocolError(
@@ -180,42 +237,73 @@ class RoundController:
                 code="bad_message",
             )
         if worker in self._submitted:
+            if self._submitted[worker][1] != connection:
+                return Duplicate()
             raise RemoteProtocolError(
                 f"second update for round {round_} from the same worker", code="bad_message"
             )
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
         self._check(specs, weights)
+        if self._opened_at is not None and not self.is_selected(worker):
+            return NotSelected()
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)
-        self._submitted[worker] = num_examples
+        self._submitted[worker] = (num_examples, connection)
         return Accepted()
 
+    def _ensure_acc(self) -> Any:
+        if self._acc is None:
+            assert self.weights is not None
+            self._acc = self.reducer.init([w.shape for w in self.weights])
+        return self._acc
+
+    def expected(self) -> set[int]:
+        """Workers whose update the open round still waits for."""
+        pool = self.members if self.selected is None else self.members & self.selected
+        return pool - self._submitted.keys()
+
     def should_close(self, now: float) -> bool:
-        """At least ``min_workers`` updates, and every member submitted or the deadline passed."""
+        """At least ``min_workers`` updates, and every expected worker submitted or the deadline passed."""
         if self._opened_at is None or len(self._submitted) < self.min_workers:
             return False
-        everyone = self.members <= self._submitted.keys()
-        return everyone or now - self._opened_at >= self.round_timeout
+        assert self._deadline is not None
+        return not self.expected() or now >= self._deadline
+
+    def past_deadline_without_quorum(self, now: float) -> bool:
+        """The deadline passed with fewer than ``min_workers`` updates.
+
+        The caller reports it; ``extend`` then gives the round another
+        ``round_timeout``. The updates received so far are kept.
+        """
+        return (self._deadline is not None and now >= self._deadline
+                and len(self._submitted) < self.min_workers)
+
+    def extend(self, now: float) -> None:
+        """Retry a round that missed its quorum: a new deadline, updates kept."""
+        self._deadline = now + self.round_timeout
 
     def seconds_left(self, now: float) -> float | None:
         """Seconds until the open round's deadline (None if no round is open)."""
-        if self._opened_at is None:
+        if self._deadline is None:
             return None
-        return max(0.0, self._opened_at + self.round_timeout - now)
+        return max(0.0, self._deadline - now)
 
     def close(self, now: float) -> RoundResult:
-        """Aggregate the open round into the new global model; the next round opens at ``now``."""
-        assert self._acc is not None and self.weights is not None
+        """Combine the open round into the new global model; the next round opens at ``now``."""
+        assert self._acc is not None and self.weights is not None and self._opened_at is not None
         combined = self.reducer.result(self._acc)
         delta = [m - np.asarray(w, np.float64) for m, w in zip(combined, self.weights)]
         delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
         self.weights = apply_delta(self.weights, delta)
         self.round += 1
-        assert self._opened_at is not None
         result = RoundResult(
-            self.round, self.weights, tuple(sorted(self._submitted)), sum(self._submitted.values()),
-            self._opened_at,
+            self.round, self.weights, tuple(sorted(self._submitted)),
+            sum(n for n, _ in self._submitted.values()), self._opened_at,
+            tuple(sorted(self.selected)) if self.selected is not None else None,
         )
         self._acc, self._submitted = None, {}
-        self._opened_at = now if not self.finished else None
+        self._opened_at = self._deadline = None
+        self.selected = None
+        if not self.finished:
+            self._open(now)
         return result

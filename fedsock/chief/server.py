@@ -1,7 +1,7 @@
 """The chief: a TLS listener, one task per worker, and the round loop.
 
 All round logic lives in ``RoundController``; this module moves bytes,
-enforces timeouts and writes outputs (metrics, checkpoints, final model).
+enforces timeouts, and writes outputs (metrics, checkpoints, final model).
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from fedsock import limits, tls
 from fedsock.aggregation import Transform, fedavg
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import Outputs
-from fedsock.chief.rounds import Accepted, RoundController, RoundResult
+from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult
 from fedsock.chief.session import Session
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import (
     Auth,
-    Challenge,
     ConnectionClosed,
     Done,
     Error,
@@ -37,6 +36,8 @@ from fedsock.protocol import (
     Update,
     Welcome,
 )
+from fedsock.protocol.connection import message_bytes
+from fedsock.protocol.messages import Challenge
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
@@ -68,11 +69,17 @@ class Chief:
             min_workers=self.config.min_workers,
             round_timeout=self.config.round_timeout,
             transform=transform or fedavg(),
+            fraction=self.config.fraction,
+            seed=self.config.seed,
         )
         self.outputs = Outputs(self.config)
         self.port: int | None = None
-        self._sessions: dict[int, Session] = {}
+        self._sessions: dict[int, Session] = {}  # worker id -> its live connection
+        self._identities: dict[str, int] = {}  # worker name -> worker id (stable across reconnects)
+        self._names: dict[int, str] = {}
+        self._held: set[int] = set()  # submitted, waiting to be sampled (--fraction)
         self._ids = itertools.count(1)
+        self._conn_ids = itertools.count(1)
         self._unauthenticated = 0
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
@@ -87,82 +94,94 @@ class Chief:
 
     async def serve(self) -> RunSummary:
         """Serve until the last round is done."""
-        cfg = self.config
-        identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h])
-        self.identity = identity
+        cfg, ctrl = self.config, self.controller
+        self.identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h])
         model = self.outputs.prepare_model()
-        if model is not None:
-            self.controller.set_model(model.specs, model.weights)
+        resumed = self.outputs.resume(ctrl, model.specs if model else None)
+        if not resumed and model is not None:
+            ctrl.set_model(model.specs, model.weights)
         server = await asyncio.start_server(
             self._accept, cfg.host, cfg.port,
-            ssl=tls.server_context(identity.cert_path, identity.key_path),
+            ssl=tls.server_context(self.identity.cert_path, self.identity.key_path),
             ssl_handshake_timeout=cfg.handshake_timeout,
         )
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         (cfg.state_dir / "chief.addr").write_text(f"{local}:{self.port}\n")
-        self._announce(identity)
+        self._announce()
         try:
             async with server:
-                await self._round_loop()
-                await self._finish()
+                if ctrl.finished:
+                    log.info("the run already finished (round %d of %d); handing out the final model",
+                             ctrl.round, ctrl.rounds)
+                    self._done.set()
+                    await self._finish(min_wait=3 * self.config.done_grace)
+                else:
+                    await self._round_loop()
+                    await self._finish()
         finally:
             for s in list(self._sessions.values()):
                 await s.close()
-        return RunSummary(self.controller.round, self._last_metrics, str(cfg.state_dir))
+        return RunSummary(ctrl.round, self._last_metrics, str(cfg.state_dir))
 
-    def _announce(self, identity: tls.ChiefIdentity) -> None:
-        cfg = self.config
+    def _announce(self) -> None:
+        cfg, ident = self.config, self.identity
         host = cfg.advertise or (cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "CHIEF_HOST")
-        log.info("fedsock chief listening on %s:%s (TLS 1.3, state dir %s)",
-                 cfg.host, self.port, cfg.state_dir)
-        log.info("certificate sha256 %s%s", identity.token.fingerprint.hex(),
-                 " (new)" if identity.created else "")
-        log.info("join token (also in %s): %s", cfg.state_dir / "token", identity.token)
+        log.info("fedsock chief listening on %s:%s (TLS 1.3, state dir %s)", cfg.host, self.port, cfg.state_dir)
+        log.info("certificate sha256 %s%s", ident.token.fingerprint.hex(), " (new)" if ident.created else "")
+        log.info("join token (also in %s): %s", cfg.state_dir / "token", ident.token)
         log.info("start a worker with:\n  python worker.py --chief %s:%s --token %s --data ./shard",
-                 host, self.port, identity.token)
+                 host, self.port, ident.token)
+
+    def _label(self, worker: int) -> str:
+        return f"worker {worker} ({self._names.get(worker, '?')})"
+
+    def _who(self, workers: set[int] | tuple[int, ...]) -> str:
+        return ", ".join(self._names.get(w, str(w)) for w in sorted(workers)) or "none"
 
     # --- connections ------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        session = Session(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
+        s = Session(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
         if self._unauthenticated >= limits.MAX_UNAUTHENTICATED:
-            log.warning("refusing %s: too many connections", session.peer)
-            await session.send_error("busy", "the chief is at capacity; retry later")
-            await session.close()
+            log.warning("refusing %s: too many connections in the handshake", s.peer)
+            await s.send_error("busy", "the chief is at capacity; retry later")
+            await s.close()
             return
         self._unauthenticated += 1
         authenticated = False
         try:
-            joined = await asyncio.wait_for(self._handshake(session), self.config.handshake_timeout)
+            joined = await asyncio.wait_for(self._handshake(s), self.config.handshake_timeout)
             self._unauthenticated -= 1
             authenticated = True
             if joined:
-                await self._welcome(session)
-                await self._serve_worker(session)
+                await self._welcome(s)
+                await self._serve_worker(s)
         except RemoteProtocolError as exc:
-            log.warning("%s: %s [%s]", session.label, exc, exc.code)
-            await session.send_error(exc.code, str(exc))
+            log.warning("%s: %s [%s]", s.label, exc, exc.code)
+            await s.send_error(exc.code, str(exc))
         except (asyncio.TimeoutError, TimeoutError):
-            log.warning("%s: silent for too long, disconnecting", session.label)
-            await session.send_error("timeout", "no message within the time limit")
+            log.warning("%s: silent for too long, dropping the connection", s.label)
+            await s.send_error("timeout", "no message within the time limit")
         except (ConnectionError, OSError) as exc:
-            log.info("%s: connection lost (%s)", session.label, exc)
+            log.info("%s: connection lost (%s)", s.label, exc or type(exc).__name__)
         except Exception:  # a bug here must cost one connection, not the chief
-            log.exception("%s: internal error; dropping the connection", session.label)
-            await session.send_error("internal", "internal error on the chief; see its log")
+            log.exception("%s: internal error; dropping the connection", s.label)
+            await s.send_error("internal", "internal error on the chief; see its log")
         finally:
             if not authenticated:
                 self._unauthenticated -= 1
-            if session.worker_id is not None:
-                self._sessions.pop(session.worker_id, None)
-                self.controller.leave(session.worker_id)
+            wid = s.worker_id
+            if wid is not None and self._sessions.get(wid) is s:
+                del self._sessions[wid]
+                self.controller.leave(wid)
+                self._held.discard(wid)
                 self._wake.set()
-            await session.close()
+            await s.close()
 
     async def _handshake(self, s: Session) -> bool:
-        """Hello -> Challenge -> Auth -> Welcome. Returns True if the worker is in."""
+        """Hello -> Challenge -> Auth. Returns True if the worker is in."""
         hello = await self._handshake_event(s, Hello)
         if hello is None:
             return False
@@ -177,32 +196,39 @@ class Chief:
             log.warning("authentication failed for %r from %s (wrong token?)", s.name, s.peer)
             await s.send_error("auth_failed", "authentication failed: wrong join token")
             return False
-        if self._done.is_set():
-            await s.send_error("shutdown", "training is over; the chief is shutting down")
-            return False
-        if len(self._sessions) >= limits.MAX_WORKERS:
+        wid = self._identities.get(s.name)
+        if wid is None and len(self._sessions) >= limits.MAX_WORKERS:
             await s.send_error("busy", f"the chief already serves {limits.MAX_WORKERS} workers")
             return False
-        s.worker_id = next(self._ids)
-        self._sessions[s.worker_id] = s
-        log.info("%s joined", s.label)
+        if wid is None:
+            wid = self._identities[s.name] = next(self._ids)
+        s.worker_id, s.conn_id = wid, next(self._conn_ids)
+        self._names[wid] = s.name
+        old = self._sessions.get(wid)
+        if old is not None:
+            log.info("%s reconnected from %s; closing its old connection", self._label(wid), s.peer)
+            old.writer.transport.abort()
+        self._sessions[wid] = s
+        log.info("%s joined from %s", self._label(wid), s.peer)
         return True
 
     async def _welcome(self, s: Session) -> None:
-        """Send Welcome with the plan, the model and the global weights (bounded by the idle timeout)."""
+        """Welcome with plan, model and global weights; Done right after if the run is over."""
         assert s.worker_id is not None
-        ctrl = self.controller
+        ctrl, m = self.controller, self.outputs.model_info
         plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size)
-        m = self.outputs.model_info
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
-            tensors=ctrl.specs or () if ctrl.has_model else (),
+            tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
             has_weights=ctrl.has_model,
         )
-        await asyncio.wait_for(s.send(welcome, ctrl.weights if ctrl.has_model else ()),
-                               self.config.idle_timeout)
-        if ctrl.has_model:
+        weights = ctrl.weights if ctrl.weights is not None else []
+        await asyncio.wait_for(s.send(welcome, weights), self.config.idle_timeout)
+        if self._done.is_set():
+            assert ctrl.specs is not None
+            await asyncio.wait_for(s.send(Done(ctrl.round, ctrl.specs), weights), self.config.idle_timeout)
+        elif ctrl.has_model:
             ctrl.join(s.worker_id)
             self._wake.set()
 
@@ -232,36 +258,46 @@ class Chief:
                     return
                 assert isinstance(ev, Update), ev
                 header_bytes = s.conn.last_frame_bytes
+                # A connection cut inside the chunks raises here: the partial
+                # update is discarded, never half-averaged.
                 weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout)
                 self._round_bytes_in += header_bytes + chunk_bytes
-                if self._done.is_set():
-                    continue  # training is over; the worker has Done waiting
-                await self._on_update(s, ev, weights)
+                if not self._done.is_set():  # after Done, late updates are moot
+                    await self._on_update(s, ev, weights)
         finally:
             heartbeat.cancel()
 
     async def _on_update(self, s: Session, upd: Update, weights: list[np.ndarray]) -> None:
-        ctrl = self.controller
-        assert s.worker_id is not None
+        ctrl, wid = self.controller, s.worker_id
+        assert wid is not None
         if upd.round == 0:  # an initial model proposal (bring your own model)
             if ctrl.propose_initial(upd.tensors, weights):
                 log.info("round 0: adopted the weights of %s as the initial model (%d tensors)",
                          s.label, len(weights))
-                self.outputs.checkpoint(ctrl, metrics_line=0)
-            ctrl.join(s.worker_id)
+                self.outputs.checkpoint(ctrl)  # a restarted chief must not forget it
+            ctrl.join(wid)
             self._wake.set()
             assert ctrl.weights is not None and ctrl.specs is not None
             await s.send(Global(ctrl.round, ctrl.specs), ctrl.weights)
             return
-        verdict = ctrl.submit(s.worker_id, upd.round, upd.num_examples, upd.tensors, weights)
+        verdict = ctrl.submit(wid, upd.round, upd.num_examples, upd.tensors, weights, s.conn_id)
         if isinstance(verdict, Accepted):
             log.debug("%s: update for round %d (%d examples)", s.label, upd.round, upd.num_examples)
             self._wake.set()
-            return
-        log.info("%s: late update for round %d dropped (now collecting round %d); sending round %d",
-                 s.label, verdict.round, verdict.current, ctrl.round)
-        assert ctrl.weights is not None and ctrl.specs is not None
-        await s.send(Global(ctrl.round, ctrl.specs), ctrl.weights)
+        elif isinstance(verdict, Duplicate):
+            log.info("%s re-sent its round %d update after reconnecting; the first copy counts",
+                     s.label, upd.round)
+        elif isinstance(verdict, NotSelected):
+            log.debug("%s: not sampled for round %d; it waits", s.label, upd.round)
+            self._held.add(wid)
+        else:
+            log.info("%s: late update for round %d dropped (collecting round %d)",
+                     s.label, verdict.round, verdict.current)
+            if ctrl.is_selected(wid):
+                assert ctrl.weights is not None and ctrl.specs is not None
+                await s.send(Global(ctrl.round, ctrl.specs), ctrl.weights)
+            else:
+                self._held.add(wid)
 
     async def _heartbeats(self, s: Session) -> None:
         interval = self.config.heartbeat_interval
@@ -281,20 +317,22 @@ class Chief:
             if not ctrl.open_if_ready(now):
                 if now - last_log > 10:
                     last_log = now
-                    log.info("waiting for workers: %d of %d connected%s", len(ctrl.members),
-                             ctrl.min_workers,
-                             "" if ctrl.has_model else " (no model yet: the first worker's becomes round 0)")
+                    log.info("waiting for workers: %d of %d connected (%s)%s", len(ctrl.members),
+                             ctrl.min_workers, self._who(ctrl.members),
+                             "" if ctrl.has_model else "; no model yet: the first worker's becomes round 0")
                 await self._sleep_until_woken(5.0)
                 continue
             if ctrl.should_close(now):
                 await self._publish(ctrl.close(now))
                 continue
-            left = ctrl.seconds_left(now)
-            if left == 0 and now - last_log > 10:
-                last_log = now
-                log.warning("round %d past its deadline with %d of %d updates needed; still waiting",
-                            ctrl.collecting, len(ctrl.submitted), ctrl.min_workers)
-            await self._sleep_until_woken(left if left else 5.0)
+            if ctrl.past_deadline_without_quorum(now):
+                log.warning(
+                    "round %d: %d of %d required updates by the deadline (from: %s; still training: %s);"
+                    " retrying: the round stays open %g s more and keeps its updates",
+                    ctrl.collecting, len(ctrl.submitted), ctrl.min_workers,
+                    self._who(tuple(ctrl.submitted)), self._who(ctrl.expected()), ctrl.round_timeout)
+                ctrl.extend(now)
+            await self._sleep_until_woken(ctrl.seconds_left(now) or 5.0)
 
     async def _sleep_until_woken(self, timeout: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
@@ -302,24 +340,30 @@ class Chief:
         self._wake.clear()
 
     async def _publish(self, result: RoundResult) -> None:
+        """Evaluate, record, checkpoint; then hand out the new model."""
         ctrl = self.controller
         seconds = time.monotonic() - result.opened_at
         assert ctrl.specs is not None
         final = ctrl.finished
         if final:
             self._done.set()
-        # Checkpoint before anyone sees the new model, so a restart never
-        # resumes behind what workers already hold.
-        self.outputs.checkpoint(ctrl, metrics_line=result.round)
-        msg = Done(result.round, ctrl.specs) if final else Global(result.round, ctrl.specs)
-        targets = [self._sessions[w] for w in (list(self._sessions) if final else result.workers)
-                   if w in self._sessions]
-        sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in targets))
-        bytes_in, bytes_out = self._round_bytes_in, sum(sent)
-        self._round_bytes_in = 0
         metrics = await asyncio.to_thread(self.outputs.evaluate, result.weights)
         self._last_metrics = metrics
-        self.outputs.record_round(result, seconds, bytes_in, bytes_out, metrics)
+        # Who gets the new model now: everyone at the end; otherwise those who
+        # submitted or wait, if sampled for the next round.
+        waiting = set(result.workers) | self._held
+        targets = set(self._sessions) if final else {w for w in waiting if ctrl.is_selected(w)}
+        self._held = set() if final else (waiting - targets) & set(self._sessions)
+        msg = Done(result.round, ctrl.specs) if final else Global(result.round, ctrl.specs)
+        # Record and checkpoint before anyone sees the new model, so a restart
+        # never resumes behind what workers hold nor repeats a metrics line.
+        sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
+        bytes_out = message_bytes(msg, result.weights) * len(sessions)
+        self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics,
+                                  [self._names.get(w, str(w)) for w in result.workers])
+        self.outputs.checkpoint(ctrl)
+        self._round_bytes_in = 0
+        await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
 
     async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray]) -> int:
         try:
@@ -331,12 +375,16 @@ class Chief:
             s.writer.transport.abort()
             return 0
 
-    async def _finish(self) -> None:
+    async def _finish(self, min_wait: float = 0.0) -> None:
+        """Save the final model; keep handing out Done while workers hang up
+        (at most ``done_grace`` s, at least ``min_wait`` s for reconnecting ones)."""
         ctrl = self.controller
         assert ctrl.specs is not None and ctrl.weights is not None
         self.outputs.save_final(ctrl.specs, ctrl.weights)
-        # Give workers a moment to read Done and hang up on their own.
-        deadline = time.monotonic() + self.config.done_grace
-        while self._sessions and time.monotonic() < deadline:
+        start = time.monotonic()
+        while True:
+            waited = time.monotonic() - start
+            if waited >= max(min_wait, self.config.done_grace) or (waited >= min_wait and not self._sessions):
+                break
             await asyncio.sleep(0.05)
         log.info("training finished after %d rounds; final model in %s", ctrl.round, self.config.state_dir)

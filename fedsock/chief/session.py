@@ -41,13 +41,14 @@ class Session:
         self.bytes_out = 0
         self.last_sent = time.monotonic()
         self.worker_id: int | None = None
+        self.conn_id = 0
         self.name = "?"
         self._lock = asyncio.Lock()
 
     @property
     def label(self) -> str:
         """How logs name this peer."""
-        return f"worker {self.worker_id} ({self.name}, {self.peer})" if self.worker_id else self.peer
+        return f"worker {self.worker_id} ({self.name})" if self.worker_id else self.peer
 
     async def next_event(self, timeout: float) -> Event:
         """The next event; raises TimeoutError if the peer is silent for ``timeout``."""

@@ -25,7 +25,11 @@ except ``Error``.
 from __future__ import annotations
 
 import enum
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from fedsock import limits
 from fedsock.errors import LocalProtocolError, RemoteProtocolError
@@ -41,6 +45,7 @@ from fedsock.protocol.messages import (
     Message,
     TensorSpec,
 )
+from fedsock.protocol.tensors import iter_chunks
 
 
 class Role(enum.Enum):
@@ -326,11 +331,18 @@ class Connection:
 def _chunk_prefix(tensor: int, offset: int, length: int) -> bytes:
     """The msgpack bytes of ``{"t": tensor, "o": offset, "d": <bin length>}``
     up to (not including) the binary payload, so data can be sent unpacked."""
-    import struct
-
     head = frames.pack_body({"t": tensor, "o": offset})
     # head starts with fixmap(2) 0x82; rewrite as fixmap(3) and append key "d".
     return b"\x83" + head[1:] + b"\xa1d" + b"\xc6" + struct.pack(">I", length)
+
+
+def message_bytes(msg: Message, arrays: Sequence[np.ndarray] = (), chunk_bytes: int = limits.CHUNK_BYTES) -> int:
+    """Bytes on the wire of ``msg`` followed by the chunks of ``arrays``."""
+    total = frames.HEADER_BYTES + len(frames.pack_body(msg.to_body()))
+    for chunk in iter_chunks(arrays, chunk_bytes):
+        total += frames.HEADER_BYTES + len(_chunk_prefix(chunk.tensor, chunk.offset, len(chunk.data)))
+        total += len(chunk.data)
+    return total
 
 
 def make_error(exc: RemoteProtocolError) -> Error:

@@ -8,6 +8,7 @@ at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -57,6 +58,10 @@ from fedsock.protocol import (
 )
 
 log = logging.getLogger("fedsock.worker")
+
+
+class ConnectionLost(FedsockError):
+    """The connection to the chief broke (EOF, reset, silence, or the chief stopping)."""
 READ_BYTES = 256 * 1024
 
 
@@ -100,6 +105,9 @@ class Client:
         connect_timeout: seconds to keep retrying an unreachable chief.
         idle_timeout: seconds of silence from the chief before giving up.
         heartbeat_interval: seconds between heartbeats while idle.
+        reconnect_timeout: after a lost connection (chief restarted, link
+            cut, chief silent for ``idle_timeout``), seconds to keep trying to
+            reconnect, with exponential backoff and jitter; 0 disables it.
         save_updates: directory in which to keep a copy of every update sent
             (``round-NNNNNN.npz``: the tensors and ``num_examples``), to
             audit what left this machine.
@@ -115,6 +123,7 @@ class Client:
                  name: str | None = None, *, names: Sequence[str] | None = None,
                  connect_timeout: float = 60.0, idle_timeout: float = limits.IDLE_TIMEOUT_S,
                  heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
+                 reconnect_timeout: float = 300.0,
                  save_updates: str | os.PathLike[str] | None = None) -> None:
         self.address = parse_address(address)
         self._token = _token_from(token)
@@ -122,6 +131,8 @@ class Client:
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
+        self._reconnect_timeout = reconnect_timeout
+        self.reconnects = 0
         self._save_updates = Path(save_updates) if save_updates is not None else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -130,13 +141,8 @@ class Client:
         self.weights: list[np.ndarray] | None = None
         self._global_specs: tuple[TensorSpec, ...] = ()
         self.round = 0
-        self._conn = Connection(Role.WORKER)
-        self._sock = self._connect(connect_timeout)
-        try:
-            self.welcome = self._handshake()
-        except BaseException:
-            self._sock.close()
-            raise
+        with self._lock:
+            self.welcome = self._connect(connect_timeout)
         self.plan: Plan = self.welcome.plan
         self.worker_id = self.welcome.worker_id
         self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
@@ -218,27 +224,33 @@ class Client:
 
     # --- connection -------------------------------------------------------
 
-    def _connect(self, timeout: float) -> ssl.SSLSocket:
+    def _connect(self, timeout: float) -> Welcome:
+        """Connect, pin, authenticate; retry transient failures with backoff and jitter.
+
+        Refused or reset connections, a chief that dies mid-handshake or says
+        it is busy are retried until ``timeout``; a wrong certificate, a
+        rejected token or a peer that does not speak TLS 1.3 are not.
+        """
         host, port = self.address
         deadline = time.monotonic() + timeout
         delay, last = 0.25, "no attempt"
         ctx = tls.client_context()
         while True:
             try:
-                raw = socket.create_connection((host, port), timeout=min(10.0, max(timeout, 1.0)))
-            except OSError as exc:
-                last = str(exc) or type(exc).__name__
-            else:
-                try:
-                    sock = ctx.wrap_socket(raw, server_hostname=host)
-                except (ssl.SSLError, OSError) as exc:
-                    raw.close()
+                self._sock = self._open(ctx, host, port, timeout)
+                self._conn = Connection(Role.WORKER)
+                return self._handshake_locked()
+            except ssl.SSLError as exc:
+                if not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
                     raise ConnectError(
-                        f"TLS handshake with {host}:{port} failed ({exc}); is it a fedsock chief?"
+                        f"TLS handshake with {host}:{port} failed ({exc}); is it a fedsock chief "
+                        "speaking TLS 1.3?"
                     ) from None
-                tls.check_pinned(sock, self._token.fingerprint)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return sock
+                last = str(exc)
+            except (OSError, ConnectionLost) as exc:
+                last = str(exc) or type(exc).__name__
+            with contextlib.suppress(AttributeError, OSError):
+                self._sock.close()
             if time.monotonic() + delay > deadline:
                 raise ConnectError(
                     f"could not reach the chief at {host}:{port} within {timeout:g} s ({last}); "
@@ -248,38 +260,72 @@ class Client:
             time.sleep(delay)
             delay = min(delay * 2, 10.0) * random.uniform(0.8, 1.2)
 
-    def _handshake(self) -> Welcome:
-        with self._lock:
-            self._send(Hello(name=self.name))
-            ev = self._expect(Challenge)
-            assert isinstance(ev, Challenge)
-            mac = tls.auth_mac(self._token.secret, ev.nonce, self._token.fingerprint, self.name)
-            self._send(Auth(mac))
-            try:
-                welcome = self._expect(Welcome)
-            except PeerError as exc:
-                if exc.code == "auth_failed":
-                    raise AuthenticationError(
-                        f"authentication failed: the chief rejected the join token ({exc.text})"
-                    ) from None
-                raise
-            assert isinstance(welcome, Welcome)
-            self.round = welcome.round
-            if welcome.has_weights:
-                self.weights = self._read_weights(welcome.tensors)
-                self._global_specs = welcome.tensors
-            else:
-                self._read_weights(())
-            return welcome
+    def _open(self, ctx: ssl.SSLContext, host: str, port: int, timeout: float) -> ssl.SSLSocket:
+        raw = socket.create_connection((host, port), timeout=min(10.0, max(timeout, 1.0)))
+        try:
+            sock = ctx.wrap_socket(raw, server_hostname=host)
+            tls.check_pinned(sock, self._token.fingerprint)
+        except BaseException:
+            raw.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _handshake_locked(self) -> Welcome:
+        self._send(Hello(name=self.name))
+        ev = self._expect(Challenge)
+        assert isinstance(ev, Challenge)
+        mac = tls.auth_mac(self._token.secret, ev.nonce, self._token.fingerprint, self.name)
+        self._send(Auth(mac))
+        try:
+            welcome = self._expect(Welcome)
+        except PeerError as exc:
+            if exc.code == "auth_failed":
+                raise AuthenticationError(
+                    f"authentication failed: the chief rejected the join token ({exc.text})"
+                ) from None
+            raise
+        assert isinstance(welcome, Welcome)
+        self.round = welcome.round
+        if welcome.has_weights:
+            self.weights = self._read_weights(welcome.tensors)
+            self._global_specs = welcome.tensors
+        else:
+            self._read_weights(())
+        return welcome
 
     def _exchange(self, upd: Update, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Send ``upd`` and wait for the model; across reconnects if the link drops."""
         with self._lock:
-            try:
-                self._send(upd, weights)
-            except OSError as exc:
-                # The chief may have sent Done and hung up; read what is left.
-                log.info("send failed (%s); reading what the chief sent", exc)
-            return self._await_global()
+            while True:
+                try:
+                    self._send(upd, weights)
+                except OSError as exc:
+                    # The chief may have sent Done and hung up; read what is left.
+                    log.info("send failed (%s); reading what the chief sent", exc)
+                try:
+                    return self._await_global()
+                except ConnectionLost as exc:
+                    if self._reconnect_timeout <= 0:
+                        raise
+                    self._reconnect(str(exc))
+                if self.round >= self.plan.rounds:  # the run ended meanwhile: Done follows
+                    return self._await_global()
+                if self.weights is not None and self.round != upd.round - 1:
+                    log.info("round %d closed meanwhile; continuing from the chief's round %d",
+                             upd.round, self.round)
+                    return self.weights
+                log.info("re-sending the update for round %d", upd.round)
+
+    def _reconnect(self, reason: str) -> None:
+        """Connect and authenticate again (same name, so the chief knows us)."""
+        log.warning("connection to the chief lost (%s); reconnecting for up to %g s",
+                    reason, self._reconnect_timeout)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        self.welcome = self._connect(self._reconnect_timeout)
+        self.reconnects += 1
+        log.info("reconnected as worker %d; the chief is at round %d", self.welcome.worker_id, self.round)
 
     def _await_global(self) -> list[np.ndarray]:
         while True:
@@ -294,7 +340,7 @@ class Client:
                     self.finished = True
                 return self.weights
             if isinstance(ev, ConnectionClosed):
-                raise FedsockError("the chief closed the connection")
+                raise ConnectionLost("the chief closed the connection")
             raise FedsockError(f"unexpected {type(ev).__name__} from the chief")
 
     def _read_weights(self, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
@@ -314,7 +360,7 @@ class Client:
             if isinstance(ev, kind):
                 return ev
             if isinstance(ev, ConnectionClosed):
-                raise FedsockError("the chief closed the connection during the handshake")
+                raise ConnectionLost("the chief closed the connection during the handshake")
             raise FedsockError(f"expected {kind.__name__}, got {type(ev).__name__}")
 
     def _next_event(self) -> Event:
@@ -328,21 +374,21 @@ class Client:
                 raise
             if ev is not NEED_DATA:
                 if isinstance(ev, Error):
+                    if ev.code in ("shutdown", "timeout", "busy"):
+                        raise ConnectionLost(f"the chief hung up: {ev.message}")
                     raise PeerError(ev.code, ev.message)
-                return ev  # type: ignore[return-value]
+                return ev
             self._sock.settimeout(self._hb_interval)
             try:
                 data = self._sock.recv(READ_BYTES)
             except TimeoutError:
                 if time.monotonic() - silent_since > self._idle_timeout:
-                    raise FedsockError(
-                        f"the chief has been silent for {self._idle_timeout:g} s; giving up"
-                    ) from None
+                    raise ConnectionLost(f"the chief has been silent for {self._idle_timeout:g} s") from None
                 if self._conn.phase.value == "established" and not self._conn.we_finished:
                     self._send_quietly(Heartbeat())
                 continue
-            except (ConnectionError, ssl.SSLError) as exc:
-                raise FedsockError(f"connection to the chief lost: {exc}") from None
+            except (OSError, ssl.SSLError) as exc:
+                raise ConnectionLost(f"connection to the chief lost: {exc}") from None
             silent_since = time.monotonic()
             self._conn.receive_data(data)
 

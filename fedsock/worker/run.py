@@ -14,7 +14,7 @@ log = logging.getLogger("fedsock.worker")
 
 def run_worker(chief: str, data: Path, token: str | None = None, name: str | None = None,
                model: str | None = None, connect_timeout: float = 60.0, verbose: int = 0,
-               save_updates: Path | None = None) -> dict[str, float]:
+               save_updates: Path | None = None, reconnect_timeout: float = 300.0) -> dict[str, float]:
     """Train with the chief until it says ``Done``.
 
     Args:
@@ -27,6 +27,7 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
         connect_timeout: seconds to keep retrying an unreachable chief.
         verbose: Keras ``fit`` verbosity.
         save_updates: keep a copy of every update sent in this directory.
+        reconnect_timeout: seconds to keep reconnecting after a lost connection.
 
     Returns:
         The final model's metrics on the local shard.
@@ -40,7 +41,7 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
     from fedsock import kerasutil
 
     with Client(chief, token=token, name=name, connect_timeout=connect_timeout,
-                save_updates=save_updates) as client:
+                save_updates=save_updates, reconnect_timeout=reconnect_timeout) as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)

@@ -1,0 +1,66 @@
+"""A TensorFlow-free worker process for fault and load tests.
+
+    python -m fedsock.testing.numpy_worker --chief HOST:PORT --name w1 [--shape 64,10] [--work 0.2]
+
+It proposes zero weights (bring-your-own-model chief), then every round
+"trains" for ``--work`` seconds and sends the global weights plus a
+deterministic step derived from its name and the round, with a fixed number of
+examples. It exits 0 when the chief says ``Done``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import time
+
+import numpy as np
+
+from fedsock.errors import FedsockError
+from fedsock.worker.client import Client
+
+
+def step_for(name: str, round_: int, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """The deterministic update step of worker ``name`` in ``round_``."""
+    seed = int.from_bytes(hashlib.sha256(f"{name}/{round_}".encode()).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 0.1, size=s).astype(np.float32) for s in shapes]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--chief", required=True)
+    p.add_argument("--token", default=None)
+    p.add_argument("--name", required=True)
+    p.add_argument("--shape", default="64,10", help="comma-separated shapes, ';' between tensors")
+    p.add_argument("--examples", type=int, default=10)
+    p.add_argument("--work", type=float, default=0.0, help="seconds of simulated local training per round")
+    p.add_argument("--idle-timeout", type=float, default=60.0)
+    p.add_argument("--heartbeat-interval", type=float, default=10.0)
+    p.add_argument("--reconnect-timeout", type=float, default=120.0)
+    p.add_argument("--save-updates", default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    shapes = [tuple(int(d) for d in t.split(",") if d) for t in args.shape.split(";")]
+    try:
+        with Client(args.chief, token=args.token, name=args.name, idle_timeout=args.idle_timeout,
+                    heartbeat_interval=args.heartbeat_interval, reconnect_timeout=args.reconnect_timeout,
+                    save_updates=args.save_updates) as client:
+            print(f"{args.name}: joined as worker {client.worker_id} at round {client.round}", flush=True)
+            w = client.join([np.zeros(s, np.float32) for s in shapes])
+            while not client.finished:
+                time.sleep(args.work)
+                step = step_for(args.name, client.round + 1, shapes)
+                w = client.sync([a + d for a, d in zip(w, step)], num_examples=args.examples)
+            print(f"{args.name}: done at round {client.round} after {client.reconnects} reconnects", flush=True)
+    except FedsockError as exc:
+        print(f"{args.name}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
