@@ -47,6 +47,10 @@ HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0
 HEARTBEAT_INTERVAL_S = 10.0
 
+#: Longest pause between a worker's reconnection attempts (before +-20% jitter);
+#: attempts start 0.25 s apart and double.
+RECONNECT_BACKOFF_MAX_S = 5.0
+
 # --- admission -----------------------------------------------------------
 #: Most connections that have not yet authenticated, at once.
 MAX_UNAUTHENTICATED = 64

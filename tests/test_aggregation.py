@@ -18,7 +18,7 @@ from fedsock.aggregation import (
     trace,
     unflatten_state,
 )
-from fedsock.chief.rounds import Accepted, RoundController, Stale
+from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, Stale
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import specs_of
 
@@ -175,3 +175,56 @@ def test_first_proposal_becomes_round_zero():
     np.testing.assert_array_equal(c.weights[0], 1)
     with pytest.raises(RemoteProtocolError):
         c.propose_initial(specs_of([np.ones(4, np.float32)]), [np.ones(4, np.float32)])
+
+
+def test_resent_update_after_reconnect_counts_once():
+    c, w = controller(min_workers=2)
+    c.join(1), c.join(2)
+    c.open_if_ready(0.0)
+    assert c.submit(1, 1, 10, specs_of(w), [x + 1 for x in w], connection=7) == Accepted()
+    assert c.submit(1, 1, 10, specs_of(w), [x + 5 for x in w], connection=8) == Duplicate()
+    c.submit(2, 1, 10, specs_of(w), [x + 3 for x in w], connection=9)
+    r = c.close(1.0)
+    assert r.examples == 20
+    np.testing.assert_allclose(r.weights[0], 2.0)  # (1 + 3) / 2: the re-sent copy was not added
+
+
+def test_quorum_miss_extends_the_round_and_keeps_updates():
+    c, w = controller(min_workers=2, timeout=5.0)
+    c.join(1), c.join(2)
+    c.open_if_ready(0.0)
+    c.submit(1, 1, 4, specs_of(w), [x + 1 for x in w])
+    c.leave(2)
+    assert not c.should_close(6.0)
+    assert c.past_deadline_without_quorum(6.0)
+    c.extend(6.0)
+    assert not c.past_deadline_without_quorum(7.0) and c.seconds_left(7.0) == pytest.approx(4.0)
+    c.join(3)
+    c.submit(3, 1, 4, specs_of(w), [x + 3 for x in w])
+    assert c.should_close(7.0)
+    np.testing.assert_allclose(c.close(7.0).weights[0], 2.0)
+
+
+def test_fraction_samples_reproducibly_and_holds_the_rest():
+    def run(seed):
+        c = RoundController(rounds=5, min_workers=2, round_timeout=1.0, transform=fedavg(), fraction=0.5, seed=seed)
+        w = [np.zeros(2, np.float32)]
+        c.set_model(specs_of(w), w)
+        for i in range(1, 7):
+            c.join(i)
+        c.open_if_ready(0.0)
+        picks = []
+        for r in range(1, 4):
+            sel = sorted(c.selected)
+            picks.append(sel)
+            assert len(sel) == 3
+            outsider = next(i for i in range(1, 7) if i not in sel)
+            assert c.submit(outsider, r, 1, specs_of(w), w) == NotSelected()
+            for i in sel:
+                c.submit(i, r, 1, specs_of(w), w)
+            assert c.should_close(0.5)
+            c.close(0.5)
+        return picks
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)

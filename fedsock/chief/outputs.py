@@ -95,11 +95,12 @@ class Outputs:
     def metrics_path(self) -> Path:
         return self.config.state_dir / "metrics.jsonl"
 
-    def resume(self, ctrl: RoundController, model_specs: tuple[TensorSpec, ...] | None) -> bool:
+    def resume(self, ctrl: RoundController, model_specs: tuple[TensorSpec, ...] | None) -> list[str] | None:
         """Restore ``ctrl`` from the newest checkpoint, if any.
 
         Returns:
-            True if a checkpoint was restored.
+            The names of the workers taking part when it was written, or None
+            if there was no checkpoint.
 
         Raises:
             ConfigError: the newest checkpoint is corrupt, foreign, or does not
@@ -113,9 +114,12 @@ class Outputs:
                 log.warning("no checkpoint in %s: starting fresh; the old metrics.jsonl is "
                             "kept as metrics.jsonl.old", directory)
                 self.metrics_path.replace(self.metrics_path.with_suffix(".jsonl.old"))
-            return False
-        ckpt = checkpoint.load(files[-1])
+            return None
         hint = f"move {files[-1]} away to resume from an older checkpoint, or use another --state-dir"
+        try:
+            ckpt = checkpoint.load(files[-1])
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; {hint}") from None
         if model_specs is not None:
             try:
                 check_signature(model_specs, ckpt.specs)
@@ -125,12 +129,13 @@ class Outputs:
             state = unflatten_state(ctrl.transform.init(ckpt.weights), ckpt.state)
             rng = json.loads(ckpt.meta["rng"]) if "rng" in ckpt.meta else None
             lines = int(ckpt.meta.get("metrics_lines", ckpt.round))
+            members = [str(n) for n in ckpt.meta.get("members", [])]
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"{files[-1]} does not fit this chief's aggregation ({exc}); {hint}") from None
         ctrl.restore(ckpt.round, ckpt.specs, ckpt.weights, state, rng)
         self._truncate_metrics(lines)
         log.info("resuming after round %d of %d from %s", ckpt.round, ctrl.rounds, files[-1])
-        return True
+        return members
 
     def _truncate_metrics(self, lines: int) -> None:
         """Keep the first ``lines`` lines: rounds recorded after the checkpoint are redone."""
@@ -151,7 +156,7 @@ class Outputs:
               flush=True)
         sys.stdout.flush()
 
-    def checkpoint(self, ctrl: RoundController) -> None:
+    def checkpoint(self, ctrl: RoundController, members: Sequence[str] = ()) -> None:
         """Atomically checkpoint the global model after a round (keeps the newest few).
 
         It records the round, the aggregation state, the sampling RNG and how
@@ -159,7 +164,8 @@ class Outputs:
         """
         assert ctrl.specs is not None and ctrl.weights is not None
         directory = self.config.state_dir / "checkpoints"
-        meta = {"metrics_lines": ctrl.round, "rng": json.dumps(ctrl.rng.bit_generator.state)}
+        meta = {"metrics_lines": ctrl.round, "rng": json.dumps(ctrl.rng.bit_generator.state),
+                "members": list(members)}
         ckpt = checkpoint.Checkpoint(
             round=ctrl.round, specs=ctrl.specs, weights=ctrl.weights,
             state=flatten_state(ctrl.transform_state), meta=meta,

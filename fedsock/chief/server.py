@@ -78,6 +78,8 @@ class Chief:
         self._identities: dict[str, int] = {}  # worker name -> worker id (stable across reconnects)
         self._names: dict[int, str] = {}
         self._held: set[int] = set()  # submitted, waiting to be sampled (--fraction)
+        self._last_seen: dict[int, float] = {}  # worker id -> when its last connection ended
+        self._given_done: set[int] = set()
         self._ids = itertools.count(1)
         self._conn_ids = itertools.count(1)
         self._unauthenticated = 0
@@ -98,8 +100,12 @@ class Chief:
         self.identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h])
         model = self.outputs.prepare_model()
         resumed = self.outputs.resume(ctrl, model.specs if model else None)
-        if not resumed and model is not None:
+        if resumed is None and model is not None:
             ctrl.set_model(model.specs, model.weights)
+        for name in resumed or ():  # expect them back: they are reconnecting
+            wid = self._identities[name] = next(self._ids)
+            self._names[wid] = name
+            self._last_seen[wid] = time.monotonic()
         server = await asyncio.start_server(
             self._accept, cfg.host, cfg.port,
             ssl=tls.server_context(self.identity.cert_path, self.identity.key_path),
@@ -132,6 +138,9 @@ class Chief:
         log.info("join token (also in %s): %s", cfg.state_dir / "token", ident.token)
         log.info("start a worker with:\n  python worker.py --chief %s:%s --token %s --data ./shard",
                  host, self.port, ident.token)
+
+    def _member_names(self) -> list[str]:
+        return sorted(self._names[w] for w in self.controller.members if w in self._names)
 
     def _label(self, worker: int) -> str:
         return f"worker {worker} ({self._names.get(worker, '?')})"
@@ -175,6 +184,7 @@ class Chief:
             wid = s.worker_id
             if wid is not None and self._sessions.get(wid) is s:
                 del self._sessions[wid]
+                self._last_seen[wid] = time.monotonic()
                 self.controller.leave(wid)
                 self._held.discard(wid)
                 self._wake.set()
@@ -228,6 +238,7 @@ class Chief:
         if self._done.is_set():
             assert ctrl.specs is not None
             await asyncio.wait_for(s.send(Done(ctrl.round, ctrl.specs), weights), self.config.idle_timeout)
+            self._given_done.add(s.worker_id)
         elif ctrl.has_model:
             ctrl.join(s.worker_id)
             self._wake.set()
@@ -274,7 +285,7 @@ class Chief:
             if ctrl.propose_initial(upd.tensors, weights):
                 log.info("round 0: adopted the weights of %s as the initial model (%d tensors)",
                          s.label, len(weights))
-                self.outputs.checkpoint(ctrl)  # a restarted chief must not forget it
+                self.outputs.checkpoint(ctrl, self._member_names())  # a restarted chief must not forget it
             ctrl.join(wid)
             self._wake.set()
             assert ctrl.weights is not None and ctrl.specs is not None
@@ -361,9 +372,11 @@ class Chief:
         bytes_out = message_bytes(msg, result.weights) * len(sessions)
         self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics,
                                   [self._names.get(w, str(w)) for w in result.workers])
-        self.outputs.checkpoint(ctrl)
+        self.outputs.checkpoint(ctrl, self._member_names())
         self._round_bytes_in = 0
-        await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
+        sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
+        if final:
+            self._given_done |= {s.worker_id for s, n in zip(sessions, sent) if n and s.worker_id is not None}
 
     async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray]) -> int:
         try:
@@ -383,8 +396,17 @@ class Chief:
         self.outputs.save_final(ctrl.specs, ctrl.weights)
         start = time.monotonic()
         while True:
-            waited = time.monotonic() - start
-            if waited >= max(min_wait, self.config.done_grace) or (waited >= min_wait and not self._sessions):
+            now = time.monotonic()
+            waited = now - start
+            # workers that dropped out recently (e.g. reconnecting) still deserve their Done
+            pending = {w for w, t in self._last_seen.items()
+                       if w not in self._given_done and w not in self._sessions
+                       and t > start - self.config.idle_timeout}
+            if waited >= max(min_wait, self.config.done_grace):
+                if pending:
+                    log.warning("gave up waiting for %s to reconnect for the final model", self._who(pending))
+                break
+            if waited >= min_wait and not self._sessions and not pending:
                 break
             await asyncio.sleep(0.05)
         log.info("training finished after %d rounds; final model in %s", ctrl.round, self.config.state_dir)

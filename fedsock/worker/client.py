@@ -258,7 +258,7 @@ class Client:
                 )
             log.info("chief at %s:%s not reachable (%s); retrying in %.1f s", host, port, last, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 10.0) * random.uniform(0.8, 1.2)
+            delay = min(delay * 2, limits.RECONNECT_BACKOFF_MAX_S) * random.uniform(0.8, 1.2)
 
     def _open(self, ctx: ssl.SSLContext, host: str, port: int, timeout: float) -> ssl.SSLSocket:
         raw = socket.create_connection((host, port), timeout=min(10.0, max(timeout, 1.0)))

@@ -1,0 +1,227 @@
+"""Training survives failures: real processes on 127.0.0.1 (issue: deadlines, dropouts, rejoin, restart)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fedsock
+from fedsock.testing.chaos import free_port, run_chaos
+from fedsock.testing.faultproxy import FaultProxy
+from tests.conftest import ROOT, env, finish, start_chief, start_worker
+
+pytestmark = pytest.mark.integration
+
+
+def metrics(chief) -> list[dict]:
+    p = chief.state_dir / "metrics.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def numpy_worker(tmp, chief, name: str, *extra: str) -> subprocess.Popen[str]:
+    e = env()
+    e["FEDSOCK_TOKEN"] = chief.token
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsock.testing.numpy_worker", "--chief", chief.address, "--name", name, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e, cwd=tmp,
+    )
+
+
+def test_cut_mid_frame_never_corrupts_the_aggregate(tmp_path, chiefs):
+    chief = chiefs("--rounds", "1", "--min-workers", "2", "--round-timeout", "60")
+    shape = (300_000,)  # 1.2 MB per update: the cut lands inside B's Update
+    a = fedsock.Client(chief.address, token=chief.token, name="A")
+    a.join([np.zeros(shape, np.float32)])
+    proxy = FaultProxy(tuple(chief.address.rsplit(":", 1)[0:1]) + (int(chief.address.rsplit(":", 1)[1]),),
+                       cut_after=400_000, faulty=1)
+    host, port = proxy.start()
+    try:
+        b = fedsock.Client(f"{host}:{port}", token=chief.token, name="B", reconnect_timeout=30)
+        wb = b.join()
+        rng = np.random.default_rng(0)
+        ua, ub = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+        out = {}
+        ta = threading.Thread(target=lambda: out.setdefault("a", a.sync([ua], 30)))
+        ta.start()
+        out["b"] = b.sync([wb[0] + ub], 10)
+        ta.join(30)
+    finally:
+        proxy.stop()
+    assert proxy.stats.cuts == 1 and b.reconnects == 1
+    assert chief.wait(30) == 0
+    final = np.load(chief.state_dir / "final_weights.npz")
+    expected = (30 * ua.astype(np.float64) + 10 * (wb[0] + ub).astype(np.float64)) / 40
+    np.testing.assert_allclose(final[final.files[0]], expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out["b"][0], expected, atol=1e-6, rtol=0)
+    assert metrics(chief)[0]["examples"] == 40  # B's update counted once, the cut copy never
+    a.close(), b.close()
+
+
+def test_heartbeats_keep_a_slow_worker_and_a_vanished_one_is_dropped(tmp_path, chiefs):
+    chief = chiefs("--rounds", "2", "--min-workers", "1", "--idle-timeout", "2", "--heartbeat-interval", "0.5")
+    with fedsock.Client(chief.address, token=chief.token, name="slow", idle_timeout=2,
+                        heartbeat_interval=0.5) as slow:
+        w = slow.join([np.zeros(4, np.float32)])
+        vanishing = numpy_worker(tmp_path, chief, "vanishing", "--shape", "4", "--idle-timeout", "2",
+                                 "--heartbeat-interval", "0.5", "--work", "30")
+        wait_for(lambda: "(vanishing) joined" in chief.output(), 30, "the second worker to join")
+        vanishing.send_signal(signal.SIGSTOP)  # no FIN, no RST: it just stops answering
+        stopped = time.monotonic()
+        time.sleep(6)  # a local round three times longer than the idle timeout
+        assert "vanishing) " in chief.output()
+        w = slow.sync([w[0] + 1], 5)
+        assert slow.reconnects == 0 and slow.round == 1
+        log = chief.output()
+        m = re.search(r"(\d\d):(\d\d):(\d\d) fedsock.chief WARNING worker \d+ \(vanishing\): silent", log)
+        assert m, log
+        assert "(slow): silent" not in log
+        vanishing.send_signal(signal.SIGKILL)
+        vanishing.wait()
+        # detection within the configured bound: idle timeout 2 s (+ scheduling slack)
+        assert time.monotonic() - stopped >= 2
+        slow.sync([w[0] + 1], 5)
+        assert slow.finished
+    assert chief.wait(30) == 0
+
+
+def test_killed_worker_rejoins_and_the_run_finishes(tmp_path, chiefs):
+    chief = chiefs("--rounds", "8", "--min-workers", "2", "--round-timeout", "3")
+    workers = {n: numpy_worker(tmp_path, chief, n, "--work", "0.3") for n in ("w0", "w1", "w2")}
+    wait_for(lambda: len(metrics(chief)) >= 2, 60, "two rounds")
+    workers["w2"].send_signal(signal.SIGKILL)  # mid-round: it is "training"
+    workers["w2"].wait()
+    killed_after = len(metrics(chief))
+    wait_for(lambda: len(metrics(chief)) >= killed_after + 1, 30, "a round without w2")
+    workers["w2"] = numpy_worker(tmp_path, chief, "w2", "--work", "0.3")  # restarted
+    for name, p in workers.items():
+        code, out = finish(p, timeout=90)
+        assert code == 0, (name, out)
+    assert chief.wait(30) == 0, chief.output()
+    rows = metrics(chief)
+    assert [r["round"] for r in rows] == list(range(1, 9))
+    assert any(r["workers"] == 2 and "w2" not in r["participants"] for r in rows)
+    assert "w2" in rows[-1]["participants"]  # rejoined and contributed again
+
+
+def test_chief_killed_and_restarted_workers_reconnect(tmp_path, digits):
+    def run(tag: str, kill_at: int | None) -> tuple[list[dict], list[str]]:
+        d = tmp_path / tag
+        d.mkdir()
+        port = free_port()
+        args = ["--port", str(port), "--model", "fedsock.models:digits_mlp", "--eval-data",
+                str(digits / "holdout"), "--rounds", "8", "--min-workers", "2", "--sync-every", "10",
+                "--round-timeout", "30"]
+        cmd = [sys.executable, str(ROOT / "chief.py"), "--host", "127.0.0.1", "--state-dir", str(d / "chief"), *args]
+        log = open(d / "chief.log", "ab")
+        chief = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env())
+        addr = d / "chief" / "chief.addr"
+        wait_for(addr.exists, 90, "the chief to listen")
+        token = (d / "chief" / "token").read_text().strip()
+        workers = [start_worker(d, f"w{i}", "--chief", f"127.0.0.1:{port}", "--data", str(digits / f"worker-{i}"),
+                                "--name", f"w{i}", token=token) for i in range(2)]
+        rows_path = d / "chief" / "metrics.jsonl"
+        if kill_at is not None:
+            wait_for(lambda: rows_path.exists() and len(rows_path.read_text().splitlines()) >= kill_at, 120,
+                     f"round {kill_at}")
+            chief.send_signal(signal.SIGKILL)
+            chief.wait()
+            time.sleep(1)
+            addr.unlink()
+            chief = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env())
+        outs = []
+        for w in workers:
+            code, out = finish(w, timeout=180)
+            assert code == 0, out
+            outs.append(out)
+        assert chief.wait(60) == 0, (d / "chief.log").read_text()
+        return [json.loads(x) for x in rows_path.read_text().splitlines()], outs
+
+    calm, _ = run("calm", None)
+    rows, outs = run("killed", 3)
+    assert [r["round"] for r in rows] == list(range(1, 9))  # every round exactly once
+    assert any("reconnected" in o for o in outs)
+    assert abs(rows[-1]["accuracy"] - calm[-1]["accuracy"]) <= 0.02, (rows[-1], calm[-1])
+
+
+def test_chaos_runs_finish_without_losing_rounds(tmp_path):
+    results = [run_chaos(tmp_path / f"run-{seed}", seed, rounds=8, kills=3, bound=120) for seed in (1, 3)]
+    for r in results:
+        assert r["ok"], r
+    assert sum(r["chief_kills"] for r in results) >= 1 and sum(r["worker_kills"] for r in results) >= 1
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    c = start_chief(tmp_path, "--rounds", "1", "--min-workers", "1")
+    with fedsock.Client(c.address, token=c.token, name="x") as cl:
+        cl.join([np.zeros(3, np.float32)])
+        cl.sync([np.ones(3, np.float32)], 1)
+    assert c.wait(30) == 0
+    ckpts = sorted((c.state_dir / "checkpoints").glob("*.fsck"))
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:40])
+    p = subprocess.run([sys.executable, str(ROOT / "chief.py"), "--host", "127.0.0.1", "--port", "0",
+                        "--state-dir", str(c.state_dir), "--rounds", "2"], capture_output=True, text=True,
+                       env=env(), timeout=60)
+    assert p.returncode != 0 and "is corrupt" in p.stderr and "move" in p.stderr, p.stderr
+
+
+def test_fraction_samples_workers_and_the_rest_wait(tmp_path, chiefs):
+    chief = chiefs("--rounds", "4", "--min-workers", "2", "--fraction", "0.5", "--seed", "3", "--round-timeout", "20")
+    workers = [numpy_worker(tmp_path, chief, f"w{i}", "--work", "0.1") for i in range(4)]
+    for p in workers:
+        code, out = finish(p, timeout=90)
+        assert code == 0, out
+    assert chief.wait(30) == 0
+    rows = metrics(chief)
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    # round 1 may include early updates sent before sampling began; later rounds are sampled
+    for r in rows[1:]:
+        assert r["fraction"] == 0.5 and r["sampled"] == 2 and r["workers"] == 2, r
+    assert len({tuple(r["participants"]) for r in rows[1:]}) >= 1
+
+
+def test_fault_proxy_relays_and_cuts(tmp_path):
+    import socket as so
+
+    srv = so.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    with FaultProxy(srv.getsockname(), cut_after=1000, faulty=1) as proxy:
+        c1 = so.create_connection(proxy.address)
+        s1, _ = srv.accept()
+        c1.sendall(b"x" * 5000)
+        got = b""
+        s1.settimeout(5)
+        try:
+            while chunk := s1.recv(65536):
+                got += chunk
+        except OSError:
+            pass
+        assert len(got) == 1000 and proxy.stats.cuts == 1
+        c2 = so.create_connection(proxy.address)  # only the first connection is faulty
+        s2, _ = srv.accept()
+        c2.sendall(b"y" * 5000)
+        c2.shutdown(so.SHUT_WR)
+        got = b""
+        while chunk := s2.recv(65536):
+            got += chunk
+        assert got == b"y" * 5000
+        for s in (c1, s1, c2, s2):
+            s.close()
+    srv.close()
