@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
             advertise=args.advertise, fraction=args.fraction, seed=args.seed,
             idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
         )
-        Chief(cfg).run()
-        return 0
+        summary = Chief(cfg).run()
+        return 130 if summary.stopped else 0
     if args.command == "worker":
         from fedsock.worker.run import run_worker
 

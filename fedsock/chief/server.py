@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import signal
 import time
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -50,6 +51,7 @@ class RunSummary:
     rounds: int
     final_metrics: dict[str, float]
     state_dir: str
+    stopped: bool = False  # ended by SIGTERM/SIGINT before the last round
 
 
 class Chief:
@@ -115,20 +117,44 @@ class Chief:
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         (cfg.state_dir / "chief.addr").write_text(f"{local}:{self.port}\n")
         self._announce()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
         try:
             async with server:
-                if ctrl.finished:
-                    log.info("the run already finished (round %d of %d); handing out the final model",
-                             ctrl.round, ctrl.rounds)
-                    self._done.set()
-                    await self._finish(min_wait=3 * self.config.done_grace)
+                work = asyncio.create_task(self._train())
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if not work.done():
+                    work.cancel()
+                    log.warning("stopping on a signal after round %d; starting again on %s resumes there",
+                                ctrl.round, cfg.state_dir)
+                    await asyncio.gather(*(s.send_error("shutdown", "the chief is stopping; reconnect later")
+                                           for s in list(self._sessions.values())))
                 else:
-                    await self._round_loop()
-                    await self._finish()
+                    work.result()
         finally:
             for s in list(self._sessions.values()):
-                await s.close()
-        return RunSummary(ctrl.round, self._last_metrics, str(cfg.state_dir))
+                s.writer.transport.abort()
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in handlers:
+                t.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+        return RunSummary(ctrl.round, self._last_metrics, str(cfg.state_dir), stopped=stop.is_set())
+
+    async def _train(self) -> None:
+        ctrl = self.controller
+        if ctrl.finished:
+            log.info("the run already finished (round %d of %d); handing out the final model",
+                     ctrl.round, ctrl.rounds)
+            self._done.set()
+            await self._finish(min_wait=3 * self.config.done_grace)
+        else:
+            await self._round_loop()
+            await self._finish()
 
     def _announce(self) -> None:
         cfg, ident = self.config, self.identity
@@ -178,6 +204,8 @@ class Chief:
         except Exception:  # a bug here must cost one connection, not the chief
             log.exception("%s: internal error; dropping the connection", s.label)
             await s.send_error("internal", "internal error on the chief; see its log")
+        except asyncio.CancelledError:  # the chief is stopping
+            s.writer.transport.abort()
         finally:
             if not authenticated:
                 self._unauthenticated -= 1
