@@ -1,4 +1,8 @@
-"""``fedsock chief|worker|shard|demo``; ``chief.py`` and ``worker.py`` are the same commands."""
+"""``fedsock chief|worker|status|plot|shard|demo``; ``chief.py`` and ``worker.py`` are the same commands.
+
+``chief`` and ``worker`` also read ``FEDSOCK_*`` environment variables and a
+``--config`` TOML file (see ``fedsock.settings``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedsock import limits
+from fedsock import limits, settings
 from fedsock.errors import FedsockError
+
+if TYPE_CHECKING:
+    from fedsock.chief import ChiefConfig
+
+PROGRESS_HELP = "auto (default): a live display when stdout is a terminal, else plain lines; live; plain"
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -45,6 +55,17 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
                    help=f"seconds of silence after which a worker counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
     p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
                    help=f"seconds between heartbeats to a quiet worker (default {limits.HEARTBEAT_INTERVAL_S:g})")
+    p.add_argument("--progress", choices=("auto", "live", "plain"), default="auto",
+                   help=PROGRESS_HELP + " (one line per round)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="write TensorBoard event files to <state-dir>/tensorboard (default: on with --model)")
+    p.add_argument("--upstream", metavar="HOST:PORT",
+                   help="make this chief a relay: it averages its own workers and takes part in that "
+                   "chief's rounds as one worker weighted by their examples; plan and model come from there")
+    p.add_argument("--upstream-token", help="join token of the upstream chief (default: $FEDSOCK_UPSTREAM_TOKEN)")
+    p.add_argument("--upstream-name", help="this relay's worker name upstream (default: relay-<host>-<pid>)")
+    settings.add_config_options(p)
+    settings.prepare(p)
 
 
 def worker_parser(p: argparse.ArgumentParser) -> None:
@@ -59,55 +80,98 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
                    help="after a lost connection, seconds to keep reconnecting (default 300; 0 = never)")
     p.add_argument("--save-updates", type=Path,
                    help="keep a copy of every update sent (round-N.npz) to audit what left this machine")
+    p.add_argument("--progress", choices=("auto", "live", "plain"), default="auto",
+                   help=PROGRESS_HELP + " (a log line per sync); live is a Keras progress bar per round")
+    settings.add_config_options(p)
+    settings.prepare(p)
+
+
+def status_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chief", required=True, metavar="HOST:PORT", help="address of the chief (or relay) to ask")
+    p.add_argument("--token", help="its join token (default: $FEDSOCK_TOKEN)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
+    p.add_argument("--json", action="store_true", help="print the Status message as JSON")
+
+
+def plot_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("state_dir", type=Path, metavar="STATE_DIR", help="the chief's --state-dir (holds metrics.jsonl)")
+    p.add_argument("--out", type=Path, help="PNG to write (default: STATE_DIR/metrics.png)")
 
 
 def shard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--workers", type=int, default=3, help="number of worker shards")
     p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | labels:K")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of examples kept for the chief")
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", type=Path, default=Path("fedsock-demo"),
                    help="where shards, state and the plot go")
-    p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--partition", default="dirichlet:0.5")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    p.add_argument("--rounds", type=int, default=20, help="rounds of federated averaging (default 20)")
+    p.add_argument("--partition", default="dirichlet:0.5",
+                   help="how the digits are split: iid | dirichlet:ALPHA | labels:K (default dirichlet:0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
 
 
 def build_parser(prog: str = "fedsock") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Federated averaging for Keras over TLS.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    chief_parser(sub.add_parser("chief", help="run the chief (server)"))
-    worker_parser(sub.add_parser("worker", help="run a worker"))
-    shard_parser(sub.add_parser("shard", help="split the bundled digits data into worker shards"))
-    demo_parser(sub.add_parser("demo", help="chief + workers on 127.0.0.1 with real digits data"))
+    for name, (add, text) in COMMANDS.items():
+        add(sub.add_parser(name, help=text, description=text))
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.command == "chief":
-        from fedsock.chief import Chief, ChiefConfig
+def chief_config(args: argparse.Namespace) -> ChiefConfig:
+    """The ``ChiefConfig`` of parsed ``fedsock chief`` options (validated)."""
+    from fedsock.chief import ChiefConfig
 
-        cfg = ChiefConfig(
-            host=args.host, port=args.port, state_dir=args.state_dir, rounds=args.rounds,
-            min_workers=args.min_workers, round_timeout=args.round_timeout, model=args.model,
-            eval_data=args.eval_data, sync_every=args.sync_every, batch_size=args.batch_size,
-            advertise=args.advertise, fraction=args.fraction, seed=args.seed,
-            idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
-        )
-        summary = Chief(cfg).run()
+    cfg = ChiefConfig(
+        host=args.host, port=args.port, state_dir=args.state_dir, rounds=args.rounds,
+        min_workers=args.min_workers, round_timeout=args.round_timeout, model=args.model,
+        eval_data=args.eval_data, sync_every=args.sync_every, batch_size=args.batch_size,
+        advertise=args.advertise, fraction=args.fraction, seed=args.seed,
+        idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
+        progress=args.progress, tensorboard=args.tensorboard, upstream=args.upstream,
+        upstream_token=args.upstream_token, upstream_name=args.upstream_name,
+    )
+    cfg.validate()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    if hasattr(args, "_settings"):  # chief, worker: flags > FEDSOCK_* > --config file > defaults
+        sources = settings.apply(args)
+        if args.print_config:
+            if args.command == "chief":
+                chief_config(args)  # print only what would start
+            print(settings.format_toml(args, sources), end="")
+            return 0
+    if args.command == "chief":
+        from fedsock.chief import Chief
+
+        summary = Chief(chief_config(args)).run()
         return 130 if summary.stopped else 0
     if args.command == "worker":
         from fedsock.worker.run import run_worker
 
         run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
                    connect_timeout=args.connect_timeout, reconnect_timeout=args.reconnect_timeout,
-                   save_updates=args.save_updates)
+                   save_updates=args.save_updates, progress=args.progress)
+        return 0
+    if args.command == "status":
+        from fedsock.status import format_status, query_status, status_json
+
+        st = query_status(args.chief, token=args.token, timeout=args.timeout)
+        print(status_json(st) if args.json else format_status(st, args.chief))
+        return 0
+    if args.command == "plot":
+        from fedsock.plot import plot_metrics
+
+        print(plot_metrics(args.state_dir, args.out))
         return 0
     if args.command == "shard":
         from fedsock.data import Partition, split_digits
@@ -123,7 +187,14 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-COMMANDS = {"chief": chief_parser, "worker": worker_parser, "shard": shard_parser, "demo": demo_parser}
+COMMANDS = {
+    "chief": (chief_parser, "run the chief (server): the only machine that needs an open port"),
+    "worker": (worker_parser, "train a Keras model on a local shard with a chief"),
+    "status": (status_parser, "ask a running chief for its round, workers and metrics (read-only)"),
+    "plot": (plot_parser, "render a chief's metrics.jsonl to a PNG"),
+    "shard": (shard_parser, "split the bundled digits data into worker shards"),
+    "demo": (demo_parser, "chief + workers on 127.0.0.1 with real digits data"),
+}
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str | None = None) -> int:
@@ -135,9 +206,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str 
     if command is None:
         args = build_parser(prog).parse_args(argv)
     else:
-        parser = argparse.ArgumentParser(prog=prog, description=f"fedsock {command}")
+        add, text = COMMANDS[command]
+        parser = argparse.ArgumentParser(prog=prog, description=text)
         parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        COMMANDS[command](parser)
+        add(parser)
         args = parser.parse_args(argv)
         args.command = command
     _setup_logging(args.verbose)

@@ -27,6 +27,8 @@ MAX_NESTING = 32
 MAX_NAME_BYTES = 128
 #: Longest tensor name in a tensor spec.
 MAX_TENSOR_NAME_BYTES = 512
+#: Most workers listed in one Status message (connected ones first).
+MAX_STATUS_WORKERS = 10_000
 
 # --- tensors -------------------------------------------------------------
 #: Most tensors in one set of weights.

@@ -33,6 +33,14 @@ class ChiefConfig:
         seed: seed of the sampling.
         idle_timeout: seconds of silence after which a worker is dropped.
         heartbeat_interval: seconds between heartbeats to a quiet worker.
+        progress: ``auto`` (a live panel when stdout is a terminal, else one
+            line per round), ``live`` or ``plain``.
+        tensorboard: write TensorBoard event files under
+            ``<state_dir>/tensorboard``; None = only with ``model``.
+        upstream: ``host:port`` of an upstream chief: this chief becomes a
+            relay that takes part there as one worker.
+        upstream_token: join token of the upstream chief.
+        upstream_name: this relay's worker name upstream.
     """
 
     host: str = "0.0.0.0"
@@ -53,6 +61,16 @@ class ChiefConfig:
     heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S
     keep_checkpoints: int = 5
     done_grace: float = 10.0
+    progress: str = "auto"
+    tensorboard: bool | None = None
+    upstream: str | None = None
+    upstream_token: str | None = None
+    upstream_name: str | None = None
+
+    @property
+    def writes_tensorboard(self) -> bool:
+        """Whether TensorBoard event files are written (default: with ``--model``)."""
+        return self.model is not None if self.tensorboard is None else self.tensorboard
 
     def validate(self) -> None:
         """Raises ConfigError for values that cannot work."""
@@ -70,7 +88,14 @@ class ChiefConfig:
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port")
+        if self.upstream is not None and (self.model is not None or self.eval_data is not None):
+            raise ConfigError(
+                "--upstream makes this chief a relay, which takes its model from the upstream chief: "
+                "drop --model and --eval-data (evaluate on the top chief)"
+            )
         if self.eval_data is not None and self.model is None:
             raise ConfigError(
                 "--eval-data needs --model: without an architecture the chief cannot evaluate"
             )
+        if self.progress not in ("auto", "live", "plain"):
+            raise ConfigError(f"--progress {self.progress!r}: use auto, live or plain")

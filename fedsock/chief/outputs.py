@@ -1,4 +1,4 @@
-"""What the chief writes: metrics.jsonl, the console table, checkpoints, the final model.
+"""What the chief writes: metrics.jsonl, TensorBoard events, checkpoints, the final model.
 
 Keras is imported only when the run has ``--model`` (for the config sent to
 workers, holdout evaluation and saving ``final.keras``).
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from fedsock import checkpoint
 from fedsock.aggregation import flatten_state, unflatten_state
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.rounds import RoundController, RoundResult
+from fedsock.chief.tensorboard import TensorBoardWriter
 from fedsock.data import load_shard
 from fedsock.errors import ConfigError, RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature
@@ -47,7 +47,14 @@ class Outputs:
         self.model_info: ModelInfo | None = None
         self._model: Any = None
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
-        self._header_printed = False
+        self.tensorboard: TensorBoardWriter | None = None
+
+    def start_tensorboard(self) -> None:
+        """Open the TensorBoard writer if this run writes events (imports TensorFlow)."""
+        if self.config.writes_tensorboard and self.tensorboard is None:
+            self.tensorboard = TensorBoardWriter(self.config.state_dir / "tensorboard")
+            log.info("TensorBoard events in %s (tensorboard --logdir %s)", self.tensorboard.directory,
+                     self.tensorboard.directory)
 
     def prepare_model(self) -> ModelInfo | None:
         """Load ``--model`` and ``--eval-data`` (checking they fit each other)."""
@@ -75,8 +82,12 @@ class Outputs:
         return kerasutil.evaluate(self._model, weights, *self._eval)
 
     def record_round(self, r: RoundResult, seconds: float, bytes_in: int, bytes_out: int,
-                     metrics: dict[str, float], names: list[str]) -> None:
-        """Append to metrics.jsonl (fsynced: the checkpoint that follows counts it) and print a row."""
+                     metrics: dict[str, float], names: list[str]) -> dict[str, Any]:
+        """Append to metrics.jsonl (fsynced: the checkpoint that follows counts it) and TensorBoard.
+
+        Returns:
+            The row written.
+        """
         line: dict[str, Any] = {
             "round": r.round, "workers": len(r.workers), "examples": r.examples,
             "seconds": round(seconds, 4), "bytes_in": bytes_in, "bytes_out": bytes_out,
@@ -89,7 +100,9 @@ class Outputs:
             f.write(json.dumps(line) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self._print_row(line)
+        if self.tensorboard is not None:
+            self.tensorboard.write(line)
+        return line
 
     @property
     def metrics_path(self) -> Path:
@@ -143,18 +156,6 @@ class Outputs:
             return
         kept = self.metrics_path.read_text().splitlines(keepends=True)[:lines]
         checkpoint.atomic_write(self.metrics_path, "".join(kept).encode())
-
-    def _print_row(self, m: dict[str, Any]) -> None:
-        if not self._header_printed:
-            self._header_printed = True
-            print(f"{'round':>5} {'workers':>7} {'examples':>8} {'accuracy':>8} {'loss':>8} "
-                  f"{'seconds':>7} {'MB in':>7} {'MB out':>7}", flush=True)
-        acc = f"{m['accuracy']:.4f}" if "accuracy" in m else "-"
-        loss = f"{m['loss']:.4f}" if "loss" in m else "-"
-        print(f"{m['round']:>5} {m['workers']:>7} {m['examples']:>8} {acc:>8} {loss:>8} "
-              f"{m['seconds']:>7.2f} {m['bytes_in'] / 1e6:>7.2f} {m['bytes_out'] / 1e6:>7.2f}",
-              flush=True)
-        sys.stdout.flush()
 
     def checkpoint(self, ctrl: RoundController, members: Sequence[str] = ()) -> None:
         """Atomically checkpoint the global model after a round (keeps the newest few).

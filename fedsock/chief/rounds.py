@@ -133,13 +133,14 @@ class RoundController:
             RemoteProtocolError: they do not match the existing model, or
                 hold NaN/Inf.
         """
-        self._check(specs, weights)
+        self.check(specs, weights)
         if self.has_model:
             return False
         self.set_model(specs, weights)
         return True
 
-    def _check(self, specs: Sequence[TensorSpec], weights: Sequence[np.ndarray]) -> None:
+    def check(self, specs: Sequence[TensorSpec], weights: Sequence[np.ndarray]) -> None:
+        """Raises RemoteProtocolError if ``weights`` do not fit the model or hold NaN/Inf."""
         if self.specs is not None:
             check_signature(self.specs, specs)
         bad = first_nonfinite(weights, specs)
@@ -173,6 +174,11 @@ class RoundController:
     @property
     def is_open(self) -> bool:
         return self._opened_at is not None
+
+    @property
+    def opened_at(self) -> float | None:
+        """When the round being collected opened (None: not open yet)."""
+        return self._opened_at
 
     @property
     def submitted(self) -> dict[int, int]:
@@ -244,7 +250,7 @@ class RoundController:
             )
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
-        self._check(specs, weights)
+        self.check(specs, weights)
         if self._opened_at is not None and not self.is_selected(worker):
             return NotSelected()
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)
@@ -288,14 +294,35 @@ class RoundController:
             return None
         return max(0.0, self._deadline - now)
 
-    def close(self, now: float) -> RoundResult:
-        """Combine the open round into the new global model; the next round opens at ``now``."""
-        assert self._acc is not None and self.weights is not None and self._opened_at is not None
+    def combined(self) -> tuple[list[np.ndarray], int]:
+        """The open round's combined updates (in the model's dtypes) and their total examples.
+
+        A relay sends these upstream instead of applying them itself.
+        """
+        assert self._acc is not None and self.weights is not None
         combined = self.reducer.result(self._acc)
-        delta = [m - np.asarray(w, np.float64) for m, w in zip(combined, self.weights)]
-        delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
-        self.weights = apply_delta(self.weights, delta)
-        self.round += 1
+        examples = sum(n for n, _ in self._submitted.values())
+        return [np.asarray(m).astype(w.dtype) for m, w in zip(combined, self.weights)], examples
+
+    def close(self, now: float, adopt: tuple[int, Sequence[np.ndarray]] | None = None) -> RoundResult:
+        """Combine the open round into the new global model; the next round opens at ``now``.
+
+        Args:
+            adopt: (round, weights) computed elsewhere from this round's
+                updates (a relay's upstream): they become the global model
+                instead of this chief's own aggregate, and the round number
+                follows the upstream's.
+        """
+        assert self._acc is not None and self.weights is not None and self._opened_at is not None
+        if adopt is None:
+            combined = self.reducer.result(self._acc)
+            delta = [m - np.asarray(w, np.float64) for m, w in zip(combined, self.weights)]
+            delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
+            self.weights = apply_delta(self.weights, delta)
+            self.round += 1
+        else:
+            self.weights = [np.asarray(a).astype(w.dtype) for a, w in zip(adopt[1], self.weights)]
+            self.round = adopt[0]
         result = RoundResult(
             self.round, self.weights, tuple(sorted(self._submitted)),
             sum(n for n, _ in self._submitted.values()), self._opened_at,

@@ -21,7 +21,10 @@ import numpy as np
 from fedsock import limits, tls
 from fedsock.aggregation import Transform, fedavg
 from fedsock.chief.config import ChiefConfig
+from fedsock.chief.display import make_display
+from fedsock.chief.monitor import Monitor
 from fedsock.chief.outputs import Outputs
+from fedsock.chief.relay import Relay
 from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult
 from fedsock.chief.session import Session
 from fedsock.errors import RemoteProtocolError
@@ -89,6 +92,9 @@ class Chief:
         self._done = asyncio.Event()
         self._round_bytes_in = 0
         self._last_metrics: dict[str, float] = {}
+        self.display = make_display(self.config.progress)
+        self.monitor = Monitor(self.config.min_workers, self.config.upstream)
+        self.relay: Relay | None = None
 
     # --- entry points -----------------------------------------------------
 
@@ -100,8 +106,13 @@ class Chief:
         """Serve until the last round is done."""
         cfg, ctrl = self.config, self.controller
         self.identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h])
+        if cfg.upstream is not None:
+            self.relay = await Relay.connect(cfg.upstream, cfg.upstream_token, cfg.upstream_name,
+                                             reconnect_timeout=max(300.0, cfg.round_timeout))
+            self.config = self.outputs.config = cfg = self.relay.start(cfg, ctrl, self.outputs)
         model = self.outputs.prepare_model()
-        resumed = self.outputs.resume(ctrl, model.specs if model else None)
+        # a relay's state lives upstream: it starts from the upstream's model, never a checkpoint
+        resumed = self.outputs.resume(ctrl, model.specs if model else None) if self.relay is None else None
         if resumed is None and model is not None:
             ctrl.set_model(model.specs, model.weights)
         for name in resumed or ():  # expect them back: they are reconnecting
@@ -116,7 +127,9 @@ class Chief:
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         (cfg.state_dir / "chief.addr").write_text(f"{local}:{self.port}\n")
+        self.outputs.start_tensorboard()
         self._announce()
+        self.display.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
@@ -143,6 +156,12 @@ class Chief:
             for t in handlers:
                 t.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
+            self._show()
+            self.display.stop()
+            if self.relay is not None:
+                self.relay.close()
+            if self.outputs.tensorboard is not None:
+                self.outputs.tensorboard.close()
         return RunSummary(ctrl.round, self._last_metrics, str(cfg.state_dir), stopped=stop.is_set())
 
     async def _train(self) -> None:
@@ -155,6 +174,20 @@ class Chief:
         else:
             await self._round_loop()
             await self._finish()
+
+    async def _close_round(self, now: float) -> RoundResult:
+        """Close the open round here, or (relay) through the upstream chief."""
+        if self.relay is None:
+            return self.controller.close(now)
+        return await self.relay.close_round(self.controller)
+
+    def _checkpoint(self) -> None:
+        if self.relay is None:  # a relay resumes from its upstream, not from checkpoints
+            self.outputs.checkpoint(self.controller, self._member_names())
+
+    def _show(self) -> None:
+        """Hand the display a fresh snapshot."""
+        self.display.update(self.monitor.snapshot(self.controller, len(self._sessions), self._round_bytes_in))
 
     def _announce(self) -> None:
         cfg, ident = self.config, self.identity
@@ -210,6 +243,7 @@ class Chief:
             if not authenticated:
                 self._unauthenticated -= 1
             wid = s.worker_id
+            self.monitor.connection_ended(s)
             if wid is not None and self._sessions.get(wid) is s:
                 del self._sessions[wid]
                 self._last_seen[wid] = time.monotonic()
@@ -234,6 +268,10 @@ class Chief:
             log.warning("authentication failed for %r from %s (wrong token?)", s.name, s.peer)
             await s.send_error("auth_failed", "authentication failed: wrong join token")
             return False
+        if s.conn.status_query:  # read-only: answer and hang up; it never joins
+            await s.send(self.monitor.status(self.controller, self._sessions))
+            log.info("answered a status query from %r (%s)", s.name, s.peer)
+            return False
         wid = self._identities.get(s.name)
         if wid is None and len(self._sessions) >= limits.MAX_WORKERS:
             await s.send_error("busy", f"the chief already serves {limits.MAX_WORKERS} workers")
@@ -247,6 +285,7 @@ class Chief:
             log.info("%s reconnected from %s; closing its old connection", self._label(wid), s.peer)
             old.writer.transport.abort()
         self._sessions[wid] = s
+        self.monitor.joined(wid, s.name)
         log.info("%s joined from %s", self._label(wid), s.peer)
         return True
 
@@ -310,10 +349,12 @@ class Chief:
         ctrl, wid = self.controller, s.worker_id
         assert wid is not None
         if upd.round == 0:  # an initial model proposal (bring your own model)
+            if self.relay is not None:
+                await self.relay.propose_initial(ctrl, self.outputs, upd.tensors, weights)
             if ctrl.propose_initial(upd.tensors, weights):
                 log.info("round 0: adopted the weights of %s as the initial model (%d tensors)",
                          s.label, len(weights))
-                self.outputs.checkpoint(ctrl, self._member_names())  # a restarted chief must not forget it
+                self._checkpoint()  # a restarted chief must not forget it
             ctrl.join(wid)
             self._wake.set()
             assert ctrl.weights is not None and ctrl.specs is not None
@@ -332,6 +373,8 @@ class Chief:
         else:
             log.info("%s: late update for round %d dropped (collecting round %d)",
                      s.label, verdict.round, verdict.current)
+            self.monitor.late_update()
+            self._show()
             if ctrl.is_selected(wid):
                 assert ctrl.weights is not None and ctrl.specs is not None
                 await s.send(Global(ctrl.round, ctrl.specs), ctrl.weights)
@@ -353,6 +396,7 @@ class Chief:
         last_log = 0.0
         while not ctrl.finished:
             now = time.monotonic()
+            self._show()
             if not ctrl.open_if_ready(now):
                 if now - last_log > 10:
                     last_log = now
@@ -362,7 +406,7 @@ class Chief:
                 await self._sleep_until_woken(5.0)
                 continue
             if ctrl.should_close(now):
-                await self._publish(ctrl.close(now))
+                await self._publish(await self._close_round(now))
                 continue
             if ctrl.past_deadline_without_quorum(now):
                 log.warning(
@@ -398,10 +442,13 @@ class Chief:
         # never resumes behind what workers hold nor repeats a metrics line.
         sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
         bytes_out = message_bytes(msg, result.weights) * len(sessions)
-        self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics,
-                                  [self._names.get(w, str(w)) for w in result.workers])
-        self.outputs.checkpoint(ctrl, self._member_names())
+        row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics,
+                                        [self._names.get(w, str(w)) for w in result.workers])
+        self._checkpoint()
         self._round_bytes_in = 0
+        self.monitor.round_done(result, row)
+        self.display.round_done(row)
+        self._show()
         sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
         if final:
             self._given_done |= {s.worker_id for s, n in zip(sessions, sent) if n and s.worker_id is not None}

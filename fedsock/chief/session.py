@@ -40,6 +40,7 @@ class Session:
         self.bytes_in = 0
         self.bytes_out = 0
         self.last_sent = time.monotonic()
+        self.last_received = time.monotonic()
         self.worker_id: int | None = None
         self.conn_id = 0
         self.name = "?"
@@ -58,6 +59,7 @@ class Session:
                 return ev  # type: ignore[return-value]
             data = await asyncio.wait_for(self.reader.read(READ_BYTES), timeout)
             self.bytes_in += len(data)
+            self.last_received = time.monotonic()
             self.conn.receive_data(data)
 
     async def read_weights(self, specs: Sequence[TensorSpec], timeout: float) -> tuple[list[np.ndarray], int]:

@@ -29,6 +29,7 @@ from fedsock.protocol.messages import (
     Update,
     Welcome,
 )
+from fedsock.protocol.status import STATUS_CAPABILITY, Status, WorkerStatus
 from fedsock.protocol.tensors import (
     TensorAssembler,
     check_signature,
@@ -40,6 +41,7 @@ from fedsock.protocol.tensors import (
 __all__ = [
     "NEED_DATA", "Auth", "Challenge", "Chunk", "Connection", "ConnectionClosed", "Done",
     "EndOfMessage", "Error", "Event", "Global", "Heartbeat", "Hello", "Kind", "Message",
-    "Phase", "Plan", "Role", "TensorAssembler", "TensorSpec", "Update", "Welcome",
+    "Phase", "Plan", "Role", "STATUS_CAPABILITY", "Status", "TensorAssembler", "TensorSpec", "Update",
+    "Welcome", "WorkerStatus",
     "check_signature", "first_nonfinite", "iter_chunks", "make_error", "specs_of",
 ]

@@ -10,6 +10,8 @@ Conversation (W = worker, C = chief)::
 
     HELLO --W:Hello--> CHALLENGE --C:Challenge--> AUTH --W:Auth--> WELCOME
     WELCOME --C:Welcome(+chunks)--> ESTABLISHED
+    If Hello's capabilities hold "status", Auth leads to STATUS instead of
+    WELCOME: STATUS --C:Status--> CLOSED (a read-only query; nothing follows).
     ESTABLISHED: W may send Update(+chunks), Heartbeat;
                  C may send Global(+chunks), Heartbeat, Done(+chunks)
     Error from either side, at any time, ends that side's sending; during
@@ -45,6 +47,7 @@ from fedsock.protocol.messages import (
     Message,
     TensorSpec,
 )
+from fedsock.protocol.status import STATUS_CAPABILITY
 from fedsock.protocol.tensors import iter_chunks
 
 
@@ -63,6 +66,7 @@ class Phase(enum.Enum):
     AUTH = "auth"
     WELCOME = "welcome"
     ESTABLISHED = "established"
+    STATUS = "status"
     CLOSED = "closed"
 
 
@@ -89,6 +93,7 @@ ALLOWED: dict[tuple[Role, Phase], dict[Kind, Phase]] = {
     (Role.CHIEF, Phase.CHALLENGE): {Kind.CHALLENGE: Phase.AUTH},
     (Role.WORKER, Phase.AUTH): {Kind.AUTH: Phase.WELCOME},
     (Role.CHIEF, Phase.WELCOME): {Kind.WELCOME: Phase.ESTABLISHED},
+    (Role.CHIEF, Phase.STATUS): {Kind.STATUS: Phase.CLOSED},  # and the chief's sending ends
     (Role.WORKER, Phase.ESTABLISHED): {
         Kind.UPDATE: Phase.ESTABLISHED,
         Kind.HEARTBEAT: Phase.ESTABLISHED,
@@ -169,6 +174,8 @@ class Connection:
     _header: tuple[Kind, int] | None = None
     #: Size (header + body) of the last frame decoded, for byte accounting.
     last_frame_bytes: int = 0
+    #: The Hello asked for a Status instead of joining (capability "status").
+    status_query: bool = False
 
     @property
     def peer_role(self) -> Role:
@@ -213,6 +220,12 @@ class Connection:
         nxt = ALLOWED.get((sender, self.phase), {}).get(kind)
         if nxt is None:
             raise ValueError(f"{sender.value} may not send {kind.name} in phase {self.phase.value}")
+        if isinstance(msg, Hello):
+            self.status_query = STATUS_CAPABILITY in msg.capabilities
+        elif kind is Kind.AUTH and self.status_query:
+            nxt = Phase.STATUS  # the one branch of the table: a status query gets Status, not Welcome
+        elif kind is Kind.STATUS:
+            side.finished = True
         self.phase = nxt
         if kind in WEIGHTS_KINDS:
             specs: tuple[TensorSpec, ...] = msg.tensors  # type: ignore[union-attr]

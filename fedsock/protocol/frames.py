@@ -42,6 +42,7 @@ class Kind(enum.IntEnum):
     DONE = 8
     ERROR = 9
     CHUNK = 10
+    STATUS = 11
 
 
 def encode_header(kind: Kind, length: int) -> bytes:

@@ -14,7 +14,9 @@ from typing import Any, ClassVar
 
 from fedsock import limits
 from fedsock.errors import RemoteProtocolError
+from fedsock.protocol.fields import metrics_map, nonneg, require
 from fedsock.protocol.frames import Kind
+from fedsock.protocol.status import Status
 
 #: dtypes allowed on the wire (always little-endian).
 DTYPES = frozenset(
@@ -52,28 +54,6 @@ ERROR_CODES = frozenset(
 )
 
 
-def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
-    if name not in body:
-        raise RemoteProtocolError(f"{what}: missing field {name!r}", code="bad_message")
-    value = body[name]
-    # bool is a subclass of int; never accept it where an int is wanted.
-    if kind is int and isinstance(value, bool):
-        raise RemoteProtocolError(f"{what}: field {name!r} must be int", code="bad_message")
-    if not isinstance(value, kind):
-        tname = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise RemoteProtocolError(
-            f"{what}: field {name!r} must be {tname}, got {type(value).__name__}",
-            code="bad_message",
-        )
-    return value
-
-
-def _nonneg(value: int, name: str, what: str) -> int:
-    if value < 0 or value > 2**63 - 1:
-        raise RemoteProtocolError(f"{what}: field {name!r} out of range", code="bad_message")
-    return value
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, dtype and shape of one tensor."""
@@ -104,9 +84,9 @@ class TensorSpec:
         what = "tensor spec"
         if not isinstance(obj, dict):
             raise RemoteProtocolError(f"{what} must be a map", code="bad_message")
-        name = _field(obj, "name", str, what)
-        dtype = _field(obj, "dtype", str, what)
-        shape = _field(obj, "shape", list, what)
+        name = require(obj, "name", str, what)
+        dtype = require(obj, "dtype", str, what)
+        shape = require(obj, "shape", list, what)
         if len(name.encode()) > limits.MAX_TENSOR_NAME_BYTES:
             raise RemoteProtocolError(f"{what}: name too long", code="limit_exceeded")
         if dtype not in DTYPES:
@@ -134,7 +114,7 @@ def specs_to_wire(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
 
 
 def specs_from_wire(body: dict[str, Any], what: str) -> tuple[TensorSpec, ...]:
-    raw = _field(body, "tensors", list, what)
+    raw = require(body, "tensors", list, what)
     if len(raw) > limits.MAX_TENSORS:
         raise RemoteProtocolError(
             f"{what}: {len(raw)} tensors exceed the limit of {limits.MAX_TENSORS}",
@@ -167,9 +147,9 @@ class Hello:
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Hello:
-        version = _field(b, "version", int, "Hello")
-        name = _field(b, "name", str, "Hello")
-        caps = _field(b, "capabilities", list, "Hello")
+        version = require(b, "version", int, "Hello")
+        name = require(b, "name", str, "Hello")
+        caps = require(b, "capabilities", list, "Hello")
         if len(name.encode()) > limits.MAX_NAME_BYTES:
             raise RemoteProtocolError(
                 f"Hello: name longer than {limits.MAX_NAME_BYTES} bytes", code="limit_exceeded"
@@ -191,7 +171,7 @@ class Challenge:
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Challenge:
-        nonce = _field(b, "nonce", bytes, "Challenge")
+        nonce = require(b, "nonce", bytes, "Challenge")
         if len(nonce) != limits.NONCE_BYTES:
             raise RemoteProtocolError(
                 f"Challenge: nonce must be {limits.NONCE_BYTES} bytes", code="bad_message"
@@ -211,7 +191,7 @@ class Auth:
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Auth:
-        mac = _field(b, "mac", bytes, "Auth")
+        mac = require(b, "mac", bytes, "Auth")
         if len(mac) != 32:
             raise RemoteProtocolError("Auth: mac must be 32 bytes", code="bad_message")
         return cls(mac)
@@ -232,7 +212,7 @@ class Plan:
     def from_wire(cls, obj: Any) -> Plan:
         if not isinstance(obj, dict):
             raise RemoteProtocolError("Welcome: plan must be a map", code="bad_message")
-        vals = [_field(obj, k, int, "plan") for k in ("rounds", "sync_every", "batch_size")]
+        vals = [require(obj, k, int, "plan") for k in ("rounds", "sync_every", "batch_size")]
         if vals[0] < 0 or vals[1] < 1 or vals[2] < 1:
             raise RemoteProtocolError("plan: values out of range", code="bad_message")
         return cls(*vals)
@@ -270,16 +250,16 @@ class Welcome:
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Welcome:
         w = "Welcome"
-        model = _field(b, "model", (str, type(None)), w)
-        comp = _field(b, "compile", (str, type(None)), w)
-        has_weights = _field(b, "has_weights", bool, w)
+        model = require(b, "model", (str, type(None)), w)
+        comp = require(b, "compile", (str, type(None)), w)
+        has_weights = require(b, "has_weights", bool, w)
         tensors = specs_from_wire(b, w)
         if not has_weights and tensors:
             raise RemoteProtocolError("Welcome: tensors without has_weights", code="bad_message")
         return cls(
-            worker_id=_nonneg(_field(b, "worker_id", int, w), "worker_id", w),
-            round=_nonneg(_field(b, "round", int, w), "round", w),
-            plan=Plan.from_wire(_field(b, "plan", dict, w)),
+            worker_id=nonneg(require(b, "worker_id", int, w), "worker_id", w),
+            round=nonneg(require(b, "round", int, w), "round", w),
+            plan=Plan.from_wire(require(b, "plan", dict, w)),
             tensors=tensors,
             model=model,
             compile=comp,
@@ -308,15 +288,12 @@ class Update:
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Update:
         w = "Update"
-        metrics = _field(b, "metrics", dict, w)
-        for k, v in metrics.items():
-            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise RemoteProtocolError("Update: metrics must map str to number", code="bad_message")
+        metrics = metrics_map(b, "metrics", w)
         return cls(
-            round=_nonneg(_field(b, "round", int, w), "round", w),
-            num_examples=_nonneg(_field(b, "num_examples", int, w), "num_examples", w),
+            round=nonneg(require(b, "round", int, w), "round", w),
+            num_examples=nonneg(require(b, "num_examples", int, w), "num_examples", w),
             tensors=specs_from_wire(b, w),
-            metrics={k: float(v) for k, v in metrics.items()},
+            metrics=metrics,
         )
 
 
@@ -334,7 +311,7 @@ class Global:
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Global:
         return cls(
-            round=_nonneg(_field(b, "round", int, "Global"), "round", "Global"),
+            round=nonneg(require(b, "round", int, "Global"), "round", "Global"),
             tensors=specs_from_wire(b, "Global"),
         )
 
@@ -353,7 +330,7 @@ class Done:
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Done:
         return cls(
-            round=_nonneg(_field(b, "round", int, "Done"), "round", "Done"),
+            round=nonneg(require(b, "round", int, "Done"), "round", "Done"),
             tensors=specs_from_wire(b, "Done"),
         )
 
@@ -385,7 +362,7 @@ class Error:
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Error:
-        return cls(code=_field(b, "code", str, "Error"), message=_field(b, "message", str, "Error"))
+        return cls(code=require(b, "code", str, "Error"), message=require(b, "message", str, "Error"))
 
 
 @dataclass(frozen=True)
@@ -403,9 +380,9 @@ class Chunk:
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Chunk:
         return cls(
-            tensor=_nonneg(_field(b, "t", int, "Chunk"), "t", "Chunk"),
-            offset=_nonneg(_field(b, "o", int, "Chunk"), "o", "Chunk"),
-            data=_field(b, "d", bytes, "Chunk"),
+            tensor=nonneg(require(b, "t", int, "Chunk"), "t", "Chunk"),
+            offset=nonneg(require(b, "o", int, "Chunk"), "o", "Chunk"),
+            data=require(b, "d", bytes, "Chunk"),
         )
 
 
@@ -416,9 +393,9 @@ class EndOfMessage:
     of: Kind
 
 
-Message = Hello | Challenge | Auth | Welcome | Update | Global | Done | Heartbeat | Error | Chunk
+Message = Hello | Challenge | Auth | Welcome | Update | Global | Done | Heartbeat | Error | Chunk | Status
 WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE})
 CLASSES: dict[Kind, Callable[[dict[str, Any]], Message]] = {
     c.kind: c.from_body
-    for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk)
+    for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, Status)
 }

@@ -79,7 +79,12 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _token_from(token: str | tls.JoinToken | None) -> tls.JoinToken:
+def token_from(token: str | tls.JoinToken | None) -> tls.JoinToken:
+    """The join token given, or ``$FEDSOCK_TOKEN``.
+
+    Raises:
+        ConfigError: none given, or not a token.
+    """
     if isinstance(token, tls.JoinToken):
         return token
     text = token or os.environ.get("FEDSOCK_TOKEN")
@@ -126,7 +131,7 @@ class Client:
                  reconnect_timeout: float = 300.0,
                  save_updates: str | os.PathLike[str] | None = None) -> None:
         self.address = parse_address(address)
-        self._token = _token_from(token)
+        self._token = token_from(token)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout

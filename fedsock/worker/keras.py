@@ -28,17 +28,22 @@ class FederatedCallback(keras.callbacks.Callback):
             used to count examples.
         num_examples: size of the training set; makes the count exact for the
             last, partial batch of an epoch.
+        progress: show a Keras progress bar of the local steps towards each
+            sync (use with ``fit(verbose=0)``: fit's own bar counts epochs,
+            which mean little here).
     """
 
     def __init__(self, client: Client, sync_every: int | None = None, batch_size: int | None = None,
-                 num_examples: int | None = None) -> None:
+                 num_examples: int | None = None, progress: bool = False) -> None:
         super().__init__()
         self.client = client
         self.sync_every = sync_every or client.plan.sync_every
         self.batch_size = batch_size or client.plan.batch_size
         self.num_examples = num_examples
+        self.progress = progress
         self._steps = 0
         self._examples = 0
+        self._bar: keras.utils.Progbar | None = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.model.set_weights(self.client.join(self.model.get_weights()))
@@ -49,8 +54,21 @@ class FederatedCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._steps += 1
         self._examples += self._batch_examples(batch)
+        if self.progress:
+            self._show(logs)
         if self._steps % self.sync_every == 0:
             self._sync(logs)
+
+    def _show(self, logs: dict[str, Any] | None) -> None:
+        numbers = [(k, float(v)) for k, v in (logs or {}).items() if _is_number(v)]
+        if self._bar is None:
+            print(f"round {self.client.round + 1}/{self.client.plan.rounds}", flush=True)
+            self._bar = keras.utils.Progbar(self.sync_every, stateful_metrics=[k for k, _ in numbers],
+                                            unit_name="step")
+        step = (self._steps - 1) % self.sync_every + 1
+        self._bar.update(step, values=numbers, finalize=step == self.sync_every)
+        if step == self.sync_every:
+            self._bar = None
 
     def _batch_examples(self, batch: int) -> int:
         if self.num_examples is None:

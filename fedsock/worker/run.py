@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from fedsock.data import load_shard
@@ -14,7 +15,8 @@ log = logging.getLogger("fedsock.worker")
 
 def run_worker(chief: str, data: Path, token: str | None = None, name: str | None = None,
                model: str | None = None, connect_timeout: float = 60.0, verbose: int = 0,
-               save_updates: Path | None = None, reconnect_timeout: float = 300.0) -> dict[str, float]:
+               save_updates: Path | None = None, reconnect_timeout: float = 300.0,
+               progress: str = "auto") -> dict[str, float]:
     """Train with the chief until it says ``Done``.
 
     Args:
@@ -26,6 +28,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
             only when the chief has no ``--model``.
         connect_timeout: seconds to keep retrying an unreachable chief.
         verbose: Keras ``fit`` verbosity.
+        progress: ``live`` shows a Keras progress bar per round, ``plain`` a
+            log line per sync, ``auto`` the bar when stdout is a terminal.
         save_updates: keep a copy of every update sent in this directory.
         reconnect_timeout: seconds to keep reconnecting after a lost connection.
 
@@ -62,7 +66,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
         from fedsock.worker.keras import FederatedCallback
 
         plan = client.plan
-        callback = FederatedCallback(client, plan.sync_every, plan.batch_size, num_examples=len(y))
+        bar = progress == "live" or (progress == "auto" and sys.stdout.isatty())
+        callback = FederatedCallback(client, plan.sync_every, plan.batch_size, num_examples=len(y), progress=bar)
         keras_model.fit(x, y, batch_size=plan.batch_size, epochs=1_000_000, shuffle=True,
                         callbacks=[callback], verbose=verbose)
         if not client.finished:

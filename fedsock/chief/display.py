@@ -1,0 +1,207 @@
+"""What the chief shows while it runs: a live ``rich`` panel on a terminal, plain lines otherwise.
+
+The chief hands a display immutable ``Snapshot``s (``update``) and one row
+per finished round (``round_done``); the display never reads the chief's
+state itself. ``PlainDisplay`` prints one line per round, for CI logs and
+files; ``LiveDisplay`` redraws a small panel a few times a second and prints
+the same per-round lines above it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+MODES = ("auto", "live", "plain")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The chief's progress at one moment.
+
+    Attributes:
+        round: the round being collected (1-based; the last round once finished).
+        rounds: rounds of the run.
+        submitted: updates accepted for this round.
+        participants: updates this round waits for in all (submitted + still training).
+        connected: workers connected now.
+        late: late updates dropped while this round was open.
+        min_workers: updates a round needs to close.
+        bytes_in: bytes of updates received, whole run.
+        bytes_out: bytes of global models sent, whole run.
+        opened_at: ``time.monotonic()`` at which the round opened; None while
+            waiting for enough workers.
+        last_seconds: duration of the last finished round.
+        last_metrics: the last finished round's holdout metrics.
+        eta_seconds: estimated seconds until the last round closes.
+        finished: the run is over.
+    """
+
+    round: int
+    rounds: int
+    submitted: int = 0
+    participants: int = 0
+    connected: int = 0
+    late: int = 0
+    min_workers: int = 1
+    bytes_in: int = 0
+    bytes_out: int = 0
+    opened_at: float | None = None
+    last_seconds: float | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    eta_seconds: float | None = None
+    finished: bool = False
+
+
+class Display(Protocol):
+    """What the chief calls; all calls come from its event loop."""
+
+    def start(self) -> None: ...
+    def update(self, snap: Snapshot) -> None: ...
+    def round_done(self, row: dict[str, Any]) -> None: ...
+    def stop(self) -> None: ...
+
+
+def format_header() -> str:
+    """The column names of the per-round lines."""
+    return (f"{'round':>5} {'workers':>7} {'examples':>8} {'accuracy':>8} {'loss':>8} "
+            f"{'seconds':>7} {'MB in':>7} {'MB out':>7}")
+
+
+def format_row(m: dict[str, Any]) -> str:
+    """One round of ``metrics.jsonl`` as a line under ``format_header``."""
+    acc = f"{m['accuracy']:.4f}" if "accuracy" in m else "-"
+    loss = f"{m['loss']:.4f}" if "loss" in m else "-"
+    return (f"{m['round']:>5} {m['workers']:>7} {m['examples']:>8} {acc:>8} {loss:>8} "
+            f"{m['seconds']:>7.2f} {m['bytes_in'] / 1e6:>7.2f} {m['bytes_out'] / 1e6:>7.2f}")
+
+
+class PlainDisplay:
+    """One line per round on stdout, under a header printed once."""
+
+    def __init__(self) -> None:
+        self._header_printed = False
+
+    def start(self) -> None:
+        pass
+
+    def update(self, snap: Snapshot) -> None:
+        pass
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        if not self._header_printed:
+            self._header_printed = True
+            print(format_header(), flush=True)
+        print(format_row(row), flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def render(snap: Snapshot | None, now: float | None = None) -> Any:
+    """The live panel for ``snap`` (a rich renderable)."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 2))
+    if snap is None:
+        grid.add_row(Text("fedsock chief: starting", style="bold"))
+        return grid
+    now = time.monotonic() if now is None else now
+    if snap.finished:
+        head = Text(f"round {snap.round}/{snap.rounds}  finished", style="bold green")
+    elif snap.opened_at is None:
+        head = Text(f"round {snap.round}/{snap.rounds}  waiting for workers: "
+                    f"{snap.connected} of {snap.min_workers} connected", style="bold yellow")
+    else:
+        head = Text(f"round {snap.round}/{snap.rounds}", style="bold")
+    total = max(snap.participants, snap.min_workers, 1)
+    bar = ProgressBar(total=total, completed=total if snap.finished else snap.submitted, width=30)
+    elapsed = None if snap.opened_at is None else now - snap.opened_at
+    grid.add_row(head, bar, Text(f"{snap.submitted}/{total} updates  {_duration(elapsed)}"))
+    grid.add_row(
+        Text(f"workers  connected {snap.connected} · submitted {snap.submitted} · late {snap.late}"),
+        Text(f"MB in {snap.bytes_in / 1e6:.2f} · out {snap.bytes_out / 1e6:.2f}"),
+        Text(f"ETA {_duration(snap.eta_seconds)}"),
+    )
+    metrics = " · ".join(f"{k} {v:.4f}" for k, v in snap.last_metrics.items()) or "no holdout metrics"
+    last = "-" if snap.last_seconds is None else f"{snap.last_seconds:.2f} s"
+    grid.add_row(Text(f"last round  {last} · {metrics}"))
+    return grid
+
+
+class LiveDisplay:
+    """A panel redrawn in place by ``rich.live.Live``; per-round lines scroll above it.
+
+    While it runs, log records go through the same console (when stderr is a
+    terminal too), so they do not tear the panel.
+    """
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(highlight=False)
+        self._snap: Snapshot | None = None
+        # The refresh thread only reads ``_snap``, an immutable object swapped whole.
+        self._live = Live(get_renderable=lambda: render(self._snap), console=self.console,
+                          refresh_per_second=4, redirect_stdout=False, redirect_stderr=False)
+        self._header_printed = False
+        self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
+
+    def start(self) -> None:
+        if sys.stderr.isatty():
+            from rich.logging import RichHandler
+
+            root = logging.getLogger()
+            for h in list(root.handlers):
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    rh = RichHandler(console=self.console, show_path=False, markup=False, level=h.level)
+                    root.removeHandler(h)
+                    root.addHandler(rh)
+                    self._swapped.append((h, rh))
+        self._live.start()
+
+    def update(self, snap: Snapshot) -> None:
+        self._snap = snap
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        if not self._header_printed:
+            self._header_printed = True
+            self.console.print(format_header(), style="bold")
+        self.console.print(format_row(row))
+
+    def stop(self) -> None:
+        self._live.refresh()
+        self._live.stop()
+        root = logging.getLogger()
+        for old, new in self._swapped:
+            root.removeHandler(new)
+            root.addHandler(old)
+        self._swapped.clear()
+
+
+def make_display(mode: str = "auto") -> Display:
+    """``live`` on a terminal (``auto``) or when asked; ``plain`` otherwise.
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"progress mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode == "auto":
+        terminal = sys.stdout.isatty() and os.environ.get("TERM", "") not in ("", "dumb")
+        mode = "live" if terminal else "plain"
+    return LiveDisplay() if mode == "live" else PlainDisplay()

@@ -1,0 +1,137 @@
+"""Counters about the run and each worker, for the live display and ``fedsock status``.
+
+The chief reports what happens (a connection ended, a round closed, a late
+update); ``Monitor`` keeps the numbers and turns them into a display
+``Snapshot`` or a wire ``Status``. It does no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedsock import limits
+from fedsock.chief.display import Snapshot
+from fedsock.chief.rounds import RoundController, RoundResult
+from fedsock.chief.session import Session
+from fedsock.protocol import Status, WorkerStatus
+
+#: Fields of a metrics.jsonl row that are not "metrics" in Status.
+_NOT_METRICS = {"round", "time", "participants", "fraction"}
+#: Fields every row has; the rest are holdout metrics (and, with DP, the privacy budget).
+ROW_FIELDS = {"round", "workers", "examples", "seconds", "bytes_in", "bytes_out", "time", "participants",
+              "fraction", "sampled"}
+
+
+@dataclass
+class WorkerStats:
+    """One worker identity's totals over all its connections in this chief run."""
+
+    name: str
+    rounds: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    last_seen: float = 0.0  # time.monotonic() of the last byte received
+
+
+class Monitor:
+    """Run and per-worker counters.
+
+    Args:
+        min_workers: the chief's ``min_workers`` (shown while waiting).
+        upstream: a relay's upstream ``host:port``, for Status.
+    """
+
+    def __init__(self, min_workers: int, upstream: str | None = None) -> None:
+        self.min_workers = min_workers
+        self.upstream = upstream
+        self.started = time.monotonic()
+        self.workers: dict[int, WorkerStats] = {}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.late = 0
+        self.last_row: dict[str, Any] = {}
+        self._round_seconds: list[float] = []
+
+    def _stats(self, wid: int, name: str) -> WorkerStats:
+        st = self.workers.get(wid)
+        if st is None:
+            st = self.workers[wid] = WorkerStats(name, last_seen=time.monotonic())
+        st.name = name
+        return st
+
+    def joined(self, wid: int, name: str) -> None:
+        """A worker authenticated (first time or again)."""
+        self._stats(wid, name).last_seen = time.monotonic()
+
+    def connection_ended(self, s: Session) -> None:
+        """Fold a finished connection's byte counts into its worker's totals."""
+        if s.worker_id is None:
+            return
+        st = self._stats(s.worker_id, s.name)
+        st.bytes_in += s.bytes_in
+        st.bytes_out += s.bytes_out
+        st.last_seen = max(st.last_seen, s.last_received)
+
+    def late_update(self) -> None:
+        """An update for a closed round was dropped."""
+        self.late += 1
+
+    def round_done(self, result: RoundResult, row: Mapping[str, Any]) -> None:
+        """A round closed; ``row`` is its metrics.jsonl line."""
+        for wid in result.workers:
+            if wid in self.workers:
+                self.workers[wid].rounds += 1
+        self.bytes_in += int(row.get("bytes_in", 0))
+        self.bytes_out += int(row.get("bytes_out", 0))
+        self._round_seconds.append(float(row.get("seconds", 0.0)))
+        self.last_row = dict(row)
+        self.late = 0
+
+    def snapshot(self, ctrl: RoundController, connected: int, bytes_in_now: int = 0) -> Snapshot:
+        """The display's view of now; ``bytes_in_now``: update bytes of the open round so far."""
+        submitted = len(ctrl.submitted)
+        remaining = ctrl.rounds - ctrl.round
+        eta = None
+        if self._round_seconds and remaining > 0:
+            elapsed = time.monotonic() - ctrl.opened_at if ctrl.opened_at is not None else 0.0
+            mean = sum(self._round_seconds) / len(self._round_seconds)
+            eta = max(0.0, mean * remaining - elapsed)
+        metrics = _numbers((k, v) for k, v in self.last_row.items() if k not in ROW_FIELDS)
+        return Snapshot(
+            round=min(ctrl.collecting, ctrl.rounds), rounds=ctrl.rounds, submitted=submitted,
+            participants=submitted + len(ctrl.expected()) if ctrl.is_open else 0,
+            connected=connected, late=self.late, min_workers=self.min_workers,
+            bytes_in=self.bytes_in + bytes_in_now, bytes_out=self.bytes_out,
+            opened_at=ctrl.opened_at, last_seconds=self._round_seconds[-1] if self._round_seconds else None,
+            last_metrics=metrics, eta_seconds=eta, finished=ctrl.finished,
+        )
+
+    def status(self, ctrl: RoundController, sessions: Mapping[int, Session]) -> Status:
+        """The ``Status`` answer to a status query."""
+        now = time.monotonic()
+        entries: list[tuple[bool, float, WorkerStatus]] = []
+        for wid, st in self.workers.items():
+            s = sessions.get(wid)
+            seen = max(st.last_seen, s.last_received) if s is not None else st.last_seen
+            entries.append((s is not None, seen, WorkerStatus(
+                name=st.name, worker_id=wid, connected=s is not None, last_seen=max(0.0, now - seen),
+                rounds=st.rounds, bytes_in=st.bytes_in + (s.bytes_in if s else 0),
+                bytes_out=st.bytes_out + (s.bytes_out if s else 0),
+            )))
+        # connected first, then the most recently seen; the list is capped for the frame limit
+        entries.sort(key=lambda e: (not e[0], -e[1], e[2].worker_id))
+        workers = tuple(e[2] for e in entries[: limits.MAX_STATUS_WORKERS])
+        return Status(
+            round=ctrl.round, rounds=ctrl.rounds, finished=ctrl.finished,
+            submitted=len(ctrl.submitted), waiting=len(ctrl.expected()) if ctrl.is_open else 0,
+            uptime=now - self.started, upstream=self.upstream,
+            metrics=_numbers(self.last_row.items()), workers=workers,
+        )
+
+
+def _numbers(items: Iterable[tuple[str, Any]]) -> dict[str, float]:
+    return {k: float(v) for k, v in items
+            if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}

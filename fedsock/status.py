@@ -1,0 +1,140 @@
+"""``fedsock status``: ask a running chief how its run is going (read-only).
+
+The query authenticates like a worker (same join token, same HMAC
+challenge), with the ``"status"`` capability in its Hello, so the chief
+answers with one ``Status`` message instead of a ``Welcome`` and hangs up.
+It never joins the federation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import time
+from dataclasses import asdict
+
+from fedsock import tls
+from fedsock.errors import AuthenticationError, ConnectError, PeerError, RemoteProtocolError
+from fedsock.protocol import (
+    NEED_DATA,
+    STATUS_CAPABILITY,
+    Auth,
+    Challenge,
+    Connection,
+    ConnectionClosed,
+    Error,
+    Event,
+    Hello,
+    Role,
+    Status,
+)
+from fedsock.worker.client import parse_address, token_from
+
+
+def query_status(address: str, token: str | None = None, name: str | None = None,
+                 timeout: float = 10.0) -> Status:
+    """Connect, authenticate, and return the chief's ``Status``.
+
+    Args:
+        address: ``host:port`` of the chief.
+        token: join token (default ``$FEDSOCK_TOKEN``).
+        name: how the chief's log names this query (default ``status-<host>-<pid>``).
+        timeout: seconds for connecting and for each answer.
+
+    Raises:
+        ConfigError: bad address or token.
+        ConnectError: the chief is unreachable or does not answer in time.
+        AuthenticationError: wrong token or an unexpected certificate.
+        PeerError: the chief refused with an Error (e.g. ``busy``).
+        RemoteProtocolError: the answer broke the protocol (e.g. a chief
+            that does not know status queries answered with Welcome).
+    """
+    host, port = parse_address(address)
+    tok = token_from(token)
+    name = name or f"status-{socket.gethostname()}-{os.getpid()}"
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise ConnectError(f"could not reach the chief at {host}:{port} ({exc}); is it running?") from None
+    try:
+        with tls.client_context().wrap_socket(raw, server_hostname=host) as sock:
+            tls.check_pinned(sock, tok.fingerprint)
+            conn = Connection(Role.WORKER)
+            sock.sendall(conn.send(Hello(name=name, capabilities=(STATUS_CAPABILITY,))))
+            challenge = _next(sock, conn)
+            if not isinstance(challenge, Challenge):
+                raise RemoteProtocolError(f"expected Challenge, got {type(challenge).__name__}")
+            sock.sendall(conn.send(Auth(tls.auth_mac(tok.secret, challenge.nonce, tok.fingerprint, name))))
+            answer = _next(sock, conn)
+    except TimeoutError:
+        raise ConnectError(f"the chief at {host}:{port} did not answer within {timeout:g} s") from None
+    except ssl.SSLError as exc:
+        raise ConnectError(f"TLS with {host}:{port} failed ({exc}); is it a fedsock chief?") from None
+    except OSError as exc:
+        raise ConnectError(f"connection to the chief at {host}:{port} failed: {exc}") from None
+    finally:
+        raw.close()
+    if not isinstance(answer, Status):
+        raise RemoteProtocolError(f"expected Status, got {type(answer).__name__}")
+    return answer
+
+
+def _next(sock: ssl.SSLSocket, conn: Connection) -> Event:
+    while True:
+        try:
+            ev = conn.next_event()
+        except RemoteProtocolError as exc:
+            if exc.code == "out_of_order":
+                raise RemoteProtocolError(f"{exc}; does this chief answer status queries?", exc.code) from None
+            raise
+        if isinstance(ev, Error):
+            if ev.code == "auth_failed":
+                raise AuthenticationError(f"authentication failed: the chief rejected the join token ({ev.message})")
+            raise PeerError(ev.code, ev.message)
+        if isinstance(ev, ConnectionClosed):
+            raise ConnectError("the chief closed the connection without answering")
+        if ev is not NEED_DATA:
+            return ev  # type: ignore[return-value]
+        conn.receive_data(sock.recv(64 * 1024))
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def format_status(st: Status, address: str) -> str:
+    """A human-readable report of ``st``."""
+    state = "finished" if st.finished else (
+        f"collecting round {st.round + 1}: {st.submitted} submitted, {st.waiting} still training")
+    up = time.strftime("%H:%M:%S", time.gmtime(st.uptime)) if st.uptime < 86400 else f"{st.uptime / 86400:.1f} d"
+    lines = [f"chief {address}  round {st.round}/{st.rounds}  {state}  (up {up})"]
+    if st.upstream:
+        lines.append(f"relay of {st.upstream}")
+    if st.metrics:
+        lines.append("last round  " + "  ".join(f"{k} {_num(v)}" for k, v in st.metrics.items()))
+    connected = sum(w.connected for w in st.workers)
+    lines.append(f"workers: {connected} connected, {len(st.workers)} known")
+    if st.workers:
+        width = max(4, *(len(w.name) for w in st.workers))
+        lines.append(f"  {'name':<{width}} {'id':>5} {'connected':>9} {'last seen':>13} {'rounds':>6} "
+                     f"{'MB in':>8} {'MB out':>8}")
+        for w in st.workers:
+            lines.append(f"  {w.name:<{width}} {w.worker_id:>5} {'yes' if w.connected else 'no':>9} "
+                         f"{_ago(w.last_seen):>13} {w.rounds:>6} {w.bytes_in / 1e6:>8.2f} {w.bytes_out / 1e6:>8.2f}")
+    return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+
+
+def status_json(st: Status) -> str:
+    """``st`` as JSON (the Status map of protocol.md)."""
+    return json.dumps({**asdict(st), "workers": [asdict(w) for w in st.workers]}, indent=2)
+
