@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +42,10 @@ class ChiefProc:
             raise AssertionError(f"chief did not finish in {timeout} s:\n{self.output()[-3000:]}") from None
 
 
-def start_chief(tmp: Path, *args: str, timeout: float = 90.0) -> ChiefProc:
-    """Start ``python chief.py`` on a free port; wait until it listens."""
-    state = tmp / "chief"
-    log = tmp / "chief.log"
+def start_chief(tmp: Path, *args: str, timeout: float = 90.0, name: str = "chief") -> ChiefProc:
+    """Start ``python chief.py`` on a free port; wait until it listens (state in ``tmp/name``)."""
+    state = tmp / name
+    log = tmp / f"{name}.log"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "chief.py"), "--host", "127.0.0.1", "--port", "0",
          "--state-dir", str(state), *args],
@@ -99,8 +101,8 @@ def digits(tmp_path_factory) -> Path:
 def chiefs(tmp_path):
     started: list[ChiefProc] = []
 
-    def start(*args: str) -> ChiefProc:
-        c = start_chief(tmp_path, *args)
+    def start(*args: str, name: str = "chief") -> ChiefProc:
+        c = start_chief(tmp_path, *args, name=name)
         started.append(c)
         return c
 
@@ -109,3 +111,50 @@ def chiefs(tmp_path):
         if c.proc.poll() is None:
             c.proc.kill()
             c.proc.wait()
+
+
+def run_clients(address: str, token: str, examples: dict[str, int], shape: tuple[int, ...] = (4, 3),
+                timeout: float = 60.0) -> dict[str, np.ndarray]:
+    """Numpy workers (``fedsock.Client`` in threads) that propose zeros and then send, each round,
+    the global weights plus ``numpy_worker.step_for(name, round)`` with a fixed example count.
+
+    Returns:
+        Each worker's final weights.
+    """
+    from fedsock.testing.numpy_worker import step_for
+    from fedsock.worker.client import Client
+
+    finals: dict[str, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str, n: int) -> None:
+        try:
+            with Client(address, token=token, name=name, connect_timeout=timeout) as c:
+                w = c.join([np.zeros(shape, np.float32)])
+                while not c.finished:
+                    w = c.sync([w[0] + step_for(name, c.round + 1, [shape])[0]], num_examples=n)
+                finals[name] = w[0]
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(name, n), daemon=True) for name, n in examples.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors, errors
+    assert len(finals) == len(examples), "a worker did not finish"
+    return finals
+
+
+def flat_fedavg(examples: dict[str, int], rounds: int, shape: tuple[int, ...] = (4, 3)) -> np.ndarray:
+    """What ``run_clients`` must end with: weighted FedAvg of the fixed steps, in float64."""
+    from fedsock.testing.numpy_worker import step_for
+
+    w = np.zeros(shape, np.float64)
+    total = sum(examples.values())
+    for r in range(1, rounds + 1):
+        w = sum(n * (w.astype(np.float32) + step_for(name, r, [shape])[0]).astype(np.float64)
+                for name, n in examples.items()) / total
+        w = w.astype(np.float32).astype(np.float64)  # the chief hands out float32
+    return w

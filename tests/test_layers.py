@@ -36,3 +36,16 @@ def test_import_fedsock_is_light():
     code = "import sys, fedsock; print('tensorflow' in sys.modules, 'asyncio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_chief_without_model_starts_without_tensorflow(tmp_path):
+    code = (
+        "import sys\n"
+        "from fedsock import cli, settings, status\n"
+        "from fedsock.chief import Chief\n"
+        f"c = Chief(progress='plain', rounds=1, state_dir={str(tmp_path)!r})\n"
+        "c.outputs.start_tensorboard()\n"  # off by default without --model
+        "print(c.outputs.tensorboard, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "False", "False"], out.stdout + out.stderr

@@ -101,7 +101,11 @@ class Outputs:
             f.flush()
             os.fsync(f.fileno())
         if self.tensorboard is not None:
-            self.tensorboard.write(line)
+            try:
+                self.tensorboard.write(line)
+            except Exception as exc:  # noqa: BLE001 - a monitoring side channel must not end the run
+                log.warning("TensorBoard events could not be written (%s); continuing without them", exc)
+                self.tensorboard = None
         return line
 
     @property

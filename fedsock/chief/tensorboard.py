@@ -2,7 +2,9 @@
 
 TensorFlow is imported when the writer is created, never before: a chief
 without ``--model`` that runs with ``--no-tensorboard`` (its default) starts
-without TensorFlow.
+without TensorFlow. Scalars are written with TensorFlow's own
+``tf.summary.write`` and the metadata of TensorBoard's scalar plugin, so the
+``tensorboard`` package is needed only to look at them.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class TensorBoardWriter:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._writer = tf.summary.create_file_writer(str(directory))
+        # what tensorboard.summary.scalar attaches: marks the value as a scalar for TensorBoard
+        self._scalar = tf.compat.v1.SummaryMetadata(
+            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars", content=b""))
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Record one metrics.jsonl row at step ``row["round"]`` and flush."""
@@ -64,7 +69,8 @@ class TensorBoardWriter:
             for key, value in row.items():
                 if key in SKIP or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
-                self._tf.summary.scalar(tag_for(key), float(value))
+                self._tf.summary.write(tag_for(key), self._tf.constant(float(value), self._tf.float32),
+                                       metadata=self._scalar)
         self._writer.flush()
 
     def close(self) -> None:

@@ -1,0 +1,65 @@
+"""Relays: a two-level tree of chiefs gives exactly the flat federation's model."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from fedsock.status import query_status
+from tests.conftest import flat_fedavg, run_clients
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = {"r1-a": 10, "r1-b": 25, "r2-a": 40, "r2-b": 7}
+ROUNDS = 3
+
+
+def test_two_level_tree_equals_flat_federation(chiefs):
+    top = chiefs("--rounds", str(ROUNDS), "--min-workers", "2", name="top")
+    relays = {
+        r: chiefs("--upstream", top.address, "--upstream-token", top.token, "--upstream-name", r,
+                  "--min-workers", "2", "--rounds", "99", name=r)  # rounds come from upstream
+        for r in ("r1", "r2")
+    }
+    st = query_status(relays["r1"].address, relays["r1"].token)
+    assert st.upstream == top.address and st.rounds == ROUNDS
+
+    finals: dict[str, np.ndarray] = {}
+    threads = []
+    for r, relay in relays.items():
+        group = {k: n for k, n in EXAMPLES.items() if k.startswith(r)}
+
+        def run(relay=relay, group=group) -> None:
+            finals.update(run_clients(relay.address, relay.token, group))
+
+        threads.append(threading.Thread(target=run))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(finals) == set(EXAMPLES)
+    for c in (top, *relays.values()):
+        assert c.wait(60) == 0, c.output()
+
+    flat = chiefs("--rounds", str(ROUNDS), "--min-workers", str(len(EXAMPLES)), name="flat")
+    flat_finals = run_clients(flat.address, flat.token, EXAMPLES)
+    assert flat.wait(60) == 0, flat.output()
+
+    expected = flat_fedavg(EXAMPLES, ROUNDS)
+    tree_model = np.load(top.state_dir / "final_weights.npz")
+    flat_model = np.load(flat.state_dir / "final_weights.npz")
+    (tree_w,), (flat_w,) = [tree_model[k] for k in tree_model.files], [flat_model[k] for k in flat_model.files]
+    np.testing.assert_allclose(tree_w, flat_w, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(tree_w, expected, atol=1e-6, rtol=0)
+    for name in EXAMPLES:  # every worker ends with the global model, through its relay or not
+        np.testing.assert_allclose(finals[name], flat_finals[name], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(finals[name], tree_w, atol=0, rtol=0)
+    # upstream, each relay is one worker weighing its workers' examples
+    import json
+
+    rows = [json.loads(x) for x in (top.state_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["workers"], r["examples"], sorted(r["participants"])) for r in rows] == \
+        [(2, sum(EXAMPLES.values()), ["r1", "r2"])] * ROUNDS
+    assert np.abs(expected).max() > 0.05  # the steps moved the model: the comparison is not of zeros
