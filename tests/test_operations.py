@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pty
@@ -23,12 +24,13 @@ from tests.conftest import ROOT, env, run_clients
 pytestmark = pytest.mark.integration
 
 
-def sync_all(clients: list[Client], weights: list[np.ndarray]) -> list[list[np.ndarray]]:
-    """One round: every client syncs at once (each blocks until the round closes)."""
+def sync_all(clients: list[Client], weights: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """One round: every client syncs at once (each blocks until the round closes); client i
+    reports 10 * (i + 1) examples."""
     out: list[list[np.ndarray]] = [[] for _ in clients]
 
     def go(i: int) -> None:
-        out[i] = clients[i].sync([weights[i]], num_examples=10 * (i + 1))
+        out[i] = clients[i].sync(weights[i], num_examples=10 * (i + 1))
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(len(clients))]
     for t in threads:
@@ -50,7 +52,7 @@ def test_plain_round_lines_and_status_of_a_running_chief(tmp_path, chiefs, capsy
         assert sorted((w.name, w.connected, w.rounds) for w in before.workers) == [
             ("alpha", True, 0), ("beta", True, 0)]
 
-        sync_all(clients, [np.ones((3, 2), np.float32), np.full((3, 2), 4.0, np.float32)])
+        sync_all(clients, [[np.ones((3, 2), np.float32)], [np.full((3, 2), 4.0, np.float32)]])
         after = query_status(chief.address, chief.token)
         assert after.round == 1 and after.metrics["examples"] == 30 and after.metrics["workers"] == 2
         by_name = {w.name: w for w in after.workers}
@@ -73,7 +75,7 @@ def test_plain_round_lines_and_status_of_a_running_chief(tmp_path, chiefs, capsy
         with pytest.raises(AuthenticationError):
             query_status(chief.address, wrong)
 
-        sync_all(clients, [np.ones((3, 2), np.float32), np.ones((3, 2), np.float32)])
+        sync_all(clients, [[np.ones((3, 2), np.float32)], [np.ones((3, 2), np.float32)]])
         assert all(c.finished for c in clients)
     finally:
         for c in clients:
@@ -140,27 +142,19 @@ def test_live_display_in_a_terminal(tmp_path):
     assert re.search(r"^\s+2\s+2\s+30\s+-\s+-\s", lines, flags=re.M)  # the round's line, above the panel
 
 
-def test_tensorboard_events_and_plot(tmp_path, chiefs, digits):
+def test_tensorboard_events_and_plot(tmp_path, chiefs, digits, capsys):
+    # import TensorFlow (to read the events back) while the chief starts: it takes seconds
+    tf_import = threading.Thread(target=importlib.import_module, args=("tensorflow",))
+    tf_import.start()
     chief = chiefs("--model", "fedsock.models:digits_mlp", "--eval-data", str(digits / "holdout"),
                    "--rounds", "2", "--min-workers", "2")
     clients = [Client(chief.address, token=chief.token, name=n) for n in ("tb-a", "tb-b")]
     try:
-        start = [c.join() for c in clients]
-        shapes = [w.shape for w in start[0]]
-        for r in range(2):
-            out: list[list[np.ndarray]] = [[], []]
-
-            def go(i: int, r: int = r) -> None:
-                rng = np.random.default_rng(10 * r + i)
-                w = [a + rng.normal(0, 0.01, s).astype(np.float32) for a, s in zip(start[i], shapes)]
-                out[i] = clients[i].sync(w, num_examples=50)
-
-            threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
-            start = out
+        held = [c.join() for c in clients]
+        rng = np.random.default_rng(0)
+        for _ in range(2):
+            held = sync_all(clients, [[a + rng.normal(0, 0.01, a.shape).astype(np.float32) for a in w]
+                                      for w in held])
     finally:
         for c in clients:
             c.close()
@@ -168,6 +162,7 @@ def test_tensorboard_events_and_plot(tmp_path, chiefs, digits):
     rows = [json.loads(line) for line in (chief.state_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
 
+    tf_import.join()
     import tensorflow as tf
 
     files = sorted((chief.state_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -185,12 +180,13 @@ def test_tensorboard_events_and_plot(tmp_path, chiefs, digits):
         step = row["round"]
         assert scalars["holdout/accuracy"][step] == pytest.approx(row["accuracy"], rel=1e-6)
         assert scalars["holdout/loss"][step] == pytest.approx(row["loss"], rel=1e-6)
-        assert scalars["round/participants"][step] == 2 and scalars["round/examples"][step] == 100
+        assert scalars["round/participants"][step] == 2 and scalars["round/examples"][step] == 30
         assert scalars["bytes/in"][step] == row["bytes_in"]
 
     png = tmp_path / "m.png"
-    done = subprocess.run([sys.executable, "-m", "fedsock", "plot", str(chief.state_dir), "--out", str(png)],
-                          capture_output=True, text=True, env=env(), timeout=120)
-    assert done.returncode == 0, done.stderr
+    from fedsock.cli import main
+
+    assert main(["plot", str(chief.state_dir), "--out", str(png)]) == 0
+    assert capsys.readouterr().out.strip() == str(png)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

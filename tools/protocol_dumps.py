@@ -30,8 +30,10 @@ from fedsock.protocol import (
     Kind,
     Plan,
     Role,
+    Status,
     Update,
     Welcome,
+    WorkerStatus,
     check_signature,
     frames,
     iter_chunks,
@@ -185,6 +187,23 @@ def main() -> None:
         raise AssertionError("signature check passed")
     assert isinstance(error, Error)
     send("Error (chief -> worker)", chief, worker, error)
+
+    # A third conversation: a status query (fedsock status). Challenge and Auth
+    # are as above, with the mac computed over the query's name.
+    print("=== Frames of a status query (name \"status-1\")")
+    print()
+    query, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    send("Hello with the status capability (query -> chief)", query, chief,
+         Hello(name="status-1", capabilities=("status",)))
+    send("Challenge", chief, query, Challenge(NONCE), quiet=True)
+    send("Auth", query, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, "status-1")), quiet=True)
+    status = Status(
+        round=1, rounds=3, finished=False, submitted=1, waiting=1, uptime=93.5, upstream=None,
+        metrics={"accuracy": 0.875, "seconds": 2.5},
+        workers=(WorkerStatus("worker-1", 1, True, 0.25, 1, 4096, 2048),),
+    )
+    send("Status (chief -> query)", chief, query, status)
+    assert chief.we_finished and query.they_finished
 
 
 if __name__ == "__main__":
