@@ -15,8 +15,9 @@ Reported per round: ``chief_seconds`` (the chief's metrics.jsonl: round open
 to close, i.e. receiving and folding every update), ``wall_seconds`` (first
 update sent to last global model received, over all workers: the round as
 the federation sees it), and bytes. Round 1 includes joining; later rounds
-are the steady state. ``chief_rss_mb`` is the chief's resident memory once
-everyone has joined and at its peak (VmHWM). The worker threads share the
+are the steady state. ``chief_rss_mb`` is the chief's resident memory after
+all workers joined and round 1's updates arrived (before its first
+broadcast), and its peak (VmHWM). The worker threads share the
 same cores as the chief, so on a small machine the figures are an upper
 bound of the chief's cost.
 """
@@ -134,9 +135,10 @@ def main() -> None:
         metrics = state / "metrics.jsonl"
         while chief.poll() is None:
             peak_polled = max(peak_polled, rss_mb(chief.pid, "VmRSS"))
-            if joined_rss is None and metrics.exists() and metrics.stat().st_size:
-                joined_rss = peak_polled  # by the end of round 1 everyone has joined
-            hwm = rss_mb(chief.pid, "VmHWM")
+            if metrics.exists() and metrics.stat().st_size:  # round 1 closed: its broadcast starts
+                joined_rss = peak_polled if joined_rss is None else joined_rss
+            now_hwm = rss_mb(chief.pid, "VmHWM")
+            hwm = now_hwm if now_hwm == now_hwm else hwm  # NaN once the chief has exited
             time.sleep(0.2)
         records = [json.loads(line) for h in hosts for line in h.communicate()[0].splitlines() if line.strip()]
     finally:
@@ -162,7 +164,8 @@ def main() -> None:
         "first_errors": [e["error"] for e in errors[:3]],
         "join_seconds": round(max(joins) - started, 1) if joins else None,
         "rounds": rounds,
-        "chief_rss_mb": {"all_joined": round(joined_rss or float("nan"), 1), "peak": round(hwm, 1)},
+        "chief_rss_mb": {"joined_and_round_1_received": round(joined_rss or float("nan"), 1),
+                         "peak": round(hwm, 1)},
     }, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
 
