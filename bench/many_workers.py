@@ -14,7 +14,9 @@ receive N updates, average them, send N global models.
 Reported per round: ``chief_seconds`` (the chief's metrics.jsonl: round open
 to close, i.e. receiving and folding every update), ``wall_seconds`` (first
 update sent to last global model received, over all workers: the round as
-the federation sees it), and bytes. Round 1 includes joining; later rounds
+the federation sees it), ``chief_cpu_seconds`` (CPU the chief process used
+from the previous round's end to this one's: sending the previous global
+model to everyone, then receiving this round's updates), and bytes. Round 1 includes joining; later rounds
 are the steady state. ``chief_rss_mb`` is the chief's resident memory after
 all workers joined and round 1's updates arrived (before its first
 broadcast), and its peak (VmHWM). The worker threads share the
@@ -90,6 +92,15 @@ def rss_mb(pid: int, field: str) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=1000, help="simulated workers (default 1000)")
@@ -133,7 +144,11 @@ def main() -> None:
                 stdout=subprocess.PIPE, text=True, env=env))
         peak_polled, joined_rss, hwm = 0.0, None, float("nan")
         metrics = state / "metrics.jsonl"
+        cpu_at_line: list[float] = [cpu_seconds(chief.pid)]  # chief CPU when each metrics line appeared
         while chief.poll() is None:
+            lines = metrics.read_text().count("\n") if metrics.exists() else 0
+            if lines >= len(cpu_at_line):
+                cpu_at_line.append(cpu_seconds(chief.pid))
             peak_polled = max(peak_polled, rss_mb(chief.pid, "VmRSS"))
             if metrics.exists() and metrics.stat().st_size:  # round 1 closed: its broadcast starts
                 joined_rss = peak_polled if joined_rss is None else joined_rss
@@ -148,12 +163,14 @@ def main() -> None:
     errors = [r for r in records if "error" in r]
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     rounds = []
-    for row in rows:
+    for i, row in enumerate(rows):
         r = str(row["round"])
+        cpu = cpu_at_line[i + 1] - cpu_at_line[i] if i + 1 < len(cpu_at_line) else None
         times = [rec["rounds"][r] for rec in records if r in rec["rounds"]]
         rounds.append({
             "round": row["round"], "workers": row["workers"], "chief_seconds": row["seconds"],
             "wall_seconds": round(max(t[1] for t in times) - min(t[0] for t in times), 3) if times else None,
+            "chief_cpu_seconds": round(cpu, 2) if cpu is not None else None,
             "mb_in": round(row["bytes_in"] / 1e6, 1), "mb_out": round(row["bytes_out"] / 1e6, 1),
         })
     joins = [rec["joined"] for rec in records if "joined" in rec]
