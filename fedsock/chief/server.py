@@ -45,10 +45,6 @@ from fedsock.protocol.messages import Challenge
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
-#: Weights messages the chief writes at once when it hands out a new model. Each
-#: send holds a plaintext and an encrypted copy of the model until the peer has
-#: read it; unbounded, the end of every round costs 2 x workers x model bytes.
-SEND_CONCURRENCY = 64
 
 
 @dataclass(frozen=True)
@@ -453,16 +449,13 @@ class Chief:
         self.monitor.round_done(result, row)
         self.display.round_done(row)
         self._show()
-        slots = asyncio.Semaphore(SEND_CONCURRENCY)
-        sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights, slots) for s in sessions))
+        sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
         if final:
             self._given_done |= {s.worker_id for s, n in zip(sessions, sent) if n and s.worker_id is not None}
 
-    async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray],
-                            slots: asyncio.Semaphore) -> int:
+    async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray]) -> int:
         try:
-            async with slots:
-                return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
+            return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
         except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
             # A half-sent weights message leaves the connection unusable: drop it.
             log.info("%s: could not send %s (%s); dropping the connection", s.label,
