@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def env() -> dict[str, str]:
     e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="-1")
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-    e.pop("FEDSOCK_TOKEN", None)
+    for k in [k for k in e if k.startswith("FEDSOCK_")]:  # settings of the developer's shell
+        del e[k]
     return e
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+@pytest.fixture(autouse=True)
+def no_fedsock_environment(monkeypatch):
+    """The developer's own FEDSOCK_* variables must not change what these tests see."""
+    for k in [k for k in os.environ if k.startswith("FEDSOCK_")]:
+        monkeypatch.delenv(k)
 
 
 def parse(argv: list[str], environ: dict[str, str]) -> tuple[argparse.Namespace, dict[str, str]]:
