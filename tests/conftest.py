@@ -115,9 +115,10 @@ def chiefs(tmp_path):
 
 
 def run_clients(address: str, token: str, examples: dict[str, int], shape: tuple[int, ...] = (4, 3),
-                timeout: float = 60.0) -> dict[str, np.ndarray]:
+                timeout: float = 60.0, work: float = 0.0) -> dict[str, np.ndarray]:
     """Numpy workers (``fedsock.Client`` in threads) that propose zeros and then send, each round,
-    the global weights plus ``numpy_worker.step_for(name, round)`` with a fixed example count.
+    the global weights plus ``numpy_worker.step_for(name, round)`` with a fixed example count,
+    after ``work`` seconds of pretended training.
 
     Returns:
         Each worker's final weights.
@@ -128,17 +129,18 @@ def run_clients(address: str, token: str, examples: dict[str, int], shape: tuple
     finals: dict[str, np.ndarray] = {}
     errors: list[BaseException] = []
 
-    def work(name: str, n: int) -> None:
+    def worker(name: str, n: int) -> None:
         try:
             with Client(address, token=token, name=name, connect_timeout=timeout) as c:
                 w = c.join([np.zeros(shape, np.float32)])
                 while not c.finished:
+                    time.sleep(work)
                     w = c.sync([w[0] + step_for(name, c.round + 1, [shape])[0]], num_examples=n)
                 finals[name] = w[0]
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(name, n), daemon=True) for name, n in examples.items()]
+    threads = [threading.Thread(target=worker, args=(name, n), daemon=True) for name, n in examples.items()]
     for t in threads:
         t.start()
     for t in threads:

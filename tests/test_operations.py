@@ -118,14 +118,17 @@ def test_live_display_in_a_terminal(tmp_path):
     reader.start()
     try:
         deadline = time.monotonic() + 60
-        while not (state / "chief.addr").exists():
+        addr = state / "chief.addr"
+        while not (addr.exists() and addr.read_text().strip()):
             assert proc.poll() is None and time.monotonic() < deadline, screen.decode(errors="replace")
             time.sleep(0.05)
-        address, token = (state / "chief.addr").read_text().strip(), (state / "token").read_text().strip()
+        address, token = addr.read_text().strip(), (state / "token").read_text().strip()
         # a first look while it waits for workers
-        time.sleep(0.6)
+        deadline = time.monotonic() + 15
+        while "waiting for workers" not in bytes(screen).decode(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.05)
         waiting = bytes(screen).decode(errors="replace")
-        run_clients(address, token, {"a": 10, "b": 20})
+        run_clients(address, token, {"a": 10, "b": 20}, work=0.6)  # rounds outlast a few redraws (4 per s)
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
