@@ -119,6 +119,7 @@ class Chief:
             wid = self._identities[name] = next(self._ids)
             self._names[wid] = name
             self._last_seen[wid] = time.monotonic()
+        self.outputs.start_tensorboard()  # before listening: chief.addr means ready
         server = await asyncio.start_server(
             self._accept, cfg.host, cfg.port,
             ssl=tls.server_context(self.identity.cert_path, self.identity.key_path),
@@ -127,7 +128,6 @@ class Chief:
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         (cfg.state_dir / "chief.addr").write_text(f"{local}:{self.port}\n")
-        self.outputs.start_tensorboard()
         self._announce()
         self.display.start()
         stop = asyncio.Event()
