@@ -55,6 +55,10 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="your own model (.keras or module:function) when the chief has none")
     p.add_argument("--connect-timeout", type=float, default=60.0,
                    help="seconds to keep retrying an unreachable chief (default 60)")
+    p.add_argument("--idle-timeout", type=float, default=limits.IDLE_TIMEOUT_S,
+                   help=f"seconds of silence after which the chief counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
+    p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
+                   help=f"seconds between heartbeats while training (default {limits.HEARTBEAT_INTERVAL_S:g})")
     p.add_argument("--reconnect-timeout", type=float, default=300.0,
                    help="after a lost connection, seconds to keep reconnecting (default 300; 0 = never)")
     p.add_argument("--save-updates", type=Path,
@@ -107,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
         run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
                    connect_timeout=args.connect_timeout, reconnect_timeout=args.reconnect_timeout,
+                   idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
                    save_updates=args.save_updates)
         return 0
     if args.command == "shard":

@@ -5,8 +5,8 @@ It listens on 127.0.0.1 and relays every connection to a target, optionally:
 * delaying each forwarded piece by ``delay`` seconds;
 * cutting a connection (RST both ways) after ``cut_after`` bytes from the
   client, for the first ``faulty`` connections;
-* stalling (forwarding nothing more, keeping the sockets open) after
-  ``stall_after`` client bytes, for the first ``faulty`` connections;
+* stalling (forwarding nothing more either way, keeping both sockets open)
+  after ``stall_after`` client bytes, for the first ``faulty`` connections;
 * dropping each connection with probability ``drop_rate`` at a random byte
   within the first ``drop_window`` client bytes.
 
@@ -67,6 +67,7 @@ class FaultProxy:
     def stop(self) -> None:
         """Close the listener and every relayed connection."""
         async def _stop() -> None:
+            self._closing.set()
             if self._server is not None:
                 self._server.close()
             for w in list(self._writers):
@@ -84,6 +85,7 @@ class FaultProxy:
         self.stop()
 
     async def _start(self) -> tuple[str, int]:
+        self._closing = asyncio.Event()
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
@@ -142,7 +144,8 @@ class FaultProxy:
                 s_writer.transport.abort()
 
         await asyncio.gather(pump(c_reader, s_writer, True), pump(s_reader, c_writer, False))
-        if action != "stall" or not stop.is_set():
-            for w in (c_writer, s_writer):
-                w.close()
+        if action == "stall" and stop.is_set():
+            await self._closing.wait()  # hold both sockets open and silent until the proxy stops
+        for w in (c_writer, s_writer):
+            w.close()
         self._writers -= {c_writer, s_writer}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from fedsock import limits
 from fedsock.data import load_shard
 from fedsock.errors import ConfigError
 from fedsock.worker.client import Client
@@ -14,7 +15,9 @@ log = logging.getLogger("fedsock.worker")
 
 def run_worker(chief: str, data: Path, token: str | None = None, name: str | None = None,
                model: str | None = None, connect_timeout: float = 60.0, verbose: int = 0,
-               save_updates: Path | None = None, reconnect_timeout: float = 300.0) -> dict[str, float]:
+               save_updates: Path | None = None, reconnect_timeout: float = 300.0,
+               idle_timeout: float = limits.IDLE_TIMEOUT_S,
+               heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S) -> dict[str, float]:
     """Train with the chief until it says ``Done``.
 
     Args:
@@ -28,6 +31,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
         verbose: Keras ``fit`` verbosity.
         save_updates: keep a copy of every update sent in this directory.
         reconnect_timeout: seconds to keep reconnecting after a lost connection.
+        idle_timeout: seconds of silence after which the chief counts as gone.
+        heartbeat_interval: seconds between heartbeats while training.
 
     Returns:
         The final model's metrics on the local shard.
@@ -41,7 +46,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
     from fedsock import kerasutil
 
     with Client(chief, token=token, name=name, connect_timeout=connect_timeout,
-                save_updates=save_updates, reconnect_timeout=reconnect_timeout) as client:
+                save_updates=save_updates, reconnect_timeout=reconnect_timeout,
+                idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval) as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
