@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedsock import limits
-from fedsock.errors import FedsockError
+from fedsock.errors import ConfigError, FedsockError
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -38,6 +38,15 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-every", type=int, default=50, help="local steps between syncs")
     p.add_argument("--batch-size", type=int, default=32, help="local batch size")
     p.add_argument("--advertise", help="host name workers use to reach this chief (for the printed command)")
+    p.add_argument("--cert", type=Path, help="the chief's TLS certificate (PEM; default: self-signed in --state-dir)")
+    p.add_argument("--key", type=Path, help="the private key of --cert")
+    p.add_argument("--ca", type=Path, help="require client certificates signed by this CA (mutual TLS); "
+                   "the worker's identity is its certificate's common name")
+    p.add_argument("--worker-tokens-only", action="store_true",
+                   help="refuse the shared join token; admit only per-worker tokens ('fedsock token create')")
+    p.add_argument("--handshake-timeout", type=float, default=limits.HANDSHAKE_TIMEOUT_S,
+                   help=f"seconds for the TLS handshake, and again for Hello..Auth "
+                   f"(default {limits.HANDSHAKE_TIMEOUT_S:g})")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="share of connected workers sampled per round, seeded by --seed (default 1.0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the worker sampling")
@@ -61,6 +70,9 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
                    help=f"seconds between heartbeats while training (default {limits.HEARTBEAT_INTERVAL_S:g})")
     p.add_argument("--reconnect-timeout", type=float, default=300.0,
                    help="after a lost connection, seconds to keep reconnecting (default 300; 0 = never)")
+    p.add_argument("--ca", type=Path, help="mutual TLS: CA file to verify the chief with (instead of the token)")
+    p.add_argument("--cert", type=Path, help="mutual TLS: this worker's certificate (its CN is the identity)")
+    p.add_argument("--key", type=Path, help="mutual TLS: the private key of --cert")
     p.add_argument("--save-updates", type=Path,
                    help="keep a copy of every update sent (round-N.npz) to audit what left this machine")
 
@@ -71,6 +83,21 @@ def shard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | labels:K")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.2, help="share of examples kept for the chief")
+
+
+def token_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["create", "list", "revoke"], help="what to do")
+    p.add_argument("name", nargs="?", help="the worker's identity (for create and revoke)")
+    p.add_argument("--state-dir", type=Path, default=Path("fedsock-chief"), help="the chief's state dir")
+
+
+def certs_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["ca", "server", "client"], help="what to make")
+    p.add_argument("--out", type=Path, default=Path("pki"), help="output directory (default ./pki)")
+    p.add_argument("--ca-dir", type=Path, default=None, help="where ca.crt/ca.key are (default: --out)")
+    p.add_argument("--host", action="append", default=[], help="server: a host name or IP of the chief (repeat)")
+    p.add_argument("--name", help="client: the worker's identity (certificate common name)")
+    p.add_argument("--days", type=float, default=None, help="validity in days")
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:
@@ -90,6 +117,8 @@ def build_parser(prog: str = "fedsock") -> argparse.ArgumentParser:
     worker_parser(sub.add_parser("worker", help="run a worker"))
     shard_parser(sub.add_parser("shard", help="split the bundled digits data into worker shards"))
     demo_parser(sub.add_parser("demo", help="chief + workers on 127.0.0.1 with real digits data"))
+    token_parser(sub.add_parser("token", help="per-worker join tokens: create, list, revoke"))
+    certs_parser(sub.add_parser("certs", help="make a CA, chief and worker certificates for mutual TLS"))
     return parser
 
 
@@ -103,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             eval_data=args.eval_data, sync_every=args.sync_every, batch_size=args.batch_size,
             advertise=args.advertise, fraction=args.fraction, seed=args.seed,
             idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
+            cert=args.cert, key=args.key, ca=args.ca, worker_tokens_only=args.worker_tokens_only,
+            handshake_timeout=args.handshake_timeout,
         )
         summary = Chief(cfg).run()
         return 130 if summary.stopped else 0
@@ -112,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
                    connect_timeout=args.connect_timeout, reconnect_timeout=args.reconnect_timeout,
                    idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
+                   ca=args.ca, cert=args.cert, key=args.key,
                    save_updates=args.save_updates)
         return 0
     if args.command == "shard":
@@ -121,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         for name, n in sizes.items():
             print(f"{args.out / name}: {n} examples")
         return 0
+    if args.command == "token":
+        return run_token(args)
+    if args.command == "certs":
+        return run_certs(args)
     if args.command == "demo":
         from fedsock.demo import run_demo
 
@@ -128,7 +164,42 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-COMMANDS = {"chief": chief_parser, "worker": worker_parser, "shard": shard_parser, "demo": demo_parser}
+COMMANDS = {"chief": chief_parser, "worker": worker_parser, "shard": shard_parser, "demo": demo_parser,
+            "token": token_parser, "certs": certs_parser}
+
+
+def run_token(args: argparse.Namespace) -> int:
+    from fedsock.chief import tokens
+
+    if args.action == "list":
+        for e in tokens.listing(args.state_dir):
+            print(f"{e.name}\tcreated {e.created}\t{'revoked ' + e.revoked if e.revoked else 'active'}")
+        return 0
+    if not args.name:
+        raise ConfigError(f"'fedsock token {args.action}' needs the worker's name")
+    if args.action == "create":
+        tok = tokens.create(args.state_dir, args.name)
+        print(f"token for worker {args.name} (give it only to them; it is not shown again):\n{tok}")
+        return 0
+    tokens.revoke(args.state_dir, args.name)
+    print(f"revoked {args.name}: refused from now on; a live connection is dropped when the next round closes")
+    return 0
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from fedsock import certs
+
+    ca_dir = args.ca_dir or args.out
+    if args.kind == "ca":
+        path = certs.make_ca(args.out, days=args.days or 3650)
+    elif args.kind == "server":
+        path = certs.make_server(ca_dir, args.out, args.host, days=args.days or 825)
+    else:
+        if not args.name:
+            raise ConfigError("'fedsock certs client' needs --name (the worker's identity)")
+        path = certs.make_client(ca_dir, args.out, args.name, days=args.days or 825)
+    print(f"wrote {path} and {path.with_suffix('.key')}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str | None = None) -> int:

@@ -33,6 +33,12 @@ class ChiefConfig:
         seed: seed of the sampling.
         idle_timeout: seconds of silence after which a worker is dropped.
         heartbeat_interval: seconds between heartbeats to a quiet worker.
+        cert, key: the chief's TLS certificate and key (default: a
+            self-signed pair in ``state_dir``).
+        ca: require client certificates signed by this CA (mutual TLS); the
+            worker's identity is then its certificate's common name.
+        worker_tokens_only: refuse the shared join token; admit per-worker
+            tokens (``fedsock token create``) only.
     """
 
     host: str = "0.0.0.0"
@@ -48,6 +54,10 @@ class ChiefConfig:
     advertise: str | None = None
     fraction: float = 1.0
     seed: int = 0
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    worker_tokens_only: bool = False
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
     idle_timeout: float = limits.IDLE_TIMEOUT_S
     heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S
@@ -64,6 +74,8 @@ class ChiefConfig:
             raise ConfigError("--round-timeout must be positive")
         if self.sync_every < 1 or self.batch_size < 1:
             raise ConfigError("--sync-every and --batch-size must be at least 1")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("--cert and --key go together")
         if not 0 < self.fraction <= 1:
             raise ConfigError("--fraction must be in (0, 1]")
         if not 0 < self.heartbeat_interval < self.idle_timeout:

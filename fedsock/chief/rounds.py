@@ -50,6 +50,17 @@ Verdict = Accepted | Stale | Duplicate | NotSelected
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """The global state after a round, for a checkpoint."""
+
+    round: int
+    specs: tuple[TensorSpec, ...]
+    weights: list[np.ndarray]
+    transform_state: Any
+    rng_state: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RoundResult:
     """What closing a round produced."""
 
@@ -121,6 +132,12 @@ class RoundController:
         self.round = round_
         if rng_state is not None:
             self.rng.bit_generator.state = rng_state
+
+    def snapshot(self) -> Snapshot:
+        """What a checkpoint needs, as values that later rounds do not mutate."""
+        assert self.specs is not None and self.weights is not None
+        return Snapshot(self.round, self.specs, list(self.weights), self.transform_state,
+                        dict(self.rng.bit_generator.state))
 
     def propose_initial(self, specs: tuple[TensorSpec, ...], weights: Sequence[np.ndarray]) -> bool:
         """A worker's weights for round 0 (bring-your-own-model).

@@ -20,10 +20,12 @@ import numpy as np
 
 from fedsock import limits, tls
 from fedsock.aggregation import Transform, fedavg
+from fedsock.chief.admission import FailureLimiter
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import Outputs
 from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult
 from fedsock.chief.session import Session
+from fedsock.chief.tokens import TokenStore
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import (
     Auth,
@@ -52,6 +54,23 @@ class RunSummary:
     final_metrics: dict[str, float]
     state_dir: str
     stopped: bool = False  # ended by SIGTERM/SIGINT before the last round
+
+
+class _Admission(asyncio.Protocol):
+    """Holds a fresh TCP connection still (no bytes read) until the chief has
+    admitted it and starts TLS on it; reading early would swallow the
+    ClientHello."""
+
+    def __init__(self, chief: Chief) -> None:
+        self.chief = chief
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self.task = asyncio.get_running_loop().create_task(self.chief._accept(transport))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
 
 
 class Chief:
@@ -85,6 +104,9 @@ class Chief:
         self._ids = itertools.count(1)
         self._conn_ids = itertools.count(1)
         self._unauthenticated = 0
+        self._failures = FailureLimiter()
+        self._refusal_logged: dict[str, float] = {}
+        self._tokens = TokenStore(self.config.state_dir)
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._round_bytes_in = 0
@@ -99,7 +121,9 @@ class Chief:
     async def serve(self) -> RunSummary:
         """Serve until the last round is done."""
         cfg, ctrl = self.config, self.controller
-        self.identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h])
+        self.identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h],
+                                            cert_path=cfg.cert, key_path=cfg.key)
+        self._ssl = tls.server_context(self.identity.cert_path, self.identity.key_path, cfg.ca)
         model = self.outputs.prepare_model()
         resumed = self.outputs.resume(ctrl, model.specs if model else None)
         if resumed is None and model is not None:
@@ -108,11 +132,8 @@ class Chief:
             wid = self._identities[name] = next(self._ids)
             self._names[wid] = name
             self._last_seen[wid] = time.monotonic()
-        server = await asyncio.start_server(
-            self._accept, cfg.host, cfg.port,
-            ssl=tls.server_context(self.identity.cert_path, self.identity.key_path),
-            ssl_handshake_timeout=cfg.handshake_timeout,
-        )
+        # Plain TCP first: admission is decided before TLS costs anything (see _Admission).
+        server = await asyncio.get_running_loop().create_server(lambda: _Admission(self), cfg.host, cfg.port)
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         (cfg.state_dir / "chief.addr").write_text(f"{local}:{self.port}\n")
@@ -176,16 +197,42 @@ class Chief:
 
     # --- connections ------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        s = Session(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
+    async def _accept(self, raw: asyncio.Transport) -> None:
+        """One TCP connection: admission, TLS, handshake, then the worker's session."""
+        peer = raw.get_extra_info("peername")
+        address, label = (peer[0], f"{peer[0]}:{peer[1]}") if peer else ("?", "?")
+        # Admission before TLS: refusing costs one accept() and a close, nothing more.
         if self._unauthenticated >= limits.MAX_UNAUTHENTICATED:
-            log.warning("refusing %s: too many connections in the handshake", s.peer)
-            await s.send_error("busy", "the chief is at capacity; retry later")
-            await s.close()
+            self._log_refusal(address, "too many connections still in the handshake")
+            raw.abort()
+            return
+        if self._failures.blocked(address, time.monotonic()):
+            self._log_refusal(address, f"over {limits.MAX_AUTH_FAILURES_PER_MINUTE} failed authentications a minute")
+            raw.abort()
             return
         self._unauthenticated += 1
         authenticated = False
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            transport = await asyncio.wait_for(
+                loop.start_tls(raw, protocol, self._ssl, server_side=True), self.config.handshake_timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the peer's or the network's
+            timeout = isinstance(exc, TimeoutError | asyncio.TimeoutError)
+            log.info("%s: TLS handshake failed: %s", label,
+                     "no TLS handshake within the time limit" if timeout else tls.describe_tls_failure(exc))
+            raw.abort()
+            self._unauthenticated -= 1
+            return
+        except asyncio.CancelledError:
+            raw.abort()
+            self._unauthenticated -= 1
+            return
+        assert transport is not None
+        protocol.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        s = Session(reader, writer, label)
         try:
             joined = await asyncio.wait_for(self._handshake(s), self.config.handshake_timeout)
             self._unauthenticated -= 1
@@ -229,10 +276,11 @@ class Chief:
         auth = await self._handshake_event(s, Auth)
         if auth is None:
             return False
-        token = self.identity.token
-        if not tls.verify_mac(token.secret, nonce, token.fingerprint, s.name, auth.mac):
-            log.warning("authentication failed for %r from %s (wrong token?)", s.name, s.peer)
-            await s.send_error("auth_failed", "authentication failed: wrong join token")
+        refusal = self._check_identity(s, nonce, auth.mac)
+        if refusal is not None:
+            log.warning("authentication failed for %r from %s: %s", s.name, s.peer, refusal)
+            self._failures.failed(s.peer.rsplit(":", 1)[0], time.monotonic())
+            await s.send_error("auth_failed", f"authentication failed: {refusal}")
             return False
         wid = self._identities.get(s.name)
         if wid is None and len(self._sessions) >= limits.MAX_WORKERS:
@@ -249,6 +297,48 @@ class Chief:
         self._sessions[wid] = s
         log.info("%s joined from %s", self._label(wid), s.peer)
         return True
+
+    def _check_identity(self, s: Session, nonce: bytes, mac: bytes) -> str | None:
+        """Why this worker may not join (None: it may).
+
+        With mutual TLS the identity is the client certificate's common name;
+        otherwise a per-worker token's secret, or the shared join secret, must
+        have produced ``mac``.
+        """
+        token = self.identity.token
+        if self.config.ca is not None:
+            cn = tls.peer_identity(s.writer.get_extra_info("ssl_object"))
+            if cn != s.name:
+                return f"the client certificate is for {cn!r}, but the worker calls itself {s.name!r}"
+            return None
+        entry = self._tokens.lookup(s.name)
+        if entry is not None:
+            if entry.revoked:
+                return f"the token of worker {s.name!r} was revoked"
+            secret = entry.secret
+        elif self.config.worker_tokens_only:
+            return f"this chief admits only per-worker tokens, and {s.name!r} has none ('fedsock token create')"
+        else:
+            secret = token.secret
+        if not tls.verify_mac(secret, nonce, token.fingerprint, s.name, mac):
+            return "wrong join token"
+        return None
+
+    def _log_refusal(self, address: str, why: str) -> None:
+        now = time.monotonic()
+        if now - self._refusal_logged.get(address, -1e9) > 10:  # a flood must not flood the log
+            self._refusal_logged[address] = now
+            log.warning("refusing connections from %s: %s", address, why)
+
+    async def _drop_revoked(self) -> None:
+        """Close the live connections of workers whose token was revoked."""
+        revoked = self._tokens.revoked()
+        for wid, s in list(self._sessions.items()):
+            if s.name in revoked:
+                log.warning("%s: its token was revoked; dropping it", self._label(wid))
+                await s.send_error("auth_failed", "authentication failed: your token was revoked")
+                s.writer.transport.abort()
+                self.controller.leave(wid)
 
     async def _welcome(self, s: Session) -> None:
         """Welcome with plan, model and global weights; Done right after if the run is over."""
@@ -313,7 +403,8 @@ class Chief:
             if ctrl.propose_initial(upd.tensors, weights):
                 log.info("round 0: adopted the weights of %s as the initial model (%d tensors)",
                          s.label, len(weights))
-                self.outputs.checkpoint(ctrl, self._member_names())  # a restarted chief must not forget it
+                # a restarted chief must not forget it
+                await asyncio.to_thread(self.outputs.checkpoint, ctrl.snapshot(), self._member_names())
             ctrl.join(wid)
             self._wake.set()
             assert ctrl.weights is not None and ctrl.specs is not None
@@ -398,10 +489,17 @@ class Chief:
         # never resumes behind what workers hold nor repeats a metrics line.
         sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
         bytes_out = message_bytes(msg, result.weights) * len(sessions)
-        self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics,
-                                  [self._names.get(w, str(w)) for w in result.workers])
-        self.outputs.checkpoint(ctrl, self._member_names())
+        names = [self._names.get(w, str(w)) for w in result.workers]
+        snapshot = ctrl.snapshot()
+        members = self._member_names()
+
+        def persist() -> None:  # fsyncs: off the event loop, so heartbeats and joins go on
+            self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names)
+            self.outputs.checkpoint(snapshot, members)
+
+        await asyncio.to_thread(persist)
         self._round_bytes_in = 0
+        await self._drop_revoked()
         sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
         if final:
             self._given_done |= {s.worker_id for s, n in zip(sessions, sent) if n and s.worker_id is not None}

@@ -60,6 +60,18 @@ from fedsock.protocol import (
 log = logging.getLogger("fedsock.worker")
 
 
+def _common_name(cert: Path) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        c = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read certificate {cert}: {exc}") from None
+    names = c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
 class ConnectionLost(FedsockError):
     """The connection to the chief broke (EOF, reset, silence, or the chief stopping)."""
 READ_BYTES = 256 * 1024
@@ -79,10 +91,12 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _token_from(token: str | tls.JoinToken | None) -> tls.JoinToken:
+def _token_from(token: str | tls.JoinToken | None, optional: bool = False) -> tls.JoinToken | None:
     if isinstance(token, tls.JoinToken):
         return token
     text = token or os.environ.get("FEDSOCK_TOKEN")
+    if not text and optional:
+        return None
     if not text:
         raise ConfigError(
             "no join token: pass --token (or token=...) or set FEDSOCK_TOKEN; the chief prints it "
@@ -108,6 +122,11 @@ class Client:
         reconnect_timeout: after a lost connection (chief restarted, link
             cut, chief silent for ``idle_timeout``), seconds to keep trying to
             reconnect, with exponential backoff and jitter; 0 disables it.
+        ca, cert, key: mutual TLS with an organisation's PKI: verify the
+            chief against CA file ``ca`` (and its host name) instead of the
+            token's pinned fingerprint, and present client certificate
+            ``cert``/``key``; the identity is the certificate's common name,
+            and no token is needed.
         save_updates: directory in which to keep a copy of every update sent
             (``round-NNNNNN.npz``: the tensors and ``num_examples``), to
             audit what left this machine.
@@ -124,10 +143,19 @@ class Client:
                  connect_timeout: float = 60.0, idle_timeout: float = limits.IDLE_TIMEOUT_S,
                  heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
                  reconnect_timeout: float = 300.0,
-                 save_updates: str | os.PathLike[str] | None = None) -> None:
+                 save_updates: str | os.PathLike[str] | None = None,
+                 ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
+                 key: str | os.PathLike[str] | None = None) -> None:
         self.address = parse_address(address)
-        self._token = _token_from(token)
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self._token = _token_from(token, optional=ca is not None)
+        self._tls = (Path(ca), Path(cert), Path(key)) if ca and cert and key else None
+        if ca is not None and self._tls is None:
+            raise ConfigError("mutual TLS needs ca, cert and key together")
+        own = self._token.name if self._token else (_common_name(Path(cert)) if cert else None)
+        if name is not None and own is not None and name != own:
+            raise ConfigError(f"the {'token' if self._token and self._token.name else 'certificate'} is for "
+                              f"worker {own!r}, not {name!r}; drop --name or use the matching credentials")
+        self.name = name or own or f"{socket.gethostname()}-{os.getpid()}"
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
@@ -234,7 +262,7 @@ class Client:
         host, port = self.address
         deadline = time.monotonic() + timeout
         delay, last = 0.25, "no attempt"
-        ctx = tls.client_context()
+        ctx = tls.mutual_client_context(*self._tls) if self._tls else tls.client_context()
         while True:
             try:
                 self._sock = self._open(ctx, host, port, timeout)
@@ -243,8 +271,7 @@ class Client:
             except ssl.SSLError as exc:
                 if not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
                     raise ConnectError(
-                        f"TLS handshake with {host}:{port} failed ({exc}); is it a fedsock chief "
-                        "speaking TLS 1.3?"
+                        f"TLS handshake with {host}:{port} failed: {tls.describe_tls_failure(exc)}"
                     ) from None
                 last = str(exc)
             except (OSError, ConnectionLost) as exc:
@@ -264,7 +291,9 @@ class Client:
         raw = socket.create_connection((host, port), timeout=min(10.0, max(timeout, 1.0)))
         try:
             sock = ctx.wrap_socket(raw, server_hostname=host)
-            tls.check_pinned(sock, self._token.fingerprint)
+            if self._tls is None:
+                assert self._token is not None
+                tls.check_pinned(sock, self._token.fingerprint)
         except BaseException:
             raw.close()
             raise
@@ -275,7 +304,10 @@ class Client:
         self._send(Hello(name=self.name))
         ev = self._expect(Challenge)
         assert isinstance(ev, Challenge)
-        mac = tls.auth_mac(self._token.secret, ev.nonce, self._token.fingerprint, self.name)
+        if self._token is not None:
+            mac = tls.auth_mac(self._token.secret, ev.nonce, self._token.fingerprint, self.name)
+        else:  # mutual TLS: the certificate is the credential; the mac is not checked
+            mac = bytes(32)
         self._send(Auth(mac))
         try:
             welcome = self._expect(Welcome)
@@ -387,7 +419,12 @@ class Client:
                 if self._conn.phase.value == "established" and not self._conn.we_finished:
                     self._send_quietly(Heartbeat())
                 continue
-            except (OSError, ssl.SSLError) as exc:
+            except ssl.SSLError as exc:
+                if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                    raise ConnectionLost(f"connection to the chief lost: {exc}") from None
+                # TLS 1.3 reports a rejected client certificate only at the first read.
+                raise ConnectError(f"the chief ended the TLS session: {tls.describe_tls_failure(exc)}") from None
+            except OSError as exc:
                 raise ConnectionLost(f"connection to the chief lost: {exc}") from None
             silent_since = time.monotonic()
             self._conn.receive_data(data)

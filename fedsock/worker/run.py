@@ -17,7 +17,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
                model: str | None = None, connect_timeout: float = 60.0, verbose: int = 0,
                save_updates: Path | None = None, reconnect_timeout: float = 300.0,
                idle_timeout: float = limits.IDLE_TIMEOUT_S,
-               heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S) -> dict[str, float]:
+               heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
+               ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> dict[str, float]:
     """Train with the chief until it says ``Done``.
 
     Args:
@@ -33,6 +34,7 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
         reconnect_timeout: seconds to keep reconnecting after a lost connection.
         idle_timeout: seconds of silence after which the chief counts as gone.
         heartbeat_interval: seconds between heartbeats while training.
+        ca, cert, key: mutual TLS files (instead of a token).
 
     Returns:
         The final model's metrics on the local shard.
@@ -47,7 +49,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
 
     with Client(chief, token=token, name=name, connect_timeout=connect_timeout,
                 save_updates=save_updates, reconnect_timeout=reconnect_timeout,
-                idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval) as client:
+                idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval,
+                ca=ca, cert=cert, key=key) as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
