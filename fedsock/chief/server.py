@@ -222,7 +222,7 @@ class Chief:
             timeout = isinstance(exc, TimeoutError | asyncio.TimeoutError)
             log.info("%s: TLS handshake failed: %s", label,
                      "no TLS handshake within the time limit" if timeout else tls.describe_tls_failure(exc))
-            raw.abort()
+            raw.close()  # not abort: let the TLS alert reach the peer, so it can say what went wrong
             self._unauthenticated -= 1
             return
         except asyncio.CancelledError:

@@ -60,6 +60,24 @@ from fedsock.protocol import (
 log = logging.getLogger("fedsock.worker")
 
 
+def _check_validity(cert: Path) -> None:
+    """Refuse to start with a client certificate that is expired or not yet valid."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        c = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read certificate {cert}: {exc}") from None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now > c.not_valid_after_utc:
+        raise ConfigError(f"the client certificate {cert} expired on {c.not_valid_after_utc:%Y-%m-%d}; "
+                          "ask for a new one ('fedsock certs client')")
+    if now < c.not_valid_before_utc:
+        raise ConfigError(f"the client certificate {cert} is not valid before {c.not_valid_before_utc:%Y-%m-%d}")
+
+
 def _common_name(cert: Path) -> str | None:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -152,6 +170,8 @@ class Client:
         if ca is not None and self._tls is None:
             raise ConfigError("mutual TLS needs ca, cert and key together")
         own = self._token.name if self._token else (_common_name(Path(cert)) if cert else None)
+        if cert is not None:
+            _check_validity(Path(cert))
         if name is not None and own is not None and name != own:
             raise ConfigError(f"the {'token' if self._token and self._token.name else 'certificate'} is for "
                               f"worker {own!r}, not {name!r}; drop --name or use the matching credentials")
@@ -276,6 +296,10 @@ class Client:
                 last = str(exc)
             except (OSError, ConnectionLost) as exc:
                 last = str(exc) or type(exc).__name__
+                if self._tls is not None and isinstance(exc, ConnectionLost) and "handshake" in last:
+                    # asyncio servers close without a TLS alert when they refuse a client certificate
+                    last += ("; with mutual TLS this means the chief refused this worker's certificate "
+                             "(not signed by the chief's CA?); the chief's log says why")
             with contextlib.suppress(AttributeError, OSError):
                 self._sock.close()
             if time.monotonic() + delay > deadline:
