@@ -426,3 +426,18 @@ def test_atheris_fuzz_run_is_clean(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     runs = int(re.search(r"stat::number_of_executed_units:\s+(\d+)", out.stderr).group(1))
     assert runs > 500, out.stderr[-2000:]
+
+
+def test_worker_refuses_unsafe_model_configs():
+    import json
+
+    import keras
+
+    from fedsock.kerasutil import rebuild
+
+    lam = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2)])
+    with pytest.raises(fedsock.ConfigError, match="[Ll]ambda"):
+        rebuild(lam.to_json(), None)
+    evil = {"module": "os", "class_name": "system", "config": {"command": "echo pwned"}, "registered_name": None}
+    with pytest.raises(fedsock.ConfigError):
+        rebuild(json.dumps(evil), None)
