@@ -246,13 +246,14 @@ class RoundController:
                 "there is no global model yet: propose initial weights with an Update for round 0",
                 code="out_of_order",
             )
-        if round_ <= self.round or self.finished:
-            return Stale(round_, self.collecting)
-        if round_ > self.collecting:
+        if round_ > self.collecting and not self.finished:
             raise RemoteProtocolError(
                 f"update for round {round_}, but round {self.collecting} is being collected",
                 code="bad_message",
             )
+        self._check(specs, weights)  # bad weights are an error even when they arrive late
+        if round_ <= self.round or self.finished:
+            return Stale(round_, self.collecting)
         if worker in self._submitted:
             if self._submitted[worker][1] != connection:
                 return Duplicate()
@@ -261,7 +262,6 @@ class RoundController:
             )
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
-        self._check(specs, weights)
         if self._opened_at is not None and not self.is_selected(worker):
             return NotSelected()
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)
