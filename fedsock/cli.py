@@ -49,7 +49,7 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
                    f"(default {limits.HANDSHAKE_TIMEOUT_S:g})")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="share of connected workers sampled per round, seeded by --seed (default 1.0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the worker sampling")
+    p.add_argument("--seed", type=int, default=0, help="seed of the worker sampling and the initial model")
     p.add_argument("--idle-timeout", type=float, default=limits.IDLE_TIMEOUT_S,
                    help=f"seconds of silence after which a worker counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
     p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
@@ -70,6 +70,7 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
                    help=f"seconds between heartbeats while training (default {limits.HEARTBEAT_INTERVAL_S:g})")
     p.add_argument("--reconnect-timeout", type=float, default=300.0,
                    help="after a lost connection, seconds to keep reconnecting (default 300; 0 = never)")
+    p.add_argument("--seed", type=int, default=None, help="seed for local shuffling, to make training repeatable")
     p.add_argument("--ca", type=Path, help="mutual TLS: CA file to verify the chief with (instead of the token)")
     p.add_argument("--cert", type=Path, help="mutual TLS: this worker's certificate (its CN is the identity)")
     p.add_argument("--key", type=Path, help="mutual TLS: the private key of --cert")
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
                    connect_timeout=args.connect_timeout, reconnect_timeout=args.reconnect_timeout,
                    idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
-                   ca=args.ca, cert=args.cert, key=args.key,
+                   ca=args.ca, cert=args.cert, key=args.key, seed=args.seed,
                    save_updates=args.save_updates)
         return 0
     if args.command == "shard":

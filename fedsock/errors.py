@@ -27,6 +27,14 @@ class RemoteProtocolError(FedsockError):
         self.code = code
 
 
+class ConnectionTruncated(RemoteProtocolError):
+    """The peer's stream ended inside a frame or a weights message (a cut
+    connection or a killed peer, rather than a malformed message)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="bad_frame")
+
+
 class PeerError(FedsockError):
     """The peer sent us an ``Error`` message (its code and text are kept)."""
 
