@@ -37,6 +37,32 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-every", type=int, default=50, help="local steps between syncs")
     p.add_argument("--batch-size", type=int, default=32, help="local batch size")
     p.add_argument("--advertise", help="host name workers use to reach this chief (for the printed command)")
+    strategy_options(p)
+
+
+def strategy_options(p: argparse.ArgumentParser) -> None:
+    """``--strategy`` and its hyperparameters (docs/algorithms.md explains each)."""
+    g = p.add_argument_group(
+        "aggregation strategy",
+        "How each round's updates become the new global model; see docs/algorithms.md. "
+        "Robust strategies (median, trimmed, krum, multikrum) keep every update of a round in memory "
+        "and need --min-workers at least as large as they require.")
+    g.add_argument("--strategy", default="fedavg", metavar="NAME",
+                   help="fedavg (weighted mean, default) | fedprox (workers add mu/2 ||w - w_global||^2) | "
+                   "fedavgm (server momentum) | fedadam | fedyogi | fedadagrad (server adaptive optimizers, "
+                   "Reddi et al. 2021) | median (coordinate-wise) | trimmed:B (drop the B share at each end "
+                   "of every coordinate, 0 < B < 0.5) | krum:F (tolerate F Byzantine workers; needs "
+                   "2F+3 updates) | multikrum:F,M (mean of the M best Krum scores)")
+    g.add_argument("--mu", type=float, help="fedprox: proximal coefficient sent to workers (default 0.01)")
+    g.add_argument("--server-lr", type=float,
+                   help="fedavgm/fedadam/fedyogi/fedadagrad: server learning rate "
+                   "(defaults 1.0 / 0.01 / 0.01 / 0.1)")
+    g.add_argument("--server-momentum", type=float, help="fedavgm: server momentum (default 0.9)")
+    g.add_argument("--server-beta1", type=float,
+                   help="fedadam/fedyogi/fedadagrad: first-moment decay (defaults 0.9 / 0.9 / 0)")
+    g.add_argument("--server-beta2", type=float, help="fedadam/fedyogi: second-moment decay (default 0.99)")
+    g.add_argument("--server-tau", type=float,
+                   help="fedadam/fedyogi/fedadagrad: adaptivity tau, added to sqrt(v) (default 1e-3)")
 
 
 def worker_parser(p: argparse.ArgumentParser) -> None:
@@ -87,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, state_dir=args.state_dir, rounds=args.rounds,
             min_workers=args.min_workers, round_timeout=args.round_timeout, model=args.model,
             eval_data=args.eval_data, sync_every=args.sync_every, batch_size=args.batch_size,
-            advertise=args.advertise,
+            advertise=args.advertise, strategy=args.strategy, mu=args.mu, server_lr=args.server_lr,
+            server_momentum=args.server_momentum, server_beta1=args.server_beta1,
+            server_beta2=args.server_beta2, server_tau=args.server_tau,
         )
         Chief(cfg).run()
         return 0

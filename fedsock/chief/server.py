@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedsock import limits, tls
-from fedsock.aggregation import Transform, fedavg
+from fedsock.aggregation import Transform
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import Outputs
 from fedsock.chief.rounds import Accepted, RoundController, RoundResult
@@ -56,18 +56,21 @@ class Chief:
 
     Args:
         config: settings; keyword arguments override its fields.
-        transform: server transform on the averaged delta (default FedAvg).
+        transform: server transform on the averaged delta (default: the
+            ``strategy`` setting's, FedAvg unless configured otherwise).
     """
 
     def __init__(self, config: ChiefConfig | None = None, *, transform: Transform | None = None,
                  **overrides: Any) -> None:
         self.config = replace(config or ChiefConfig(), **overrides)
         self.config.validate()
+        self.strategy = self.config.build_strategy()
         self.controller = RoundController(
             rounds=self.config.rounds,
             min_workers=self.config.min_workers,
             round_timeout=self.config.round_timeout,
-            transform=transform or fedavg(),
+            transform=transform or self.strategy.transform,
+            reducer=self.strategy.reducer,
         )
         self.outputs = Outputs(self.config)
         self.port: int | None = None
@@ -192,7 +195,7 @@ class Chief:
         """Send Welcome with the plan, the model and the global weights (bounded by the idle timeout)."""
         assert s.worker_id is not None
         ctrl = self.controller
-        plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size)
+        plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size, self.strategy.mu)
         m = self.outputs.model_info
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
