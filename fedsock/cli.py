@@ -53,16 +53,26 @@ def strategy_options(p: argparse.ArgumentParser) -> None:
                    "Reddi et al. 2021) | median (coordinate-wise) | trimmed:B (drop the B share at each end "
                    "of every coordinate, 0 < B < 0.5) | krum:F (tolerate F Byzantine workers; needs "
                    "2F+3 updates) | multikrum:F,M (mean of the M best Krum scores)")
-    g.add_argument("--mu", type=float, help="fedprox: proximal coefficient sent to workers (default 0.01)")
-    g.add_argument("--server-lr", type=float,
-                   help="fedavgm/fedadam/fedyogi/fedadagrad: server learning rate "
-                   "(defaults 1.0 / 0.01 / 0.01 / 0.1)")
-    g.add_argument("--server-momentum", type=float, help="fedavgm: server momentum (default 0.9)")
-    g.add_argument("--server-beta1", type=float,
-                   help="fedadam/fedyogi/fedadagrad: first-moment decay (defaults 0.9 / 0.9 / 0)")
-    g.add_argument("--server-beta2", type=float, help="fedadam/fedyogi: second-moment decay (default 0.99)")
-    g.add_argument("--server-tau", type=float,
-                   help="fedadam/fedyogi/fedadagrad: adaptivity tau, added to sqrt(v) (default 1e-3)")
+    g.add_argument("--mu", type=float, metavar="MU",
+                   help="fedprox: proximal coefficient sent to the workers" + _defaults("mu"))
+    g.add_argument("--server-lr", type=float, metavar="LR",
+                   help="fedavgm/fedadam/fedyogi/fedadagrad: server learning rate" + _defaults("server_lr"))
+    g.add_argument("--server-momentum", type=float, metavar="M",
+                   help="fedavgm: server momentum" + _defaults("momentum"))
+    g.add_argument("--server-beta1", type=float, metavar="B1",
+                   help="fedadam/fedyogi/fedadagrad: first-moment decay" + _defaults("beta1"))
+    g.add_argument("--server-beta2", type=float, metavar="B2",
+                   help="fedadam/fedyogi: second-moment decay" + _defaults("beta2"))
+    g.add_argument("--server-tau", type=float, metavar="TAU",
+                   help="fedadam/fedyogi/fedadagrad: adaptivity, added to sqrt(v)" + _defaults("tau"))
+
+
+def _defaults(name: str) -> str:
+    """`` (default: fedadam 0.01, fedyogi 0.01)`` from the strategy registry."""
+    from fedsock.aggregation.strategies import DEFAULTS
+
+    pairs = [f"{s} {d[name]:g}" for s, d in DEFAULTS.items() if name in d]
+    return f" (default: {', '.join(pairs)})"
 
 
 def worker_parser(p: argparse.ArgumentParser) -> None:

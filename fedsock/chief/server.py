@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedsock import limits, tls
-from fedsock.aggregation import Transform
+from fedsock.aggregation import Strategy, Transform
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import Outputs
 from fedsock.chief.rounds import Accepted, RoundController, RoundResult
 from fedsock.chief.session import Session
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ConfigError, RemoteProtocolError
 from fedsock.protocol import (
     Auth,
     Challenge,
@@ -56,15 +56,27 @@ class Chief:
 
     Args:
         config: settings; keyword arguments override its fields.
-        transform: server transform on the averaged delta (default: the
-            ``strategy`` setting's, FedAvg unless configured otherwise).
+        transform: server transform on the combined delta; overrides the
+            strategy's.
+        strategy: a ``fedsock.aggregation.Strategy`` (reducer, transform,
+            FedProx ``mu``), e.g. ``Strategy(median(), fedadam())``, or the
+            ``--strategy`` text (``"fedadam"``); default: the config's.
+
+    Raises:
+        ConfigError: invalid settings, or ``min_workers`` below what the
+            strategy needs per round.
     """
 
     def __init__(self, config: ChiefConfig | None = None, *, transform: Transform | None = None,
-                 **overrides: Any) -> None:
+                 strategy: Strategy | str | None = None, **overrides: Any) -> None:
+        if isinstance(strategy, str):  # the --strategy text, like the CLI's
+            overrides["strategy"], strategy = strategy, None
         self.config = replace(config or ChiefConfig(), **overrides)
         self.config.validate()
-        self.strategy = self.config.build_strategy()
+        self.strategy = strategy or self.config.build_strategy()
+        if self.config.min_workers < self.strategy.min_updates:
+            raise ConfigError(f"strategy {self.strategy.name} needs at least {self.strategy.min_updates} "
+                              "updates per round; set min_workers to that or more")
         self.controller = RoundController(
             rounds=self.config.rounds,
             min_workers=self.config.min_workers,

@@ -78,13 +78,13 @@ class FederatedCallback(keras.callbacks.Callback):
     def _set_anchor(self) -> None:
         """Remember the global model the proximal term pulls towards."""
         if self.mu:
-            self._anchor = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+            self._anchor = [keras.ops.copy(v.value) for v in self.model.trainable_variables]
 
     def _proximal_step(self) -> None:
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        lr = float(self.model.optimizer.learning_rate)  # the current value, also under a schedule
         shrink = 1.0 / (1.0 + lr * self.mu)
         for v, anchor in zip(self.model.trainable_variables, self._anchor):
-            v.assign(anchor + (v - anchor) * shrink)
+            v.assign(anchor + (v.value - anchor) * shrink)
 
     def _batch_examples(self, batch: int) -> int:
         if self.num_examples is None:
