@@ -10,6 +10,7 @@ from typing import Any
 PAPER = {"FedSGD": (626, 483), "FedAvg E=5 B=10": (20, 229), "FedAvg E=20 B=10": (18, 173)}
 PARTITION_TITLES = {"iid": "IID", "labels:2": "non-IID labels:2", "dirichlet:0.3": "Dirichlet(0.3)"}
 INF = float("inf")
+LOW = 0.90  # a second, lower target read off the same runs
 
 
 def med(rounds: list[int | None]) -> float:
@@ -41,9 +42,14 @@ def hyper_text(cell: dict[str, Any]) -> str:
     return f"lr {cell['lr']:g}" + (f", {extra}" if extra else "")
 
 
-def main_table(r: dict[str, Any], n: float) -> list[str]:
+def rounds_at(cell: dict[str, Any], target: float) -> list[int | None]:
+    """Rounds to ``target`` of each seed (runs stop at the study's target, so only lower ones)."""
+    return [next((i for i, a in enumerate(c) if a >= target), None) for c in cell["curves"]]
+
+
+def main_table(r: dict[str, Any], n: float, target: float) -> list[str]:
     table = r["table"]
-    base = {p: med(table["FedSGD"][p]["rounds"]) for p in table["FedSGD"] if p not in ("E", "B")}
+    base = {p: med(rounds_at(table["FedSGD"][p], target)) for p in table["FedSGD"] if p not in ("E", "B")}
     parts = [p for p in PARTITION_TITLES if p in base]
     head = ["", "E", "B", "u"] + [PARTITION_TITLES[p] for p in parts] + ["paper IID", "paper non-IID"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -55,9 +61,10 @@ def main_table(r: dict[str, Any], n: float) -> list[str]:
                 cells.append("—")
                 continue
             cap = r["fedsgd_rounds"] if name == "FedSGD" else r["max_rounds"]
-            m = med(row[p]["rounds"])
+            rounds = rounds_at(row[p], target)
+            m = med(rounds)
             speed = f" ({base[p] / m:.1f}×)" if m not in (0, INF) and base[p] != INF else ""
-            cells.append(fmt_rounds(row[p]["rounds"], cap) + speed)
+            cells.append(fmt_rounds(rounds, cap) + speed)
         paper = PAPER.get(name)
         cells += [str(paper[0]), str(paper[1])] if paper else ["—", "—"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -118,6 +125,36 @@ def plot(r: dict[str, Any], docs: Path) -> list[str]:
     return names
 
 
+def compare(a_name: str, a: float, b_name: str, b: float, target: float) -> str:
+    """A sentence comparing median rounds ``a`` and ``b`` to ``target``."""
+    t = f"{target:.2f}"
+    if a == INF and b == INF:
+        return f"neither {a_name} nor {b_name} reaches {t} within the cap"
+    if a == INF:
+        return f"{a_name} does not reach {t} within the cap; {b_name} does in {b:g} rounds"
+    if b == INF:
+        return f"{a_name} reaches {t} in {a:g} rounds; {b_name} does not within the cap"
+    if a <= b:
+        return f"{a_name} needs {b / a:.1f}× fewer rounds than {b_name} to reach {t}"
+    return f"{a_name} needs {a / b:.1f}× more rounds than {b_name} to reach {t}"
+
+
+def observations(r: dict[str, Any], low: float) -> list[str]:
+    t, target = r["table"], r["target"]
+    out = []
+    for p in PARTITION_TITLES:
+        e5, sgd = t["FedAvg E=5 B=10"][p], t["FedSGD"][p]
+        parts = [compare("FedAvg E=5 B=10", med(e5["rounds"]), "FedSGD", med(sgd["rounds"]), target),
+                 compare("FedAvg E=5 B=10", med(rounds_at(e5, low)), "FedSGD", med(rounds_at(sgd, low)), low)]
+        for name in ("FedProx E=5 B=10", "FedAdam E=5 B=10"):
+            if p in t.get(name, {}):
+                parts.append(compare(name.split()[0], med(t[name][p]["rounds"]), "FedAvg E=5 B=10",
+                                     med(e5["rounds"]), target))
+        out.append(f"- {PARTITION_TITLES[p]} (medians over seeds): "
+                   + " ".join(x[0].upper() + x[1:] + "." for x in parts))
+    return out
+
+
 def write_docs(r: dict[str, Any], docs: Path) -> None:
     """Write ``results.md`` and the plots into ``docs``."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -157,11 +194,26 @@ def write_docs(r: dict[str, Any], docs: Path) -> None:
         "",
         "## Rounds to the target (shaped like the paper's Table 2)",
         "",
-        *main_table(r, n),
+        *main_table(r, n, r["target"]),
         "",
-        f"On IID data FedAvg E=5 B=10 needs {iid_speed:.1f}× fewer rounds than FedSGD (paper: "
+        f"The same runs, rounds to **{LOW:.2f}**:",
+        "",
+        *main_table(r, n, LOW),
+        "",
+        "Observations (computed from the tables):",
+        "",
+        *observations(r, LOW),
+        "",
+        f"On IID data FedAvg E=5 B=10 needs {iid_speed:.1f}× fewer rounds than FedSGD (the paper: "
         f"{626 / 20:.1f}× on MNIST). FedSGD does not depend on the partition at all: the weighted mean "
-        "of full-batch gradient steps is one full-batch step on the union of the data.",
+        "of full-batch gradient steps is one full-batch gradient step on the union of the data. With every "
+        "worker in every round (C = 1) it is exact gradient descent on all 1438 training examples, a "
+        "stronger baseline than the paper's FedSGD, which sees 10 of 100 clients per round. On the "
+        "pathological split, local training drifts towards each worker's two classes: FedAvg climbs much "
+        f"faster than FedSGD at first (see the {LOW:.2f} table and the plot) but then creeps towards "
+        f"{r['target']:.2f}, while the server's adaptive step (FedAdam) keeps the fast start and gets "
+        "there. The spread between seeds is large on the non-IID splits: which labels land on which "
+        "worker matters as much as the algorithm.",
         "",
         "Hyperparameters chosen on the tuning seed:",
         "",

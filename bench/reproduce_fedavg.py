@@ -157,7 +157,8 @@ def study(args: argparse.Namespace, pool: ProcessPoolExecutor) -> dict[str, Any]
         rs = [r for r in results if r["name"] == n and r["partition"] == p]
         table.setdefault(n, {"E": t["E"], "B": t["B"]})[p] = {
             "lr": t["lr"], "hyper": t.get("hyper", {}),
-            "rounds": [r["reached"] for r in rs], "curve": next(c["curve"] for c in plot
+            "rounds": [r["reached"] for r in rs], "curves": [r["curve"] for r in rs],
+            "curve": next(c["curve"] for c in plot
                                                                if c["name"] == n and c["partition"] == p),
         }
     return table
