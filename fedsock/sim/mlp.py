@@ -28,7 +28,7 @@ def init_mlp(rng: np.random.Generator, inputs: int = 64, hidden: int = 64, class
 def logits(params: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
     """Pre-softmax outputs."""
     w1, b1, w2, b2 = params
-    return np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+    return np.asarray(np.maximum(x @ w1 + b1, 0.0) @ w2 + b2)
 
 
 def accuracy(params: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
