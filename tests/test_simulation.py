@@ -57,23 +57,21 @@ def test_fedavg_e5_needs_fewer_rounds_than_fedsgd_on_iid_digits():
     assert sgd.accuracy[0] < 0.3  # both start from an untrained model
 
 
-@pytest.mark.parametrize("attack", [Attack("scaled", -10.0), Attack("random", 10.0)])
-def test_one_byzantine_worker_of_seven_breaks_the_mean_but_not_robust_rules(attack):
+def test_one_byzantine_worker_of_seven_breaks_the_mean_but_not_robust_rules():
     target, rounds = 0.94, 40
     fed = digits_federation(7, "iid", seed=0)
 
-    def run(rule):
+    def run(rule, attack=None, cap=rounds):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a diverging model overflows
-            return simulate(fed, parse_strategy(rule), rounds=rounds, lr=0.1, epochs=1, batch=10, seed=0,
+            return simulate(fed, parse_strategy(rule), rounds=cap, lr=0.1, epochs=1, batch=10, seed=0,
                             target=target, attack=attack)
 
-    honest = simulate(fed, parse_strategy("fedavg"), rounds=rounds, lr=0.1, epochs=1, batch=10, seed=0,
-                      target=target)
-    assert honest.rounds_to(target) is not None  # without the attacker the mean is fine
-    mean = run("fedavg")
-    assert mean.rounds_to(target) is None and max(mean.accuracy[1:]) < 0.9
-    rules = ["median", "trimmed:0.15", "krum:1"] if attack.kind == "scaled" else ["median", "krum:1"]
-    for rule in rules:
-        got = run(rule)
-        assert got.rounds_to(target) is not None, (rule, got.accuracy[-5:])
+    assert run("fedavg").rounds_to(target) is not None  # without the attacker the mean gets there
+    for attack, rules in ((Attack("scaled", -10.0), ["median", "trimmed:0.15", "krum:1"]),
+                          (Attack("random", 10.0), ["median", "krum:1"])):
+        mean = run("fedavg", attack, cap=30)
+        assert mean.rounds_to(target) is None and max(mean.accuracy[1:]) < 0.9, attack
+        for rule in rules:
+            got = run(rule, attack)
+            assert got.rounds_to(target) is not None, (attack, rule, got.accuracy[-5:])
