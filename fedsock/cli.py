@@ -54,6 +54,42 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
                    help=f"seconds of silence after which a worker counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
     p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
                    help=f"seconds between heartbeats to a quiet worker (default {limits.HEARTBEAT_INTERVAL_S:g})")
+    strategy_options(p)
+
+
+def strategy_options(p: argparse.ArgumentParser) -> None:
+    """``--strategy`` and its hyperparameters (docs/algorithms.md explains each)."""
+    g = p.add_argument_group(
+        "aggregation strategy",
+        "How each round's updates become the new global model; see docs/algorithms.md. "
+        "Robust strategies (median, trimmed, krum, multikrum) keep every update of a round in memory "
+        "and need --min-workers at least as large as they require.")
+    g.add_argument("--strategy", default="fedavg", metavar="NAME",
+                   help="fedavg (weighted mean, default) | fedprox (workers add mu/2 ||w - w_global||^2) | "
+                   "fedavgm (server momentum) | fedadam | fedyogi | fedadagrad (server adaptive optimizers, "
+                   "Reddi et al. 2021) | median (coordinate-wise) | trimmed:B (drop the B share at each end "
+                   "of every coordinate, 0 < B < 0.5) | krum:F (tolerate F Byzantine workers; needs "
+                   "2F+3 updates) | multikrum:F,M (mean of the M best Krum scores)")
+    g.add_argument("--mu", type=float, metavar="MU",
+                   help="fedprox: proximal coefficient sent to the workers" + _defaults("mu"))
+    g.add_argument("--server-lr", type=float, metavar="LR",
+                   help="fedavgm/fedadam/fedyogi/fedadagrad: server learning rate" + _defaults("server_lr"))
+    g.add_argument("--server-momentum", type=float, metavar="M",
+                   help="fedavgm: server momentum" + _defaults("momentum"))
+    g.add_argument("--server-beta1", type=float, metavar="B1",
+                   help="fedadam/fedyogi/fedadagrad: first-moment decay" + _defaults("beta1"))
+    g.add_argument("--server-beta2", type=float, metavar="B2",
+                   help="fedadam/fedyogi: second-moment decay" + _defaults("beta2"))
+    g.add_argument("--server-tau", type=float, metavar="TAU",
+                   help="fedadam/fedyogi/fedadagrad: adaptivity, added to sqrt(v)" + _defaults("tau"))
+
+
+def _defaults(name: str) -> str:
+    """`` (default: fedadam 0.01, fedyogi 0.01)`` from the strategy registry."""
+    from fedsock.aggregation.strategies import DEFAULTS
+
+    pairs = [f"{s} {d[name]:g}" for s, d in DEFAULTS.items() if name in d]
+    return f" (default: {', '.join(pairs)})"
 
 
 def worker_parser(p: argparse.ArgumentParser) -> None:
@@ -135,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
             cert=args.cert, key=args.key, ca=args.ca, worker_tokens_only=args.worker_tokens_only,
             handshake_timeout=args.handshake_timeout,
+            strategy=args.strategy, mu=args.mu, server_lr=args.server_lr,
+            server_momentum=args.server_momentum, server_beta1=args.server_beta1,
+            server_beta2=args.server_beta2, server_tau=args.server_tau,
         )
         summary = Chief(cfg).run()
         return 130 if summary.stopped else 0

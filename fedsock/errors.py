@@ -54,3 +54,12 @@ class ConnectError(FedsockError):
 
 class ConfigError(FedsockError):
     """Invalid command-line options, token, data or model for this run."""
+
+
+class AggregationError(FedsockError):
+    """A round's updates do not meet the aggregation rule's precondition.
+
+    For example Krum with ``f`` Byzantine workers needs at least ``2f + 3``
+    updates. Nothing is consumed when this is raised: the round's updates
+    are still there once more arrive.
+    """
