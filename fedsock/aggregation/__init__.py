@@ -16,10 +16,10 @@ from fedsock.aggregation.transforms import (
     trace,
     unflatten_state,
 )
-from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
+from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, fold_into, mean
 
 __all__ = [
     "ChainState", "EmptyState", "Reducer", "Transform", "TraceState", "WeightedSum", "apply_delta",
-    "chain", "empty_sum", "fedavg", "fedavgm", "flatten_state", "fold", "identity", "mean",
+    "chain", "empty_sum", "fedavg", "fedavgm", "flatten_state", "fold", "fold_into", "identity", "mean",
     "scale", "trace", "unflatten_state", "weighted_mean",
 ]

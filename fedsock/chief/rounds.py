@@ -308,8 +308,9 @@ class RoundController:
     def close(self, now: float) -> RoundResult:
         """Combine the open round into the new global model; the next round opens at ``now``."""
         assert self._acc is not None and self.weights is not None and self._opened_at is not None
-        combined = self.reducer.result(self._acc)
-        delta = [m - np.asarray(w, np.float64) for m, w in zip(combined, self.weights)]
+        combined = self.reducer.result(self._acc)  # may reuse the accumulator's buffers: it is spent
+        delta = [np.subtract(m, w, out=m) if m.dtype.kind == "f" and m.flags.writeable else m - w
+                 for m, w in zip(combined, self.weights)]
         delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
         self.weights = apply_delta(self.weights, delta)
         self.round += 1

@@ -25,6 +25,7 @@ from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import Outputs
 from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult
 from fedsock.chief.session import Session
+from fedsock.chief.staging import StagingBudget
 from fedsock.chief.tokens import TokenStore
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import (
@@ -111,6 +112,7 @@ class Chief:
         self._done = asyncio.Event()
         self._round_bytes_in = 0
         self._last_metrics: dict[str, float] = {}
+        self._staging = StagingBudget()
 
     # --- entry points -----------------------------------------------------
 
@@ -389,10 +391,13 @@ class Chief:
                 header_bytes = s.conn.last_frame_bytes
                 # A connection cut inside the chunks raises here: the partial
                 # update is discarded, never half-averaged.
-                weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout)
-                self._round_bytes_in += header_bytes + chunk_bytes
-                if not self._done.is_set():  # after Done, late updates are moot
-                    await self._on_update(s, ev, weights)
+                # Staged once, folded only when complete and checked (see staging.py).
+                async with self._staging.hold(sum(t.nbytes for t in ev.tensors)):
+                    weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout)
+                    self._round_bytes_in += header_bytes + chunk_bytes
+                    if not self._done.is_set():  # after Done, late updates are moot
+                        await self._on_update(s, ev, weights)
+                    del weights
         finally:
             heartbeat.cancel()
 
