@@ -76,7 +76,7 @@ def save(path: Path, ckpt: Checkpoint) -> None:
                                         pk.pack("weights"), pk.pack_array_header(len(ckpt.weights))]
     for w in ckpt.weights:
         view = raw_view(w)
-        pieces += [pk.pack_bin_header(len(view)), view]
+        pieces += [b"\xc6" + len(view).to_bytes(4, "big"), view]  # msgpack bin 32
     pieces += [pk.pack("state"), pk.pack([_array_to_wire(np.asarray(a)) for a in ckpt.state]),
                pk.pack("meta"), pk.pack(ckpt.meta)]
     atomic_write(path, pieces)
