@@ -63,9 +63,11 @@ def fold(acc: WeightedSum, weights: Sequence[np.ndarray], num_examples: float) -
         raise ValueError("an update must weigh more than 0 examples")
     if len(weights) != len(acc.total):
         raise ValueError(f"{len(weights)} tensors, sum has {len(acc.total)}")
-    for buf, w in zip(acc.total, weights):
-        if buf.shape != np.shape(w):
-            raise ValueError(f"tensor of shape {np.shape(w)}, sum has {buf.shape}")
+    # A lazily decoded update (protocol.compression.DecodedUpdate) states its shapes up front.
+    shapes = getattr(weights, "shapes", None) or [np.shape(w) for w in weights]
+    for buf, shape in zip(acc.total, shapes):
+        if buf.shape != tuple(shape):
+            raise ValueError(f"tensor of shape {tuple(shape)}, sum has {buf.shape}")
     scratch = np.empty(min(BLOCK, max((b.size for b in acc.total), default=1)), acc.total[0].dtype) \
         if acc.total else None
     for buf, w in zip(acc.total, weights):

@@ -39,6 +39,8 @@ class ChiefConfig:
             worker's identity is then its certificate's common name.
         worker_tokens_only: refuse the shared join token; admit per-worker
             tokens (``fedsock token create``) only.
+        compress: update compression workers must use: ``none``, ``fp16``,
+            ``int8`` or ``topk:R`` (see protocol.md, "Compression").
     """
 
     host: str = "0.0.0.0"
@@ -63,6 +65,7 @@ class ChiefConfig:
     heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S
     keep_checkpoints: int = 5
     done_grace: float = 10.0
+    compress: str = "none"
 
     def validate(self) -> None:
         """Raises ConfigError for values that cannot work."""
@@ -78,6 +81,9 @@ class ChiefConfig:
             raise ConfigError("--cert and --key go together")
         if not 0 < self.fraction <= 1:
             raise ConfigError("--fraction must be in (0, 1]")
+        from fedsock.protocol.compression import parse_compression
+
+        self.compress = str(parse_compression(self.compress))
         if not 0 < self.heartbeat_interval < self.idle_timeout:
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
         if not 0 <= self.port <= 65535:

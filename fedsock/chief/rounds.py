@@ -21,6 +21,7 @@ import numpy as np
 from fedsock.aggregation import Reducer, Transform, apply_delta, weighted_mean
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature, first_nonfinite
+from fedsock.protocol.compression import DecodedUpdate
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ class RoundController:
             RemoteProtocolError: they do not match the existing model, or
                 hold NaN/Inf.
         """
+        if any(s.enc is not None for s in specs):
+            raise RemoteProtocolError("an initial model proposal (round 0) cannot be encoded", code="bad_message")
         self._check(specs, weights)
         if self.has_model:
             return False
@@ -262,6 +265,9 @@ class RoundController:
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
         self._check(specs, weights)
+        if any(s.enc is not None for s in specs):  # deltas from the global model, decoded tensor by tensor
+            weights = DecodedUpdate(weights, [s.enc for s in specs], self.weights)  # type: ignore[arg-type]
+            weights.check()
         if self._opened_at is not None and not self.is_selected(worker):
             return NotSelected()
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)

@@ -351,7 +351,7 @@ class Chief:
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
-            has_weights=ctrl.has_model,
+            has_weights=ctrl.has_model, compress=self.config.compress,
         )
         weights = ctrl.weights if ctrl.weights is not None else []
         await asyncio.wait_for(s.send(welcome, weights), self.config.idle_timeout)

@@ -216,7 +216,7 @@ class Connection:
         self.phase = nxt
         if kind in WEIGHTS_KINDS:
             specs: tuple[TensorSpec, ...] = msg.tensors  # type: ignore[union-attr]
-            side.stream = _Stream(kind, [s.nbytes for s in specs], finishes=kind is Kind.DONE)
+            side.stream = _Stream(kind, [s.wire_nbytes for s in specs], finishes=kind is Kind.DONE)
 
     def _end_of_message(self, sender: Role) -> EndOfMessage | None:
         side = self._sides[sender]

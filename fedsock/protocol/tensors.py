@@ -86,7 +86,7 @@ class TensorAssembler:
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self.specs = tuple(specs)
-        self._buffers = [bytearray(s.nbytes) for s in self.specs]
+        self._buffers = [bytearray(s.wire_nbytes) for s in self.specs]
 
     def add(self, chunk: Chunk) -> None:
         """Copy a chunk into place (the ``Connection`` has checked its bounds)."""
@@ -94,9 +94,16 @@ class TensorAssembler:
         buf[chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
 
     def arrays(self) -> list[np.ndarray]:
-        """The assembled arrays (views on the internal buffers, native order)."""
+        """The assembled arrays (views on the internal buffers, native order).
+
+        An encoded tensor (``spec.enc``) is returned as its raw bytes (uint8);
+        ``compression.decode`` turns it into values.
+        """
         out = []
         for spec, buf in zip(self.specs, self._buffers):
+            if spec.enc is not None:
+                out.append(np.frombuffer(buf, np.uint8))
+                continue
             dt = np.dtype(spec.dtype).newbyteorder("<")
             out.append(np.frombuffer(buf, dtype=dt).reshape(spec.shape))
         return out
