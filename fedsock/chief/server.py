@@ -392,8 +392,8 @@ class Chief:
                 # A connection cut inside the chunks raises here: the partial
                 # update is discarded, never half-averaged.
                 # Staged once, folded only when complete and checked (see staging.py).
-                async with self._staging.hold(sum(t.nbytes for t in ev.tensors)):
-                    weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout)
+                async with self._staging.hold(sum(t.wire_nbytes for t in ev.tensors)) as slot:
+                    weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout, slot)
                     self._round_bytes_in += header_bytes + chunk_bytes
                     if not self._done.is_set():  # after Done, late updates are moot
                         await self._on_update(s, ev, weights)

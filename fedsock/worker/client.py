@@ -467,7 +467,8 @@ class Client:
         self._sock.settimeout(self._idle_timeout)
         self._sock.sendall(self._conn.send(msg))
         for chunk in iter_chunks(arrays):
-            self._sock.sendall(self._conn.send(chunk))
+            for part in self._conn.send_parts(chunk):  # the tensor bytes go out without a copy
+                self._sock.sendall(part)
         self._last_sent = time.monotonic()
 
     def _send_quietly(self, msg: Message) -> None:
