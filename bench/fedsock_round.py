@@ -55,7 +55,7 @@ def bench(workers: int, params: int, rounds: int, compress: str = "none") -> dic
     """Run one configuration; returns the JSON-able result."""
     with tempfile.TemporaryDirectory(prefix="fedsock-bench-") as tmp:
         state = Path(tmp) / "chief"
-        chief = spawn([__file__, "_chief", str(state), str(workers), str(rounds + 1), compress])
+        chief = spawn([__file__, "_chief", str(state), str(workers), str(rounds + 1), compress], stdout=-3)
         rss = PeakRss(chief.pid)
         deadline = time.monotonic() + 60
         while not (state / "chief.addr").exists():

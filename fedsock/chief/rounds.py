@@ -317,8 +317,12 @@ class RoundController:
         combined = self.reducer.result(self._acc)  # may reuse the accumulator's buffers: it is spent
         delta = [np.subtract(m, w, out=m) if m.dtype.kind == "f" and m.flags.writeable else m - w
                  for m, w in zip(combined, self.weights)]
+        spent = {id(m) for m in combined}
         delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
-        self.weights = apply_delta(self.weights, delta)
+        # A delta that is still the spent accumulator's buffer, in the model's dtype (a float32
+        # accumulator), becomes the new weights in place; others (float64, or made by the transform) are copied.
+        self.weights = [np.add(d, w, out=d) if id(d) in spent and d.dtype == w.dtype else apply_delta([w], [d])[0]
+                        for w, d in zip(self.weights, delta)]
         self.round += 1
         result = RoundResult(
             self.round, self.weights, tuple(sorted(self._submitted)),

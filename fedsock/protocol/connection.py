@@ -297,6 +297,11 @@ class Connection:
         """
         if self._failed is not None:
             raise self._failed
+        header = self._header
+        if header is not None and not self._eof and len(self._buf) < frames.HEADER_BYTES + header[1]:
+            # Mid-frame, the common case while a big chunk streams in: nothing to decode yet
+            # (and no EndOfMessage can be pending: a header is read only after it).
+            return NEED_DATA
         sender = self.peer_role
         eom = self._end_of_message(sender)
         if eom is not None:
