@@ -108,7 +108,8 @@ def main() -> int:
     rounds = min((len(s) for s in spans), default=0)
     times = [max(s[r][1] for s in spans) - min(s[r][0] for s in spans) for r in range(1, rounds)]
     print(json.dumps({"workers": a.workers, "worker_processes": a.procs, "params": a.params,
-                      "model_mib": round(a.params * 4 / MIB, 2), "workers_completed": sum(len(s) == rounds for s in spans),
+                      "model_mib": round(a.params * 4 / MIB, 2),
+                      "workers_completed": sum(len(s) == rounds for s in spans),
                       "errors": errors[:5], "all_joined_s": round(max(joined) - t0, 2) if joined else None,
                       "round_s": [round(t, 3) for t in times], "round_s_median": round(median(times), 3),
                       "wall_s": round(wall, 1), "chief_peak_rss_mib": round(peak, 1)}))
