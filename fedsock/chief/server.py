@@ -42,6 +42,7 @@ from fedsock.protocol import (
 )
 from fedsock.protocol.connection import message_bytes
 from fedsock.protocol.messages import Challenge
+from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
@@ -393,6 +394,8 @@ class Chief:
                 header_bytes = s.conn.last_frame_bytes
                 # A connection cut inside the chunks raises here: the partial
                 # update is discarded, never half-averaged.
+                if self.controller.specs is not None:  # before staging: memory for the model's size only
+                    check_signature(self.controller.specs, ev.tensors)
                 # Staged once, folded only when complete and checked (see staging.py).
                 async with self._staging.hold(sum(t.wire_nbytes for t in ev.tensors)) as slot:
                     weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout, slot)
