@@ -46,8 +46,10 @@ from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
-#: Bytes a connection buffers before asyncio pauses reading from it (twice this, in fact).
-READ_BUFFER_BYTES = 1024 * 1024
+#: Most weights messages (Global, Done) being written at once. Each holds its
+#: encrypted bytes in a transport buffer until the kernel takes them, so this
+#: bounds the chief's memory when a round ends for a thousand workers at once.
+MAX_CONCURRENT_SENDS = 16
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Chief:
         self._round_bytes_in = 0
         self._last_metrics: dict[str, float] = {}
         self._staging = StagingBudget()
+        self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
 
     # --- entry points -----------------------------------------------------
 
@@ -218,7 +221,7 @@ class Chief:
         self._unauthenticated += 1
         authenticated = False
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_BUFFER_BYTES, loop=loop)  # fewer pause/resume cycles on uploads
+        reader = asyncio.StreamReader(loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
             transport = await asyncio.wait_for(
@@ -516,7 +519,8 @@ class Chief:
 
     async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray]) -> int:
         try:
-            return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
+            async with self._send_slots:
+                return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
         except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
             # A half-sent weights message leaves the connection unusable: drop it.
             log.info("%s: could not send %s (%s); dropping the connection", s.label,

@@ -23,7 +23,7 @@ from fedsock.protocol import (
     iter_chunks,
 )
 
-READ_BYTES = 1024 * 1024
+READ_BYTES = 256 * 1024
 
 
 class Session:
