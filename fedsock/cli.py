@@ -49,13 +49,49 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
                    f"(default {limits.HANDSHAKE_TIMEOUT_S:g})")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="share of connected workers sampled per round, seeded by --seed (default 1.0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the worker sampling")
+    p.add_argument("--seed", type=int, default=0, help="seed of the worker sampling and the initial model")
     p.add_argument("--idle-timeout", type=float, default=limits.IDLE_TIMEOUT_S,
                    help=f"seconds of silence after which a worker counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
     p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
                    help=f"seconds between heartbeats to a quiet worker (default {limits.HEARTBEAT_INTERVAL_S:g})")
     p.add_argument("--compress", default="none",
                    help="update compression workers use: none | fp16 | int8 | topk:R (R = share of entries sent)")
+    strategy_options(p)
+
+
+def strategy_options(p: argparse.ArgumentParser) -> None:
+    """``--strategy`` and its hyperparameters (docs/algorithms.md explains each)."""
+    g = p.add_argument_group(
+        "aggregation strategy",
+        "How each round's updates become the new global model; see docs/algorithms.md. "
+        "Robust strategies (median, trimmed, krum, multikrum) keep every update of a round in memory "
+        "and need --min-workers at least as large as they require.")
+    g.add_argument("--strategy", default="fedavg", metavar="NAME",
+                   help="fedavg (weighted mean, default) | fedprox (workers add mu/2 ||w - w_global||^2) | "
+                   "fedavgm (server momentum) | fedadam | fedyogi | fedadagrad (server adaptive optimizers, "
+                   "Reddi et al. 2021) | median (coordinate-wise) | trimmed:B (drop the B share at each end "
+                   "of every coordinate, 0 < B < 0.5) | krum:F (tolerate F Byzantine workers; needs "
+                   "2F+3 updates) | multikrum:F,M (mean of the M best Krum scores)")
+    g.add_argument("--mu", type=float, metavar="MU",
+                   help="fedprox: proximal coefficient sent to the workers" + _defaults("mu"))
+    g.add_argument("--server-lr", type=float, metavar="LR",
+                   help="fedavgm/fedadam/fedyogi/fedadagrad: server learning rate" + _defaults("server_lr"))
+    g.add_argument("--server-momentum", type=float, metavar="M",
+                   help="fedavgm: server momentum" + _defaults("momentum"))
+    g.add_argument("--server-beta1", type=float, metavar="B1",
+                   help="fedadam/fedyogi/fedadagrad: first-moment decay" + _defaults("beta1"))
+    g.add_argument("--server-beta2", type=float, metavar="B2",
+                   help="fedadam/fedyogi: second-moment decay" + _defaults("beta2"))
+    g.add_argument("--server-tau", type=float, metavar="TAU",
+                   help="fedadam/fedyogi/fedadagrad: adaptivity, added to sqrt(v)" + _defaults("tau"))
+
+
+def _defaults(name: str) -> str:
+    """`` (default: fedadam 0.01, fedyogi 0.01)`` from the strategy registry."""
+    from fedsock.aggregation.strategies import DEFAULTS
+
+    pairs = [f"{s} {d[name]:g}" for s, d in DEFAULTS.items() if name in d]
+    return f" (default: {', '.join(pairs)})"
 
 
 def worker_parser(p: argparse.ArgumentParser) -> None:
@@ -72,6 +108,7 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
                    help=f"seconds between heartbeats while training (default {limits.HEARTBEAT_INTERVAL_S:g})")
     p.add_argument("--reconnect-timeout", type=float, default=300.0,
                    help="after a lost connection, seconds to keep reconnecting (default 300; 0 = never)")
+    p.add_argument("--seed", type=int, default=None, help="seed for local shuffling, to make training repeatable")
     p.add_argument("--ca", type=Path, help="mutual TLS: CA file to verify the chief with (instead of the token)")
     p.add_argument("--cert", type=Path, help="mutual TLS: this worker's certificate (its CN is the identity)")
     p.add_argument("--key", type=Path, help="mutual TLS: the private key of --cert")
@@ -136,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
             cert=args.cert, key=args.key, ca=args.ca, worker_tokens_only=args.worker_tokens_only,
             handshake_timeout=args.handshake_timeout, compress=args.compress,
+            strategy=args.strategy, mu=args.mu, server_lr=args.server_lr,
+            server_momentum=args.server_momentum, server_beta1=args.server_beta1,
+            server_beta2=args.server_beta2, server_tau=args.server_tau,
         )
         summary = Chief(cfg).run()
         return 130 if summary.stopped else 0
@@ -145,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
                    connect_timeout=args.connect_timeout, reconnect_timeout=args.reconnect_timeout,
                    idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
-                   ca=args.ca, cert=args.cert, key=args.key,
+                   ca=args.ca, cert=args.cert, key=args.key, seed=args.seed,
                    save_updates=args.save_updates)
         return 0
     if args.command == "shard":

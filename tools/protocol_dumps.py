@@ -203,6 +203,18 @@ def main() -> None:
     assert isinstance(error, Error)
     send("Error (chief -> worker)", chief, worker, error)
 
+    # A third: the Welcome of a FedProx chief (--strategy fedprox --mu 0.01), the
+    # only case in which the plan carries "mu".
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    send("Hello", worker, chief, Hello(name=NAME), quiet=True)
+    send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
+    send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
+    prox = Plan(rounds=3, sync_every=50, batch_size=32, mu=0.01)
+    welcome = Welcome(worker_id=1, round=0, plan=prox, tensors=SPECS, has_weights=True)
+    frame = chief.send(welcome)
+    assert deliver(frame, worker) == [welcome]
+    dump("Welcome with a FedProx plan (chief -> worker)", frame)
+
     print("=== Compressed updates (section 4.1): the same trained weights, encoded")
     print()
     compressed("int8", show_welcome=True)

@@ -7,8 +7,8 @@ A ``Reducer`` is three pure functions over an explicit accumulator::
     result(acc) -> list[np.ndarray]      # the combined weights (may reuse acc's buffers)
 
 ``weighted_mean`` streams: its accumulator is one running sum, so memory does
-not grow with the number of workers. Robust reducers (median, Krum, ...) must
-keep every update and say so.
+not grow with the number of workers. The robust reducers in
+``fedsock.aggregation.robust`` (median, trimmed mean, Krum) keep every update.
 """
 
 from __future__ import annotations
@@ -23,11 +23,17 @@ from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
 
 
 class Reducer(NamedTuple):
-    """Pure functions that combine one round's updates."""
+    """Pure functions that combine one round's updates.
+
+    ``min_updates`` is the fewest updates ``result`` accepts (e.g. ``2f + 3``
+    for Krum); the chief refuses a ``--min-workers`` below it, so a round
+    never closes with too few.
+    """
 
     init: Callable[[Sequence[tuple[int, ...]]], Any]
     add: Callable[[Any, Sequence[np.ndarray], float], Any]
     result: Callable[[Any], list[np.ndarray]]
+    min_updates: int = 1
 
 
 def weighted_mean(dtype: npt.DTypeLike = np.float64) -> Reducer:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsock import limits
+from fedsock.aggregation.strategies import Strategy, parse_strategy
 from fedsock.errors import ConfigError
 
 
@@ -39,6 +40,10 @@ class ChiefConfig:
             worker's identity is then its certificate's common name.
         worker_tokens_only: refuse the shared join token; admit per-worker
             tokens (``fedsock token create``) only.
+        strategy: aggregation strategy (``--strategy``; see
+            ``fedsock.aggregation.parse_strategy``).
+        mu, server_lr, server_momentum, server_beta1, server_beta2, server_tau:
+            its hyperparameters; None = the strategy's default.
         compress: update compression workers must use: ``none``, ``fp16``,
             ``int8`` or ``topk:R`` (see protocol.md, "Compression").
     """
@@ -65,6 +70,23 @@ class ChiefConfig:
     heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S
     keep_checkpoints: int = 5
     done_grace: float = 10.0
+    strategy: str = "fedavg"
+    mu: float | None = None
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    server_beta1: float | None = None
+    server_beta2: float | None = None
+    server_tau: float | None = None
+
+    def build_strategy(self) -> Strategy:
+        """The aggregation strategy these settings select.
+
+        Raises:
+            ConfigError: unknown strategy or a bad hyperparameter.
+        """
+        return parse_strategy(self.strategy, mu=self.mu, server_lr=self.server_lr,
+                              momentum=self.server_momentum, beta1=self.server_beta1,
+                              beta2=self.server_beta2, tau=self.server_tau)
     compress: str = "none"
 
     def validate(self) -> None:
@@ -91,4 +113,10 @@ class ChiefConfig:
         if self.eval_data is not None and self.model is None:
             raise ConfigError(
                 "--eval-data needs --model: without an architecture the chief cannot evaluate"
+            )
+        strategy = self.build_strategy()
+        if self.min_workers < strategy.min_updates:
+            raise ConfigError(
+                f"--strategy {strategy.name} needs at least {strategy.min_updates} updates per round; "
+                f"set --min-workers {strategy.min_updates} or more (it is {self.min_workers})"
             )

@@ -55,6 +55,7 @@ class Outputs:
             return None
         from fedsock import kerasutil
 
+        kerasutil.import_keras().utils.set_random_seed(self.config.seed)  # reproducible initial weights
         model = kerasutil.load_model(self.config.model)
         cfg, comp, specs, weights = kerasutil.describe(model)
         self._model = model

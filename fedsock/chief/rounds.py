@@ -249,13 +249,16 @@ class RoundController:
                 "there is no global model yet: propose initial weights with an Update for round 0",
                 code="out_of_order",
             )
-        if round_ <= self.round or self.finished:
-            return Stale(round_, self.collecting)
-        if round_ > self.collecting:
+        if round_ > self.collecting and not self.finished:
             raise RemoteProtocolError(
                 f"update for round {round_}, but round {self.collecting} is being collected",
                 code="bad_message",
             )
+        self._check(specs, weights)  # bad weights are an error even when they arrive late
+        if any(s.enc is not None for s in specs):  # an encoded delta: its decoded values must be finite too
+            DecodedUpdate(weights, [s.enc for s in specs], self.weights).check()  # type: ignore[arg-type]
+        if round_ <= self.round or self.finished:
+            return Stale(round_, self.collecting)
         if worker in self._submitted:
             if self._submitted[worker][1] != connection:
                 return Duplicate()
@@ -264,10 +267,8 @@ class RoundController:
             )
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
-        self._check(specs, weights)
         if any(s.enc is not None for s in specs):  # deltas from the global model, decoded tensor by tensor
             weights = DecodedUpdate(weights, [s.enc for s in specs], self.weights)  # type: ignore[arg-type]
-            weights.check()
         if self._opened_at is not None and not self.is_selected(worker):
             return NotSelected()
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)

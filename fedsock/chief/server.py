@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedsock import limits, tls
-from fedsock.aggregation import Transform, fedavg
+from fedsock.aggregation import Strategy, Transform
 from fedsock.chief.admission import FailureLimiter
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import Outputs
@@ -27,7 +27,7 @@ from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundControll
 from fedsock.chief.session import Session
 from fedsock.chief.staging import StagingBudget
 from fedsock.chief.tokens import TokenStore
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ConfigError, RemoteProtocolError
 from fedsock.protocol import (
     Auth,
     ConnectionClosed,
@@ -84,18 +84,33 @@ class Chief:
 
     Args:
         config: settings; keyword arguments override its fields.
-        transform: server transform on the averaged delta (default FedAvg).
+        transform: server transform on the combined delta; overrides the
+            strategy's.
+        strategy: a ``fedsock.aggregation.Strategy`` (reducer, transform,
+            FedProx ``mu``), e.g. ``Strategy(median(), fedadam())``, or the
+            ``--strategy`` text (``"fedadam"``); default: the config's.
+
+    Raises:
+        ConfigError: invalid settings, or ``min_workers`` below what the
+            strategy needs per round.
     """
 
     def __init__(self, config: ChiefConfig | None = None, *, transform: Transform | None = None,
-                 **overrides: Any) -> None:
+                 strategy: Strategy | str | None = None, **overrides: Any) -> None:
+        if isinstance(strategy, str):  # the --strategy text, like the CLI's
+            overrides["strategy"], strategy = strategy, None
         self.config = replace(config or ChiefConfig(), **overrides)
         self.config.validate()
+        self.strategy = strategy or self.config.build_strategy()
+        if self.config.min_workers < self.strategy.min_updates:
+            raise ConfigError(f"strategy {self.strategy.name} needs at least {self.strategy.min_updates} "
+                              "updates per round; set min_workers to that or more")
         self.controller = RoundController(
             rounds=self.config.rounds,
             min_workers=self.config.min_workers,
             round_timeout=self.config.round_timeout,
-            transform=transform or fedavg(),
+            transform=transform or self.strategy.transform,
+            reducer=self.strategy.reducer,
             fraction=self.config.fraction,
             seed=self.config.seed,
         )
@@ -352,7 +367,7 @@ class Chief:
         """Welcome with plan, model and global weights; Done right after if the run is over."""
         assert s.worker_id is not None
         ctrl, m = self.controller, self.outputs.model_info
-        plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size)
+        plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size, self.strategy.mu)
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
@@ -397,7 +412,7 @@ class Chief:
                 header_bytes = s.conn.last_frame_bytes
                 # A connection cut inside the chunks raises here: the partial
                 # update is discarded, never half-averaged.
-                if self.controller.specs is not None:  # before staging: memory for the model's size only
+                if self.controller.specs is not None and not self._done.is_set():  # before staging: model size only
                     check_signature(self.controller.specs, ev.tensors)
                 # Staged once, folded only when complete and checked (see staging.py).
                 async with self._staging.hold(sum(t.wire_nbytes for t in ev.tensors)) as slot:

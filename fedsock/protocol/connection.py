@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsock import limits
-from fedsock.errors import LocalProtocolError, RemoteProtocolError
+from fedsock.errors import ConnectionTruncated, LocalProtocolError, RemoteProtocolError
 from fedsock.protocol import frames
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.messages import (
@@ -347,11 +347,9 @@ class Connection:
         if not self._eof:
             return NEED_DATA
         if partial:
-            raise RemoteProtocolError("connection closed in the middle of a frame", code="bad_frame")
+            raise ConnectionTruncated("connection closed in the middle of a frame")
         if self._sides[self.peer_role].stream is not None:
-            raise RemoteProtocolError(
-                "connection closed in the middle of a weights message", code="bad_frame"
-            )
+            raise ConnectionTruncated("connection closed in the middle of a weights message")
         return ConnectionClosed()
 
 

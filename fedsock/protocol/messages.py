@@ -238,23 +238,41 @@ class Auth:
 
 @dataclass(frozen=True)
 class Plan:
-    """The training plan the chief hands to workers."""
+    """The training plan the chief hands to workers.
+
+    ``mu`` is FedProx's proximal coefficient: workers add
+    ``mu/2 * ||w - w_global||^2`` to their local objective. It is on the wire
+    only when non-zero, so a plan without FedProx encodes exactly as before;
+    an absent ``"mu"`` decodes as 0.0.
+    """
 
     rounds: int
     sync_every: int
     batch_size: int
+    mu: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "sync_every": self.sync_every, "batch_size": self.batch_size}
+        wire: dict[str, Any] = {
+            "rounds": self.rounds, "sync_every": self.sync_every, "batch_size": self.batch_size,
+        }
+        if self.mu:
+            wire["mu"] = float(self.mu)
+        return wire
 
     @classmethod
     def from_wire(cls, obj: Any) -> Plan:
         if not isinstance(obj, dict):
             raise RemoteProtocolError("Welcome: plan must be a map", code="bad_message")
-        vals = [_field(obj, k, int, "plan") for k in ("rounds", "sync_every", "batch_size")]
-        if vals[0] < 0 or vals[1] < 1 or vals[2] < 1:
+        rounds, sync_every, batch_size = (
+            _field(obj, k, int, "plan") for k in ("rounds", "sync_every", "batch_size")
+        )
+        if rounds < 0 or sync_every < 1 or batch_size < 1:
             raise RemoteProtocolError("plan: values out of range", code="bad_message")
-        return cls(*vals)
+        mu = _field(obj, "mu", (float, int), "plan") if "mu" in obj else 0.0
+        if isinstance(mu, bool) or not math.isfinite(mu) or mu < 0:
+            raise RemoteProtocolError(f"plan: mu must be a finite number >= 0, got {mu!r}",
+                                      code="bad_message")
+        return cls(rounds, sync_every, batch_size, mu=float(mu))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from fedsock.errors import (
     AuthenticationError,
     ConfigError,
     ConnectError,
+    ConnectionTruncated,
     FedsockError,
     PeerError,
     RemoteProtocolError,
@@ -61,6 +62,17 @@ from fedsock.protocol.compression import parse_compression
 from fedsock.worker.compress import UpdateEncoder
 
 log = logging.getLogger("fedsock.worker")
+
+
+def _tls_fatal(exc: ssl.SSLError) -> bool:
+    """Whether a TLS failure will not go away by retrying (certificates, versions, not TLS);
+    a torn or reset connection (e.g. a chief being restarted) is worth retrying."""
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return False
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in ("alert", "certificate", "version", "unsupported protocol", "no protocols"))
 
 
 def _check_validity(cert: Path) -> None:
@@ -299,7 +311,7 @@ class Client:
                 self._conn = Connection(Role.WORKER)
                 return self._handshake_locked()
             except ssl.SSLError as exc:
-                if not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                if _tls_fatal(exc):
                     raise ConnectError(
                         f"TLS handshake with {host}:{port} failed: {tls.describe_tls_failure(exc)}"
                     ) from None
@@ -435,6 +447,8 @@ class Client:
         while True:
             try:
                 ev = self._conn.next_event()
+            except ConnectionTruncated as exc:  # a cut link or a killed chief: reconnect
+                raise ConnectionLost(str(exc)) from None
             except RemoteProtocolError as exc:
                 self._send_quietly(Error(code=exc.code, message=str(exc)))
                 raise
@@ -454,7 +468,7 @@ class Client:
                     self._send_quietly(Heartbeat())
                 continue
             except ssl.SSLError as exc:
-                if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                if not _tls_fatal(exc):
                     raise ConnectionLost(f"connection to the chief lost: {exc}") from None
                 # TLS 1.3 reports a rejected client certificate only at the first read.
                 raise ConnectError(f"the chief ended the TLS session: {tls.describe_tls_failure(exc)}") from None

@@ -18,7 +18,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
                save_updates: Path | None = None, reconnect_timeout: float = 300.0,
                idle_timeout: float = limits.IDLE_TIMEOUT_S,
                heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
-               ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> dict[str, float]:
+               ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
+               seed: int | None = None) -> dict[str, float]:
     """Train with the chief until it says ``Done``.
 
     Args:
@@ -35,6 +36,7 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
         idle_timeout: seconds of silence after which the chief counts as gone.
         heartbeat_interval: seconds between heartbeats while training.
         ca, cert, key: mutual TLS files (instead of a token).
+        seed: seed for Keras (shuffling, dropout) to make local training repeatable.
 
     Returns:
         The final model's metrics on the local shard.
@@ -54,6 +56,8 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
+        if seed is not None:
+            kerasutil.import_keras().utils.set_random_seed(seed)
         try:
             if client.model_config is not None:
                 keras_model = kerasutil.rebuild(client.model_config, client.compile_config)
