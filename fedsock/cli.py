@@ -54,6 +54,8 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
                    help=f"seconds of silence after which a worker counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
     p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
                    help=f"seconds between heartbeats to a quiet worker (default {limits.HEARTBEAT_INTERVAL_S:g})")
+    p.add_argument("--compress", default="none",
+                   help="update compression workers use: none | fp16 | int8 | topk:R (R = share of entries sent)")
     strategy_options(p)
 
 
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             advertise=args.advertise, fraction=args.fraction, seed=args.seed,
             idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
             cert=args.cert, key=args.key, ca=args.ca, worker_tokens_only=args.worker_tokens_only,
-            handshake_timeout=args.handshake_timeout,
+            handshake_timeout=args.handshake_timeout, compress=args.compress,
             strategy=args.strategy, mu=args.mu, server_lr=args.server_lr,
             server_momentum=args.server_momentum, server_beta1=args.server_beta1,
             server_beta2=args.server_beta2, server_tau=args.server_tau,

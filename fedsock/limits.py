@@ -12,7 +12,7 @@ from __future__ import annotations
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 #: Tensor data is sent in chunks of at most this many bytes (< MAX_FRAME_BYTES,
 #: leaving room for the chunk's msgpack envelope).
-CHUNK_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
 
 # --- message bodies (msgpack) -------------------------------------------
 #: Longest string in any message body (names, messages, JSON model configs).

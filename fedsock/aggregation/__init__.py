@@ -27,12 +27,12 @@ from fedsock.aggregation.transforms import (
     trace,
     unflatten_state,
 )
-from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
+from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, fold_into, mean
 
 __all__ = [
     "AdaptiveState", "ChainState", "EmptyState", "Reducer", "Stack", "Strategy", "Transform",
     "TraceState", "WeightedSum", "apply_delta", "chain", "empty_sum", "fedadagrad", "fedadam", "fedavg",
-    "fedavgm", "fedyogi", "flatten_state", "fold", "identity", "krum", "mean", "median", "multikrum",
+    "fedavgm", "fedyogi", "flatten_state", "fold", "fold_into", "identity", "krum", "mean", "median", "multikrum",
     "parse_strategy", "scale", "scale_by_adagrad", "scale_by_adam", "scale_by_yogi", "trace",
     "trimmed_mean", "unflatten_state", "weighted_mean",
 ]

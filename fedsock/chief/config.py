@@ -44,6 +44,8 @@ class ChiefConfig:
             ``fedsock.aggregation.parse_strategy``).
         mu, server_lr, server_momentum, server_beta1, server_beta2, server_tau:
             its hyperparameters; None = the strategy's default.
+        compress: update compression workers must use: ``none``, ``fp16``,
+            ``int8`` or ``topk:R`` (see protocol.md, "Compression").
     """
 
     host: str = "0.0.0.0"
@@ -85,6 +87,7 @@ class ChiefConfig:
         return parse_strategy(self.strategy, mu=self.mu, server_lr=self.server_lr,
                               momentum=self.server_momentum, beta1=self.server_beta1,
                               beta2=self.server_beta2, tau=self.server_tau)
+    compress: str = "none"
 
     def validate(self) -> None:
         """Raises ConfigError for values that cannot work."""
@@ -100,6 +103,9 @@ class ChiefConfig:
             raise ConfigError("--cert and --key go together")
         if not 0 < self.fraction <= 1:
             raise ConfigError("--fraction must be in (0, 1]")
+        from fedsock.protocol.compression import parse_compression
+
+        self.compress = str(parse_compression(self.compress))
         if not 0 < self.heartbeat_interval < self.idle_timeout:
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
         if not 0 <= self.port <= 65535:

@@ -21,6 +21,7 @@ import numpy as np
 from fedsock.aggregation import Reducer, Transform, apply_delta, weighted_mean
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature, first_nonfinite
+from fedsock.protocol.compression import DecodedUpdate
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ class RoundController:
             RemoteProtocolError: they do not match the existing model, or
                 hold NaN/Inf.
         """
+        if any(s.enc is not None for s in specs):
+            raise RemoteProtocolError("an initial model proposal (round 0) cannot be encoded", code="bad_message")
         self._check(specs, weights)
         if self.has_model:
             return False
@@ -252,6 +255,8 @@ class RoundController:
                 code="bad_message",
             )
         self._check(specs, weights)  # bad weights are an error even when they arrive late
+        if any(s.enc is not None for s in specs):  # an encoded delta: its decoded values must be finite too
+            DecodedUpdate(weights, [s.enc for s in specs], self.weights).check()  # type: ignore[arg-type]
         if round_ <= self.round or self.finished:
             return Stale(round_, self.collecting)
         if worker in self._submitted:
@@ -262,6 +267,8 @@ class RoundController:
             )
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
+        if any(s.enc is not None for s in specs):  # deltas from the global model, decoded tensor by tensor
+            weights = DecodedUpdate(weights, [s.enc for s in specs], self.weights)  # type: ignore[arg-type]
         if self._opened_at is not None and not self.is_selected(worker):
             return NotSelected()
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)
@@ -308,10 +315,15 @@ class RoundController:
     def close(self, now: float) -> RoundResult:
         """Combine the open round into the new global model; the next round opens at ``now``."""
         assert self._acc is not None and self.weights is not None and self._opened_at is not None
-        combined = self.reducer.result(self._acc)
-        delta = [m - np.asarray(w, np.float64) for m, w in zip(combined, self.weights)]
+        combined = self.reducer.result(self._acc)  # may reuse the accumulator's buffers: it is spent
+        delta = [np.subtract(m, w, out=m) if m.dtype.kind == "f" and m.flags.writeable else m - w
+                 for m, w in zip(combined, self.weights)]
+        spent = {id(m) for m in combined}
         delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
-        self.weights = apply_delta(self.weights, delta)
+        # A delta that is still the spent accumulator's buffer, in the model's dtype (a float32
+        # accumulator), becomes the new weights in place; others (float64, or made by the transform) are copied.
+        self.weights = [np.add(d, w, out=d) if id(d) in spent and d.dtype == w.dtype else apply_delta([w], [d])[0]
+                        for w, d in zip(self.weights, delta)]
         self.round += 1
         result = RoundResult(
             self.round, self.weights, tuple(sorted(self._submitted)),

@@ -25,6 +25,7 @@ from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import Outputs
 from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult
 from fedsock.chief.session import Session
+from fedsock.chief.staging import StagingBudget
 from fedsock.chief.tokens import TokenStore
 from fedsock.errors import ConfigError, RemoteProtocolError
 from fedsock.protocol import (
@@ -41,9 +42,14 @@ from fedsock.protocol import (
 )
 from fedsock.protocol.connection import message_bytes
 from fedsock.protocol.messages import Challenge
+from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
+#: Most weights messages (Global, Done) being written at once. Each holds its
+#: encrypted bytes in a transport buffer until the kernel takes them, so this
+#: bounds the chief's memory when a round ends for a thousand workers at once.
+MAX_CONCURRENT_SENDS = 16
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,8 @@ class Chief:
         self._done = asyncio.Event()
         self._round_bytes_in = 0
         self._last_metrics: dict[str, float] = {}
+        self._staging = StagingBudget()
+        self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
 
     # --- entry points -----------------------------------------------------
 
@@ -364,7 +372,7 @@ class Chief:
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
-            has_weights=ctrl.has_model,
+            has_weights=ctrl.has_model, compress=self.config.compress,
         )
         weights = ctrl.weights if ctrl.weights is not None else []
         await asyncio.wait_for(s.send(welcome, weights), self.config.idle_timeout)
@@ -404,10 +412,15 @@ class Chief:
                 header_bytes = s.conn.last_frame_bytes
                 # A connection cut inside the chunks raises here: the partial
                 # update is discarded, never half-averaged.
-                weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout)
-                self._round_bytes_in += header_bytes + chunk_bytes
-                if not self._done.is_set():  # after Done, late updates are moot
-                    await self._on_update(s, ev, weights)
+                if self.controller.specs is not None and not self._done.is_set():  # before staging: model size only
+                    check_signature(self.controller.specs, ev.tensors)
+                # Staged once, folded only when complete and checked (see staging.py).
+                async with self._staging.hold(sum(t.wire_nbytes for t in ev.tensors)) as slot:
+                    weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout, slot)
+                    self._round_bytes_in += header_bytes + chunk_bytes
+                    if not self._done.is_set():  # after Done, late updates are moot
+                        await self._on_update(s, ev, weights)
+                    del weights
         finally:
             heartbeat.cancel()
 
@@ -521,7 +534,8 @@ class Chief:
 
     async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray]) -> int:
         try:
-            return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
+            async with self._send_slots:
+                return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
         except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
             # A half-sent weights message leaves the connection unusable: drop it.
             log.info("%s: could not send %s (%s); dropping the connection", s.label,

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fedsock import limits
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ConfigError, RemoteProtocolError
+from fedsock.protocol.compression import FLOAT_DTYPES, Encoding, parse_compression
 from fedsock.protocol.frames import Kind
 
 #: dtypes allowed on the wire (always little-endian).
@@ -81,6 +82,8 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int, ...]
+    #: How the data is encoded (compressed updates only); None = raw little-endian values.
+    enc: Encoding | None = None
 
     @property
     def size(self) -> int:
@@ -92,12 +95,20 @@ class TensorSpec:
         """Number of bytes of its raw little-endian data."""
         return self.size * ITEMSIZE[self.dtype]
 
+    @property
+    def wire_nbytes(self) -> int:
+        """Bytes of its data on the wire: ``nbytes``, or the encoded size."""
+        return self.nbytes if self.enc is None else self.enc.wire_nbytes(self.size)
+
     def describe(self) -> str:
         """Human form, e.g. ``'dense/kernel' float32[64, 10]``."""
         return f"{self.name!r} {self.dtype}{list(self.shape)}"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.enc is not None:
+            out["enc"] = self.enc.to_wire()
+        return out
 
     @classmethod
     def from_wire(cls, obj: Any) -> TensorSpec:
@@ -126,14 +137,20 @@ class TensorSpec:
                     f"{what}: {name!r} has more than {limits.MAX_TENSOR_ELEMENTS} elements",
                     code="limit_exceeded",
                 )
-        return cls(name, dtype, tuple(shape))
+        enc = None
+        if "enc" in obj:
+            if dtype not in FLOAT_DTYPES:
+                raise RemoteProtocolError(f"{what}: enc on a {dtype} tensor", code="bad_message")
+            enc = Encoding.from_wire(obj["enc"], size)
+        return cls(name, dtype, tuple(shape), enc)
 
 
 def specs_to_wire(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
     return [s.to_wire() for s in specs]
 
 
-def specs_from_wire(body: dict[str, Any], what: str) -> tuple[TensorSpec, ...]:
+def specs_from_wire(body: dict[str, Any], what: str, encoded: bool = False) -> tuple[TensorSpec, ...]:
+    """The checked ``tensors`` of a body; ``encoded``: whether ``enc`` is allowed (Update only)."""
     raw = _field(body, "tensors", list, what)
     if len(raw) > limits.MAX_TENSORS:
         raise RemoteProtocolError(
@@ -141,6 +158,8 @@ def specs_from_wire(body: dict[str, Any], what: str) -> tuple[TensorSpec, ...]:
             code="limit_exceeded",
         )
     specs = tuple(TensorSpec.from_wire(t) for t in raw)
+    if not encoded and any(s.enc is not None for s in specs):
+        raise RemoteProtocolError(f"{what}: only an Update may carry encoded tensors", code="bad_message")
     total = sum(s.nbytes for s in specs)
     if total > limits.MAX_MODEL_BYTES:
         raise RemoteProtocolError(
@@ -273,9 +292,11 @@ class Welcome:
     model: str | None = None
     compile: str | None = None
     has_weights: bool = False
+    #: Update compression the chief asks for ("none", "fp16", "int8", "topk:R"); sent only if not "none".
+    compress: str = "none"
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        body = {
             "worker_id": self.worker_id,
             "round": self.round,
             "plan": self.plan.to_wire(),
@@ -284,6 +305,9 @@ class Welcome:
             "has_weights": self.has_weights,
             "tensors": specs_to_wire(self.tensors),
         }
+        if self.compress != "none":
+            body["compress"] = self.compress
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Welcome:
@@ -294,6 +318,13 @@ class Welcome:
         tensors = specs_from_wire(b, w)
         if not has_weights and tensors:
             raise RemoteProtocolError("Welcome: tensors without has_weights", code="bad_message")
+        compress = b.get("compress", "none")
+        try:
+            if not isinstance(compress, str):
+                raise ConfigError("not a string")
+            parse_compression(compress)
+        except ConfigError:
+            raise RemoteProtocolError(f"Welcome: unknown compression {compress!r}", code="bad_message") from None
         return cls(
             worker_id=_nonneg(_field(b, "worker_id", int, w), "worker_id", w),
             round=_nonneg(_field(b, "round", int, w), "round", w),
@@ -302,6 +333,7 @@ class Welcome:
             model=model,
             compile=comp,
             has_weights=has_weights,
+            compress=compress,
         )
 
 
@@ -333,7 +365,7 @@ class Update:
         return cls(
             round=_nonneg(_field(b, "round", int, w), "round", w),
             num_examples=_nonneg(_field(b, "num_examples", int, w), "num_examples", w),
-            tensors=specs_from_wire(b, w),
+            tensors=specs_from_wire(b, w, encoded=True),
             metrics={k: float(v) for k, v in metrics.items()},
         )
 

@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ from fedsock.protocol import (
     iter_chunks,
     specs_of,
 )
+from fedsock.protocol.compression import parse_compression
+from fedsock.worker.compress import UpdateEncoder
 
 log = logging.getLogger("fedsock.worker")
 
@@ -201,6 +204,7 @@ class Client:
         self.weights: list[np.ndarray] | None = None
         self._global_specs: tuple[TensorSpec, ...] = ()
         self.round = 0
+        self._encoder: UpdateEncoder | None = None
         with self._lock:
             self.welcome = self._connect(connect_timeout)
         self.plan: Plan = self.welcome.plan
@@ -260,6 +264,12 @@ class Client:
             np.savez(self._save_updates / f"round-{upd.round:06d}.npz",
                      num_examples=np.int64(upd.num_examples),
                      **{f"w{i:04d}": np.asarray(w) for i, w in enumerate(weights)})
+        comp = parse_compression(self.welcome.compress)
+        if comp.mode != "none" and self._global_specs:  # deltas from the global model we hold
+            if self._encoder is None or self._encoder.comp != comp:
+                self._encoder = UpdateEncoder(comp)
+            specs, payloads = self._encoder.encode(weights, self.weights, upd.tensors)
+            return self._exchange(replace(upd, tensors=specs), payloads)
         return self._exchange(upd, weights)
 
     def close(self, reason: str | None = None) -> None:
@@ -471,7 +481,8 @@ class Client:
         self._sock.settimeout(self._idle_timeout)
         self._sock.sendall(self._conn.send(msg))
         for chunk in iter_chunks(arrays):
-            self._sock.sendall(self._conn.send(chunk))
+            for part in self._conn.send_parts(chunk):  # the tensor bytes go out without a copy
+                self._sock.sendall(part)
         self._last_sent = time.monotonic()
 
     def _send_quietly(self, msg: Message) -> None:
