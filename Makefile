@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test venv lint clean fuzz
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,8 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) fedsock-demo fedsock-chief .pytest_cache .hypothesis
+
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	mkdir -p fuzz/work && cp -n fuzz/corpus/* fuzz/work/
+	cd fuzz && ../$(PY) fuzz_protocol.py work -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1

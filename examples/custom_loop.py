@@ -5,6 +5,11 @@
 The client works with plain numpy arrays: ``join`` gives the starting
 weights, ``sync(weights, num_examples)`` sends local weights and blocks until
 the weighted average comes back.
+
+With a chief run as ``--strategy fedprox --mu MU``, ``client.plan.mu`` is MU
+and the loss inside the tape gets FedProx's proximal term
+``mu/2 * ||w - w_global||^2`` over the trainable variables, where
+``w_global`` is the model received at the last sync.
 """
 
 import argparse
@@ -33,17 +38,31 @@ def main() -> None:
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()
     optimizer = tf.keras.optimizers.SGD(args.lr)
     rng = np.random.default_rng(0)
+    # The global model of the last sync, for FedProx's proximal term.
+    anchors = [tf.Variable(v, trainable=False) for v in model.trainable_variables]
+    mu = tf.Variable(0.0, trainable=False)
 
     @tf.function
     def train_step(xb: tf.Tensor, yb: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, model(xb, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
+            prox = tf.add_n([tf.reduce_sum(tf.square(v - a))
+                             for v, a in zip(model.trainable_variables, anchors)])
+            objective = loss + mu / 2.0 * prox
+        grads = tape.gradient(objective, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
+    def start_from(weights: list[np.ndarray]) -> None:
+        model.set_weights(weights)
+        for a, v in zip(anchors, model.trainable_variables):
+            a.assign(v)
+
     with fedsock.Client(args.chief, token=args.token, name="custom-loop-example") as client:
-        model.set_weights(client.join(model.get_weights()))
+        start_from(client.join(model.get_weights()))
+        mu.assign(client.plan.mu)
+        if client.plan.mu:
+            print(f"custom_loop: FedProx with mu = {client.plan.mu:g}")
         batch, sync_every = client.plan.batch_size, client.plan.sync_every
         while not client.finished:
             seen = 0
@@ -51,7 +70,7 @@ def main() -> None:
                 idx = rng.choice(len(x), size=min(batch, len(x)), replace=False)
                 train_step(x[idx], y[idx])
                 seen += len(idx)
-            model.set_weights(client.sync(model.get_weights(), num_examples=seen))
+            start_from(client.sync(model.get_weights(), num_examples=seen))
         acc = float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
         print(f"custom_loop: finished after round {client.round}; local accuracy {acc:.4f}")
 

@@ -5,6 +5,8 @@
 The model is built locally (the same architecture as the chief's, or the
 first proposal if the chief has none); the callback syncs it every
 ``sync_every`` steps and stops ``fit`` when the chief says the run is over.
+With a chief run as ``--strategy fedprox --mu MU`` it also applies FedProx's
+proximal term (see ``FederatedCallback``).
 """
 
 import argparse
@@ -32,6 +34,8 @@ def main() -> None:
         callback = fedsock.keras.FederatedCallback(
             client, sync_every=plan.sync_every, batch_size=plan.batch_size, num_examples=len(x)
         )
+        if plan.mu:  # the callback adds FedProx's proximal step after every batch
+            print(f"keras_fit: FedProx with mu = {plan.mu:g}")
         model.fit(x, y, batch_size=plan.batch_size, epochs=10_000, callbacks=[callback], verbose=0)
         assert client.finished, "fit ended before the chief finished the run"
         loss, acc = model.evaluate(x, y, verbose=0)

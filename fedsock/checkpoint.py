@@ -49,12 +49,13 @@ def _array_from_wire(obj: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(obj["data"], dtype=dt).reshape(obj["shape"]).copy()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename."""
+def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """Write ``data`` (bytes, or pieces written one after another) to ``path`` via temp file + fsync + rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        f.write(data)
+        for piece in [data] if isinstance(data, bytes) else data:
+            f.write(piece)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -67,14 +68,18 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def save(path: Path, ckpt: Checkpoint) -> None:
     """Write a checkpoint atomically."""
-    body = {
-        "round": ckpt.round,
-        "tensors": [s.to_wire() for s in ckpt.specs],
-        "weights": [bytes(raw_view(w)) for w in ckpt.weights],
-        "state": [_array_to_wire(np.asarray(a)) for a in ckpt.state],
-        "meta": ckpt.meta,
-    }
-    atomic_write(path, MAGIC + msgpack.packb(body, use_bin_type=True))
+    # The same msgpack map as packb would write, but the weights go to the file
+    # straight from the arrays: no copy of the model in memory.
+    pk = msgpack.Packer(use_bin_type=True)
+    pieces: list[bytes | memoryview] = [MAGIC, pk.pack_map_header(5), pk.pack("round"), pk.pack(ckpt.round),
+                                        pk.pack("tensors"), pk.pack([s.to_wire() for s in ckpt.specs]),
+                                        pk.pack("weights"), pk.pack_array_header(len(ckpt.weights))]
+    for w in ckpt.weights:
+        view = raw_view(w)
+        pieces += [b"\xc6" + len(view).to_bytes(4, "big"), view]  # msgpack bin 32
+    pieces += [pk.pack("state"), pk.pack([_array_to_wire(np.asarray(a)) for a in ckpt.state]),
+               pk.pack("meta"), pk.pack(ckpt.meta)]
+    atomic_write(path, pieces)
 
 
 def load(path: Path) -> Checkpoint:

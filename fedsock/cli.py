@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedsock import limits, settings
-from fedsock.errors import FedsockError
+from fedsock.errors import ConfigError, FedsockError
 
 if TYPE_CHECKING:
     from fedsock.chief import ChiefConfig
@@ -48,9 +48,18 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-every", type=int, default=50, help="local steps between syncs")
     p.add_argument("--batch-size", type=int, default=32, help="local batch size")
     p.add_argument("--advertise", help="host name workers use to reach this chief (for the printed command)")
+    p.add_argument("--cert", type=Path, help="the chief's TLS certificate (PEM; default: self-signed in --state-dir)")
+    p.add_argument("--key", type=Path, help="the private key of --cert")
+    p.add_argument("--ca", type=Path, help="require client certificates signed by this CA (mutual TLS); "
+                   "the worker's identity is its certificate's common name")
+    p.add_argument("--worker-tokens-only", action="store_true",
+                   help="refuse the shared join token; admit only per-worker tokens ('fedsock token create')")
+    p.add_argument("--handshake-timeout", type=float, default=limits.HANDSHAKE_TIMEOUT_S,
+                   help=f"seconds for the TLS handshake, and again for Hello..Auth "
+                   f"(default {limits.HANDSHAKE_TIMEOUT_S:g})")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="share of connected workers sampled per round, seeded by --seed (default 1.0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the worker sampling")
+    p.add_argument("--seed", type=int, default=0, help="seed of the worker sampling and the initial model")
     p.add_argument("--idle-timeout", type=float, default=limits.IDLE_TIMEOUT_S,
                    help=f"seconds of silence after which a worker counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
     p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
@@ -64,8 +73,46 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
                    "chief's rounds as one worker weighted by their examples; plan and model come from there")
     p.add_argument("--upstream-token", help="join token of the upstream chief (default: $FEDSOCK_UPSTREAM_TOKEN)")
     p.add_argument("--upstream-name", help="this relay's worker name upstream (default: relay-<host>-<pid>)")
+    p.add_argument("--compress", default="none",
+                   help="update compression workers use: none | fp16 | int8 | topk:R (R = share of entries sent)")
+    strategy_options(p)
     settings.add_config_options(p)
     settings.prepare(p)
+
+
+def strategy_options(p: argparse.ArgumentParser) -> None:
+    """``--strategy`` and its hyperparameters (docs/algorithms.md explains each)."""
+    g = p.add_argument_group(
+        "aggregation strategy",
+        "How each round's updates become the new global model; see docs/algorithms.md. "
+        "Robust strategies (median, trimmed, krum, multikrum) keep every update of a round in memory "
+        "and need --min-workers at least as large as they require.")
+    g.add_argument("--strategy", default="fedavg", metavar="NAME",
+                   help="fedavg (weighted mean, default) | fedprox (workers add mu/2 ||w - w_global||^2) | "
+                   "fedavgm (server momentum) | fedadam | fedyogi | fedadagrad (server adaptive optimizers, "
+                   "Reddi et al. 2021) | median (coordinate-wise) | trimmed:B (drop the B share at each end "
+                   "of every coordinate, 0 < B < 0.5) | krum:F (tolerate F Byzantine workers; needs "
+                   "2F+3 updates) | multikrum:F,M (mean of the M best Krum scores)")
+    g.add_argument("--mu", type=float, metavar="MU",
+                   help="fedprox: proximal coefficient sent to the workers" + _defaults("mu"))
+    g.add_argument("--server-lr", type=float, metavar="LR",
+                   help="fedavgm/fedadam/fedyogi/fedadagrad: server learning rate" + _defaults("server_lr"))
+    g.add_argument("--server-momentum", type=float, metavar="M",
+                   help="fedavgm: server momentum" + _defaults("momentum"))
+    g.add_argument("--server-beta1", type=float, metavar="B1",
+                   help="fedadam/fedyogi/fedadagrad: first-moment decay" + _defaults("beta1"))
+    g.add_argument("--server-beta2", type=float, metavar="B2",
+                   help="fedadam/fedyogi: second-moment decay" + _defaults("beta2"))
+    g.add_argument("--server-tau", type=float, metavar="TAU",
+                   help="fedadam/fedyogi/fedadagrad: adaptivity, added to sqrt(v)" + _defaults("tau"))
+
+
+def _defaults(name: str) -> str:
+    """`` (default: fedadam 0.01, fedyogi 0.01)`` from the strategy registry."""
+    from fedsock.aggregation.strategies import DEFAULTS
+
+    pairs = [f"{s} {d[name]:g}" for s, d in DEFAULTS.items() if name in d]
+    return f" (default: {', '.join(pairs)})"
 
 
 def worker_parser(p: argparse.ArgumentParser) -> None:
@@ -76,8 +123,16 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="your own model (.keras or module:function) when the chief has none")
     p.add_argument("--connect-timeout", type=float, default=60.0,
                    help="seconds to keep retrying an unreachable chief (default 60)")
+    p.add_argument("--idle-timeout", type=float, default=limits.IDLE_TIMEOUT_S,
+                   help=f"seconds of silence after which the chief counts as gone (default {limits.IDLE_TIMEOUT_S:g})")
+    p.add_argument("--heartbeat-interval", type=float, default=limits.HEARTBEAT_INTERVAL_S,
+                   help=f"seconds between heartbeats while training (default {limits.HEARTBEAT_INTERVAL_S:g})")
     p.add_argument("--reconnect-timeout", type=float, default=300.0,
                    help="after a lost connection, seconds to keep reconnecting (default 300; 0 = never)")
+    p.add_argument("--seed", type=int, default=None, help="seed for local shuffling, to make training repeatable")
+    p.add_argument("--ca", type=Path, help="mutual TLS: CA file to verify the chief with (instead of the token)")
+    p.add_argument("--cert", type=Path, help="mutual TLS: this worker's certificate (its CN is the identity)")
+    p.add_argument("--key", type=Path, help="mutual TLS: the private key of --cert")
     p.add_argument("--save-updates", type=Path,
                    help="keep a copy of every update sent (round-N.npz) to audit what left this machine")
     p.add_argument("--progress", choices=("auto", "live", "plain"), default="auto",
@@ -104,6 +159,21 @@ def shard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition", default="iid", help="iid | dirichlet:ALPHA | labels:K")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of examples kept for the chief")
+
+
+def token_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["create", "list", "revoke"], help="what to do")
+    p.add_argument("name", nargs="?", help="the worker's identity (for create and revoke)")
+    p.add_argument("--state-dir", type=Path, default=Path("fedsock-chief"), help="the chief's state dir")
+
+
+def certs_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["ca", "server", "client"], help="what to make")
+    p.add_argument("--out", type=Path, default=Path("pki"), help="output directory (default ./pki)")
+    p.add_argument("--ca-dir", type=Path, default=None, help="where ca.crt/ca.key are (default: --out)")
+    p.add_argument("--host", action="append", default=[], help="server: a host name or IP of the chief (repeat)")
+    p.add_argument("--name", help="client: the worker's identity (certificate common name)")
+    p.add_argument("--days", type=float, default=None, help="validity in days")
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:
@@ -137,6 +207,11 @@ def chief_config(args: argparse.Namespace) -> ChiefConfig:
         idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
         progress=args.progress, tensorboard=args.tensorboard, upstream=args.upstream,
         upstream_token=args.upstream_token, upstream_name=args.upstream_name,
+        cert=args.cert, key=args.key, ca=args.ca, worker_tokens_only=args.worker_tokens_only,
+        handshake_timeout=args.handshake_timeout, compress=args.compress,
+        strategy=args.strategy, mu=args.mu, server_lr=args.server_lr,
+        server_momentum=args.server_momentum, server_beta1=args.server_beta1,
+        server_beta2=args.server_beta2, server_tau=args.server_tau,
     )
     cfg.validate()
     return cfg
@@ -160,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
 
         run_worker(args.chief, args.data, token=args.token, name=args.name, model=args.model,
                    connect_timeout=args.connect_timeout, reconnect_timeout=args.reconnect_timeout,
+                   idle_timeout=args.idle_timeout, heartbeat_interval=args.heartbeat_interval,
+                   ca=args.ca, cert=args.cert, key=args.key, seed=args.seed,
                    save_updates=args.save_updates, progress=args.progress)
         return 0
     if args.command == "status":
@@ -180,6 +257,10 @@ def run(args: argparse.Namespace) -> int:
         for name, n in sizes.items():
             print(f"{args.out / name}: {n} examples")
         return 0
+    if args.command == "token":
+        return run_token(args)
+    if args.command == "certs":
+        return run_certs(args)
     if args.command == "demo":
         from fedsock.demo import run_demo
 
@@ -194,7 +275,43 @@ COMMANDS = {
     "plot": (plot_parser, "render a chief's metrics.jsonl to a PNG"),
     "shard": (shard_parser, "split the bundled digits data into worker shards"),
     "demo": (demo_parser, "chief + workers on 127.0.0.1 with real digits data"),
+    "token": (token_parser, "per-worker join tokens: create, list, revoke"),
+    "certs": (certs_parser, "make a CA, chief and worker certificates for mutual TLS"),
 }
+
+
+def run_token(args: argparse.Namespace) -> int:
+    from fedsock.chief import tokens
+
+    if args.action == "list":
+        for e in tokens.listing(args.state_dir):
+            print(f"{e.name}\tcreated {e.created}\t{'revoked ' + e.revoked if e.revoked else 'active'}")
+        return 0
+    if not args.name:
+        raise ConfigError(f"'fedsock token {args.action}' needs the worker's name")
+    if args.action == "create":
+        tok = tokens.create(args.state_dir, args.name)
+        print(f"token for worker {args.name} (give it only to them; it is not shown again):\n{tok}")
+        return 0
+    tokens.revoke(args.state_dir, args.name)
+    print(f"revoked {args.name}: refused from now on; a live connection is dropped when the next round closes")
+    return 0
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from fedsock import certs
+
+    ca_dir = args.ca_dir or args.out
+    if args.kind == "ca":
+        path = certs.make_ca(args.out, days=args.days or 3650)
+    elif args.kind == "server":
+        path = certs.make_server(ca_dir, args.out, args.host, days=args.days or 825)
+    else:
+        if not args.name:
+            raise ConfigError("'fedsock certs client' needs --name (the worker's identity)")
+        path = certs.make_client(ca_dir, args.out, args.name, days=args.days or 825)
+    print(f"wrote {path} and {path.with_suffix('.key')}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str | None = None) -> int:

@@ -96,6 +96,9 @@ def _plot(rows: list[dict[str, float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["round"] for r in rows], [r.get("accuracy", float("nan")) for r in rows], marker="o")
     ax.axhline(TARGET_ACCURACY, color="gray", linestyle="--", label=f"target {TARGET_ACCURACY}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("holdout accuracy")
     ax.set_title("fedsock demo: FedAvg on digits")

@@ -27,6 +27,14 @@ class RemoteProtocolError(FedsockError):
         self.code = code
 
 
+class ConnectionTruncated(RemoteProtocolError):
+    """The peer's stream ended inside a frame or a weights message (a cut
+    connection or a killed peer, rather than a malformed message)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="bad_frame")
+
+
 class PeerError(FedsockError):
     """The peer sent us an ``Error`` message (its code and text are kept)."""
 
@@ -46,3 +54,12 @@ class ConnectError(FedsockError):
 
 class ConfigError(FedsockError):
     """Invalid command-line options, token, data or model for this run."""
+
+
+class AggregationError(FedsockError):
+    """A round's updates do not meet the aggregation rule's precondition.
+
+    For example Krum with ``f`` Byzantine workers needs at least ``2f + 3``
+    updates. Nothing is consumed when this is raised: the round's updates
+    are still there once more arrive.
+    """

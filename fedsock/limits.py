@@ -12,7 +12,7 @@ from __future__ import annotations
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 #: Tensor data is sent in chunks of at most this many bytes (< MAX_FRAME_BYTES,
 #: leaving room for the chunk's msgpack envelope).
-CHUNK_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
 
 # --- message bodies (msgpack) -------------------------------------------
 #: Longest string in any message body (names, messages, JSON model configs).
@@ -54,10 +54,16 @@ HEARTBEAT_INTERVAL_S = 10.0
 RECONNECT_BACKOFF_MAX_S = 5.0
 
 # --- admission -----------------------------------------------------------
-#: Most connections that have not yet authenticated, at once.
+#: Most connections that have not yet authenticated (including those still in
+#: the TLS handshake), at once; more are closed before TLS.
 MAX_UNAUTHENTICATED = 64
 #: Most authenticated workers at once.
 MAX_WORKERS = 1024
+#: Failed authentications from one address within 60 s after which its new
+#: connections are closed at once until the window has passed.
+MAX_AUTH_FAILURES_PER_MINUTE = 10
+#: Most addresses whose failures are remembered (oldest forgotten first).
+MAX_TRACKED_ADDRESSES = 100_000
 
 # --- authentication ------------------------------------------------------
 #: Bytes of the chief's random challenge nonce.

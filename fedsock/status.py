@@ -40,7 +40,8 @@ def query_status(address: str, token: str | None = None, name: str | None = None
     Args:
         address: ``host:port`` of the chief.
         token: join token (default ``$FEDSOCK_TOKEN``).
-        name: how the chief's log names this query (default ``status-<host>-<pid>``).
+        name: how the chief's log names this query (default: a per-worker token's
+            name, else ``status-<host>-<pid>``).
         timeout: seconds for connecting and for each answer.
 
     Raises:
@@ -53,7 +54,8 @@ def query_status(address: str, token: str | None = None, name: str | None = None
     """
     host, port = parse_address(address)
     tok = token_from(token)
-    name = name or f"status-{socket.gethostname()}-{os.getpid()}"
+    # a per-worker token (--worker-tokens-only chiefs) authenticates only under its own name
+    name = name or tok.name or f"status-{socket.gethostname()}-{os.getpid()}"
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:

@@ -17,6 +17,7 @@ from fedsock.aggregation import (
     scale,
     trace,
     unflatten_state,
+    weighted_mean,
 )
 from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, Stale
 from fedsock.errors import RemoteProtocolError
@@ -115,6 +116,28 @@ def test_round_closes_when_everyone_submitted():
     r = c.close(1.0)
     assert r.round == 1 and r.examples == 40 and r.workers == (1, 2)
     np.testing.assert_allclose(r.weights[0], np.full((2, 2), (10 * 1 + 30 * 3) / 40))
+
+
+@pytest.mark.parametrize("acc_dtype", [np.float64, np.float32])
+def test_combined_then_close_with_or_without_adopt(acc_dtype):
+    """A relay's combined() spends the streaming accumulator once; close() after it still works."""
+    for adopt in (False, True):
+        c = RoundController(rounds=3, min_workers=2, round_timeout=10.0, transform=fedavg(),
+                            reducer=weighted_mean(acc_dtype))
+        w = [np.zeros((2, 2), np.float32), np.zeros(2, np.float32)]
+        c.set_model(specs_of(w), w)
+        c.join(1), c.join(2)
+        c.open_if_ready(0.0)
+        c.submit(1, 1, 10, specs_of(w), [x + 1 for x in w])
+        c.submit(2, 1, 30, specs_of(w), [x + 3 for x in w])
+        mean, examples = c.combined()
+        assert examples == 40 and all(m.dtype == np.float32 for m in mean)
+        np.testing.assert_allclose(mean[0], np.full((2, 2), 2.5))
+        r = c.close(1.0, adopt=(7, [m * 2 for m in mean]) if adopt else None)
+        assert r.round == (7 if adopt else 1) and r.examples == 40
+        np.testing.assert_allclose(r.weights[0], np.full((2, 2), 5.0 if adopt else 2.5))
+        assert all(x.dtype == np.float32 for x in r.weights)
+        np.testing.assert_allclose(mean[0], np.full((2, 2), 2.5))  # the relay's copy is untouched
 
 
 def test_round_closes_at_deadline_with_quorum_only():

@@ -24,9 +24,9 @@ SHAPES = [(8, 4), (4,)]
 class Honest(threading.Thread):
     """A well-behaved numpy worker syncing in a loop while others misbehave."""
 
-    def __init__(self, address: str, token: str) -> None:
+    def __init__(self, address: str, token: str, name: str = "honest") -> None:
         super().__init__(daemon=True)
-        self.client = fedsock.Client(address, token=token, name="honest")
+        self.client = fedsock.Client(address, token=token, name=name)
         self.rounds: list[int] = []
         self.error: BaseException | None = None
         self.stop = threading.Event()
@@ -41,7 +41,7 @@ class Honest(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
 
-    def progresses(self, timeout: float = 10.0) -> bool:
+    def progresses(self, timeout: float = 20.0) -> bool:
         start = len(self.rounds)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -49,8 +49,9 @@ def test_final_weights_are_the_weighted_average_of_the_last_round(tmp_path, chie
 
 
 def test_keras_callback_and_custom_loop_against_a_real_chief(tmp_path, chiefs, digits):
+    # FedProx: the chief's plan carries mu and both hooks report that they apply it
     chief = chiefs("--model", "fedsock.models:digits_mlp", "--rounds", "4", "--min-workers", "2",
-                   "--sync-every", "5")
+                   "--sync-every", "5", "--strategy", "fedprox", "--mu", "0.05")
     procs = {
         "keras_fit": start_worker(tmp_path, "k", "--chief", chief.address, "--data", str(digits / "worker-0"),
                                   token=chief.token, script="examples/keras_fit.py"),
@@ -62,6 +63,7 @@ def test_keras_callback_and_custom_loop_against_a_real_chief(tmp_path, chiefs, d
         code, out = finish(p)
         assert code == 0, out
         assert f"{name}: finished after round 4" in out, out
+        assert f"{name}: FedProx with mu = 0.05" in out, out
     assert chief.wait(60) == 0
     rows = (chief.state_dir / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4 and all(json.loads(r)["workers"] == 2 for r in rows)

@@ -35,11 +35,12 @@ def wait_for(cond, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def numpy_worker(tmp, chief, name: str, *extra: str) -> subprocess.Popen[str]:
+def numpy_worker(tmp, chief, name: str, *extra: str, address: str | None = None) -> subprocess.Popen[str]:
     e = env()
     e["FEDSOCK_TOKEN"] = chief.token
     return subprocess.Popen(
-        [sys.executable, "-m", "fedsock.testing.numpy_worker", "--chief", chief.address, "--name", name, *extra],
+        [sys.executable, "-m", "fedsock.testing.numpy_worker", "--chief", address or chief.address, "--name", name,
+         *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e, cwd=tmp,
     )
 
@@ -126,7 +127,7 @@ def test_chief_killed_and_restarted_workers_reconnect(tmp_path, digits):
         d.mkdir()
         port = free_port()
         args = ["--port", str(port), "--model", "fedsock.models:digits_mlp", "--eval-data",
-                str(digits / "holdout"), "--rounds", "8", "--min-workers", "2", "--sync-every", "10",
+                str(digits / "holdout"), "--rounds", "8", "--min-workers", "2", "--sync-every", "20",
                 "--round-timeout", "30"]
         cmd = [sys.executable, str(ROOT / "chief.py"), "--host", "127.0.0.1", "--state-dir", str(d / "chief"), *args]
         log = open(d / "chief.log", "ab")
@@ -135,7 +136,7 @@ def test_chief_killed_and_restarted_workers_reconnect(tmp_path, digits):
         wait_for(addr.exists, 90, "the chief to listen")
         token = (d / "chief" / "token").read_text().strip()
         workers = [start_worker(d, f"w{i}", "--chief", f"127.0.0.1:{port}", "--data", str(digits / f"worker-{i}"),
-                                "--name", f"w{i}", token=token) for i in range(2)]
+                                "--name", f"w{i}", "--seed", str(i), token=token) for i in range(2)]
         rows_path = d / "chief" / "metrics.jsonl"
         if kill_at is not None:
             wait_for(lambda: rows_path.exists() and len(rows_path.read_text().splitlines()) >= kill_at, 120,
@@ -225,3 +226,51 @@ def test_fault_proxy_relays_and_cuts(tmp_path):
         for s in (c1, s1, c2, s2):
             s.close()
     srv.close()
+
+
+def test_stalled_upload_is_dropped_and_retried(tmp_path, chiefs):
+    """The proxy stops forwarding mid-upload: the chief's idle timeout drops the connection,
+    the worker reconnects and re-sends; the round completes with the full update."""
+    chief = chiefs("--rounds", "1", "--min-workers", "1", "--idle-timeout", "2", "--heartbeat-interval", "0.5")
+    host, port = chief.address.rsplit(":", 1)
+    with FaultProxy((host, int(port)), stall_after=50_000, faulty=1) as proxy:
+        c = fedsock.Client(proxy.url, token=chief.token, name="stalled", idle_timeout=3, heartbeat_interval=0.5,
+                           reconnect_timeout=30)
+        w = c.join([np.zeros(100_000, np.float32)])  # 400 KB: the stall hits the round-0 proposal
+        final = c.sync([w[0] + 2], 7)
+        assert proxy.stats.stalls == 1 and c.reconnects >= 1 and c.finished
+        c.close()
+    np.testing.assert_allclose(final[0], 2.0)
+    assert "(stalled): silent for too long" in chief.output()
+    assert chief.wait(30) == 0
+
+
+def test_random_connection_drops_do_not_stop_training(tmp_path, chiefs):
+    chief = chiefs("--rounds", "6", "--min-workers", "2", "--round-timeout", "5")
+    host, port = chief.address.rsplit(":", 1)
+    with FaultProxy((host, int(port)), drop_rate=0.6, drop_window=30_000, faulty=0, seed=4) as proxy:
+        workers = [numpy_worker(tmp_path, chief, f"w{i}", "--shape", "64,64", "--work", "0.05", address=proxy.url)
+                   for i in range(2)]
+        for p in workers:
+            code, out = finish(p, timeout=120)
+            assert code == 0, out
+        assert proxy.stats.cuts >= 1
+    assert chief.wait(30) == 0
+    assert [r["round"] for r in metrics(chief)] == list(range(1, 7))
+
+
+def test_cut_while_the_model_comes_back_reconnects(tmp_path, chiefs):
+    """The link dies in the middle of the Global (as when the chief is killed while
+    sending it): the worker reconnects and continues from the closed round's model."""
+    chief = chiefs("--rounds", "2", "--min-workers", "1")
+    host, port = chief.address.rsplit(":", 1)
+    with FaultProxy((host, int(port)), cut_down_after=1_000_000, faulty=1) as proxy:
+        c = fedsock.Client(proxy.url, token=chief.token, name="cut-down", reconnect_timeout=30)
+        w = c.join([np.zeros(200_000, np.float32)])  # Global(0) ~0.8 MB: the cut lands in the next one
+        w = c.sync([w[0] + 1], 5)
+        assert proxy.stats.cuts == 1 and c.reconnects == 1 and c.round == 1
+        np.testing.assert_allclose(w[0], 1.0)
+        c.sync([w[0] + 1], 5)
+        assert c.finished
+        c.close()
+    assert chief.wait(30) == 0

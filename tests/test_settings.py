@@ -123,3 +123,31 @@ def test_every_option_of_every_command_has_help():
     out = subprocess.run([sys.executable, str(ROOT / "chief.py"), "--help"], capture_output=True, text=True,
                          env=env(), check=True).stdout
     assert "--upstream HOST:PORT" in out and "--config CONFIG" in out and "FEDSOCK_" in out
+
+
+def test_hardening_strategy_and_compression_options_are_settings_too(tmp_path):
+    f = tmp_path / "chief.toml"
+    f.write_text('strategy = "fedprox"\nmu = 0.01\nworker-tokens-only = true\nca = "pki/ca.crt"\n'
+                 'compress = "int8"\n')
+    args, sources = parse(["chief", "--config", str(f)], {"FEDSOCK_HANDSHAKE_TIMEOUT": "3",
+                                                          "FEDSOCK_MIN_WORKERS": "3"})
+    assert (args.strategy, args.mu, args.worker_tokens_only, args.ca, args.compress) == (
+        "fedprox", 0.01, True, Path("pki/ca.crt"), "int8")
+    assert sources["strategy"] == f"file {f}"
+    assert args.handshake_timeout == 3.0 and sources["handshake_timeout"] == "env FEDSOCK_HANDSHAKE_TIMEOUT"
+    assert args.min_workers == 3 and args.server_lr is None
+    cfg = cli.chief_config(args)
+    assert cfg.build_strategy().mu == 0.01 and cfg.worker_tokens_only and cfg.compress == "int8"
+
+    args, sources = parse(["worker", "--chief", "h:1", "--data", "d", "--seed", "4"],
+                          {"FEDSOCK_CERT": "w.crt", "FEDSOCK_KEY": "w.key"})
+    assert (args.seed, args.cert, args.key) == (4, Path("w.crt"), Path("w.key"))
+    assert sources["seed"] == "flag" and sources["cert"] == "env FEDSOCK_CERT"
+
+
+def test_a_relay_refuses_server_side_strategies():
+    args, _ = parse(["chief", "--upstream", "top:7777", "--strategy", "fedadam"], {})
+    with pytest.raises(ConfigError, match="does not apply to a relay"):
+        cli.chief_config(args)
+    args, _ = parse(["chief", "--upstream", "top:7777", "--strategy", "median", "--min-workers", "2"], {})
+    assert cli.chief_config(args).build_strategy().name.startswith("median")

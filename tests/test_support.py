@@ -17,7 +17,9 @@ from fedsock.protocol import specs_of
 def test_token_roundtrip_and_errors():
     t = tls.JoinToken(b"f" * 32, b"s" * 32)
     assert tls.JoinToken.parse(str(t)) == t
-    for bad in ("", "fs1.abc.def", "fs2." + "00" * 32 + "." + "00" * 32, str(t) + ".x"):
+    named = tls.JoinToken(b"f" * 32, b"s" * 32, "hospital-a")
+    assert tls.JoinToken.parse(str(named)) == named and str(named).endswith(".hospital-a")
+    for bad in ("", "fs1.abc.def", "fs2." + "00" * 32 + "." + "00" * 32, str(t) + ".bad name!"):
         with pytest.raises(ConfigError, match="malformed join token"):
             tls.JoinToken.parse(bad)
 

@@ -28,6 +28,7 @@ from fedsock.protocol import (
     Heartbeat,
     Hello,
     Kind,
+    Phase,
     Plan,
     Role,
     Status,
@@ -40,6 +41,8 @@ from fedsock.protocol import (
     make_error,
     specs_of,
 )
+from fedsock.protocol.compression import parse_compression
+from fedsock.worker.compress import UpdateEncoder
 
 # --- fixed example values ---------------------------------------------------
 SECRET = bytes(range(0x00, 0x20))  # the join secret (never sent)
@@ -134,13 +137,27 @@ def send(title: str, sender: Connection, receiver: Connection, msg: Any,
         assert isinstance(got[-1], EndOfMessage), got
 
 
-def handshake(worker: Connection, chief: Connection, quiet: bool) -> None:
+def handshake(worker: Connection, chief: Connection, quiet: bool, compress: str = "none") -> None:
     send("Hello (worker -> chief)", worker, chief, Hello(name=NAME), quiet=quiet)
     send("Challenge (chief -> worker)", chief, worker, Challenge(NONCE), quiet=quiet)
     mac = tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)
     send("Auth (worker -> chief)", worker, chief, Auth(mac), quiet=quiet)
-    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True)
-    send("Welcome (chief -> worker)", chief, worker, welcome, INITIAL, quiet=quiet)
+    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True, compress=compress)
+    title = "Welcome (chief -> worker)" + ("" if compress == "none" else f", compress {compress!r}")
+    send(title, chief, worker, welcome, INITIAL, quiet=quiet)
+
+
+def compressed(mode: str, show_welcome: bool) -> None:
+    """A conversation whose chief asks for ``mode``: the Update carries encoded deltas."""
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    handshake(worker, chief, quiet=True)
+    if show_welcome:
+        dump(f"Welcome (chief -> worker), compress {mode!r} (its weights' Chunks as above)",
+             Connection(Role.CHIEF, phase=Phase.WELCOME).send(
+                 Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True, compress=mode)))
+    specs, payloads = UpdateEncoder(parse_compression(mode)).encode(TRAINED, INITIAL, SPECS)
+    update = Update(round=1, num_examples=100, tensors=specs, metrics={"loss": 0.125})
+    send(f"Update (worker -> chief), {mode}: deltas from the round-0 weights", worker, chief, update, payloads)
 
 
 def auth_example() -> None:
@@ -188,7 +205,24 @@ def main() -> None:
     assert isinstance(error, Error)
     send("Error (chief -> worker)", chief, worker, error)
 
-    # A third conversation: a status query (fedsock status). Challenge and Auth
+    # A third: the Welcome of a FedProx chief (--strategy fedprox --mu 0.01), the
+    # only case in which the plan carries "mu".
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    send("Hello", worker, chief, Hello(name=NAME), quiet=True)
+    send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
+    send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
+    prox = Plan(rounds=3, sync_every=50, batch_size=32, mu=0.01)
+    welcome = Welcome(worker_id=1, round=0, plan=prox, tensors=SPECS, has_weights=True)
+    frame = chief.send(welcome)
+    assert deliver(frame, worker) == [welcome]
+    dump("Welcome with a FedProx plan (chief -> worker)", frame)
+
+    print("=== Compressed updates (section 4.1): the same trained weights, encoded")
+    print()
+    compressed("int8", show_welcome=True)
+    compressed("topk:0.5", show_welcome=False)
+
+    # Another conversation: a status query (fedsock status). Challenge and Auth
     # are as above, with the mac computed over the query's name.
     print("=== Frames of a status query (name \"status-1\")")
     print()

@@ -1,6 +1,17 @@
 """Aggregation as pure numpy transforms (no TensorFlow, no I/O)."""
 
 from fedsock.aggregation.reducers import Reducer, weighted_mean
+from fedsock.aggregation.robust import Stack, krum, median, multikrum, trimmed_mean
+from fedsock.aggregation.server_opt import (
+    AdaptiveState,
+    fedadagrad,
+    fedadam,
+    fedyogi,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_yogi,
+)
+from fedsock.aggregation.strategies import Strategy, parse_strategy
 from fedsock.aggregation.transforms import (
     ChainState,
     EmptyState,
@@ -16,10 +27,12 @@ from fedsock.aggregation.transforms import (
     trace,
     unflatten_state,
 )
-from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
+from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, fold_into, mean
 
 __all__ = [
-    "ChainState", "EmptyState", "Reducer", "Transform", "TraceState", "WeightedSum", "apply_delta",
-    "chain", "empty_sum", "fedavg", "fedavgm", "flatten_state", "fold", "identity", "mean",
-    "scale", "trace", "unflatten_state", "weighted_mean",
+    "AdaptiveState", "ChainState", "EmptyState", "Reducer", "Stack", "Strategy", "Transform",
+    "TraceState", "WeightedSum", "apply_delta", "chain", "empty_sum", "fedadagrad", "fedadam", "fedavg",
+    "fedavgm", "fedyogi", "flatten_state", "fold", "fold_into", "identity", "krum", "mean", "median", "multikrum",
+    "parse_strategy", "scale", "scale_by_adagrad", "scale_by_adam", "scale_by_yogi", "trace",
+    "trimmed_mean", "unflatten_state", "weighted_mean",
 ]

@@ -4,11 +4,11 @@ A ``Reducer`` is three pure functions over an explicit accumulator::
 
     init(shapes) -> acc
     add(acc, weights, num_examples) -> acc
-    result(acc) -> list[np.ndarray]      # the combined weights, float64
+    result(acc) -> list[np.ndarray]      # the combined weights (may reuse acc's buffers)
 
 ``weighted_mean`` streams: its accumulator is one running sum, so memory does
-not grow with the number of workers. Robust reducers (median, Krum, ...) must
-keep every update and say so.
+not grow with the number of workers. The robust reducers in
+``fedsock.aggregation.robust`` (median, trimmed mean, Krum) keep every update.
 """
 
 from __future__ import annotations
@@ -17,18 +17,33 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
-from fedsock.aggregation.weighted_sum import empty_sum, fold, mean
+from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
 
 
 class Reducer(NamedTuple):
-    """Pure functions that combine one round's updates."""
+    """Pure functions that combine one round's updates.
+
+    ``min_updates`` is the fewest updates ``result`` accepts (e.g. ``2f + 3``
+    for Krum); the chief refuses a ``--min-workers`` below it, so a round
+    never closes with too few.
+    """
 
     init: Callable[[Sequence[tuple[int, ...]]], Any]
     add: Callable[[Any, Sequence[np.ndarray], float], Any]
     result: Callable[[Any], list[np.ndarray]]
+    min_updates: int = 1
 
 
-def weighted_mean() -> Reducer:
-    """FedAvg's ``sum(n_k w_k) / sum(n_k)``, as a running sum."""
-    return Reducer(empty_sum, fold, mean)
+def weighted_mean(dtype: npt.DTypeLike = np.float64) -> Reducer:
+    """FedAvg's ``sum(n_k w_k) / sum(n_k)``, as one running sum (``dtype``: the accumulator's).
+
+    float64 (the default) keeps the average exact to float32 precision for any
+    number of workers; float32 halves the chief's memory for huge models.
+    """
+
+    def init(shapes: Sequence[tuple[int, ...]]) -> WeightedSum:
+        return empty_sum(shapes, dtype)
+
+    return Reducer(init, fold, mean)

@@ -109,11 +109,25 @@ def fedavgm(server_lr: float = 1.0, momentum: float = 0.9) -> Transform:
 
 
 def apply_delta(params: Sequence[np.ndarray], delta: Sequence[np.ndarray]) -> Arrays:
-    """``params + delta``, computed in float64, returned in each param's dtype."""
-    return [
-        (np.asarray(p, np.float64) + d).astype(np.asarray(p).dtype, copy=False)
-        for p, d in zip(params, delta)
-    ]
+    """``params + delta``, computed in float64, returned in each param's dtype.
+
+    Works block by block: new arrays of the params' size, no float64 copy of a
+    whole tensor.
+    """
+    block = 1 << 20
+    out = []
+    for p, d in zip(params, delta):
+        p = np.asarray(p)
+        res = np.empty(p.shape, p.dtype)
+        fp, fd, fr = p.reshape(-1), np.asarray(d).reshape(-1), res.reshape(-1)
+        tmp = np.empty(min(block, max(fp.size, 1)), np.float64)
+        for start in range(0, fp.size, block):
+            stop = min(start + block, fp.size)
+            t = tmp[: stop - start]
+            np.add(fp[start:stop], fd[start:stop], out=t, dtype=np.float64)
+            fr[start:stop] = t
+        out.append(res)
+    return out
 
 
 def flatten_state(state: State) -> Arrays:

@@ -1,7 +1,9 @@
 """A running weighted sum of worker weights: memory independent of worker count.
 
-The chief folds each accepted update into one float64 buffer per tensor as it
-arrives, so it never holds more than one sum however many workers take part.
+The chief folds each accepted update into one buffer per tensor (float64 by
+default) as it arrives, so it never holds more than one sum however many
+workers take part. Folding works in blocks of ``BLOCK`` elements through one
+small scratch buffer, so it never allocates a temporary the size of a tensor.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
+
+#: Elements folded per step (a 1 M-element scratch: 8 MiB in float64).
+BLOCK = 1 << 20
 
 
 class WeightedSum(NamedTuple):
@@ -20,9 +26,28 @@ class WeightedSum(NamedTuple):
     updates: int
 
 
-def empty_sum(shapes: Sequence[tuple[int, ...]]) -> WeightedSum:
-    """A zero sum for tensors of the given shapes."""
-    return WeightedSum(tuple(np.zeros(s, np.float64) for s in shapes), 0.0, 0)
+def empty_sum(shapes: Sequence[tuple[int, ...]], dtype: npt.DTypeLike = np.float64) -> WeightedSum:
+    """A zero sum for tensors of the given shapes (``dtype``: the accumulator's, float64 by default)."""
+    return WeightedSum(tuple(np.zeros(s, dtype) for s in shapes), 0.0, 0)
+
+
+def fold_into(buf: np.ndarray, values: np.ndarray, weight: float, scratch: np.ndarray | None = None) -> None:
+    """``buf += weight * values`` in place, block by block, computed in ``buf``'s dtype.
+
+    ``values`` may have any numeric dtype and must have ``buf``'s number of
+    elements. No temporary larger than one block is allocated.
+    """
+    flat_out = buf.reshape(-1)
+    flat_in = np.asarray(values).reshape(-1)
+    n = flat_out.size
+    step = min(BLOCK, max(n, 1))
+    if scratch is None or scratch.size < step or scratch.dtype != buf.dtype:
+        scratch = np.empty(step, buf.dtype)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        tmp = scratch[: stop - start]
+        np.multiply(flat_in[start:stop], weight, out=tmp, dtype=buf.dtype, casting="unsafe")
+        np.add(flat_out[start:stop], tmp, out=flat_out[start:stop])
 
 
 def fold(acc: WeightedSum, weights: Sequence[np.ndarray], num_examples: float) -> WeightedSum:
@@ -38,19 +63,28 @@ def fold(acc: WeightedSum, weights: Sequence[np.ndarray], num_examples: float) -
         raise ValueError("an update must weigh more than 0 examples")
     if len(weights) != len(acc.total):
         raise ValueError(f"{len(weights)} tensors, sum has {len(acc.total)}")
+    # A lazily decoded update (protocol.compression.DecodedUpdate) states its shapes up front.
+    shapes = getattr(weights, "shapes", None) or [np.shape(w) for w in weights]
+    for buf, shape in zip(acc.total, shapes):
+        if buf.shape != tuple(shape):
+            raise ValueError(f"tensor of shape {tuple(shape)}, sum has {buf.shape}")
+    scratch = np.empty(min(BLOCK, max((b.size for b in acc.total), default=1)), acc.total[0].dtype) \
+        if acc.total else None
     for buf, w in zip(acc.total, weights):
-        if buf.shape != np.shape(w):
-            raise ValueError(f"tensor of shape {np.shape(w)}, sum has {buf.shape}")
-        buf += np.asarray(w, np.float64) * num_examples
+        fold_into(buf, np.asarray(w), float(num_examples), scratch)
     return WeightedSum(acc.total, acc.weight + float(num_examples), acc.updates + 1)
 
 
 def mean(acc: WeightedSum) -> list[np.ndarray]:
-    """The weighted mean ``sum(n_k w_k) / sum(n_k)`` in float64.
+    """The weighted mean ``sum(n_k w_k) / sum(n_k)``, in the accumulator's dtype.
+
+    Divides the sum's buffers in place and returns them: the sum is used up.
 
     Raises:
         ValueError: the sum is empty.
     """
     if acc.updates == 0:
         raise ValueError("no updates to average")
-    return [t / acc.weight for t in acc.total]
+    for t in acc.total:
+        np.divide(t, acc.weight, out=t)
+    return list(acc.total)

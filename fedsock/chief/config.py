@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsock import limits
+from fedsock.aggregation.strategies import Strategy, parse_strategy
 from fedsock.errors import ConfigError
 
 
@@ -41,6 +42,18 @@ class ChiefConfig:
             relay that takes part there as one worker.
         upstream_token: join token of the upstream chief.
         upstream_name: this relay's worker name upstream.
+        cert, key: the chief's TLS certificate and key (default: a
+            self-signed pair in ``state_dir``).
+        ca: require client certificates signed by this CA (mutual TLS); the
+            worker's identity is then its certificate's common name.
+        worker_tokens_only: refuse the shared join token; admit per-worker
+            tokens (``fedsock token create``) only.
+        strategy: aggregation strategy (``--strategy``; see
+            ``fedsock.aggregation.parse_strategy``).
+        mu, server_lr, server_momentum, server_beta1, server_beta2, server_tau:
+            its hyperparameters; None = the strategy's default.
+        compress: update compression workers must use: ``none``, ``fp16``,
+            ``int8`` or ``topk:R`` (see protocol.md, "Compression").
     """
 
     host: str = "0.0.0.0"
@@ -56,6 +69,10 @@ class ChiefConfig:
     advertise: str | None = None
     fraction: float = 1.0
     seed: int = 0
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    worker_tokens_only: bool = False
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
     idle_timeout: float = limits.IDLE_TIMEOUT_S
     heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S
@@ -66,11 +83,36 @@ class ChiefConfig:
     upstream: str | None = None
     upstream_token: str | None = None
     upstream_name: str | None = None
+    strategy: str = "fedavg"
+    mu: float | None = None
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    server_beta1: float | None = None
+    server_beta2: float | None = None
+    server_tau: float | None = None
+    compress: str = "none"
+
+    def __post_init__(self) -> None:
+        # paths may come as text (``Chief(state_dir="run1")``)
+        self.state_dir = Path(self.state_dir)
+        for name in ("eval_data", "cert", "key", "ca"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
 
     @property
     def writes_tensorboard(self) -> bool:
         """Whether TensorBoard event files are written (default: with ``--model``)."""
         return self.model is not None if self.tensorboard is None else self.tensorboard
+
+    def build_strategy(self) -> Strategy:
+        """The aggregation strategy these settings select.
+
+        Raises:
+            ConfigError: unknown strategy or a bad hyperparameter.
+        """
+        return parse_strategy(self.strategy, mu=self.mu, server_lr=self.server_lr,
+                              momentum=self.server_momentum, beta1=self.server_beta1,
+                              beta2=self.server_beta2, tau=self.server_tau)
 
     def validate(self) -> None:
         """Raises ConfigError for values that cannot work."""
@@ -82,8 +124,13 @@ class ChiefConfig:
             raise ConfigError("--round-timeout must be positive")
         if self.sync_every < 1 or self.batch_size < 1:
             raise ConfigError("--sync-every and --batch-size must be at least 1")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("--cert and --key go together")
         if not 0 < self.fraction <= 1:
             raise ConfigError("--fraction must be in (0, 1]")
+        from fedsock.protocol.compression import parse_compression
+
+        self.compress = str(parse_compression(self.compress))
         if not 0 < self.heartbeat_interval < self.idle_timeout:
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
         if not 0 <= self.port <= 65535:
@@ -99,3 +146,16 @@ class ChiefConfig:
             )
         if self.progress not in ("auto", "live", "plain"):
             raise ConfigError(f"--progress {self.progress!r}: use auto, live or plain")
+        strategy = self.build_strategy()
+        if self.upstream is not None and self.strategy.split(":")[0] in (
+                "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
+            raise ConfigError(
+                f"--strategy {self.strategy} does not apply to a relay (--upstream): the upstream chief applies "
+                "the server optimizer and sends FedProx's mu in its plan; set it there (a relay may combine "
+                "its workers with fedavg, median, trimmed, krum or multikrum)"
+            )
+        if self.min_workers < strategy.min_updates:
+            raise ConfigError(
+                f"--strategy {strategy.name} needs at least {strategy.min_updates} updates per round; "
+                f"set --min-workers {strategy.min_updates} or more (it is {self.min_workers})"
+            )

@@ -20,7 +20,7 @@ import numpy as np
 from fedsock import checkpoint
 from fedsock.aggregation import flatten_state, unflatten_state
 from fedsock.chief.config import ChiefConfig
-from fedsock.chief.rounds import RoundController, RoundResult
+from fedsock.chief.rounds import RoundController, RoundResult, Snapshot
 from fedsock.chief.tensorboard import TensorBoardWriter
 from fedsock.data import load_shard
 from fedsock.errors import ConfigError, RemoteProtocolError
@@ -62,6 +62,7 @@ class Outputs:
             return None
         from fedsock import kerasutil
 
+        kerasutil.import_keras().utils.set_random_seed(self.config.seed)  # reproducible initial weights
         model = kerasutil.load_model(self.config.model)
         cfg, comp, specs, weights = kerasutil.describe(model)
         self._model = model
@@ -161,21 +162,19 @@ class Outputs:
         kept = self.metrics_path.read_text().splitlines(keepends=True)[:lines]
         checkpoint.atomic_write(self.metrics_path, "".join(kept).encode())
 
-    def checkpoint(self, ctrl: RoundController, members: Sequence[str] = ()) -> None:
+    def checkpoint(self, snap: Snapshot, members: Sequence[str] = ()) -> None:
         """Atomically checkpoint the global model after a round (keeps the newest few).
 
         It records the round, the aggregation state, the sampling RNG and how
         many metrics lines belong to completed rounds.
         """
-        assert ctrl.specs is not None and ctrl.weights is not None
         directory = self.config.state_dir / "checkpoints"
-        meta = {"metrics_lines": ctrl.round, "rng": json.dumps(ctrl.rng.bit_generator.state),
-                "members": list(members)}
+        meta = {"metrics_lines": snap.round, "rng": json.dumps(snap.rng_state), "members": list(members)}
         ckpt = checkpoint.Checkpoint(
-            round=ctrl.round, specs=ctrl.specs, weights=ctrl.weights,
-            state=flatten_state(ctrl.transform_state), meta=meta,
+            round=snap.round, specs=snap.specs, weights=snap.weights,
+            state=flatten_state(snap.transform_state), meta=meta,
         )
-        checkpoint.save(checkpoint.round_path(directory, ctrl.round), ckpt)
+        checkpoint.save(checkpoint.round_path(directory, snap.round), ckpt)
         checkpoint.prune(directory, self.config.keep_checkpoints)
 
     def save_final(self, specs: Sequence[TensorSpec], weights: Sequence[np.ndarray]) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import ModelInfo, Outputs
 from fedsock.chief.rounds import RoundController, RoundResult
+from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec
 from fedsock.worker.client import Client
 
@@ -88,11 +89,14 @@ class Relay:
         """No model yet: a worker's round-0 proposal goes upstream; the upstream's answer is the model.
 
         Raises:
-            RemoteProtocolError: the proposal holds NaN/Inf (checked before it leaves).
+            RemoteProtocolError: the proposal is encoded or holds NaN/Inf (checked before it leaves).
         """
         async with self._lock:  # one proposal upstream at a time; later ones find the model
             if ctrl.has_model:
                 return
+            if any(s.enc is not None for s in specs):
+                raise RemoteProtocolError("an initial model proposal (round 0) cannot be encoded",
+                                          code="bad_message")
             ctrl.check(specs, weights)
             model = await asyncio.to_thread(self.client.join, list(weights))
             log.info("relay: the upstream chief holds the initial model (round %d)", self.client.round)

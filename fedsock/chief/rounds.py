@@ -21,6 +21,7 @@ import numpy as np
 from fedsock.aggregation import Reducer, Transform, apply_delta, weighted_mean
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature, first_nonfinite
+from fedsock.protocol.compression import DecodedUpdate
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,17 @@ class NotSelected:
 
 
 Verdict = Accepted | Stale | Duplicate | NotSelected
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The global state after a round, for a checkpoint."""
+
+    round: int
+    specs: tuple[TensorSpec, ...]
+    weights: list[np.ndarray]
+    transform_state: Any
+    rng_state: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,7 @@ class RoundController:
     selected: frozenset[int] | None = None
     rng: np.random.Generator = field(init=False)
     _acc: Any = None
+    _combined: list[np.ndarray] | None = None
     _submitted: dict[int, tuple[int, int]] = field(default_factory=dict)
     _opened_at: float | None = None
     _deadline: float | None = None
@@ -122,6 +135,12 @@ class RoundController:
         if rng_state is not None:
             self.rng.bit_generator.state = rng_state
 
+    def snapshot(self) -> Snapshot:
+        """What a checkpoint needs, as values that later rounds do not mutate."""
+        assert self.specs is not None and self.weights is not None
+        return Snapshot(self.round, self.specs, list(self.weights), self.transform_state,
+                        dict(self.rng.bit_generator.state))
+
     def propose_initial(self, specs: tuple[TensorSpec, ...], weights: Sequence[np.ndarray]) -> bool:
         """A worker's weights for round 0 (bring-your-own-model).
 
@@ -133,6 +152,8 @@ class RoundController:
             RemoteProtocolError: they do not match the existing model, or
                 hold NaN/Inf.
         """
+        if any(s.enc is not None for s in specs):
+            raise RemoteProtocolError("an initial model proposal (round 0) cannot be encoded", code="bad_message")
         self.check(specs, weights)
         if self.has_model:
             return False
@@ -235,13 +256,16 @@ class RoundController:
                 "there is no global model yet: propose initial weights with an Update for round 0",
                 code="out_of_order",
             )
-        if round_ <= self.round or self.finished:
-            return Stale(round_, self.collecting)
-        if round_ > self.collecting:
+        if round_ > self.collecting and not self.finished:
             raise RemoteProtocolError(
                 f"update for round {round_}, but round {self.collecting} is being collected",
                 code="bad_message",
             )
+        self.check(specs, weights)  # bad weights are an error even when they arrive late
+        if any(s.enc is not None for s in specs):  # an encoded delta: its decoded values must be finite too
+            DecodedUpdate(weights, [s.enc for s in specs], self.weights).check()  # type: ignore[arg-type]
+        if round_ <= self.round or self.finished:
+            return Stale(round_, self.collecting)
         if worker in self._submitted:
             if self._submitted[worker][1] != connection:
                 return Duplicate()
@@ -250,7 +274,8 @@ class RoundController:
             )
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
-        self.check(specs, weights)
+        if any(s.enc is not None for s in specs):  # deltas from the global model, decoded tensor by tensor
+            weights = DecodedUpdate(weights, [s.enc for s in specs], self.weights)  # type: ignore[arg-type]
         if self._opened_at is not None and not self.is_selected(worker):
             return NotSelected()
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)
@@ -294,13 +319,21 @@ class RoundController:
             return None
         return max(0.0, self._deadline - now)
 
+    def _result(self) -> list[np.ndarray]:
+        """The reducer's result for the open round, computed once (it may spend the accumulator)."""
+        assert self._acc is not None
+        if self._combined is None:
+            self._combined = self.reducer.result(self._acc)  # may reuse the accumulator's buffers: it is spent
+        return self._combined
+
     def combined(self) -> tuple[list[np.ndarray], int]:
         """The open round's combined updates (in the model's dtypes) and their total examples.
 
-        A relay sends these upstream instead of applying them itself.
+        A relay sends these upstream instead of applying them itself. They are
+        copies: a later ``close`` (with or without ``adopt``) still works.
         """
         assert self._acc is not None and self.weights is not None
-        combined = self.reducer.result(self._acc)
+        combined = self._result()
         examples = sum(n for n, _ in self._submitted.values())
         return [np.asarray(m).astype(w.dtype) for m, w in zip(combined, self.weights)], examples
 
@@ -315,10 +348,16 @@ class RoundController:
         """
         assert self._acc is not None and self.weights is not None and self._opened_at is not None
         if adopt is None:
-            combined = self.reducer.result(self._acc)
-            delta = [m - np.asarray(w, np.float64) for m, w in zip(combined, self.weights)]
+            combined = self._result()
+            delta = [np.subtract(m, w, out=m) if m.dtype.kind == "f" and m.flags.writeable else m - w
+                     for m, w in zip(combined, self.weights)]
+            spent = {id(m) for m in combined}
             delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
-            self.weights = apply_delta(self.weights, delta)
+            # A delta that is still the spent accumulator's buffer, in the model's dtype (a float32 accumulator),
+            # becomes the new weights in place; others (float64, or made by the transform) are copied.
+            self.weights = [np.add(d, w, out=d) if id(d) in spent and d.dtype == w.dtype
+                            else apply_delta([w], [d])[0]
+                            for w, d in zip(self.weights, delta)]
             self.round += 1
         else:
             self.weights = [np.asarray(a).astype(w.dtype) for a, w in zip(adopt[1], self.weights)]
@@ -328,7 +367,7 @@ class RoundController:
             sum(n for n, _ in self._submitted.values()), self._opened_at,
             tuple(sorted(self.selected)) if self.selected is not None else None,
         )
-        self._acc, self._submitted = None, {}
+        self._acc, self._submitted, self._combined = None, {}, None
         self._opened_at = self._deadline = None
         self.selected = None
         if not self.finished:

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedsock import limits, tls
-from fedsock.aggregation import Transform, fedavg
+from fedsock.aggregation import Strategy, Transform
+from fedsock.chief.admission import FailureLimiter
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.display import make_display
 from fedsock.chief.monitor import Monitor
@@ -27,7 +28,9 @@ from fedsock.chief.outputs import Outputs
 from fedsock.chief.relay import Relay
 from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult
 from fedsock.chief.session import Session
-from fedsock.errors import RemoteProtocolError
+from fedsock.chief.staging import StagingBudget
+from fedsock.chief.tokens import TokenStore
+from fedsock.errors import ConfigError, RemoteProtocolError
 from fedsock.protocol import (
     Auth,
     ConnectionClosed,
@@ -42,9 +45,14 @@ from fedsock.protocol import (
 )
 from fedsock.protocol.connection import message_bytes
 from fedsock.protocol.messages import Challenge
+from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
+#: Most weights messages (Global, Done) being written at once. Each holds its
+#: encrypted bytes in a transport buffer until the kernel takes them, so this
+#: bounds the chief's memory when a round ends for a thousand workers at once.
+MAX_CONCURRENT_SENDS = 16
 
 
 @dataclass(frozen=True)
@@ -57,23 +65,55 @@ class RunSummary:
     stopped: bool = False  # ended by SIGTERM/SIGINT before the last round
 
 
+class _Admission(asyncio.Protocol):
+    """Holds a fresh TCP connection still (no bytes read) until the chief has
+    admitted it and starts TLS on it; reading early would swallow the
+    ClientHello."""
+
+    def __init__(self, chief: Chief) -> None:
+        self.chief = chief
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self.task = asyncio.get_running_loop().create_task(self.chief._accept(transport))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
 class Chief:
     """The federated averaging server.
 
     Args:
         config: settings; keyword arguments override its fields.
-        transform: server transform on the averaged delta (default FedAvg).
+        transform: server transform on the combined delta; overrides the
+            strategy's.
+        strategy: a ``fedsock.aggregation.Strategy`` (reducer, transform,
+            FedProx ``mu``), e.g. ``Strategy(median(), fedadam())``, or the
+            ``--strategy`` text (``"fedadam"``); default: the config's.
+
+    Raises:
+        ConfigError: invalid settings, or ``min_workers`` below what the
+            strategy needs per round.
     """
 
     def __init__(self, config: ChiefConfig | None = None, *, transform: Transform | None = None,
-                 **overrides: Any) -> None:
+                 strategy: Strategy | str | None = None, **overrides: Any) -> None:
+        if isinstance(strategy, str):  # the --strategy text, like the CLI's
+            overrides["strategy"], strategy = strategy, None
         self.config = replace(config or ChiefConfig(), **overrides)
         self.config.validate()
+        self.strategy = strategy or self.config.build_strategy()
+        if self.config.min_workers < self.strategy.min_updates:
+            raise ConfigError(f"strategy {self.strategy.name} needs at least {self.strategy.min_updates} "
+                              "updates per round; set min_workers to that or more")
         self.controller = RoundController(
             rounds=self.config.rounds,
             min_workers=self.config.min_workers,
             round_timeout=self.config.round_timeout,
-            transform=transform or fedavg(),
+            transform=transform or self.strategy.transform,
+            reducer=self.strategy.reducer,
             fraction=self.config.fraction,
             seed=self.config.seed,
         )
@@ -88,6 +128,9 @@ class Chief:
         self._ids = itertools.count(1)
         self._conn_ids = itertools.count(1)
         self._unauthenticated = 0
+        self._failures = FailureLimiter()
+        self._refusal_logged: dict[str, float] = {}
+        self._tokens = TokenStore(self.config.state_dir)
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._round_bytes_in = 0
@@ -95,6 +138,8 @@ class Chief:
         self.display = make_display(self.config.progress)
         self.monitor = Monitor(self.config.min_workers, self.config.upstream)
         self.relay: Relay | None = None
+        self._staging = StagingBudget()
+        self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
 
     # --- entry points -----------------------------------------------------
 
@@ -105,7 +150,9 @@ class Chief:
     async def serve(self) -> RunSummary:
         """Serve until the last round is done."""
         cfg, ctrl = self.config, self.controller
-        self.identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h])
+        self.identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h],
+                                            cert_path=cfg.cert, key_path=cfg.key)
+        self._ssl = tls.server_context(self.identity.cert_path, self.identity.key_path, cfg.ca)
         if cfg.upstream is not None:
             self.relay = await Relay.connect(cfg.upstream, cfg.upstream_token, cfg.upstream_name,
                                              reconnect_timeout=max(300.0, cfg.round_timeout))
@@ -120,11 +167,8 @@ class Chief:
             self._names[wid] = name
             self._last_seen[wid] = time.monotonic()
         self.outputs.start_tensorboard()  # before listening: chief.addr means ready
-        server = await asyncio.start_server(
-            self._accept, cfg.host, cfg.port,
-            ssl=tls.server_context(self.identity.cert_path, self.identity.key_path),
-            ssl_handshake_timeout=cfg.handshake_timeout,
-        )
+        # Plain TCP first: admission is decided before TLS costs anything (see _Admission).
+        server = await asyncio.get_running_loop().create_server(lambda: _Admission(self), cfg.host, cfg.port)
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         (cfg.state_dir / "chief.addr").write_text(f"{local}:{self.port}\n")
@@ -181,9 +225,9 @@ class Chief:
             return self.controller.close(now)
         return await self.relay.close_round(self.controller)
 
-    def _checkpoint(self) -> None:
+    async def _checkpoint(self) -> None:
         if self.relay is None:  # a relay resumes from its upstream, not from checkpoints
-            self.outputs.checkpoint(self.controller, self._member_names())
+            await asyncio.to_thread(self.outputs.checkpoint, self.controller.snapshot(), self._member_names())
 
     def _show(self) -> None:
         """Hand the display a fresh snapshot."""
@@ -209,16 +253,42 @@ class Chief:
 
     # --- connections ------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        s = Session(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
+    async def _accept(self, raw: asyncio.Transport) -> None:
+        """One TCP connection: admission, TLS, handshake, then the worker's session."""
+        peer = raw.get_extra_info("peername")
+        address, label = (peer[0], f"{peer[0]}:{peer[1]}") if peer else ("?", "?")
+        # Admission before TLS: refusing costs one accept() and a close, nothing more.
         if self._unauthenticated >= limits.MAX_UNAUTHENTICATED:
-            log.warning("refusing %s: too many connections in the handshake", s.peer)
-            await s.send_error("busy", "the chief is at capacity; retry later")
-            await s.close()
+            self._log_refusal(address, "too many connections still in the handshake")
+            raw.abort()
+            return
+        if self._failures.blocked(address, time.monotonic()):
+            self._log_refusal(address, f"over {limits.MAX_AUTH_FAILURES_PER_MINUTE} failed authentications a minute")
+            raw.abort()
             return
         self._unauthenticated += 1
         authenticated = False
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            transport = await asyncio.wait_for(
+                loop.start_tls(raw, protocol, self._ssl, server_side=True), self.config.handshake_timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the peer's or the network's
+            timeout = isinstance(exc, TimeoutError | asyncio.TimeoutError)
+            log.info("%s: TLS handshake failed: %s", label,
+                     "no TLS handshake within the time limit" if timeout else tls.describe_tls_failure(exc))
+            raw.close()  # not abort: let the TLS alert reach the peer, so it can say what went wrong
+            self._unauthenticated -= 1
+            return
+        except asyncio.CancelledError:
+            raw.abort()
+            self._unauthenticated -= 1
+            return
+        assert transport is not None
+        protocol.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        s = Session(reader, writer, label)
         try:
             joined = await asyncio.wait_for(self._handshake(s), self.config.handshake_timeout)
             self._unauthenticated -= 1
@@ -263,10 +333,11 @@ class Chief:
         auth = await self._handshake_event(s, Auth)
         if auth is None:
             return False
-        token = self.identity.token
-        if not tls.verify_mac(token.secret, nonce, token.fingerprint, s.name, auth.mac):
-            log.warning("authentication failed for %r from %s (wrong token?)", s.name, s.peer)
-            await s.send_error("auth_failed", "authentication failed: wrong join token")
+        refusal = self._check_identity(s, nonce, auth.mac)
+        if refusal is not None:
+            log.warning("authentication failed for %r from %s: %s", s.name, s.peer, refusal)
+            self._failures.failed(s.peer.rsplit(":", 1)[0], time.monotonic())
+            await s.send_error("auth_failed", f"authentication failed: {refusal}")
             return False
         if s.conn.status_query:  # read-only: answer and hang up; it never joins
             await s.send(self.monitor.status(self.controller, self._sessions))
@@ -289,16 +360,60 @@ class Chief:
         log.info("%s joined from %s", self._label(wid), s.peer)
         return True
 
+    def _check_identity(self, s: Session, nonce: bytes, mac: bytes) -> str | None:
+        """Why this worker may not join (None: it may).
+
+        With mutual TLS the identity is the client certificate's common name;
+        otherwise a per-worker token's secret, or the shared join secret, must
+        have produced ``mac``.
+        """
+        token = self.identity.token
+        if self.config.ca is not None:
+            cn = tls.peer_identity(s.writer.get_extra_info("ssl_object"))
+            if cn != s.name:
+                return f"the client certificate is for {cn!r}, but the worker calls itself {s.name!r}"
+            return None
+        entry = self._tokens.lookup(s.name)
+        if entry is not None:
+            if entry.revoked:
+                return f"the token of worker {s.name!r} was revoked"
+            secret = entry.secret
+        elif self.config.worker_tokens_only:
+            return f"this chief admits only per-worker tokens, and {s.name!r} has none ('fedsock token create')"
+        else:
+            secret = token.secret
+        if not tls.verify_mac(secret, nonce, token.fingerprint, s.name, mac):
+            return "wrong join token"
+        return None
+
+    def _log_refusal(self, address: str, why: str) -> None:
+        now = time.monotonic()
+        if now - self._refusal_logged.get(address, -1e9) > 10:  # a flood must not flood the log
+            self._refusal_logged[address] = now
+            log.warning("refusing connections from %s: %s", address, why)
+
+    async def _drop_revoked(self) -> None:
+        """Close the live connections of workers whose token was revoked."""
+        revoked = self._tokens.revoked()
+        for wid, s in list(self._sessions.items()):
+            if s.name in revoked:
+                log.warning("%s: its token was revoked; dropping it", self._label(wid))
+                await s.send_error("auth_failed", "authentication failed: your token was revoked")
+                s.writer.transport.abort()
+                self.controller.leave(wid)
+
     async def _welcome(self, s: Session) -> None:
         """Welcome with plan, model and global weights; Done right after if the run is over."""
         assert s.worker_id is not None
         ctrl, m = self.controller, self.outputs.model_info
-        plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size)
+        # a relay hands on its upstream's FedProx mu, as it does the rest of the upstream's plan
+        mu = self.relay.client.plan.mu if self.relay is not None else self.strategy.mu
+        plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size, mu)
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
-            has_weights=ctrl.has_model,
+            has_weights=ctrl.has_model, compress=self.config.compress,
         )
         weights = ctrl.weights if ctrl.weights is not None else []
         await asyncio.wait_for(s.send(welcome, weights), self.config.idle_timeout)
@@ -338,10 +453,15 @@ class Chief:
                 header_bytes = s.conn.last_frame_bytes
                 # A connection cut inside the chunks raises here: the partial
                 # update is discarded, never half-averaged.
-                weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout)
-                self._round_bytes_in += header_bytes + chunk_bytes
-                if not self._done.is_set():  # after Done, late updates are moot
-                    await self._on_update(s, ev, weights)
+                if self.controller.specs is not None and not self._done.is_set():  # before staging: model size only
+                    check_signature(self.controller.specs, ev.tensors)
+                # Staged once, folded only when complete and checked (see staging.py).
+                async with self._staging.hold(sum(t.wire_nbytes for t in ev.tensors)) as slot:
+                    weights, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout, slot)
+                    self._round_bytes_in += header_bytes + chunk_bytes
+                    if not self._done.is_set():  # after Done, late updates are moot
+                        await self._on_update(s, ev, weights)
+                    del weights
         finally:
             heartbeat.cancel()
 
@@ -354,7 +474,7 @@ class Chief:
             if ctrl.propose_initial(upd.tensors, weights):
                 log.info("round 0: adopted the weights of %s as the initial model (%d tensors)",
                          s.label, len(weights))
-                self._checkpoint()  # a restarted chief must not forget it
+                await self._checkpoint()  # a restarted chief must not forget it
             ctrl.join(wid)
             self._wake.set()
             assert ctrl.weights is not None and ctrl.specs is not None
@@ -442,20 +562,30 @@ class Chief:
         # never resumes behind what workers hold nor repeats a metrics line.
         sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
         bytes_out = message_bytes(msg, result.weights) * len(sessions)
-        row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics,
-                                        [self._names.get(w, str(w)) for w in result.workers])
-        self._checkpoint()
+        names = [self._names.get(w, str(w)) for w in result.workers]
+        snapshot = ctrl.snapshot() if self.relay is None else None  # a relay resumes from its upstream
+        members = self._member_names()
+
+        def persist() -> dict[str, Any]:  # fsyncs: off the event loop, so heartbeats and joins go on
+            row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names)
+            if snapshot is not None:
+                self.outputs.checkpoint(snapshot, members)
+            return row
+
+        row = await asyncio.to_thread(persist)
         self._round_bytes_in = 0
         self.monitor.round_done(result, row)
         self.display.round_done(row)
         self._show()
+        await self._drop_revoked()
         sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
         if final:
             self._given_done |= {s.worker_id for s, n in zip(sessions, sent) if n and s.worker_id is not None}
 
     async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray]) -> int:
         try:
-            return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
+            async with self._send_slots:
+                return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
         except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
             # A half-sent weights message leaves the connection unusable: drop it.
             log.info("%s: could not send %s (%s); dropping the connection", s.label,

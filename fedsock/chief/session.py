@@ -62,13 +62,14 @@ class Session:
             self.last_received = time.monotonic()
             self.conn.receive_data(data)
 
-    async def read_weights(self, specs: Sequence[TensorSpec], timeout: float) -> tuple[list[np.ndarray], int]:
-        """Collect the chunks following a weights message into arrays.
+    async def read_weights(self, specs: Sequence[TensorSpec], timeout: float,
+                           buffer: np.ndarray | None = None) -> tuple[list[np.ndarray], int]:
+        """Collect the chunks following a weights message into arrays (in ``buffer`` if given).
 
         Returns:
             The arrays and the bytes of their chunk frames.
         """
-        asm = TensorAssembler(specs)
+        asm = TensorAssembler(specs, buffer)
         nbytes = 0
         while True:
             ev = await self.next_event(timeout)
@@ -87,12 +88,13 @@ class Session:
         async with self._lock:
             n = self._write(self.conn.send(msg))
             for chunk in iter_chunks(arrays):
-                n += self._write(self.conn.send(chunk))
+                for part in self.conn.send_parts(chunk):  # the tensor bytes are not copied
+                    n += self._write(part)
                 await self.writer.drain()
             await self.writer.drain()
             return n
 
-    def _write(self, data: bytes) -> int:
+    def _write(self, data: bytes | memoryview) -> int:
         self.writer.write(data)
         self.bytes_out += len(data)
         self.last_sent = time.monotonic()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsock import limits
-from fedsock.errors import LocalProtocolError, RemoteProtocolError
+from fedsock.errors import ConnectionTruncated, LocalProtocolError, RemoteProtocolError
 from fedsock.protocol import frames
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.messages import (
@@ -229,7 +229,7 @@ class Connection:
         self.phase = nxt
         if kind in WEIGHTS_KINDS:
             specs: tuple[TensorSpec, ...] = msg.tensors  # type: ignore[union-attr]
-            side.stream = _Stream(kind, [s.nbytes for s in specs], finishes=kind is Kind.DONE)
+            side.stream = _Stream(kind, [s.wire_nbytes for s in specs], finishes=kind is Kind.DONE)
 
     def _end_of_message(self, sender: Role) -> EndOfMessage | None:
         side = self._sides[sender]
@@ -264,6 +264,28 @@ class Connection:
         body = frames.pack_body(msg.to_body())
         return frames.encode_header(msg.kind, len(body)) + body
 
+    def send_parts(self, msg: Message) -> tuple[bytes | memoryview, ...]:
+        """Like ``send``, but a Chunk's data is not copied: (header + envelope, data).
+
+        Write the parts in order; the data view must stay unchanged until written.
+
+        Raises:
+            LocalProtocolError: the message is not allowed now.
+        """
+        if not isinstance(msg, Chunk):
+            return (self.send(msg),)
+        if self._failed is not None:
+            raise LocalProtocolError("connection failed; only an Error and closing are left")
+        try:
+            self._transition(self.role, msg)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        self._end_of_message(self.role)
+        data = msg.data
+        body_prefix = _chunk_prefix(msg.tensor, msg.offset, len(data))
+        head = frames.encode_header(Kind.CHUNK, len(body_prefix) + len(data)) + body_prefix
+        return head, data
+
     def sending_weights(self) -> bool:
         """True while we owe chunks of a weights message."""
         return self._sides[self.role].stream is not None
@@ -288,6 +310,11 @@ class Connection:
         """
         if self._failed is not None:
             raise self._failed
+        header = self._header
+        if header is not None and not self._eof and len(self._buf) < frames.HEADER_BYTES + header[1]:
+            # Mid-frame, the common case while a big chunk streams in: nothing to decode yet
+            # (and no EndOfMessage can be pending: a header is read only after it).
+            return NEED_DATA
         sender = self.peer_role
         eom = self._end_of_message(sender)
         if eom is not None:
@@ -333,11 +360,9 @@ class Connection:
         if not self._eof:
             return NEED_DATA
         if partial:
-            raise RemoteProtocolError("connection closed in the middle of a frame", code="bad_frame")
+            raise ConnectionTruncated("connection closed in the middle of a frame")
         if self._sides[self.peer_role].stream is not None:
-            raise RemoteProtocolError(
-                "connection closed in the middle of a weights message", code="bad_frame"
-            )
+            raise ConnectionTruncated("connection closed in the middle of a weights message")
         return ConnectionClosed()
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fedsock import limits
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ConfigError, RemoteProtocolError
+from fedsock.protocol.compression import FLOAT_DTYPES, Encoding, parse_compression
 from fedsock.protocol.fields import metrics_map, nonneg, require
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.status import Status
@@ -61,6 +62,8 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int, ...]
+    #: How the data is encoded (compressed updates only); None = raw little-endian values.
+    enc: Encoding | None = None
 
     @property
     def size(self) -> int:
@@ -72,12 +75,20 @@ class TensorSpec:
         """Number of bytes of its raw little-endian data."""
         return self.size * ITEMSIZE[self.dtype]
 
+    @property
+    def wire_nbytes(self) -> int:
+        """Bytes of its data on the wire: ``nbytes``, or the encoded size."""
+        return self.nbytes if self.enc is None else self.enc.wire_nbytes(self.size)
+
     def describe(self) -> str:
         """Human form, e.g. ``'dense/kernel' float32[64, 10]``."""
         return f"{self.name!r} {self.dtype}{list(self.shape)}"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.enc is not None:
+            out["enc"] = self.enc.to_wire()
+        return out
 
     @classmethod
     def from_wire(cls, obj: Any) -> TensorSpec:
@@ -106,14 +117,20 @@ class TensorSpec:
                     f"{what}: {name!r} has more than {limits.MAX_TENSOR_ELEMENTS} elements",
                     code="limit_exceeded",
                 )
-        return cls(name, dtype, tuple(shape))
+        enc = None
+        if "enc" in obj:
+            if dtype not in FLOAT_DTYPES:
+                raise RemoteProtocolError(f"{what}: enc on a {dtype} tensor", code="bad_message")
+            enc = Encoding.from_wire(obj["enc"], size)
+        return cls(name, dtype, tuple(shape), enc)
 
 
 def specs_to_wire(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
     return [s.to_wire() for s in specs]
 
 
-def specs_from_wire(body: dict[str, Any], what: str) -> tuple[TensorSpec, ...]:
+def specs_from_wire(body: dict[str, Any], what: str, encoded: bool = False) -> tuple[TensorSpec, ...]:
+    """The checked ``tensors`` of a body; ``encoded``: whether ``enc`` is allowed (Update only)."""
     raw = require(body, "tensors", list, what)
     if len(raw) > limits.MAX_TENSORS:
         raise RemoteProtocolError(
@@ -121,6 +138,8 @@ def specs_from_wire(body: dict[str, Any], what: str) -> tuple[TensorSpec, ...]:
             code="limit_exceeded",
         )
     specs = tuple(TensorSpec.from_wire(t) for t in raw)
+    if not encoded and any(s.enc is not None for s in specs):
+        raise RemoteProtocolError(f"{what}: only an Update may carry encoded tensors", code="bad_message")
     total = sum(s.nbytes for s in specs)
     if total > limits.MAX_MODEL_BYTES:
         raise RemoteProtocolError(
@@ -199,23 +218,41 @@ class Auth:
 
 @dataclass(frozen=True)
 class Plan:
-    """The training plan the chief hands to workers."""
+    """The training plan the chief hands to workers.
+
+    ``mu`` is FedProx's proximal coefficient: workers add
+    ``mu/2 * ||w - w_global||^2`` to their local objective. It is on the wire
+    only when non-zero, so a plan without FedProx encodes exactly as before;
+    an absent ``"mu"`` decodes as 0.0.
+    """
 
     rounds: int
     sync_every: int
     batch_size: int
+    mu: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "sync_every": self.sync_every, "batch_size": self.batch_size}
+        wire: dict[str, Any] = {
+            "rounds": self.rounds, "sync_every": self.sync_every, "batch_size": self.batch_size,
+        }
+        if self.mu:
+            wire["mu"] = float(self.mu)
+        return wire
 
     @classmethod
     def from_wire(cls, obj: Any) -> Plan:
         if not isinstance(obj, dict):
             raise RemoteProtocolError("Welcome: plan must be a map", code="bad_message")
-        vals = [require(obj, k, int, "plan") for k in ("rounds", "sync_every", "batch_size")]
-        if vals[0] < 0 or vals[1] < 1 or vals[2] < 1:
+        rounds, sync_every, batch_size = (
+            require(obj, k, int, "plan") for k in ("rounds", "sync_every", "batch_size")
+        )
+        if rounds < 0 or sync_every < 1 or batch_size < 1:
             raise RemoteProtocolError("plan: values out of range", code="bad_message")
-        return cls(*vals)
+        mu = require(obj, "mu", (float, int), "plan") if "mu" in obj else 0.0
+        if isinstance(mu, bool) or not math.isfinite(mu) or mu < 0:
+            raise RemoteProtocolError(f"plan: mu must be a finite number >= 0, got {mu!r}",
+                                      code="bad_message")
+        return cls(rounds, sync_every, batch_size, mu=float(mu))
 
 
 @dataclass(frozen=True)
@@ -235,9 +272,11 @@ class Welcome:
     model: str | None = None
     compile: str | None = None
     has_weights: bool = False
+    #: Update compression the chief asks for ("none", "fp16", "int8", "topk:R"); sent only if not "none".
+    compress: str = "none"
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        body = {
             "worker_id": self.worker_id,
             "round": self.round,
             "plan": self.plan.to_wire(),
@@ -246,6 +285,9 @@ class Welcome:
             "has_weights": self.has_weights,
             "tensors": specs_to_wire(self.tensors),
         }
+        if self.compress != "none":
+            body["compress"] = self.compress
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Welcome:
@@ -256,6 +298,13 @@ class Welcome:
         tensors = specs_from_wire(b, w)
         if not has_weights and tensors:
             raise RemoteProtocolError("Welcome: tensors without has_weights", code="bad_message")
+        compress = b.get("compress", "none")
+        try:
+            if not isinstance(compress, str):
+                raise ConfigError("not a string")
+            parse_compression(compress)
+        except ConfigError:
+            raise RemoteProtocolError(f"Welcome: unknown compression {compress!r}", code="bad_message") from None
         return cls(
             worker_id=nonneg(require(b, "worker_id", int, w), "worker_id", w),
             round=nonneg(require(b, "round", int, w), "round", w),
@@ -264,6 +313,7 @@ class Welcome:
             model=model,
             compile=comp,
             has_weights=has_weights,
+            compress=compress,
         )
 
 
@@ -292,7 +342,7 @@ class Update:
         return cls(
             round=nonneg(require(b, "round", int, w), "round", w),
             num_examples=nonneg(require(b, "num_examples", int, w), "num_examples", w),
-            tensors=specs_from_wire(b, w),
+            tensors=specs_from_wire(b, w, encoded=True),
             metrics=metrics,
         )
 

@@ -81,24 +81,50 @@ class TensorAssembler:
     """Collects the chunks of one weights message into numpy arrays.
 
     Memory for every tensor is allocated once, up front, from the specs (which
-    the protocol layer has already checked against the limits).
+    the protocol layer has already checked against the limits), or taken from
+    ``buffer``: one writable buffer of at least the specs' total wire bytes,
+    which the caller may reuse for the next message once it is done with the
+    arrays. The memory is not cleared: the ``Connection`` guarantees that the
+    chunks cover every byte before ``EndOfMessage``.
+
+    Args:
+        specs: the tensors of the weights message.
+        buffer: optional reusable storage (e.g. a chief's staging slot).
     """
 
-    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+    def __init__(self, specs: Sequence[TensorSpec], buffer: np.ndarray | None = None) -> None:
         self.specs = tuple(specs)
-        self._buffers = [bytearray(s.nbytes) for s in self.specs]
+        total = sum(s.wire_nbytes for s in self.specs)
+        if buffer is None:
+            flat = np.empty(total, np.uint8)
+        else:
+            flat = buffer.reshape(-1).view(np.uint8)
+            if flat.size < total:
+                raise ValueError(f"buffer of {flat.size} bytes for {total} bytes of tensors")
+        self._buffers: list[np.ndarray] = []
+        start = 0
+        for s in self.specs:
+            self._buffers.append(flat[start : start + s.wire_nbytes])
+            start += s.wire_nbytes
 
     def add(self, chunk: Chunk) -> None:
         """Copy a chunk into place (the ``Connection`` has checked its bounds)."""
         buf = self._buffers[chunk.tensor]
-        buf[chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
+        buf[chunk.offset : chunk.offset + len(chunk.data)] = np.frombuffer(chunk.data, np.uint8)
 
     def arrays(self) -> list[np.ndarray]:
-        """The assembled arrays (views on the internal buffers, native order)."""
+        """The assembled arrays (views on the internal buffers, native order).
+
+        An encoded tensor (``spec.enc``) is returned as its raw bytes (uint8);
+        ``compression.decode`` turns it into values.
+        """
         out = []
         for spec, buf in zip(self.specs, self._buffers):
+            if spec.enc is not None:
+                out.append(buf)
+                continue
             dt = np.dtype(spec.dtype).newbyteorder("<")
-            out.append(np.frombuffer(buf, dtype=dt).reshape(spec.shape))
+            out.append(buf.view(dt).reshape(spec.shape))
         return out
 
 

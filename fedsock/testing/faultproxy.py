@@ -4,9 +4,10 @@ It listens on 127.0.0.1 and relays every connection to a target, optionally:
 
 * delaying each forwarded piece by ``delay`` seconds;
 * cutting a connection (RST both ways) after ``cut_after`` bytes from the
-  client, for the first ``faulty`` connections;
-* stalling (forwarding nothing more, keeping the sockets open) after
-  ``stall_after`` client bytes, for the first ``faulty`` connections;
+  client, or after ``cut_down_after`` bytes from the server, for the first
+  ``faulty`` connections;
+* stalling (forwarding nothing more either way, keeping both sockets open)
+  after ``stall_after`` client bytes, for the first ``faulty`` connections;
 * dropping each connection with probability ``drop_rate`` at a random byte
   within the first ``drop_window`` client bytes.
 
@@ -38,6 +39,7 @@ class FaultProxy:
     target: tuple[str, int]
     delay: float = 0.0
     cut_after: int | None = None
+    cut_down_after: int | None = None
     stall_after: int | None = None
     faulty: int = 1
     drop_rate: float = 0.0
@@ -67,6 +69,7 @@ class FaultProxy:
     def stop(self) -> None:
         """Close the listener and every relayed connection."""
         async def _stop() -> None:
+            self._closing.set()
             if self._server is not None:
                 self._server.close()
             for w in list(self._writers):
@@ -84,6 +87,7 @@ class FaultProxy:
         self.stop()
 
     async def _start(self) -> tuple[str, int]:
+        self._closing = asyncio.Event()
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
@@ -107,6 +111,7 @@ class FaultProxy:
             return
         self._writers |= {c_writer, s_writer}
         limit, action = self._limit_for(index)
+        down_limit = self.cut_down_after if index < self.faulty else None
         stop = asyncio.Event()
 
         async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
@@ -116,6 +121,14 @@ class FaultProxy:
                     data = await reader.read(65536)
                     if not data:
                         writer.write_eof() if writer.can_write_eof() else writer.close()
+                        return
+                    if not upstream and down_limit is not None and sent + len(data) >= down_limit:
+                        writer.write(data[: down_limit - sent])
+                        await writer.drain()
+                        self.stats.cuts += 1
+                        c_writer.transport.abort()
+                        s_writer.transport.abort()
+                        stop.set()
                         return
                     if upstream and limit is not None and sent + len(data) >= limit:
                         writer.write(data[: limit - sent])
@@ -142,7 +155,8 @@ class FaultProxy:
                 s_writer.transport.abort()
 
         await asyncio.gather(pump(c_reader, s_writer, True), pump(s_reader, c_writer, False))
-        if action != "stall" or not stop.is_set():
-            for w in (c_writer, s_writer):
-                w.close()
+        if action == "stall" and stop.is_set():
+            await self._closing.wait()  # hold both sockets open and silent until the proxy stops
+        for w in (c_writer, s_writer):
+            w.close()
         self._writers -= {c_writer, s_writer}

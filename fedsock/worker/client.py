@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from fedsock.errors import (
     AuthenticationError,
     ConfigError,
     ConnectError,
+    ConnectionTruncated,
     FedsockError,
     PeerError,
     RemoteProtocolError,
@@ -56,8 +58,51 @@ from fedsock.protocol import (
     iter_chunks,
     specs_of,
 )
+from fedsock.protocol.compression import parse_compression
+from fedsock.worker.compress import UpdateEncoder
 
 log = logging.getLogger("fedsock.worker")
+
+
+def _tls_fatal(exc: ssl.SSLError) -> bool:
+    """Whether a TLS failure will not go away by retrying (certificates, versions, not TLS);
+    a torn or reset connection (e.g. a chief being restarted) is worth retrying."""
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return False
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in ("alert", "certificate", "version", "unsupported protocol", "no protocols"))
+
+
+def _check_validity(cert: Path) -> None:
+    """Refuse to start with a client certificate that is expired or not yet valid."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        c = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read certificate {cert}: {exc}") from None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now > c.not_valid_after_utc:
+        raise ConfigError(f"the client certificate {cert} expired on {c.not_valid_after_utc:%Y-%m-%d}; "
+                          "ask for a new one ('fedsock certs client')")
+    if now < c.not_valid_before_utc:
+        raise ConfigError(f"the client certificate {cert} is not valid before {c.not_valid_before_utc:%Y-%m-%d}")
+
+
+def _common_name(cert: Path) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        c = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read certificate {cert}: {exc}") from None
+    names = c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
 
 
 class ConnectionLost(FedsockError):
@@ -85,9 +130,18 @@ def token_from(token: str | tls.JoinToken | None) -> tls.JoinToken:
     Raises:
         ConfigError: none given, or not a token.
     """
+    tok = _token_from(token)
+    assert tok is not None
+    return tok
+
+
+def _token_from(token: str | tls.JoinToken | None, optional: bool = False) -> tls.JoinToken | None:
+    """The join token given, or ``$FEDSOCK_TOKEN``; None if there is none and it is ``optional``."""
     if isinstance(token, tls.JoinToken):
         return token
     text = token or os.environ.get("FEDSOCK_TOKEN")
+    if not text and optional:
+        return None
     if not text:
         raise ConfigError(
             "no join token: pass --token (or token=...) or set FEDSOCK_TOKEN; the chief prints it "
@@ -113,6 +167,11 @@ class Client:
         reconnect_timeout: after a lost connection (chief restarted, link
             cut, chief silent for ``idle_timeout``), seconds to keep trying to
             reconnect, with exponential backoff and jitter; 0 disables it.
+        ca, cert, key: mutual TLS with an organisation's PKI: verify the
+            chief against CA file ``ca`` (and its host name) instead of the
+            token's pinned fingerprint, and present client certificate
+            ``cert``/``key``; the identity is the certificate's common name,
+            and no token is needed.
         save_updates: directory in which to keep a copy of every update sent
             (``round-NNNNNN.npz``: the tensors and ``num_examples``), to
             audit what left this machine.
@@ -129,10 +188,21 @@ class Client:
                  connect_timeout: float = 60.0, idle_timeout: float = limits.IDLE_TIMEOUT_S,
                  heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
                  reconnect_timeout: float = 300.0,
-                 save_updates: str | os.PathLike[str] | None = None) -> None:
+                 save_updates: str | os.PathLike[str] | None = None,
+                 ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
+                 key: str | os.PathLike[str] | None = None) -> None:
         self.address = parse_address(address)
-        self._token = token_from(token)
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self._token = _token_from(token, optional=ca is not None)
+        self._tls = (Path(ca), Path(cert), Path(key)) if ca and cert and key else None
+        if ca is not None and self._tls is None:
+            raise ConfigError("mutual TLS needs ca, cert and key together")
+        own = self._token.name if self._token else (_common_name(Path(cert)) if cert else None)
+        if cert is not None:
+            _check_validity(Path(cert))
+        if name is not None and own is not None and name != own:
+            raise ConfigError(f"the {'token' if self._token and self._token.name else 'certificate'} is for "
+                              f"worker {own!r}, not {name!r}; drop --name or use the matching credentials")
+        self.name = name or own or f"{socket.gethostname()}-{os.getpid()}"
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
@@ -146,6 +216,7 @@ class Client:
         self.weights: list[np.ndarray] | None = None
         self._global_specs: tuple[TensorSpec, ...] = ()
         self.round = 0
+        self._encoder: UpdateEncoder | None = None
         with self._lock:
             self.welcome = self._connect(connect_timeout)
         self.plan: Plan = self.welcome.plan
@@ -205,6 +276,12 @@ class Client:
             np.savez(self._save_updates / f"round-{upd.round:06d}.npz",
                      num_examples=np.int64(upd.num_examples),
                      **{f"w{i:04d}": np.asarray(w) for i, w in enumerate(weights)})
+        comp = parse_compression(self.welcome.compress)
+        if comp.mode != "none" and self._global_specs:  # deltas from the global model we hold
+            if self._encoder is None or self._encoder.comp != comp:
+                self._encoder = UpdateEncoder(comp)
+            specs, payloads = self._encoder.encode(weights, self.weights, upd.tensors)
+            return self._exchange(replace(upd, tensors=specs), payloads)
         return self._exchange(upd, weights)
 
     def close(self, reason: str | None = None) -> None:
@@ -239,21 +316,24 @@ class Client:
         host, port = self.address
         deadline = time.monotonic() + timeout
         delay, last = 0.25, "no attempt"
-        ctx = tls.client_context()
+        ctx = tls.mutual_client_context(*self._tls) if self._tls else tls.client_context()
         while True:
             try:
                 self._sock = self._open(ctx, host, port, timeout)
                 self._conn = Connection(Role.WORKER)
                 return self._handshake_locked()
             except ssl.SSLError as exc:
-                if not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                if _tls_fatal(exc):
                     raise ConnectError(
-                        f"TLS handshake with {host}:{port} failed ({exc}); is it a fedsock chief "
-                        "speaking TLS 1.3?"
+                        f"TLS handshake with {host}:{port} failed: {tls.describe_tls_failure(exc)}"
                     ) from None
                 last = str(exc)
             except (OSError, ConnectionLost) as exc:
                 last = str(exc) or type(exc).__name__
+                if self._tls is not None and isinstance(exc, ConnectionLost) and "handshake" in last:
+                    # asyncio servers close without a TLS alert when they refuse a client certificate
+                    last += ("; with mutual TLS this means the chief refused this worker's certificate "
+                             "(not signed by the chief's CA?); the chief's log says why")
             with contextlib.suppress(AttributeError, OSError):
                 self._sock.close()
             if time.monotonic() + delay > deadline:
@@ -269,7 +349,9 @@ class Client:
         raw = socket.create_connection((host, port), timeout=min(10.0, max(timeout, 1.0)))
         try:
             sock = ctx.wrap_socket(raw, server_hostname=host)
-            tls.check_pinned(sock, self._token.fingerprint)
+            if self._tls is None:
+                assert self._token is not None
+                tls.check_pinned(sock, self._token.fingerprint)
         except BaseException:
             raw.close()
             raise
@@ -280,7 +362,10 @@ class Client:
         self._send(Hello(name=self.name))
         ev = self._expect(Challenge)
         assert isinstance(ev, Challenge)
-        mac = tls.auth_mac(self._token.secret, ev.nonce, self._token.fingerprint, self.name)
+        if self._token is not None:
+            mac = tls.auth_mac(self._token.secret, ev.nonce, self._token.fingerprint, self.name)
+        else:  # mutual TLS: the certificate is the credential; the mac is not checked
+            mac = bytes(32)
         self._send(Auth(mac))
         try:
             welcome = self._expect(Welcome)
@@ -374,6 +459,8 @@ class Client:
         while True:
             try:
                 ev = self._conn.next_event()
+            except ConnectionTruncated as exc:  # a cut link or a killed chief: reconnect
+                raise ConnectionLost(str(exc)) from None
             except RemoteProtocolError as exc:
                 self._send_quietly(Error(code=exc.code, message=str(exc)))
                 raise
@@ -392,7 +479,12 @@ class Client:
                 if self._conn.phase.value == "established" and not self._conn.we_finished:
                     self._send_quietly(Heartbeat())
                 continue
-            except (OSError, ssl.SSLError) as exc:
+            except ssl.SSLError as exc:
+                if not _tls_fatal(exc):
+                    raise ConnectionLost(f"connection to the chief lost: {exc}") from None
+                # TLS 1.3 reports a rejected client certificate only at the first read.
+                raise ConnectError(f"the chief ended the TLS session: {tls.describe_tls_failure(exc)}") from None
+            except OSError as exc:
                 raise ConnectionLost(f"connection to the chief lost: {exc}") from None
             silent_since = time.monotonic()
             self._conn.receive_data(data)
@@ -401,7 +493,8 @@ class Client:
         self._sock.settimeout(self._idle_timeout)
         self._sock.sendall(self._conn.send(msg))
         for chunk in iter_chunks(arrays):
-            self._sock.sendall(self._conn.send(chunk))
+            for part in self._conn.send_parts(chunk):  # the tensor bytes go out without a copy
+                self._sock.sendall(part)
         self._last_sent = time.monotonic()
 
     def _send_quietly(self, msg: Message) -> None:

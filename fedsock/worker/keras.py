@@ -21,6 +21,21 @@ class FederatedCallback(keras.callbacks.Callback):
     continues from the average. When the chief says the run is over, the
     model holds the final weights and ``fit`` stops.
 
+    FedProx: with ``mu > 0`` (from the chief's plan, ``--strategy fedprox
+    --mu MU``), the local objective is ``loss(w) + mu/2 * ||w - w_global||^2``
+    where ``w_global`` is the model received at the last sync. The callback
+    optimizes it by proximal gradient (forward-backward splitting): after
+    every optimizer step on the loss, each trainable variable takes the exact
+    proximal step of the quadratic term with the optimizer's current
+    learning rate ``lr``::
+
+        w <- w_global + (w - w_global) / (1 + lr * mu)
+
+    For plain SGD this is the gradient step on the FedProx objective to first
+    order in ``lr * mu`` (and stable for any ``lr * mu``); with momentum or
+    Adam it is a decoupled proximal term, the way AdamW decouples weight
+    decay. Non-trainable variables (e.g. batch-norm statistics) are not pulled.
+
     Args:
         client: a connected ``fedsock.Client``.
         sync_every: steps between syncs (default: the chief's plan).
@@ -31,23 +46,29 @@ class FederatedCallback(keras.callbacks.Callback):
         progress: show a Keras progress bar of the local steps towards each
             sync (use with ``fit(verbose=0)``: fit's own bar counts epochs,
             which mean little here).
+        mu: FedProx coefficient (default: the plan's, 0 = plain FedAvg).
     """
 
     def __init__(self, client: Client, sync_every: int | None = None, batch_size: int | None = None,
-                 num_examples: int | None = None, progress: bool = False) -> None:
+                 num_examples: int | None = None, progress: bool = False, mu: float | None = None) -> None:
         super().__init__()
         self.client = client
         self.sync_every = sync_every or client.plan.sync_every
         self.batch_size = batch_size or client.plan.batch_size
         self.num_examples = num_examples
         self.progress = progress
+        self.mu = client.plan.mu if mu is None else float(mu)
         self._steps = 0
         self._examples = 0
         self._bar: keras.utils.Progbar | None = None
+        self._anchor: list[Any] = []
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.model.set_weights(self.client.join(self.model.get_weights()))
         self._steps = self._examples = 0
+        self._set_anchor()
+        if self.mu:
+            log.info("FedProx: proximal term mu/2 ||w - w_global||^2 with mu = %g", self.mu)
         if self.client.finished:
             self.model.stop_training = True
 
@@ -56,6 +77,8 @@ class FederatedCallback(keras.callbacks.Callback):
         self._examples += self._batch_examples(batch)
         if self.progress:
             self._show(logs)
+        if self.mu:
+            self._proximal_step()
         if self._steps % self.sync_every == 0:
             self._sync(logs)
 
@@ -70,6 +93,17 @@ class FederatedCallback(keras.callbacks.Callback):
         if step == self.sync_every:
             self._bar = None
 
+    def _set_anchor(self) -> None:
+        """Remember the global model the proximal term pulls towards."""
+        if self.mu:
+            self._anchor = [keras.ops.copy(v.value) for v in self.model.trainable_variables]
+
+    def _proximal_step(self) -> None:
+        lr = float(self.model.optimizer.learning_rate)  # the current value, also under a schedule
+        shrink = 1.0 / (1.0 + lr * self.mu)
+        for v, anchor in zip(self.model.trainable_variables, self._anchor):
+            v.assign(anchor + (v.value - anchor) * shrink)
+
     def _batch_examples(self, batch: int) -> int:
         if self.num_examples is None:
             return self.batch_size
@@ -79,6 +113,7 @@ class FederatedCallback(keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         new = self.client.sync(self.model.get_weights(), self._examples, metrics)
         self.model.set_weights(new)
+        self._set_anchor()
         log.info("round %d: synced after %d local examples (%s)", self.client.round, self._examples,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no metrics")
         self._examples = 0

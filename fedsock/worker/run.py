@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fedsock import limits
 from fedsock.data import load_shard
 from fedsock.errors import ConfigError
 from fedsock.worker.client import Client
@@ -16,7 +17,11 @@ log = logging.getLogger("fedsock.worker")
 def run_worker(chief: str, data: Path, token: str | None = None, name: str | None = None,
                model: str | None = None, connect_timeout: float = 60.0, verbose: int = 0,
                save_updates: Path | None = None, reconnect_timeout: float = 300.0,
-               progress: str = "auto") -> dict[str, float]:
+               progress: str = "auto",
+               idle_timeout: float = limits.IDLE_TIMEOUT_S,
+               heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
+               ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
+               seed: int | None = None) -> dict[str, float]:
     """Train with the chief until it says ``Done``.
 
     Args:
@@ -32,6 +37,10 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
             log line per sync, ``auto`` the bar when stdout is a terminal.
         save_updates: keep a copy of every update sent in this directory.
         reconnect_timeout: seconds to keep reconnecting after a lost connection.
+        idle_timeout: seconds of silence after which the chief counts as gone.
+        heartbeat_interval: seconds between heartbeats while training.
+        ca, cert, key: mutual TLS files (instead of a token).
+        seed: seed for Keras (shuffling, dropout) to make local training repeatable.
 
     Returns:
         The final model's metrics on the local shard.
@@ -45,10 +54,14 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
     from fedsock import kerasutil
 
     with Client(chief, token=token, name=name, connect_timeout=connect_timeout,
-                save_updates=save_updates, reconnect_timeout=reconnect_timeout) as client:
+                save_updates=save_updates, reconnect_timeout=reconnect_timeout,
+                idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval,
+                ca=ca, cert=cert, key=key) as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
+        if seed is not None:
+            kerasutil.import_keras().utils.set_random_seed(seed)
         try:
             if client.model_config is not None:
                 keras_model = kerasutil.rebuild(client.model_config, client.compile_config)

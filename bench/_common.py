@@ -1,0 +1,76 @@
+"""Helpers shared by the benchmark scripts: peak RSS of a child, medians, spawning."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+
+
+def vm_hwm_mib(pid: int) -> float | None:
+    """Peak resident set size (VmHWM) of a live process, in MiB (None once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakRss:
+    """Polls a child's VmHWM (a high-water mark) until it exits; ``peak`` is the last value read."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            v = vm_hwm_mib(self.pid)
+            if v is None:
+                return
+            self.peak = max(self.peak, v)
+            time.sleep(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        v = vm_hwm_mib(self.pid)
+        if v is not None:
+            self.peak = max(self.peak, v)
+        return self.peak
+
+
+def spawn(args: list[str], **kw: object) -> subprocess.Popen[str]:
+    """Start ``python args...`` with the repository importable."""
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.Popen([sys.executable, *args], env=env, text=True, **kw)  # type: ignore[call-overload]
+
+
+def round_times(per_worker: list[list[float]], skip: int = 1) -> list[float]:
+    """Per round, the slowest worker's sync time (a round ends when the last worker has the model)."""
+    rounds = min(len(t) for t in per_worker)
+    return [max(t[r] for t in per_worker) for r in range(skip, rounds)]
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def shape_for(params: int) -> list[tuple[int, ...]]:
+    """A few tensors totalling ``params`` elements (a big kernel, a bias, a small rest)."""
+    bias = min(1000, params // 10)
+    big = params - 2 * bias
+    return [(big,), (bias,), (bias,)]

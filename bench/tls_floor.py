@@ -1,0 +1,148 @@
+"""Benchmark: the raw TLS floor for the fedsock round workload.
+
+    python bench/tls_floor.py --workers 4 --params 1000000 [--rounds 5]
+
+K client processes each send M = 4 P bytes over TLS 1.3 to one server; the
+server (a thread per connection) reads them with ``recv_into`` a reusable
+buffer, adds them into one float32 accumulator, and when all K have arrived
+sends the sum back to each. No framing, no authentication, no protocol: what
+any real protocol on this machine must pay at least. A round's time is the
+slowest client's send-to-receive time; the first round is a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import MIB, PeakRss, median, round_times, spawn  # noqa: E402
+
+BUF = 4 * MIB
+
+
+def _recv_exact(sock: ssl.SSLSocket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionError("peer closed")
+        got += n
+
+
+def run_server(port_file: str, workers: int, params: int, rounds: int, cert_dir: str) -> None:
+    import numpy as np
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(Path(cert_dir) / "cert.pem", Path(cert_dir) / "key.pem")
+    acc = np.zeros(params, np.float32)
+    lock = threading.Lock()
+    barrier = threading.Barrier(workers, action=lambda: None)
+    done_round = threading.Barrier(workers, action=lambda: acc.fill(0))
+    nbytes = params * 4
+    srv = socket.create_server(("127.0.0.1", 0))
+    Path(port_file + ".tmp").write_text(str(srv.getsockname()[1]))
+    Path(port_file + ".tmp").rename(port_file)
+
+    def serve(raw: socket.socket) -> None:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = ctx.wrap_socket(raw, server_side=True)
+        buf = bytearray(BUF)
+        view = memoryview(buf)
+        for _ in range(rounds):
+            off = 0
+            while off < nbytes:
+                n = min(BUF, nbytes - off)
+                _recv_exact(sock, view[:n])
+                with lock:
+                    acc[off // 4 : (off + n) // 4] += np.frombuffer(buf, np.float32, n // 4)
+                off += n
+            barrier.wait()
+            sock.sendall(acc.data)
+            done_round.wait()
+        sock.close()
+
+    threads = []
+    for _ in range(workers):
+        raw, _ = srv.accept()
+        t = threading.Thread(target=serve, args=(raw,))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+
+
+def run_client(port: int, params: int, rounds: int) -> None:
+    import numpy as np
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = ctx.wrap_socket(raw)
+    mine = np.ones(params, np.float32)
+    back = np.empty(params, np.float32)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        sock.sendall(mine.data)
+        _recv_exact(sock, memoryview(back).cast("B"))
+        times.append(time.perf_counter() - t0)
+    sock.close()
+    print(json.dumps(times), flush=True)
+
+
+def bench(workers: int, params: int, rounds: int) -> dict[str, object]:
+    """Run one configuration; returns the JSON-able result."""
+    from fedsock import tls
+
+    with tempfile.TemporaryDirectory(prefix="fedsock-floor-") as tmp:
+        key, cert = tls.make_self_signed(["127.0.0.1"])
+        (Path(tmp) / "cert.pem").write_bytes(cert)
+        (Path(tmp) / "key.pem").write_bytes(key)
+        port_file = str(Path(tmp) / "port")
+        server = spawn([__file__, "_server", port_file, str(workers), str(params), str(rounds + 1), tmp])
+        rss = PeakRss(server.pid)
+        while not Path(port_file).exists():
+            if server.poll() is not None:
+                raise RuntimeError("the floor server did not start")
+            time.sleep(0.02)
+        port = Path(port_file).read_text()
+        procs = [spawn([__file__, "_client", port, str(params), str(rounds + 1)], stdout=-1) for _ in range(workers)]
+        outs = [p.communicate()[0] for p in procs]
+        server.wait(timeout=120)
+        peak = rss.stop()
+    times = round_times([json.loads(o.strip().splitlines()[-1]) for o in outs])
+    return {"system": "tls_floor", "workers": workers, "params": params, "model_mib": round(params * 4 / MIB, 1),
+            "rounds": len(times), "round_s_median": round(median(times), 4), "round_s": [round(t, 4) for t in times],
+            "server_peak_rss_mib": round(peak, 1)}
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_server":
+        run_server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "_client":
+        run_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--params", type=int, default=1_000_000)
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args()
+    print(json.dumps(bench(a.workers, a.params, a.rounds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

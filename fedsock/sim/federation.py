@@ -1,0 +1,141 @@
+"""Simulated federated rounds: workers train in-process, the chief's aggregation combines them.
+
+One round is exactly what the chief does in ``RoundController.close``: fold
+every worker's weights into the strategy's reducer (weighted by its example
+count), take the combined weights minus the global weights as the delta, run
+the strategy's server transform on it and add the result to the global
+model. Only the transport is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedsock.aggregation import Strategy, apply_delta
+from fedsock.data import Partition, load_digits_arrays, partition_indices
+from fedsock.sim.mlp import Params, accuracy, init_mlp, local_train
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Each worker's ``(x, y)`` and the chief's holdout ``(x, y)``."""
+
+    shards: list[tuple[np.ndarray, np.ndarray]]
+    holdout: tuple[np.ndarray, np.ndarray]
+
+
+def digits_federation(workers: int, partition: str, seed: int, holdout: float = 0.2) -> Federation:
+    """scikit-learn's bundled digits split like ``fedsock shard`` does.
+
+    The holdout is drawn first (``holdout`` share), the rest is partitioned
+    among ``workers`` with ``fedsock.data.partition_indices``.
+
+    Raises:
+        ConfigError: bad partition text or a split that leaves a worker empty.
+    """
+    x, y = load_digits_arrays()
+    perm = np.random.default_rng(seed + 7919).permutation(len(y))
+    n_hold = int(round(len(y) * holdout))
+    hold, rest = perm[:n_hold], perm[n_hold:]
+    xr, yr = x[rest], y[rest]
+    parts = partition_indices(yr, workers, Partition.parse(partition), seed)
+    return Federation([(xr[i], yr[i]) for i in parts], (x[hold], y[hold]))
+
+
+@dataclass(frozen=True)
+class Attack:
+    """What Byzantine workers send instead of their honestly trained weights.
+
+    Attributes:
+        kind: ``"scaled"``: ``w_global + factor * (w_trained - w_global)``
+            (e.g. factor -10 pushes hard the wrong way); ``"random"``:
+            ``w_global`` plus Gaussian noise of standard deviation ``factor``.
+        factor: the scale or the noise level.
+        workers: how many workers attack (the first ones of the federation).
+    """
+
+    kind: str
+    factor: float
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("scaled", "random"):
+            raise ValueError(f"attack kind must be 'scaled' or 'random', got {self.kind!r}")
+
+    def apply(self, global_w: Params, trained: Params, rng: np.random.Generator) -> Params:
+        """The weights an attacker sends."""
+        if self.kind == "scaled":
+            return [(g + self.factor * (t - g)).astype(np.float32) for g, t in zip(global_w, trained)]
+        return [(g + rng.normal(0.0, self.factor, g.shape)).astype(np.float32) for g in global_w]
+
+
+@dataclass
+class RunResult:
+    """Holdout accuracy after each round (index 0: the initial model)."""
+
+    accuracy: list[float] = field(default_factory=list)
+    diverged: bool = False
+
+    def rounds_to(self, target: float) -> int | None:
+        """First round whose model reaches ``target`` holdout accuracy (None: never)."""
+        return rounds_to(self.accuracy, target)
+
+
+def rounds_to(curve: list[float], target: float) -> int | None:
+    """First index of ``curve`` at or above ``target``, or None."""
+    for r, a in enumerate(curve):
+        if a >= target:
+            return r
+    return None
+
+
+def simulate(fed: Federation, strategy: Strategy, *, rounds: int, lr: float, epochs: int,
+             batch: int | None, seed: int, target: float | None = None, attack: Attack | None = None,
+             hidden: int = 64) -> RunResult:
+    """Run up to ``rounds`` federated rounds with every worker taking part in each.
+
+    Args:
+        fed: the workers' data and the holdout.
+        strategy: reducer, server transform and FedProx ``mu`` (workers add
+            the proximal term when ``strategy.mu > 0``).
+        rounds: the most rounds to run.
+        lr: the workers' SGD learning rate.
+        epochs, batch: local epochs E and minibatch size B (None = full
+            shard; E=1, B=None is FedSGD).
+        seed: initial model and every worker's shuffling.
+        target: stop once the holdout accuracy reaches it.
+        attack: make some workers Byzantine.
+        hidden: hidden units of the MLP.
+
+    Returns:
+        The accuracy curve; ``diverged`` if the model stopped being finite.
+    """
+    rng = np.random.default_rng(seed)
+    weights = init_mlp(rng, hidden=hidden)
+    worker_rngs = [np.random.default_rng([seed, k]) for k in range(len(fed.shards))]
+    state = strategy.transform.init(weights)
+    hx, hy = fed.holdout
+    result = RunResult([accuracy(weights, hx, hy)])
+    for _ in range(rounds):
+        if target is not None and result.accuracy[-1] >= target:
+            break
+        acc = strategy.reducer.init([w.shape for w in weights])
+        for k, (x, y) in enumerate(fed.shards):
+            trained = local_train(weights, x, y, epochs=epochs, batch=batch, lr=lr, rng=worker_rngs[k],
+                                  mu=strategy.mu)
+            if attack is not None and k < attack.workers:
+                trained = attack.apply(weights, trained, worker_rngs[k])
+            acc = strategy.reducer.add(acc, trained, len(y))
+        combined = strategy.reducer.result(acc)
+        delta = [c - np.asarray(w, np.float64) for c, w in zip(combined, weights)]
+        delta, state = strategy.transform.update(delta, state, weights)
+        with np.errstate(over="ignore", invalid="ignore"):
+            weights = apply_delta(weights, delta)
+        if not all(np.isfinite(w).all() for w in weights):
+            result.diverged = True
+            result.accuracy.append(0.0)
+            break
+        result.accuracy.append(accuracy(weights, hx, hy))
+    return result
