@@ -52,7 +52,7 @@ def run_demo(workdir: Path, workers: int, rounds: int, partition: str, seed: int
         py + ["chief", "--host", "127.0.0.1", "--port", "0", "--state-dir", str(state),
               "--rounds", str(rounds), "--min-workers", str(workers), "--round-timeout", "60",
               "--model", "fedsock.models:digits_mlp", "--eval-data", str(shards / "holdout"),
-              "--sync-every", "10", "--batch-size", "32"],
+              "--sync-every", "10", "--batch-size", "32", "--progress", "plain"],
         env=env, stderr=chief_log,
     )
     procs: list[subprocess.Popen[bytes]] = []
