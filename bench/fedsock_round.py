@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MIB, PeakRss, median, round_times, shape_for, spawn  # noqa: E402
 
+from fedsock.demo import wait_for_address  # noqa: E402
+
 
 def run_chief(state: str, workers: int, rounds: int, compress: str) -> None:
     import logging
@@ -57,13 +59,8 @@ def bench(workers: int, params: int, rounds: int, compress: str = "none") -> dic
         state = Path(tmp) / "chief"
         chief = spawn([__file__, "_chief", str(state), str(workers), str(rounds + 1), compress], stdout=-3)
         rss = PeakRss(chief.pid)
-        deadline = time.monotonic() + 60
-        while not (state / "chief.addr").exists():
-            if chief.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the chief did not start")
-            time.sleep(0.05)
-        time.sleep(0.1)
-        addr, token = (state / "chief.addr").read_text().strip(), (state / "token").read_text().strip()
+        addr = wait_for_address(state, chief, timeout=60)
+        token = (state / "token").read_text().strip()
         t0 = time.perf_counter()
         procs = [spawn([__file__, "_worker", addr, token, f"w{i}", str(params)], stdout=-1) for i in range(workers)]
         outs = [p.communicate()[0] for p in procs]

@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MIB, PeakRss, spawn  # noqa: E402
 
+from fedsock.demo import wait_for_address  # noqa: E402
+
 
 def run_chief(state: str, workers: int) -> None:
     import logging
@@ -163,11 +165,8 @@ def main() -> int:
         state = Path(tmp) / "chief"
         chief = spawn([__file__, "_chief", str(state), str(a.workers)])
         rss = PeakRss(chief.pid, interval=0.2)
-        while not (state / "chief.addr").exists():
-            if chief.poll() is not None:
-                raise RuntimeError("the chief did not start")
-            time.sleep(0.1)
-        addr, token = (state / "chief.addr").read_text().strip(), (state / "token").read_text().strip()
+        addr = wait_for_address(state, chief)
+        token = (state / "token").read_text().strip()
         t0 = time.perf_counter()
         procs = [spawn([__file__, "_worker", addr, token, f"w{i}", str(wfile), json.dumps(sizes), "0.25"],
                        stdout=-1) for i in range(a.workers)]

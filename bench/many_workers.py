@@ -43,6 +43,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fedsock.demo import wait_for_address  # noqa: E402
+from fedsock.errors import FedsockError  # noqa: E402
+
 
 def host(args: argparse.Namespace) -> None:
     """A worker-host process: ``args.count`` Client threads; prints one JSON line per worker."""
@@ -129,11 +132,11 @@ def main() -> None:
         stdout=open(tmp / "chief.out", "wb"), stderr=open(tmp / "chief.log", "wb"), env=env)
     hosts: list[subprocess.Popen[str]] = []
     try:
-        while not (state / "chief.addr").exists():
-            if chief.poll() is not None:
-                raise SystemExit(f"chief exited: {(tmp / 'chief.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-        address, token = (state / "chief.addr").read_text().strip(), (state / "token").read_text().strip()
+        try:
+            address = wait_for_address(state, chief)
+        except FedsockError as exc:
+            raise SystemExit(f"{exc}: {(tmp / 'chief.log').read_text()[-2000:]}") from None
+        token = (state / "token").read_text().strip()
         per = -(-args.workers // args.procs)
         started = time.time()
         for h in range(args.procs):

@@ -26,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MIB, PeakRss, median, shape_for, spawn  # noqa: E402
 
+from fedsock.demo import wait_for_address  # noqa: E402
+
 
 def run_chief(state: str, workers: int, rounds: int) -> None:
     import logging
@@ -90,11 +92,8 @@ def main() -> int:
         state = Path(tmp) / "chief"
         chief = spawn([__file__, "_chief", str(state), str(a.workers), str(a.rounds)], stdout=-3)
         rss = PeakRss(chief.pid, interval=0.2)
-        while not (state / "chief.addr").exists():
-            if chief.poll() is not None:
-                raise RuntimeError("the chief did not start")
-            time.sleep(0.1)
-        addr, token = (state / "chief.addr").read_text().strip(), (state / "token").read_text().strip()
+        addr = wait_for_address(state, chief)
+        token = (state / "token").read_text().strip()
         t0 = time.time()
         procs = [spawn([__file__, "_proc", addr, token, f"p{j}", str(n), str(a.params)], stdout=-1)
                  for j, n in enumerate(per)]

@@ -20,6 +20,7 @@ import numpy as np
 
 from fedsock import limits, tls
 from fedsock.aggregation import Strategy, Transform
+from fedsock.checkpoint import atomic_write
 from fedsock.chief.admission import FailureLimiter
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.display import make_display
@@ -171,7 +172,8 @@ class Chief:
         server = await asyncio.get_running_loop().create_server(lambda: _Admission(self), cfg.host, cfg.port)
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        (cfg.state_dir / "chief.addr").write_text(f"{local}:{self.port}\n")
+        # atomically: a reader never sees an empty or half-written address
+        atomic_write(cfg.state_dir / "chief.addr", f"{local}:{self.port}\n".encode())
         self._announce()
         self.display.start()
         stop = asyncio.Event()

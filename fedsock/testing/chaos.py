@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedsock.demo import wait_for_address
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -61,11 +63,7 @@ def run_chaos(workdir: Path, seed: int, rounds: int = 10, workers: int = 3, kill
     def start_chief() -> subprocess.Popen[bytes]:
         (state / "chief.addr").unlink(missing_ok=True)
         p = spawn(chief_cmd, "chief")
-        deadline = time.monotonic() + 60
-        while not (state / "chief.addr").exists():
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chief failed to start (exit {p.poll()}); see {workdir}/chief.log")
-            time.sleep(0.05)
+        wait_for_address(state, p, timeout=60)
         return p
 
     incarnation: dict[int, int] = {}
