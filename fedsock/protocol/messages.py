@@ -221,15 +221,23 @@ class Plan:
     """The training plan the chief hands to workers.
 
     ``mu`` is FedProx's proximal coefficient: workers add
-    ``mu/2 * ||w - w_global||^2`` to their local objective. It is on the wire
-    only when non-zero, so a plan without FedProx encodes exactly as before;
-    an absent ``"mu"`` decodes as 0.0.
+    ``mu/2 * ||w - w_global||^2`` to their local objective. ``secure_agg``:
+    updates go through secure aggregation (masked, see protocol.md section 8).
+    ``dp_clip`` (C > 0 turns client-level differential privacy on): workers clip
+    their update delta to L2 norm C and are weighted equally; ``dp_noise`` (z):
+    Gaussian noise of std z*C is added to the sum (by the chief, or with
+    ``secure_agg`` split across the workers). Each is on the wire only when not
+    its default, so a plain plan encodes exactly as before; absent keys decode
+    as the defaults.
     """
 
     rounds: int
     sync_every: int
     batch_size: int
     mu: float = 0.0
+    secure_agg: bool = False
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -237,6 +245,12 @@ class Plan:
         }
         if self.mu:
             wire["mu"] = float(self.mu)
+        if self.secure_agg:
+            wire["secure_agg"] = True
+        if self.dp_clip:
+            wire["dp_clip"] = float(self.dp_clip)
+        if self.dp_noise:
+            wire["dp_noise"] = float(self.dp_noise)
         return wire
 
     @classmethod
@@ -248,11 +262,20 @@ class Plan:
         )
         if rounds < 0 or sync_every < 1 or batch_size < 1:
             raise RemoteProtocolError("plan: values out of range", code="bad_message")
-        mu = require(obj, "mu", (float, int), "plan") if "mu" in obj else 0.0
-        if isinstance(mu, bool) or not math.isfinite(mu) or mu < 0:
-            raise RemoteProtocolError(f"plan: mu must be a finite number >= 0, got {mu!r}",
-                                      code="bad_message")
-        return cls(rounds, sync_every, batch_size, mu=float(mu))
+        mu, dp_clip, dp_noise = (_nonneg_float(obj, k) for k in ("mu", "dp_clip", "dp_noise"))
+        secure_agg = require(obj, "secure_agg", bool, "plan") if "secure_agg" in obj else False
+        if dp_noise and not dp_clip:
+            raise RemoteProtocolError("plan: dp_noise without dp_clip", code="bad_message")
+        return cls(rounds, sync_every, batch_size, mu=mu, secure_agg=secure_agg, dp_clip=dp_clip,
+                   dp_noise=dp_noise)
+
+
+def _nonneg_float(obj: dict[str, Any], key: str) -> float:
+    """Optional plan field ``key``: a finite number >= 0 (0.0 when absent)."""
+    value = require(obj, key, (float, int), "plan") if key in obj else 0.0
+    if isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise RemoteProtocolError(f"plan: {key} must be a finite number >= 0, got {value!r}", code="bad_message")
+    return float(value)
 
 
 @dataclass(frozen=True)
