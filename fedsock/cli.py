@@ -76,8 +76,25 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compress", default="none",
                    help="update compression workers use: none | fp16 | int8 | topk:R (R = share of entries sent)")
     strategy_options(p)
+    privacy_options(p)
     settings.add_config_options(p)
     settings.prepare(p)
+
+
+def privacy_options(p: argparse.ArgumentParser) -> None:
+    """``--dp-clip``, ``--dp-noise``, ``--dp-delta`` (docs/privacy.md explains them)."""
+    g = p.add_argument_group(
+        "differential privacy",
+        "Client-level DP-FedAvg (McMahan et al. 2018); see docs/privacy.md. Meaningful only with many "
+        "workers or sampling (--fraction); not with robust strategies, --compress int8 or topk, or a relay.")
+    g.add_argument("--dp-clip", type=float, default=0.0, metavar="C",
+                   help="workers clip each update's delta from the global model to L2 norm C and weigh "
+                   "equally (default 0: off)")
+    g.add_argument("--dp-noise", type=float, default=0.0, metavar="Z",
+                   help="noise multiplier: Gaussian noise of std Z*C is added to the sum of the updates "
+                   "(needs --dp-clip; default 0)")
+    g.add_argument("--dp-delta", type=float, default=1e-5, metavar="DELTA",
+                   help="delta at which epsilon is reported each round, in (0, 1) (default 1e-5)")
 
 
 def strategy_options(p: argparse.ArgumentParser) -> None:
@@ -212,6 +229,7 @@ def chief_config(args: argparse.Namespace) -> ChiefConfig:
         strategy=args.strategy, mu=args.mu, server_lr=args.server_lr,
         server_momentum=args.server_momentum, server_beta1=args.server_beta1,
         server_beta2=args.server_beta2, server_tau=args.server_tau,
+        dp_clip=args.dp_clip, dp_noise=args.dp_noise, dp_delta=args.dp_delta,
     )
     cfg.validate()
     return cfg

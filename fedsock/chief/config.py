@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedsock import limits
+from fedsock.aggregation.dp import dp_mean
 from fedsock.aggregation.strategies import Strategy, parse_strategy
 from fedsock.errors import ConfigError
+
+#: Strategies that select or drop individual updates (they keep every update of a round).
+ROBUST = ("median", "trimmed", "krum", "multikrum")
 
 
 @dataclass
@@ -54,6 +59,12 @@ class ChiefConfig:
             its hyperparameters; None = the strategy's default.
         compress: update compression workers must use: ``none``, ``fp16``,
             ``int8`` or ``topk:R`` (see protocol.md, "Compression").
+        dp_clip: client-level differential privacy (DP-FedAvg): workers clip
+            their update deltas to this L2 norm C and are weighted equally;
+            0 = off (see docs/privacy.md).
+        dp_noise: noise multiplier z: Gaussian noise of std z * C is added to
+            the sum of the updates (needs ``dp_clip``).
+        dp_delta: the delta at which epsilon is reported, in (0, 1).
     """
 
     host: str = "0.0.0.0"
@@ -91,6 +102,9 @@ class ChiefConfig:
     server_beta2: float | None = None
     server_tau: float | None = None
     compress: str = "none"
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         # paths may come as text (``Chief(state_dir="run1")``)
@@ -104,15 +118,27 @@ class ChiefConfig:
         """Whether TensorBoard event files are written (default: with ``--model``)."""
         return self.model is not None if self.tensorboard is None else self.tensorboard
 
+    @property
+    def dp(self) -> bool:
+        """Whether client-level differential privacy is on (``dp_clip`` > 0)."""
+        return self.dp_clip > 0
+
     def build_strategy(self) -> Strategy:
         """The aggregation strategy these settings select.
+
+        With ``dp_clip`` the strategy's reducer becomes ``dp_mean`` (equal
+        weights, noise on the sum); its server transform still applies, to
+        the noised mean (post-processing keeps the guarantee).
 
         Raises:
             ConfigError: unknown strategy or a bad hyperparameter.
         """
-        return parse_strategy(self.strategy, mu=self.mu, server_lr=self.server_lr,
-                              momentum=self.server_momentum, beta1=self.server_beta1,
-                              beta2=self.server_beta2, tau=self.server_tau)
+        strategy = parse_strategy(self.strategy, mu=self.mu, server_lr=self.server_lr,
+                                  momentum=self.server_momentum, beta1=self.server_beta1,
+                                  beta2=self.server_beta2, tau=self.server_tau)
+        if self.dp:
+            strategy = strategy._replace(reducer=dp_mean(self.dp_clip, self.dp_noise))
+        return strategy
 
     def validate(self) -> None:
         """Raises ConfigError for values that cannot work."""
@@ -146,6 +172,7 @@ class ChiefConfig:
             )
         if self.progress not in ("auto", "live", "plain"):
             raise ConfigError(f"--progress {self.progress!r}: use auto, live or plain")
+        self._check_privacy()
         strategy = self.build_strategy()
         if self.upstream is not None and self.strategy.split(":")[0] in (
                 "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
@@ -159,3 +186,42 @@ class ChiefConfig:
                 f"--strategy {strategy.name} needs at least {strategy.min_updates} updates per round; "
                 f"set --min-workers {strategy.min_updates} or more (it is {self.min_workers})"
             )
+
+    def _check_privacy(self) -> None:
+        """Refuse privacy settings that are out of range or combinations that are not sound.
+
+        Raises:
+            ConfigError: with the flag to change.
+        """
+        for flag, value in (("--dp-clip", self.dp_clip), ("--dp-noise", self.dp_noise)):
+            if isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"--dp-delta must be in (0, 1) (e.g. 1e-5, below 1/number of workers), "
+                              f"got {self.dp_delta}")
+        if self.dp_noise > 0 and not self.dp:
+            raise ConfigError("--dp-noise needs --dp-clip: the noise std is --dp-noise times the clip norm C, "
+                              "and without clipping one worker's influence on the sum is unbounded")
+        if self.dp:
+            kind = self.strategy.strip().lower().partition(":")[0]
+            if kind in ROBUST:
+                raise ConfigError(
+                    f"--dp-clip does not combine with --strategy {self.strategy}: differential privacy bounds "
+                    "each worker's influence on a noised sum, while a robust reducer (median, trimmed mean, "
+                    "Krum) picks or drops individual updates, so neither the noise calibration nor the "
+                    "accounting applies; use fedavg, fedprox, fedavgm, fedadam, fedyogi or fedadagrad")
+            mode = self.compress.partition(":")[0]
+            if mode in ("int8", "topk"):
+                raise ConfigError(
+                    f"--dp-clip does not combine with --compress {self.compress}: "
+                    + ("top-k's error feedback sends what earlier rounds left out, so one round's update can "
+                       "exceed the clip norm" if mode == "topk" else
+                       "int8's per-tensor rounding can push a clipped update past the clip norm")
+                    + "; use --compress fp16 or none")
+            if self.upstream is not None:
+                raise ConfigError(
+                    "--dp-clip applies to the top chief, not a relay (--upstream): set differential privacy "
+                    "there (a relay then clips its combined update like any worker)")
+        # Secure aggregation (--secure-agg) refusals belong here too: with it the chief only ever
+        # sees the sum, so robust reducers and the compression modes that need individual
+        # updates cannot apply, and DP noise is added by the workers instead of the chief.

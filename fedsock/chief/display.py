@@ -66,18 +66,21 @@ class Display(Protocol):
     def stop(self) -> None: ...
 
 
-def format_header() -> str:
-    """The column names of the per-round lines."""
+def format_header(privacy: bool = False) -> str:
+    """The column names of the per-round lines (with ``privacy``: an epsilon column too)."""
     return (f"{'round':>5} {'workers':>7} {'examples':>8} {'accuracy':>8} {'loss':>8} "
-            f"{'seconds':>7} {'MB in':>7} {'MB out':>7}")
+            f"{'seconds':>7} {'MB in':>7} {'MB out':>7}" + (f" {'epsilon':>8}" if privacy else ""))
 
 
 def format_row(m: dict[str, Any]) -> str:
     """One round of ``metrics.jsonl`` as a line under ``format_header``."""
     acc = f"{m['accuracy']:.4f}" if "accuracy" in m else "-"
     loss = f"{m['loss']:.4f}" if "loss" in m else "-"
-    return (f"{m['round']:>5} {m['workers']:>7} {m['examples']:>8} {acc:>8} {loss:>8} "
+    line = (f"{m['round']:>5} {m['workers']:>7} {m['examples']:>8} {acc:>8} {loss:>8} "
             f"{m['seconds']:>7.2f} {m['bytes_in'] / 1e6:>7.2f} {m['bytes_out'] / 1e6:>7.2f}")
+    if "epsilon" in m:  # differential privacy: the budget spent so far (null: no noise, no guarantee)
+        line += f" {m['epsilon']:>8.3g}" if m["epsilon"] is not None else f" {'inf':>8}"
+    return line
 
 
 class PlainDisplay:
@@ -95,7 +98,7 @@ class PlainDisplay:
     def round_done(self, row: dict[str, Any]) -> None:
         if not self._header_printed:
             self._header_printed = True
-            print(format_header(), flush=True)
+            print(format_header("epsilon" in row), flush=True)
         print(format_row(row), flush=True)
 
     def stop(self) -> None:
@@ -180,7 +183,7 @@ class LiveDisplay:
     def round_done(self, row: dict[str, Any]) -> None:
         if not self._header_printed:
             self._header_printed = True
-            self.console.print(format_header(), style="bold")
+            self.console.print(format_header("epsilon" in row), style="bold")
         self.console.print(format_row(row))
 
     def stop(self) -> None:

@@ -22,7 +22,7 @@ from fedsock.protocol import Status, WorkerStatus
 _NOT_METRICS = {"round", "time", "participants", "fraction"}
 #: Fields every row has; the rest are holdout metrics (and, with DP, the privacy budget).
 ROW_FIELDS = {"round", "workers", "examples", "seconds", "bytes_in", "bytes_out", "time", "participants",
-              "fraction", "sampled"}
+              "fraction", "sampled", "dp_clip", "dp_noise", "dp_delta"}
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import numpy as np
 
 from fedsock import checkpoint
 from fedsock.aggregation import flatten_state, unflatten_state
+from fedsock.aggregation.accounting import epsilon
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.rounds import RoundController, RoundResult, Snapshot
 from fedsock.chief.tensorboard import TensorBoardWriter
@@ -27,6 +29,26 @@ from fedsock.errors import ConfigError, RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature
 
 log = logging.getLogger("fedsock.chief")
+
+
+def privacy_fields(config: ChiefConfig, rounds: int) -> dict[str, Any]:
+    """The DP fields of a metrics.jsonl row after ``rounds`` rounds.
+
+    ``epsilon`` is recomputed from the round count (``accounting.epsilon``),
+    so it needs no state and survives a resume; it is None (JSON null) when
+    there is no noise: clipping alone gives no guarantee.
+    """
+    eps = epsilon(rounds, config.dp_noise, config.fraction, config.dp_delta)
+    return {"epsilon": eps if math.isfinite(eps) else None, "dp_delta": config.dp_delta,
+            "dp_noise": config.dp_noise, "dp_clip": config.dp_clip}
+
+
+def describe_budget(fields: dict[str, Any]) -> str:
+    """``epsilon 3.21 at delta 1e-05 (noise multiplier 1, clip norm 0.5)`` for the log."""
+    eps = fields["epsilon"]
+    text = f"epsilon {eps:.4g}" if eps is not None else "epsilon infinite (no noise)"
+    return (f"{text} at delta {fields['dp_delta']:g} (noise multiplier {fields['dp_noise']:g}, "
+            f"clip norm {fields['dp_clip']:g})")
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,9 @@ class Outputs:
         if r.selected is not None:
             line["fraction"] = self.config.fraction
             line["sampled"] = len(r.selected)
+        if self.config.dp:
+            line.update(privacy_fields(self.config, r.round))
+            log.info("round %d: privacy budget spent: %s", r.round, describe_budget(line))
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
@@ -108,6 +133,22 @@ class Outputs:
                 log.warning("TensorBoard events could not be written (%s); continuing without them", exc)
                 self.tensorboard = None
         return line
+
+    def announce_privacy(self) -> None:
+        """Log the DP settings and the budget the whole run will spend (imports dp_accounting: slow)."""
+        cfg = self.config
+        if not cfg.dp:
+            return
+        log.info("differential privacy: updates clipped to L2 norm %g, equal weights; after %d rounds: %s",
+                 cfg.dp_clip, cfg.rounds, describe_budget(privacy_fields(cfg, cfg.rounds)))
+        if cfg.dp_noise == 0:
+            log.warning("--dp-clip without --dp-noise bounds each worker's influence but gives no "
+                        "differential privacy guarantee")
+        if cfg.fraction < 1:
+            log.info("epsilon assumes each worker takes part in a round with probability %g (--fraction, "
+                     "accounted as Poisson sampling); that holds while %g x connected workers >= "
+                     "--min-workers %d, and only if the sampling seed (--seed) is secret",
+                     cfg.fraction, cfg.fraction, cfg.min_workers)
 
     @property
     def metrics_path(self) -> Path:

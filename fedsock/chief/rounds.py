@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedsock.aggregation import Reducer, Transform, apply_delta, weighted_mean
+from fedsock.aggregation.dp import bound_update
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature, first_nonfinite
 from fedsock.protocol.compression import DecodedUpdate
@@ -88,6 +89,9 @@ class RoundController:
         reducer: how updates are combined within a round.
         fraction: share of the connected workers sampled per round (1.0 = all).
         seed: seed of the sampling generator.
+        dp_clip: differential privacy's clip norm C (0 = off): an update
+            whose delta from the global model is longer than C (beyond
+            ``dp.NORM_TOLERANCE``) is refused as ``invalid_weights``.
     """
 
     rounds: int
@@ -97,6 +101,7 @@ class RoundController:
     reducer: Reducer = field(default_factory=weighted_mean)
     fraction: float = 1.0
     seed: int = 0
+    dp_clip: float = 0.0
     specs: tuple[TensorSpec, ...] | None = None
     weights: list[np.ndarray] | None = None
     round: int = 0
@@ -278,9 +283,20 @@ class RoundController:
             weights = DecodedUpdate(weights, [s.enc for s in specs], self.weights)  # type: ignore[arg-type]
         if self._opened_at is not None and not self.is_selected(worker):
             return NotSelected()
+        if self.dp_clip > 0:
+            weights = self._bounded(weights)
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)
         self._submitted[worker] = (num_examples, connection)
         return Accepted()
+
+    def _bounded(self, weights: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        """``weights`` with their delta norm enforced to ``dp_clip`` (see ``dp.bound_update``)."""
+        assert self.weights is not None
+        try:
+            bounded, _ = bound_update(weights, self.weights, self.dp_clip)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"{exc}; the update was not averaged in", code="invalid_weights") from None
+        return bounded
 
     def _ensure_acc(self) -> Any:
         if self._acc is None:

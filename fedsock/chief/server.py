@@ -105,6 +105,9 @@ class Chief:
             overrides["strategy"], strategy = strategy, None
         self.config = replace(config or ChiefConfig(), **overrides)
         self.config.validate()
+        if strategy is not None and self.config.dp:
+            raise ConfigError("with dp_clip, give the strategy as its --strategy text (e.g. 'fedadam'): "
+                              "the chief then swaps in the differential-privacy reducer itself")
         self.strategy = strategy or self.config.build_strategy()
         if self.config.min_workers < self.strategy.min_updates:
             raise ConfigError(f"strategy {self.strategy.name} needs at least {self.strategy.min_updates} "
@@ -117,6 +120,7 @@ class Chief:
             reducer=self.strategy.reducer,
             fraction=self.config.fraction,
             seed=self.config.seed,
+            dp_clip=self.config.dp_clip,
         )
         self.outputs = Outputs(self.config)
         self.port: int | None = None
@@ -175,6 +179,7 @@ class Chief:
         # atomically: a reader never sees an empty or half-written address
         atomic_write(cfg.state_dir / "chief.addr", f"{local}:{self.port}\n".encode())
         self._announce()
+        await asyncio.to_thread(self.outputs.announce_privacy)
         self.display.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -410,7 +415,8 @@ class Chief:
         ctrl, m = self.controller, self.outputs.model_info
         # a relay hands on its upstream's FedProx mu, as it does the rest of the upstream's plan
         mu = self.relay.client.plan.mu if self.relay is not None else self.strategy.mu
-        plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size, mu)
+        plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size, mu,
+                    dp_clip=self.config.dp_clip, dp_noise=self.config.dp_noise)
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),

@@ -23,7 +23,7 @@ TAGS = {
     "bytes_out": "bytes/out",
 }
 #: Fields that are not scalars over rounds.
-SKIP = {"round", "time", "participants", "fraction"}
+SKIP = {"round", "time", "participants", "fraction", "dp_clip", "dp_noise"}
 #: Names under which a differential-privacy budget is reported.
 PRIVACY = {"epsilon", "delta", "dp_epsilon", "dp_delta", "privacy_epsilon"}
 

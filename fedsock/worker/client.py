@@ -60,6 +60,7 @@ from fedsock.protocol import (
 )
 from fedsock.protocol.compression import parse_compression
 from fedsock.worker.compress import UpdateEncoder
+from fedsock.worker.privacy import clip_for_plan
 
 log = logging.getLogger("fedsock.worker")
 
@@ -270,6 +271,7 @@ class Client:
             return self.weights
         if self.weights is None:
             raise FedsockError("call join() before sync()")
+        weights = clip_for_plan(weights, self.weights, self.plan)  # differential privacy (no-op without)
         upd = Update(self.round + 1, int(num_examples), self._specs(weights), dict(metrics or {}))
         if self._save_updates is not None:
             self._save_updates.mkdir(parents=True, exist_ok=True)
