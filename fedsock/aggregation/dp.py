@@ -117,7 +117,7 @@ def bound_update(weights: Sequence[np.ndarray], reference: Sequence[np.ndarray],
     if not norm <= clip * (1 + tolerance):
         raise ValueError(
             f"the update's delta from the global model has L2 norm {norm:.6g}, above the clip norm "
-            f"{clip:g} this chief's differential privacy requires (--dp-clip); workers must clip "
+            f"{clip:g} (--dp-clip) that this chief's differential privacy requires; workers must clip "
             "their updates (fedsock.Client does when the plan has dp_clip)"
         )
     factor = clip / norm
