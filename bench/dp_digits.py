@@ -1,6 +1,6 @@
 """Benchmark: differential privacy on the digits demo: final accuracy against epsilon.
 
-    python bench/dp_digits.py [--runs none,1:0,1:0.3,1:0.7,1:1] [--workers 3] [--rounds 20]
+    python bench/dp_digits.py [--runs none,0.5:0,0.5:0.3,0.5:1] [--workers 3] [--rounds 20]
 
 Each entry of ``--runs`` is ``none`` (plain FedAvg) or ``C:Z`` (``--dp-clip C
 --dp-noise Z``). For each: the same IID split of scikit-learn's digits, the
@@ -77,7 +77,7 @@ def run_one(spec: str, workers: int, rounds: int, fraction: float, seed: int, wo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="none,1:0,1:0.3,1:0.7,1:1,1:2",
+    ap.add_argument("--runs", default="none,0.5:0,0.5:0.1,0.5:0.3,0.5:0.7,0.5:1,0.5:2",
                     help="comma-separated: none (no DP) or C:Z (clip norm, noise multiplier)")
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=20)

@@ -301,3 +301,18 @@ def test_privacy_flags_reach_the_config(monkeypatch):
     fs_settings.apply(args, {})
     with pytest.raises(ConfigError, match="--dp-noise needs --dp-clip"):
         cli.chief_config(args)
+
+
+def test_a_clipped_update_sent_as_fp16_stays_within_the_chiefs_tolerance():
+    from fedsock.protocol.compression import DecodedUpdate, parse_compression
+    from fedsock.worker.compress import UpdateEncoder
+
+    for seed in range(20):
+        g = model(seed, 0.5)
+        w = [a + np.float32(0.3) * b for a, b in zip(g, model(seed + 100))]
+        clipped, _ = clip_update(w, g, 0.05)
+        specs, payloads = UpdateEncoder(parse_compression("fp16")).encode(clipped, g, specs_of(clipped))
+        received = DecodedUpdate(payloads, [s.enc for s in specs], g)
+        assert update_norm(received, g) <= 0.05 * (1 + NORM_TOLERANCE)
+        bounded, _ = bound_update(received, g, 0.05)
+        assert update_norm(bounded, g) <= 0.05 * (1 + 1e-12)
