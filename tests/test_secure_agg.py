@@ -49,9 +49,13 @@ def expected(examples: dict[str, int], rounds: list[list[str]]) -> np.ndarray:
     return w
 
 
-def test_secure_aggregation_gives_plain_fedavg_within_the_fixed_point_error(chiefs):
-    chief = chiefs("--rounds", "4", "--min-workers", "3", "--secure-agg")
-    examples = {"a": 10, "b": 25, "c": 40}
+@pytest.mark.parametrize("examples, extra", [
+    ({"a": 10, "b": 25, "c": 40}, []),
+    ({"a": 10, "b": 25, "c": 40, "d": 5, "e": 60}, ["--secagg-neighbours", "2", "--secagg-threshold", "2"]),
+], ids=["everyone", "secagg+"])
+def test_secure_aggregation_gives_plain_fedavg_within_the_fixed_point_error(chiefs, examples, extra):
+    n = len(examples)
+    chief = chiefs("--rounds", "4", "--min-workers", str(n), "--secure-agg", *extra)
     finals = run_clients(chief.address, chief.token, examples, shape=SHAPE)
     assert chief.wait(60) == 0, chief.output()
     ref = flat_fedavg(examples, 4, shape=SHAPE)
@@ -59,8 +63,9 @@ def test_secure_aggregation_gives_plain_fedavg_within_the_fixed_point_error(chie
         np.testing.assert_allclose(w, ref, atol=tolerance(ref, 4), rtol=0)
     rows = rows_of(chief.state_dir)
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
-    assert all(r["examples"] == 75 and r["workers"] == 3 and r["secure_agg"]["attempt"] == 1 for r in rows)
-    assert "secure aggregation attempt 1 with 3 workers" in chief.output()
+    assert all(r["examples"] == sum(examples.values()) and r["workers"] == n and r["secure_agg"]["attempt"] == 1
+               for r in rows)
+    assert f"secure aggregation attempt 1 with {n} workers" in chief.output()
 
 
 def test_the_chief_only_ever_holds_masked_updates(tmp_path, monkeypatch):
@@ -204,3 +209,38 @@ def test_unsound_combinations_are_refused_at_start(tmp_path):
         proc = subprocess.run([sys.executable, str(ROOT / "chief.py"), "--state-dir", str(tmp_path / "s"),
                                "--secure-agg", *extra], capture_output=True, text=True, env=env(), timeout=60)
         assert proc.returncode != 0 and words in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_chief_killed_mid_run_resumes_and_workers_start_the_secure_round_over(tmp_path):
+    from tests.test_failures import free_port, wait_for
+
+    port = free_port()
+    state = tmp_path / "chief"
+    cmd = [sys.executable, str(ROOT / "chief.py"), "--host", "127.0.0.1", "--port", str(port), "--state-dir",
+           str(state), "--rounds", "6", "--min-workers", "3", "--secure-agg", "--progress", "plain"]
+    log = open(tmp_path / "chief.log", "ab")
+    chief = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env())
+    wait_for(lambda: (state / "chief.addr").exists(), 90, "the chief to listen")
+
+    class Addr:
+        address = f"127.0.0.1:{port}"
+        token = (state / "token").read_text().strip()
+
+    names = ["w1", "w2", "w3"]
+    examples = {"w1": 10, "w2": 20, "w3": 30}
+    procs = [numpy_worker(Addr, n, "--examples", str(examples[n])) for n in names]
+    rows_path = state / "metrics.jsonl"
+    wait_for(lambda: rows_path.exists() and len(rows_path.read_text().splitlines()) >= 2, 120, "round 2")
+    chief.kill()
+    chief.wait()
+    (state / "chief.addr").unlink()
+    chief = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env())
+    for p in procs:
+        code, out = finish(p, 180)
+        assert code == 0, out
+    assert chief.wait(60) == 0, (tmp_path / "chief.log").read_text()
+    rows = rows_of(state)
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    ref = expected(examples, [names] * 6)
+    final = np.load(state / "final_weights.npz")
+    np.testing.assert_allclose(final[final.files[0]], ref, atol=tolerance(ref, 6), rtol=0)
