@@ -150,6 +150,7 @@ class Chief:
         self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
         self._secure = SecureAggregation(self.config, self.controller) if self.config.secure_agg else None
         self._round_extra: dict[str, Any] = {}
+        self._round_bytes_out = 0  # besides the Global/Done: secure aggregation's messages
 
     # --- entry points -----------------------------------------------------
 
@@ -569,7 +570,7 @@ class Chief:
             if s is None:
                 return False
             try:
-                await asyncio.wait_for(s.send(msg), self.config.idle_timeout)
+                self._round_bytes_out += await asyncio.wait_for(s.send(msg), self.config.idle_timeout)
                 return True
             except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
                 log.info("%s: could not send %s (%s)", s.label, type(msg).__name__, exc or type(exc).__name__)
@@ -646,7 +647,8 @@ class Chief:
         # Record and checkpoint before anyone sees the new model, so a restart
         # never resumes behind what workers hold nor repeats a metrics line.
         sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
-        bytes_out = message_bytes(msg, result.weights) * len(sessions)
+        bytes_out = message_bytes(msg, result.weights) * len(sessions) + self._round_bytes_out
+        self._round_bytes_out = 0
         names = [self._names.get(w, str(w)) for w in result.workers]
         snapshot = ctrl.snapshot() if self.relay is None else None  # a relay resumes from its upstream
         members = self._member_names()
