@@ -42,7 +42,18 @@ def run_worker(addr: str, token: str, name: str, params: int) -> None:
     import numpy as np
 
     import fedsock
+    import fedsock.worker.client as client_module
 
+    masking: list[float] = []
+    plain_masked_update = client_module.masked_update
+
+    def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        out = plain_masked_update(*args, **kwargs)
+        masking.append(time.perf_counter() - t0)
+        return out
+
+    client_module.masked_update = timed  # type: ignore[assignment]
     shapes = shape_for(params)
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     mine = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
@@ -54,7 +65,7 @@ def run_worker(addr: str, token: str, name: str, params: int) -> None:
             t0 = time.perf_counter()
             c.sync(mine, num_examples=10)
             times.append(time.perf_counter() - t0)
-    print(json.dumps(times), flush=True)
+    print(json.dumps({"times": times, "mask_s": masking}), flush=True)
 
 
 def bench(workers: int, params: int, rounds: int, secure: bool, neighbours: int = 0) -> dict[str, object]:
@@ -70,13 +81,17 @@ def bench(workers: int, params: int, rounds: int, secure: bool, neighbours: int 
         chief.wait(timeout=300)
         peak = rss.stop()
         rows = [json.loads(x) for x in (state / "metrics.jsonl").read_text().splitlines()][1:]
-    times = round_times([json.loads(o.strip().splitlines()[-1]) for o in outs])
+    reports = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    times = round_times([r["times"] for r in reports])
+    mask_s = [t for r in reports for t in r["mask_s"][1:]]
     up = median([r["bytes_in"] / workers for r in rows])
     down = median([r["bytes_out"] / workers for r in rows])
     return {"system": "fedsock", "secure_agg": secure, "neighbours": neighbours, "workers": workers,
             "params": params, "rounds": len(times), "round_s_median": round(median(times), 3),
             "round_s": [round(t, 3) for t in times], "up_bytes_per_worker": int(up),
             "down_bytes_per_worker": int(down), "float32_payload_bytes": params * 4,
+            "worker_mask_s_median": round(median(mask_s), 3) if secure else 0.0,
+            "chief_unmask_s_median": round(median([r["secure_agg"]["unmask_s"] for r in rows]), 3) if secure else 0.0,
             "chief_peak_rss_mib": round(peak, 1), "model_mib": round(params * 4 / MIB, 1)}
 
 

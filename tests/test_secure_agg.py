@@ -128,7 +128,8 @@ def test_killing_a_third_of_the_workers_after_masking_keeps_the_sum_correct(chie
     assert chief.wait(60) == 0, chief.output()
     rows = rows_of(chief.state_dir)
     assert [r["workers"] for r in rows] == [6, 6, 4, 4]
-    assert rows[1]["secure_agg"] == {"attempt": 1, "dropped": 0}  # both dead workers' updates are in round 2
+    assert rows[1]["secure_agg"]["attempt"] == 1  # both dead workers' updates are in round 2
+    assert rows[1]["secure_agg"]["dropped"] == 0
     ref = expected(examples, [names, names, names[:4], names[:4]])
     final = np.load(chief.state_dir / "final_weights.npz")
     np.testing.assert_allclose(final[final.files[0]], ref, atol=tolerance(ref, 4), rtol=0)
@@ -145,7 +146,7 @@ def test_a_worker_lost_between_sharing_and_masking_is_unmasked_out(chiefs):
     assert chief.wait(60) == 0, chief.output()
     rows = rows_of(chief.state_dir)
     assert [r["workers"] for r in rows] == [4, 3, 3]
-    assert rows[1]["secure_agg"] == {"attempt": 1, "dropped": 1}
+    assert (rows[1]["secure_agg"]["attempt"], rows[1]["secure_agg"]["dropped"]) == (1, 1)
     ref = expected(examples, [names, names[:3], names[:3]])
     final = np.load(chief.state_dir / "final_weights.npz")
     np.testing.assert_allclose(final[final.files[0]], ref, atol=tolerance(ref, 3), rtol=0)

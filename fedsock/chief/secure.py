@@ -42,6 +42,7 @@ class Outcome:
     weight: int
     dropped: tuple[int, ...]
     attempt: int
+    unmask_s: float  # the chief's time to rebuild the secrets and remove the masks
 
 
 @dataclass
@@ -143,7 +144,9 @@ class SecureAggregation:
             unmask = att.unmask()
             await asyncio.gather(*(send(w, unmask) for w in unmask.survivors))
             await self._wait(att, alive)
+            started = time.perf_counter()
             total = await asyncio.to_thread(att.finish)
+            unmask_s = time.perf_counter() - started
             assert self.controller.specs is not None
             average, weight = fixedpoint.decode(total, [s.shape for s in self.controller.specs])
             if not all(np.all(np.isfinite(a)) for a in average):
@@ -154,7 +157,7 @@ class SecureAggregation:
         if unmask.dropped:
             log.warning("round %d: %s dropped out after sharing keys; their masks were removed",
                         att.round, ", ".join(map(str, unmask.dropped)))
-        return Outcome(average, unmask.survivors, weight, unmask.dropped, att.attempt)
+        return Outcome(average, unmask.survivors, weight, unmask.dropped, att.attempt, unmask_s)
 
     async def _wait(self, att: ChiefRound, alive: Callable[[int], bool]) -> None:
         deadline = time.monotonic() + self.config.secagg_timeout

@@ -581,7 +581,8 @@ class Chief:
         if outcome is None:
             return None
         self._held |= sec.waiting_for_model() & set(self._sessions)
-        self._round_extra = {"secure_agg": {"attempt": outcome.attempt, "dropped": len(outcome.dropped)}}
+        self._round_extra = {"secure_agg": {"attempt": outcome.attempt, "dropped": len(outcome.dropped),
+                                            "unmask_s": round(outcome.unmask_s, 4)}}
         return ctrl.close(time.monotonic(), combined=(outcome.average, outcome.workers, outcome.weight))
 
     async def _heartbeats(self, s: Session) -> None:
