@@ -22,7 +22,7 @@ test: venv
 
 lint: venv
 	$(PY) -m ruff check fedsock tests
-	$(PY) -m mypy --strict --follow-imports=silent fedsock/protocol fedsock/aggregation
+	$(PY) -m mypy --strict --follow-imports=silent fedsock/protocol fedsock/aggregation fedsock/secagg
 
 clean:
 	rm -rf $(VENV) fedsock-demo fedsock-chief .pytest_cache .hypothesis

@@ -75,6 +75,7 @@ def chief_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream-name", help="this relay's worker name upstream (default: relay-<host>-<pid>)")
     p.add_argument("--compress", default="none",
                    help="update compression workers use: none | fp16 | int8 | topk:R (R = share of entries sent)")
+    secure_options(p)
     strategy_options(p)
     privacy_options(p)
     settings.add_config_options(p)
@@ -212,6 +213,22 @@ def build_parser(prog: str = "fedsock") -> argparse.ArgumentParser:
     return parser
 
 
+def secure_options(p: argparse.ArgumentParser) -> None:
+    """The chief's secure-aggregation flags."""
+    g = p.add_argument_group("secure aggregation (the chief sees only the sum of the updates)")
+    g.add_argument("--secure-agg", action="store_true",
+                   help="mask every update with pairwise and self masks that cancel in the sum "
+                   "(Bonawitz et al. 2017); see docs/privacy.md")
+    g.add_argument("--secagg-threshold", type=int, default=0,
+                   help="shares needed to remove a dropped worker's masks, and workers that must remain "
+                   "(default 0: a majority, at least 2)")
+    g.add_argument("--secagg-neighbours", type=int, default=0,
+                   help="SecAgg+: each worker masks with this many random neighbours instead of all (default 0: all)")
+    g.add_argument("--secagg-timeout", type=float, default=limits.SECAGG_PHASE_TIMEOUT_S,
+                   help="seconds each secure-aggregation phase waits for workers "
+                   f"(default {limits.SECAGG_PHASE_TIMEOUT_S:g})")
+
+
 def chief_config(args: argparse.Namespace) -> ChiefConfig:
     """The ``ChiefConfig`` of parsed ``fedsock chief`` options (validated)."""
     from fedsock.chief import ChiefConfig
@@ -226,6 +243,8 @@ def chief_config(args: argparse.Namespace) -> ChiefConfig:
         upstream_token=args.upstream_token, upstream_name=args.upstream_name,
         cert=args.cert, key=args.key, ca=args.ca, worker_tokens_only=args.worker_tokens_only,
         handshake_timeout=args.handshake_timeout, compress=args.compress,
+        secure_agg=args.secure_agg, secagg_threshold=args.secagg_threshold,
+        secagg_neighbours=args.secagg_neighbours, secagg_timeout=args.secagg_timeout,
         strategy=args.strategy, mu=args.mu, server_lr=args.server_lr,
         server_momentum=args.server_momentum, server_beta1=args.server_beta1,
         server_beta2=args.server_beta2, server_tau=args.server_tau,

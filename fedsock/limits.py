@@ -49,6 +49,10 @@ HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0
 HEARTBEAT_INTERVAL_S = 10.0
 
+#: Seconds each secure-aggregation phase (shares, masked updates, reveals)
+#: waits for the workers it expects before going on without them.
+SECAGG_PHASE_TIMEOUT_S = 60.0
+
 #: Longest pause between a worker's reconnection attempts (before +-20% jitter);
 #: attempts start 0.25 s apart and double.
 RECONNECT_BACKOFF_MAX_S = 5.0

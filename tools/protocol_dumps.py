@@ -10,6 +10,7 @@ Every frame below is produced by the real sans-I/O protocol code
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,19 @@ from fedsock.protocol import (
     specs_of,
 )
 from fedsock.protocol.compression import parse_compression
+from fedsock.protocol.messages import TensorSpec
+from fedsock.protocol.secagg import (
+    Peer,
+    SecAggAbort,
+    SecAggInbox,
+    SecAggKeys,
+    SecAggMasked,
+    SecAggReveal,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
+)
+from fedsock.secagg import crypto, fixedpoint, shamir
 from fedsock.worker.compress import UpdateEncoder
 
 # --- fixed example values ---------------------------------------------------
@@ -176,6 +190,74 @@ def auth_example() -> None:
     print()
 
 
+def words(a: np.ndarray) -> str:
+    return " ".join(f"{int(v):016x}" for v in a)
+
+
+def secagg_example() -> None:
+    """Two workers (ids 1 and 2, threshold 2) through one attempt of round 1, with fixed keys,
+    seeds, Shamir coefficients and GCM nonce (all random in real use)."""
+    share_sk = {w: crypto.private_from_bytes(bytes([w]) * 32) for w in (1, 2)}
+    mask_sk = {w: crypto.private_from_bytes(bytes([0x10 + w]) * 32) for w in (1, 2)}
+    seed = {w: bytes([0xa0 + w]) * 32 for w in (1, 2)}
+    coeff = 0x5EED  # f(x) = secret + coeff * x (mod p): degree threshold - 1 = 1
+
+    def share(secret: bytes, x: int) -> int:
+        return (int.from_bytes(secret, "big") + coeff * x) % shamir.PRIME
+
+    pub = {w: (crypto.public_bytes(share_sk[w]), crypto.public_bytes(mask_sk[w])) for w in (1, 2)}
+    k_share = crypto.agree(share_sk[1], pub[2][0], crypto.SHARE_LABEL, 1, 1)
+    k_mask = crypto.agree(mask_sk[1], pub[2][1], crypto.MASK_LABEL, 1, 1)
+    assert k_mask == crypto.agree(mask_sk[2], pub[1][1], crypto.MASK_LABEL, 1, 1)
+    aad = crypto.share_aad(1, 1, 1, 2)
+    plain = (shamir.to_bytes(share(crypto.private_bytes(mask_sk[1]), 2))
+             + shamir.to_bytes(share(seed[1], 2)))
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = bytes(12)
+    sealed = nonce + AESGCM(k_share).encrypt(nonce, plain, aad)
+    encoded = fixedpoint.encode(TRAINED, 100, 2)
+    self_mask, pair_mask = crypto.mask(seed[1], len(encoded)), crypto.mask(k_mask, len(encoded))
+    masked = encoded + self_mask + pair_mask  # worker 1 < worker 2: + the pairwise mask
+    print("=== Secure aggregation example (section 7.10): worker 1 of workers {1, 2}, round 1, attempt 1")
+    for w in (1, 2):
+        print(f"worker {w} share key  private {crypto.private_bytes(share_sk[w]).hex()}")
+        print(f"                     public  {pub[w][0].hex()}")
+        print(f"worker {w} mask key   private {crypto.private_bytes(mask_sk[w]).hex()}")
+        print(f"                     public  {pub[w][1].hex()}")
+        print(f"worker {w} seed               {seed[w].hex()}")
+    print(f"HKDF info, share key 1-2  {(crypto.SHARE_LABEL + struct.pack('>QI', 1, 1)).hex()}")
+    print(f"share key 1-2             {k_share.hex()}")
+    print(f"mask key 1-2              {k_mask.hex()}")
+    print(f"GCM additional data       {aad.hex()}")
+    print(f"Shamir polynomial         f(x) = secret + 0x{coeff:x} x  (mod 2^521 - 1)")
+    print("share plaintext for 2     f_maskkey(2) || f_seed(2), 66 bytes each:")
+    print(hexdump(plain))
+    print(f"encoded (weight 100)      {words(encoded)}")
+    print(f"PRG(seed 1)               {words(self_mask)}")
+    print(f"PRG(mask key 1-2)         {words(pair_mask)}")
+    print(f"masked = sum mod 2^64     {words(masked)}")
+    print()
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    handshake(worker, chief, quiet=True)
+    send("SecAggKeys (worker 1 -> chief)", worker, chief, SecAggKeys(1, *pub[1]))
+    roster = SecAggRoster(1, 1, 1, 2, 2, 2, tuple(Peer(w, *pub[w]) for w in (1, 2)))
+    send("SecAggRoster (chief -> worker 1)", chief, worker, roster)
+    send("SecAggShares (worker 1 -> chief)", worker, chief, SecAggShares(1, 1, ((2, sealed),)))
+    peer_worker, peer_chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    handshake(peer_worker, peer_chief, quiet=True)
+    send("SecAggInbox (chief -> worker 2)", peer_chief, peer_worker, SecAggInbox(1, 1, ((1, sealed),)))
+    arrays = [masked[:4].reshape(2, 2), masked[4:6], masked[6:]]
+    specs = tuple(TensorSpec(n, "uint64", a.shape) for n, a in zip([*NAMES, "weight"], arrays))
+    send("SecAggMasked (worker 1 -> chief)", worker, chief, SecAggMasked(1, 1, specs), arrays)
+    send("SecAggUnmask (chief -> worker 1)", chief, worker, SecAggUnmask(1, 1, (1, 2), ()))
+    reveal = SecAggReveal(1, 1, ((1, shamir.to_bytes(share(seed[1], 1))), (2, shamir.to_bytes(share(seed[2], 1)))),
+                          ())
+    send("SecAggReveal (worker 1 -> chief)", worker, chief, reveal)
+    send("SecAggAbort (chief -> worker 1), had the attempt failed", chief, worker,
+         SecAggAbort(1, 1, "2 workers sent masked updates; 3 needed"))
+
+
 def main() -> None:
     auth_example()
 
@@ -238,6 +320,8 @@ def main() -> None:
     )
     send("Status (chief -> query)", chief, query, status)
     assert chief.we_finished and query.they_finished
+
+    secagg_example()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,14 @@ class ChiefConfig:
         dp_noise: noise multiplier z: Gaussian noise of std z * C is added to
             the sum of the updates (needs ``dp_clip``).
         dp_delta: the delta at which epsilon is reported, in (0, 1).
+        secure_agg: secure aggregation: the chief sees only the sum of the
+            workers' updates (protocol.md section 8).
+        secagg_threshold: shares needed to unmask, and workers that must
+            remain (0: a majority of each neighbourhood, at least 2).
+        secagg_neighbours: SecAgg+: each worker masks with this many random
+            neighbours instead of all (0: all).
+        secagg_timeout: seconds each secure-aggregation phase waits for
+            workers before going on without them.
     """
 
     host: str = "0.0.0.0"
@@ -105,6 +113,10 @@ class ChiefConfig:
     dp_clip: float = 0.0
     dp_noise: float = 0.0
     dp_delta: float = 1e-5
+    secure_agg: bool = False
+    secagg_threshold: int = 0
+    secagg_neighbours: int = 0
+    secagg_timeout: float = limits.SECAGG_PHASE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         # paths may come as text (``Chief(state_dir="run1")``)
@@ -181,6 +193,7 @@ class ChiefConfig:
                 "the server optimizer and sends FedProx's mu in its plan; set it there (a relay may combine "
                 "its workers with fedavg, median, trimmed, krum or multikrum)"
             )
+        self._validate_secure(strategy)
         if self.min_workers < strategy.min_updates:
             raise ConfigError(
                 f"--strategy {strategy.name} needs at least {strategy.min_updates} updates per round; "
@@ -222,6 +235,34 @@ class ChiefConfig:
                 raise ConfigError(
                     "--dp-clip applies to the top chief, not a relay (--upstream): set differential privacy "
                     "there (a relay then clips its combined update like any worker)")
-        # Secure aggregation (--secure-agg) refusals belong here too: with it the chief only ever
-        # sees the sum, so robust reducers and the compression modes that need individual
-        # updates cannot apply, and DP noise is added by the workers instead of the chief.
+        # Secure aggregation's own refusals (robust reducers, compression, relays) are in
+        # _validate_secure; with both on, the workers add the DP noise instead of the chief.
+
+    def _validate_secure(self, strategy: Strategy) -> None:
+        """Refuse secure-aggregation settings that cannot work or would not be sound."""
+        if not self.secure_agg:
+            if self.secagg_threshold or self.secagg_neighbours:
+                raise ConfigError("--secagg-threshold and --secagg-neighbours need --secure-agg")
+            return
+        if strategy.reducer.min_updates > 1 or strategy.name.split(":")[0] in ("median", "trimmed", "krum",
+                                                                               "multikrum"):
+            raise ConfigError(f"--strategy {self.strategy} needs every worker's own update, which secure "
+                              "aggregation hides from the chief: use fedavg, fedprox or a server optimizer "
+                              "(fedavgm, fedadam, fedyogi, fedadagrad), or drop --secure-agg")
+        if self.compress != "none":
+            raise ConfigError(f"--compress {self.compress} cannot be combined with --secure-agg: masked updates "
+                              "are uniformly random 64-bit words and do not compress")
+        if self.upstream is not None:
+            raise ConfigError("--secure-agg cannot run on a relay (--upstream): the relay would have to hand "
+                              "its workers' sum on in the clear")
+        if self.min_workers < 2:
+            raise ConfigError("--secure-agg needs --min-workers 2 or more: the sum of one update is the update")
+        if self.secagg_threshold == 1 or self.secagg_threshold < 0:
+            raise ConfigError("--secagg-threshold must be 0 (a majority) or at least 2")
+        if self.secagg_neighbours < 0 or self.secagg_neighbours == 1:
+            raise ConfigError("--secagg-neighbours must be 0 (everyone) or at least 2")
+        if self.secagg_neighbours and self.secagg_threshold > self.secagg_neighbours + 1:
+            raise ConfigError(f"--secagg-threshold {self.secagg_threshold} exceeds a neighbourhood of "
+                              f"{self.secagg_neighbours + 1} workers")
+        if self.secagg_timeout <= 0:
+            raise ConfigError("--secagg-timeout must be positive")

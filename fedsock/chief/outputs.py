@@ -105,7 +105,8 @@ class Outputs:
         return kerasutil.evaluate(self._model, weights, *self._eval)
 
     def record_round(self, r: RoundResult, seconds: float, bytes_in: int, bytes_out: int,
-                     metrics: dict[str, float], names: list[str]) -> dict[str, Any]:
+                     metrics: dict[str, float], names: list[str],
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Append to metrics.jsonl (fsynced: the checkpoint that follows counts it) and TensorBoard.
 
         Returns:
@@ -114,7 +115,7 @@ class Outputs:
         line: dict[str, Any] = {
             "round": r.round, "workers": len(r.workers), "examples": r.examples,
             "seconds": round(seconds, 4), "bytes_in": bytes_in, "bytes_out": bytes_out,
-            "time": time.time(), "participants": names, **metrics,
+            "time": time.time(), "participants": names, **metrics, **(extra or {}),
         }
         if r.selected is not None:
             line["fraction"] = self.config.fraction

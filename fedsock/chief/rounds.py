@@ -298,6 +298,41 @@ class RoundController:
             raise RemoteProtocolError(f"{exc}; the update was not averaged in", code="invalid_weights") from None
         return bounded
 
+    def mark_ready(self, worker: int, round_: int, connection: int = 0) -> Verdict:
+        """A worker is ready to take part in the open round's secure aggregation.
+
+        Like ``submit`` without weights: the update itself arrives masked and
+        is summed outside this controller (``close(combined=...)``).
+
+        Raises:
+            RemoteProtocolError: no model yet, or a future round.
+        """
+        if not self.has_model:
+            raise RemoteProtocolError("there is no global model yet: with secure aggregation the chief "
+                                      "needs --model", code="out_of_order")
+        if round_ > self.collecting and not self.finished:
+            raise RemoteProtocolError(f"keys for round {round_}, but round {self.collecting} is being collected",
+                                      code="bad_message")
+        if round_ <= self.round or self.finished:
+            return Stale(round_, self.collecting)
+        if worker in self._submitted and self._submitted[worker][1] != connection:
+            self._submitted[worker] = (0, connection)
+            return Duplicate()
+        if self._opened_at is not None and not self.is_selected(worker):
+            return NotSelected()
+        self._submitted[worker] = (0, connection)
+        return Accepted()
+
+    def unready(self, worker: int) -> None:
+        """Forget that ``worker`` was ready (its connection broke before the attempt began)."""
+        self._submitted.pop(worker, None)
+
+    def retry(self, now: float) -> None:
+        """Start the open round's collection again (a failed secure-aggregation attempt): a new
+        deadline, nobody ready."""
+        self._submitted = {}
+        self._deadline = now + self.round_timeout
+
     def _ensure_acc(self) -> Any:
         if self._acc is None:
             assert self.weights is not None
@@ -353,7 +388,8 @@ class RoundController:
         examples = sum(n for n, _ in self._submitted.values())
         return [np.asarray(m).astype(w.dtype) for m, w in zip(combined, self.weights)], examples
 
-    def close(self, now: float, adopt: tuple[int, Sequence[np.ndarray]] | None = None) -> RoundResult:
+    def close(self, now: float, adopt: tuple[int, Sequence[np.ndarray]] | None = None,
+              combined: tuple[Sequence[np.ndarray], tuple[int, ...], int] | None = None) -> RoundResult:
         """Combine the open round into the new global model; the next round opens at ``now``.
 
         Args:
@@ -361,13 +397,25 @@ class RoundController:
                 updates (a relay's upstream): they become the global model
                 instead of this chief's own aggregate, and the round number
                 follows the upstream's.
+            combined: (average, workers, examples) of updates summed outside
+                (secure aggregation): used instead of the accumulator, then
+                the server transform applies as usual.
         """
-        assert self._acc is not None and self.weights is not None and self._opened_at is not None
-        if adopt is None:
-            combined = self._result()
+        assert self.weights is not None and self._opened_at is not None
+        assert self._acc is not None or combined is not None
+        workers = tuple(sorted(self._submitted))
+        examples = sum(n for n, _ in self._submitted.values())
+        if combined is not None:
+            average, workers, examples = combined
+            delta = [np.asarray(m, dtype=np.float64) - w for m, w in zip(average, self.weights)]
+            delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
+            self.weights = [apply_delta([w], [d])[0] for w, d in zip(self.weights, delta)]
+            self.round += 1
+        elif adopt is None:
+            summed = self._result()
             delta = [np.subtract(m, w, out=m) if m.dtype.kind == "f" and m.flags.writeable else m - w
-                     for m, w in zip(combined, self.weights)]
-            spent = {id(m) for m in combined}
+                     for m, w in zip(summed, self.weights)]
+            spent = {id(m) for m in summed}
             delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
             # A delta that is still the spent accumulator's buffer, in the model's dtype (a float32 accumulator),
             # becomes the new weights in place; others (float64, or made by the transform) are copied.
@@ -379,8 +427,7 @@ class RoundController:
             self.weights = [np.asarray(a).astype(w.dtype) for a, w in zip(adopt[1], self.weights)]
             self.round = adopt[0]
         result = RoundResult(
-            self.round, self.weights, tuple(sorted(self._submitted)),
-            sum(n for n, _ in self._submitted.values()), self._opened_at,
+            self.round, self.weights, workers, examples, self._opened_at,
             tuple(sorted(self.selected)) if self.selected is not None else None,
         )
         self._acc, self._submitted, self._combined = None, {}, None

@@ -27,7 +27,8 @@ from fedsock.chief.display import make_display
 from fedsock.chief.monitor import Monitor
 from fedsock.chief.outputs import Outputs
 from fedsock.chief.relay import Relay
-from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult
+from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult, Stale
+from fedsock.chief.secure import Outcome, SecureAggregation
 from fedsock.chief.session import Session
 from fedsock.chief.staging import StagingBudget
 from fedsock.chief.tokens import TokenStore
@@ -46,6 +47,7 @@ from fedsock.protocol import (
 )
 from fedsock.protocol.connection import message_bytes
 from fedsock.protocol.messages import Challenge
+from fedsock.protocol.secagg import SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
 from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
@@ -109,12 +111,17 @@ class Chief:
             raise ConfigError("with dp_clip, give the strategy as its --strategy text (e.g. 'fedadam'): "
                               "the chief then swaps in the differential-privacy reducer itself")
         self.strategy = strategy or self.config.build_strategy()
+        if self.config.secure_agg and self.strategy.name.split(":")[0] not in (
+                "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
+            raise ConfigError(f"strategy {self.strategy.name} cannot be combined with secure aggregation: "
+                              "it needs every worker's own update, and the chief sees only their sum")
         if self.config.min_workers < self.strategy.min_updates:
             raise ConfigError(f"strategy {self.strategy.name} needs at least {self.strategy.min_updates} "
                               "updates per round; set min_workers to that or more")
         self.controller = RoundController(
             rounds=self.config.rounds,
-            min_workers=self.config.min_workers,
+            # secure aggregation cannot start an attempt with fewer workers than its threshold
+            min_workers=max(self.config.min_workers, self.config.secagg_threshold if self.config.secure_agg else 0),
             round_timeout=self.config.round_timeout,
             transform=transform or self.strategy.transform,
             reducer=self.strategy.reducer,
@@ -145,6 +152,9 @@ class Chief:
         self.relay: Relay | None = None
         self._staging = StagingBudget()
         self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        self._secure = SecureAggregation(self.config, self.controller) if self.config.secure_agg else None
+        self._round_extra: dict[str, Any] = {}
+        self._round_bytes_out = 0  # besides the Global/Done: secure aggregation's messages
 
     # --- entry points -----------------------------------------------------
 
@@ -326,6 +336,8 @@ class Chief:
                 self._last_seen[wid] = time.monotonic()
                 self.controller.leave(wid)
                 self._held.discard(wid)
+                if self._secure is not None:
+                    self._secure.left(wid)
                 self._wake.set()
             await s.close()
 
@@ -416,7 +428,8 @@ class Chief:
         # a relay hands on its upstream's FedProx mu, as it does the rest of the upstream's plan
         mu = self.relay.client.plan.mu if self.relay is not None else self.strategy.mu
         plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size, mu,
-                    dp_clip=self.config.dp_clip, dp_noise=self.config.dp_noise)
+                    secure_agg=self.config.secure_agg, dp_clip=self.config.dp_clip,
+                    dp_noise=self.config.dp_noise)
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
@@ -457,7 +470,13 @@ class Chief:
                 if isinstance(ev, Error):
                     log.warning("%s gave up: %s [%s]", s.label, ev.message, ev.code)
                     return
+                if isinstance(ev, SecAggKeys | SecAggShares | SecAggReveal | SecAggMasked):
+                    await self._on_secagg(s, ev)
+                    continue
                 assert isinstance(ev, Update), ev
+                if self._secure is not None and ev.round != 0:
+                    raise RemoteProtocolError("this chief runs secure aggregation: send SecAggKeys, not a plain "
+                                              "Update", code="out_of_order")
                 header_bytes = s.conn.last_frame_bytes
                 # A connection cut inside the chunks raises here: the partial
                 # update is discarded, never half-averaged.
@@ -509,6 +528,69 @@ class Chief:
             else:
                 self._held.add(wid)
 
+    async def _on_secagg(self, s: Session, ev: SecAggKeys | SecAggShares | SecAggReveal | SecAggMasked) -> None:
+        """Route a secure-aggregation message; a masked update is summed, never kept."""
+        sec, wid = self._secure, s.worker_id
+        assert wid is not None
+        if sec is None:
+            raise RemoteProtocolError("this chief does not run secure aggregation", code="out_of_order")
+        if isinstance(ev, SecAggMasked):
+            header_bytes = s.conn.last_frame_bytes
+            ours = not self._done.is_set() and sec.check_masked(wid, ev.round, ev.attempt, ev.tensors)
+            async with self._staging.hold(sum(t.wire_nbytes for t in ev.tensors)) as slot:
+                masked, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout, slot)
+                self._round_bytes_in += header_bytes + chunk_bytes
+                if ours:
+                    sec.add_masked(wid, ev.round, ev.attempt, masked)
+                del masked
+            return
+        self._round_bytes_in += s.conn.last_frame_bytes
+        if isinstance(ev, SecAggShares):
+            sec.on_shares(wid, ev)
+        elif isinstance(ev, SecAggReveal):
+            sec.on_reveal(wid, ev)
+        elif self._done.is_set():
+            return
+        else:
+            verdict = sec.on_keys(wid, ev, s.conn_id)
+            if isinstance(verdict, NotSelected):
+                self._held.add(wid)
+            elif isinstance(verdict, Stale):
+                log.info("%s: keys for round %d, which is closed; sending round %d", s.label, ev.round,
+                         self.controller.round)
+                self.controller.join(wid)
+                if self.controller.is_selected(wid):
+                    assert self.controller.weights is not None and self.controller.specs is not None
+                    await s.send(Global(self.controller.round, self.controller.specs), self.controller.weights)
+                else:
+                    self._held.add(wid)
+            self._wake.set()
+
+    async def _secure_close(self) -> RoundResult | None:
+        """Run the secure-aggregation attempt; the closed round, or None if it must start over."""
+        sec, ctrl = self._secure, self.controller
+        assert sec is not None
+
+        async def send(wid: int, msg: Any) -> bool:
+            s = self._sessions.get(wid)
+            if s is None:
+                return False
+            try:
+                self._round_bytes_out += await asyncio.wait_for(s.send(msg), self.config.idle_timeout)
+                return True
+            except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
+                log.info("%s: could not send %s (%s)", s.label, type(msg).__name__, exc or type(exc).__name__)
+                s.writer.transport.abort()
+                return False
+
+        outcome: Outcome | None = await sec.run(send, lambda w: w in self._sessions)
+        if outcome is None:
+            return None
+        self._held |= sec.waiting_for_model() & set(self._sessions)
+        self._round_extra = {"secure_agg": {"attempt": outcome.attempt, "dropped": len(outcome.dropped),
+                                            "unmask_s": round(outcome.unmask_s, 4)}}
+        return ctrl.close(time.monotonic(), combined=(outcome.average, outcome.workers, outcome.weight))
+
     async def _heartbeats(self, s: Session) -> None:
         interval = self.config.heartbeat_interval
         while True:
@@ -534,7 +616,10 @@ class Chief:
                 await self._sleep_until_woken(5.0)
                 continue
             if ctrl.should_close(now):
-                await self._publish(await self._close_round(now))
+                if self._secure is None:
+                    await self._publish(await self._close_round(now))
+                elif (result := await self._secure_close()) is not None:
+                    await self._publish(result)
                 continue
             if ctrl.past_deadline_without_quorum(now):
                 log.warning(
@@ -569,13 +654,16 @@ class Chief:
         # Record and checkpoint before anyone sees the new model, so a restart
         # never resumes behind what workers hold nor repeats a metrics line.
         sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
-        bytes_out = message_bytes(msg, result.weights) * len(sessions)
+        bytes_out = message_bytes(msg, result.weights) * len(sessions) + self._round_bytes_out
+        self._round_bytes_out = 0
         names = [self._names.get(w, str(w)) for w in result.workers]
         snapshot = ctrl.snapshot() if self.relay is None else None  # a relay resumes from its upstream
         members = self._member_names()
+        extra, self._round_extra = self._round_extra, {}
 
         def persist() -> dict[str, Any]:  # fsyncs: off the event loop, so heartbeats and joins go on
-            row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names)
+            row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names,
+                                            extra)
             if snapshot is not None:
                 self.outputs.checkpoint(snapshot, members)
             return row

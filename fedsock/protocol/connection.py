@@ -12,8 +12,9 @@ Conversation (W = worker, C = chief)::
     WELCOME --C:Welcome(+chunks)--> ESTABLISHED
     If Hello's capabilities hold "status", Auth leads to STATUS instead of
     WELCOME: STATUS --C:Status--> CLOSED (a read-only query; nothing follows).
-    ESTABLISHED: W may send Update(+chunks), Heartbeat;
-                 C may send Global(+chunks), Heartbeat, Done(+chunks)
+    ESTABLISHED: W may send Update(+chunks), Heartbeat, and the SecAgg*
+                 messages of secure aggregation (SecAggMasked +chunks);
+                 C may send Global(+chunks), Heartbeat, Done(+chunks), SecAgg*
     Error from either side, at any time, ends that side's sending; during
     the handshake it ends the conversation. Done ends the chief's sending.
 
@@ -28,8 +29,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +39,9 @@ from fedsock import limits
 from fedsock.errors import ConnectionTruncated, LocalProtocolError, RemoteProtocolError
 from fedsock.protocol import frames
 from fedsock.protocol.frames import Kind
+from fedsock.protocol.messages import CLASSES as PLAIN_CLASSES
+from fedsock.protocol.messages import WEIGHTS_KINDS as PLAIN_WEIGHTS_KINDS
 from fedsock.protocol.messages import (
-    CLASSES,
-    WEIGHTS_KINDS,
     Chunk,
     EndOfMessage,
     Error,
@@ -47,6 +49,7 @@ from fedsock.protocol.messages import (
     Message,
     TensorSpec,
 )
+from fedsock.protocol.secagg import SECAGG_CLASSES, SecAggMessage
 from fedsock.protocol.status import STATUS_CAPABILITY
 from fedsock.protocol.tensors import iter_chunks
 
@@ -84,7 +87,13 @@ class ConnectionClosed:
     """The peer closed the connection cleanly, at a frame boundary."""
 
 
-Event = Message | EndOfMessage | ConnectionClosed
+AnyMessage = Message | SecAggMessage
+Event = AnyMessage | EndOfMessage | ConnectionClosed
+CLASSES: dict[Kind, Callable[[dict[str, Any]], AnyMessage]] = {
+    **PLAIN_CLASSES, **{c.kind: c.from_body for c in SECAGG_CLASSES}}
+WEIGHTS_KINDS = PLAIN_WEIGHTS_KINDS | {Kind.SECAGG_MASKED}
+_WORKER_SECAGG = (Kind.SECAGG_KEYS, Kind.SECAGG_SHARES, Kind.SECAGG_MASKED, Kind.SECAGG_REVEAL)
+_CHIEF_SECAGG = (Kind.SECAGG_ROSTER, Kind.SECAGG_INBOX, Kind.SECAGG_UNMASK, Kind.SECAGG_ABORT)
 
 #: (sender, phase) -> {kind: phase after it}. Error is allowed everywhere and
 #: handled apart; Chunk is governed by the open stream, not by this table.
@@ -97,11 +106,13 @@ ALLOWED: dict[tuple[Role, Phase], dict[Kind, Phase]] = {
     (Role.WORKER, Phase.ESTABLISHED): {
         Kind.UPDATE: Phase.ESTABLISHED,
         Kind.HEARTBEAT: Phase.ESTABLISHED,
+        **{k: Phase.ESTABLISHED for k in _WORKER_SECAGG},  # their order: fedsock.secagg's state machines
     },
     (Role.CHIEF, Phase.ESTABLISHED): {
         Kind.GLOBAL: Phase.ESTABLISHED,
         Kind.HEARTBEAT: Phase.ESTABLISHED,
         Kind.DONE: Phase.ESTABLISHED,  # and the chief's sending ends
+        **{k: Phase.ESTABLISHED for k in _CHIEF_SECAGG},
     },
 }
 
@@ -192,7 +203,7 @@ class Connection:
 
     # --- state table ------------------------------------------------------
 
-    def _transition(self, sender: Role, msg: Message) -> None:
+    def _transition(self, sender: Role, msg: AnyMessage) -> None:
         """Apply ``msg`` sent by ``sender`` to the state, or raise ValueError."""
         side = self._sides[sender]
         kind = msg.kind
@@ -242,7 +253,7 @@ class Connection:
 
     # --- sending ----------------------------------------------------------
 
-    def send(self, msg: Message) -> bytes:
+    def send(self, msg: AnyMessage) -> bytes:
         """Turn one of our messages into the bytes of its frame.
 
         Raises:
@@ -264,7 +275,7 @@ class Connection:
         body = frames.pack_body(msg.to_body())
         return frames.encode_header(msg.kind, len(body)) + body
 
-    def send_parts(self, msg: Message) -> tuple[bytes | memoryview, ...]:
+    def send_parts(self, msg: AnyMessage) -> tuple[bytes | memoryview, ...]:
         """Like ``send``, but a Chunk's data is not copied: (header + envelope, data).
 
         Write the parts in order; the data view must stay unchanged until written.
@@ -374,7 +385,7 @@ def _chunk_prefix(tensor: int, offset: int, length: int) -> bytes:
     return b"\x83" + head[1:] + b"\xa1d" + b"\xc6" + struct.pack(">I", length)
 
 
-def message_bytes(msg: Message, arrays: Sequence[np.ndarray] = (), chunk_bytes: int = limits.CHUNK_BYTES) -> int:
+def message_bytes(msg: AnyMessage, arrays: Sequence[np.ndarray] = (), chunk_bytes: int = limits.CHUNK_BYTES) -> int:
     """Bytes on the wire of ``msg`` followed by the chunks of ``arrays``."""
     total = frames.HEADER_BYTES + len(frames.pack_body(msg.to_body()))
     for chunk in iter_chunks(arrays, chunk_bytes):

@@ -43,6 +43,14 @@ class Kind(enum.IntEnum):
     ERROR = 9
     CHUNK = 10
     STATUS = 11
+    SECAGG_KEYS = 12
+    SECAGG_ROSTER = 13
+    SECAGG_SHARES = 14
+    SECAGG_INBOX = 15
+    SECAGG_MASKED = 16
+    SECAGG_UNMASK = 17
+    SECAGG_REVEAL = 18
+    SECAGG_ABORT = 19
 
 
 def encode_header(kind: Kind, length: int) -> bytes:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
+import signal
 import sys
 import time
 
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
     p.add_argument("--reconnect-timeout", type=float, default=120.0)
     p.add_argument("--save-updates", default=None)
+    p.add_argument("--kill-after", default=None, metavar="KIND:ROUND",
+                   help="SIGKILL this process right after sending its secure-aggregation message KIND "
+                   "(shares or masked) of round ROUND (fault tests)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -50,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     heartbeat_interval=args.heartbeat_interval, reconnect_timeout=args.reconnect_timeout,
                     save_updates=args.save_updates) as client:
             print(f"{args.name}: joined as worker {client.worker_id} at round {client.round}", flush=True)
+            if args.kill_after:
+                kill_after(client, *args.kill_after.split(":"))
             w = client.join([np.zeros(s, np.float32) for s in shapes])
             while not client.finished:
                 time.sleep(args.work)
@@ -60,6 +67,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.name}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def kill_after(client: Client, kind: str, round_: str) -> None:
+    """Make ``client`` SIGKILL its own process once it has sent SecAgg ``kind`` for ``round_``."""
+    from fedsock.protocol.secagg import SecAggMasked, SecAggShares
+
+    cls = {"shares": SecAggShares, "masked": SecAggMasked}[kind]
+    send = client._send
+
+    def send_then_die(msg: object, arrays: object = ()) -> None:
+        send(msg, arrays)  # type: ignore[arg-type]
+        if isinstance(msg, cls) and msg.round == int(round_):
+            print(f"killing myself after {kind} of round {round_}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    client._send = send_then_die  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -59,8 +59,12 @@ from fedsock.protocol import (
     specs_of,
 )
 from fedsock.protocol.compression import parse_compression
+from fedsock.protocol.secagg import SecAggAbort, SecAggInbox, SecAggMessage, SecAggRoster, SecAggUnmask
+from fedsock.secagg.fixedpoint import RangeError
+from fedsock.secagg.worker import WorkerRound
 from fedsock.worker.compress import UpdateEncoder
 from fedsock.worker.privacy import clip_for_plan
+from fedsock.worker.secure import masked_update
 
 log = logging.getLogger("fedsock.worker")
 
@@ -278,6 +282,8 @@ class Client:
             np.savez(self._save_updates / f"round-{upd.round:06d}.npz",
                      num_examples=np.int64(upd.num_examples),
                      **{f"w{i:04d}": np.asarray(w) for i, w in enumerate(weights)})
+        if self.plan.secure_agg:
+            return self._secure_exchange(weights, upd)
         comp = parse_compression(self.welcome.compress)
         if comp.mode != "none" and self._global_specs:  # deltas from the global model we hold
             if self._encoder is None or self._encoder.comp != comp:
@@ -409,6 +415,60 @@ class Client:
                     return self.weights
                 log.info("re-sending the update for round %d", upd.round)
 
+    def _secure_exchange(self, weights: Sequence[np.ndarray], upd: Update) -> list[np.ndarray]:
+        """Secure aggregation of ``upd``: keys, shares, masked update, reveal; then the new model.
+
+        An attempt the chief abandons (too few workers left) starts over with
+        fresh keys; a lost connection reconnects and starts over, unless the
+        round closed meanwhile.
+        """
+        names = [s.name for s in upd.tensors]
+        with self._lock:
+            while True:
+                sa, keys = WorkerRound.start(upd.round)
+                try:
+                    self._send(keys)
+                    while True:
+                        ev = self._next_event()
+                        if isinstance(ev, Heartbeat):
+                            continue
+                        if isinstance(ev, (Global, Done)):
+                            return self._take_model(ev)
+                        if isinstance(ev, ConnectionClosed):
+                            raise ConnectionLost("the chief closed the connection")
+                        if isinstance(ev, SecAggAbort):
+                            log.info("secure aggregation attempt %d of round %d abandoned by the chief (%s); "
+                                     "starting over", ev.attempt, ev.round, ev.reason)
+                            break
+                        if isinstance(ev, SecAggRoster):
+                            self._send(sa.on_roster(ev))
+                        elif isinstance(ev, SecAggInbox):
+                            sa.on_inbox(ev)
+                            try:
+                                msg, arrays = masked_update(sa, weights, upd.num_examples, self.plan, names)
+                            except RangeError as exc:
+                                self._send_quietly(Error(code="invalid_weights", message=str(exc)))
+                                raise FedsockError(f"cannot take part in secure aggregation: {exc}") from None
+                            self._send(msg, arrays)
+                        elif isinstance(ev, SecAggUnmask):
+                            self._send(sa.on_unmask(ev))
+                        else:
+                            raise FedsockError(f"unexpected {type(ev).__name__} from the chief")
+                except RemoteProtocolError as exc:
+                    self._send_quietly(Error(code=exc.code, message=str(exc)))
+                    raise
+                except (ConnectionLost, OSError) as exc:
+                    if self._reconnect_timeout <= 0:
+                        raise ConnectionLost(str(exc)) from None
+                    self._reconnect(str(exc))
+                    if self.round >= self.plan.rounds:
+                        return self._await_global()
+                    if self.weights is not None and self.round != upd.round - 1:
+                        log.info("round %d closed meanwhile; continuing from the chief's round %d",
+                                 upd.round, self.round)
+                        return self.weights
+                    log.info("starting secure aggregation of round %d again", upd.round)
+
     def _reconnect(self, reason: str) -> None:
         """Connect and authenticate again (same name, so the chief knows us)."""
         log.warning("connection to the chief lost (%s); reconnecting for up to %g s",
@@ -425,15 +485,19 @@ class Client:
             if isinstance(ev, Heartbeat):
                 continue
             if isinstance(ev, (Global, Done)):
-                self.weights = self._read_weights(ev.tensors)
-                self._global_specs = ev.tensors
-                self.round = ev.round
-                if isinstance(ev, Done):
-                    self.finished = True
-                return self.weights
+                return self._take_model(ev)
             if isinstance(ev, ConnectionClosed):
                 raise ConnectionLost("the chief closed the connection")
             raise FedsockError(f"unexpected {type(ev).__name__} from the chief")
+
+    def _take_model(self, ev: Global | Done) -> list[np.ndarray]:
+        """Read the weights that follow a Global or Done; they are the model from now on."""
+        self.weights = self._read_weights(ev.tensors)
+        self._global_specs = ev.tensors
+        self.round = ev.round
+        if isinstance(ev, Done):
+            self.finished = True
+        return self.weights
 
     def _read_weights(self, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
         asm = TensorAssembler(specs)
@@ -491,7 +555,7 @@ class Client:
             silent_since = time.monotonic()
             self._conn.receive_data(data)
 
-    def _send(self, msg: Message, arrays: Sequence[np.ndarray] = ()) -> None:
+    def _send(self, msg: Message | SecAggMessage, arrays: Sequence[np.ndarray] = ()) -> None:
         self._sock.settimeout(self._idle_timeout)
         self._sock.sendall(self._conn.send(msg))
         for chunk in iter_chunks(arrays):

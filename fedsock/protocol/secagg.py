@@ -1,0 +1,289 @@
+"""The secure-aggregation messages (protocol.md section 8).
+
+One secure round, per attempt (W = worker, C = chief)::
+
+    W: SecAggKeys      two fresh X25519 public keys (share key, mask key)
+    C: SecAggRoster    the attempt, threshold and the keys of the worker's neighbours
+    W: SecAggShares    Shamir shares of its mask key and self-mask seed, sealed to each neighbour
+    C: SecAggInbox     the sealed shares addressed to this worker
+    W: SecAggMasked    its masked, fixed-point update (uint64 tensors, then chunks)
+    C: SecAggUnmask    who sent masked updates (survivors) and who dropped out
+    W: SecAggReveal    self-mask shares of survivors, mask-key shares of the dropped
+    C: Global          as in a plain round
+    C: SecAggAbort     at any point: too few workers left; start again with SecAggKeys
+
+Only the shape of each message is checked here; whether it fits the attempt
+is the business of ``fedsock.secagg``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fedsock import limits
+from fedsock.errors import RemoteProtocolError
+from fedsock.protocol.fields import nonneg, require
+from fedsock.protocol.frames import Kind
+from fedsock.protocol.messages import TensorSpec, specs_from_wire, specs_to_wire
+
+PUBLIC_KEY_BYTES = 32
+
+
+def _key(b: dict[str, Any], name: str, what: str) -> bytes:
+    key: bytes = require(b, name, bytes, what)
+    if len(key) != PUBLIC_KEY_BYTES:
+        raise RemoteProtocolError(f"{what}: {name} must be {PUBLIC_KEY_BYTES} bytes", code="bad_message")
+    return key
+
+
+def _ids(b: dict[str, Any], name: str, what: str) -> tuple[int, ...]:
+    raw = require(b, name, list, what)
+    if len(raw) > limits.MAX_WORKERS:
+        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} ids", code="limit_exceeded")
+    ids = []
+    for x in raw:
+        if isinstance(x, bool) or not isinstance(x, int) or not 0 < x < 2**63:
+            raise RemoteProtocolError(f"{what}: {name} must hold worker ids >= 1", code="bad_message")
+        ids.append(x)
+    if len(set(ids)) != len(ids):
+        raise RemoteProtocolError(f"{what}: {name} repeats an id", code="bad_message")
+    return tuple(ids)
+
+
+def _pairs(b: dict[str, Any], name: str, what: str, max_bytes: int) -> tuple[tuple[int, bytes], ...]:
+    """A list of [worker id, bytes] pairs (ids distinct)."""
+    raw = require(b, name, list, what)
+    if len(raw) > limits.MAX_WORKERS:
+        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} entries", code="limit_exceeded")
+    out = []
+    for item in raw:
+        if (not isinstance(item, list) or len(item) != 2 or isinstance(item[0], bool)
+                or not isinstance(item[0], int) or not isinstance(item[1], bytes)):
+            raise RemoteProtocolError(f"{what}: {name} entries must be [id, bytes]", code="bad_message")
+        if not 0 < item[0] < 2**63 or len(item[1]) > max_bytes:
+            raise RemoteProtocolError(f"{what}: bad {name} entry", code="bad_message")
+        out.append((item[0], item[1]))
+    if len({i for i, _ in out}) != len(out):
+        raise RemoteProtocolError(f"{what}: {name} repeats an id", code="bad_message")
+    return tuple(out)
+
+
+def _attempt(b: dict[str, Any], what: str) -> tuple[int, int]:
+    return (nonneg(require(b, "round", int, what), "round", what),
+            nonneg(require(b, "attempt", int, what), "attempt", what))
+
+
+@dataclass(frozen=True)
+class SecAggKeys:
+    """W -> C: fresh public keys for this round's secure aggregation (its "ready")."""
+
+    kind: ClassVar[Kind] = Kind.SECAGG_KEYS
+    round: int
+    share_key: bytes
+    mask_key: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "share_key": self.share_key, "mask_key": self.mask_key}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAggKeys:
+        w = "SecAggKeys"
+        return cls(nonneg(require(b, "round", int, w), "round", w), _key(b, "share_key", w), _key(b, "mask_key", w))
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One roster entry: a worker id and its two public keys."""
+
+    id: int
+    share_key: bytes
+    mask_key: bytes
+
+
+@dataclass(frozen=True)
+class SecAggRoster:
+    """C -> W: the attempt's parameters and the keys of the receiver and its neighbours.
+
+    ``threshold``: shares that rebuild a secret; ``min_survivors``: fewest
+    masked updates the chief will unmask; ``workers``: workers in the attempt
+    (for the fixed-point range); ``peers``: the receiver's neighbourhood,
+    itself included.
+    """
+
+    kind: ClassVar[Kind] = Kind.SECAGG_ROSTER
+    round: int
+    attempt: int
+    you: int
+    threshold: int
+    min_survivors: int
+    workers: int
+    peers: tuple[Peer, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt, "you": self.you, "threshold": self.threshold,
+                "min_survivors": self.min_survivors, "workers": self.workers,
+                "peers": [[p.id, p.share_key, p.mask_key] for p in self.peers]}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAggRoster:
+        w = "SecAggRoster"
+        round_, attempt = _attempt(b, w)
+        raw = require(b, "peers", list, w)
+        if len(raw) > limits.MAX_WORKERS:
+            raise RemoteProtocolError(f"{w}: more than {limits.MAX_WORKERS} peers", code="limit_exceeded")
+        peers = []
+        for item in raw:
+            if not isinstance(item, list) or len(item) != 3:
+                raise RemoteProtocolError(f"{w}: peers entries must be [id, share_key, mask_key]",
+                                          code="bad_message")
+            entry = {"id": item[0], "share_key": item[1], "mask_key": item[2]}
+            pid = require(entry, "id", int, w)
+            if not 0 < pid < 2**63:
+                raise RemoteProtocolError(f"{w}: peer id out of range", code="bad_message")
+            peers.append(Peer(pid, _key(entry, "share_key", w), _key(entry, "mask_key", w)))
+        if len({p.id for p in peers}) != len(peers):
+            raise RemoteProtocolError(f"{w}: peers repeat an id", code="bad_message")
+        you = require(b, "you", int, w)
+        threshold = require(b, "threshold", int, w)
+        min_survivors = require(b, "min_survivors", int, w)
+        workers = require(b, "workers", int, w)
+        if not len(peers) <= workers <= limits.MAX_WORKERS:
+            raise RemoteProtocolError(f"{w}: {workers} workers but {len(peers)} peers", code="bad_message")
+        if you not in {p.id for p in peers}:
+            raise RemoteProtocolError(f"{w}: the receiver is not among the peers", code="bad_message")
+        if not 2 <= threshold <= len(peers) or not threshold <= min_survivors <= limits.MAX_WORKERS:
+            raise RemoteProtocolError(f"{w}: threshold {threshold} / min_survivors {min_survivors} out of range "
+                                      f"for {len(peers)} peers", code="bad_message")
+        return cls(round_, attempt, you, threshold, min_survivors, workers, tuple(peers))
+
+
+#: Largest sealed share message: nonce + two shares + tag, with room to spare.
+MAX_SEALED_BYTES = 512
+MAX_SHARE_BYTES = 128
+
+
+@dataclass(frozen=True)
+class SecAggShares:
+    """W -> C: sealed shares, one per neighbour: ((to, ciphertext), ...)."""
+
+    kind: ClassVar[Kind] = Kind.SECAGG_SHARES
+    round: int
+    attempt: int
+    shares: tuple[tuple[int, bytes], ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt, "shares": [[i, c] for i, c in self.shares]}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAggShares:
+        w = "SecAggShares"
+        return cls(*_attempt(b, w), _pairs(b, "shares", w, MAX_SEALED_BYTES))
+
+
+@dataclass(frozen=True)
+class SecAggInbox:
+    """C -> W: the sealed shares addressed to the receiver: ((from, ciphertext), ...)."""
+
+    kind: ClassVar[Kind] = Kind.SECAGG_INBOX
+    round: int
+    attempt: int
+    shares: tuple[tuple[int, bytes], ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt, "shares": [[i, c] for i, c in self.shares]}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAggInbox:
+        w = "SecAggInbox"
+        return cls(*_attempt(b, w), _pairs(b, "shares", w, MAX_SEALED_BYTES))
+
+
+@dataclass(frozen=True)
+class SecAggMasked:
+    """W -> C: the masked update, uint64 tensors (the model's shapes, then [1]). Followed by chunks."""
+
+    kind: ClassVar[Kind] = Kind.SECAGG_MASKED
+    round: int
+    attempt: int
+    tensors: tuple[TensorSpec, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt, "tensors": specs_to_wire(self.tensors)}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAggMasked:
+        w = "SecAggMasked"
+        specs = specs_from_wire(b, w)
+        if any(s.dtype != "uint64" for s in specs):
+            raise RemoteProtocolError(f"{w}: masked tensors must be uint64", code="bad_message")
+        return cls(*_attempt(b, w), specs)
+
+
+@dataclass(frozen=True)
+class SecAggUnmask:
+    """C -> W: the workers whose masked updates are in the sum, and those that dropped out."""
+
+    kind: ClassVar[Kind] = Kind.SECAGG_UNMASK
+    round: int
+    attempt: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt, "survivors": list(self.survivors),
+                "dropped": list(self.dropped)}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAggUnmask:
+        w = "SecAggUnmask"
+        survivors, dropped = _ids(b, "survivors", w), _ids(b, "dropped", w)
+        if set(survivors) & set(dropped):
+            raise RemoteProtocolError(f"{w}: a worker is both a survivor and dropped", code="bad_message")
+        return cls(*_attempt(b, w), survivors, dropped)
+
+
+@dataclass(frozen=True)
+class SecAggReveal:
+    """W -> C: shares of survivors' self-mask seeds and of dropped workers' mask keys."""
+
+    kind: ClassVar[Kind] = Kind.SECAGG_REVEAL
+    round: int
+    attempt: int
+    seed_shares: tuple[tuple[int, bytes], ...]
+    key_shares: tuple[tuple[int, bytes], ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt,
+                "seed_shares": [[i, s] for i, s in self.seed_shares],
+                "key_shares": [[i, s] for i, s in self.key_shares]}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAggReveal:
+        w = "SecAggReveal"
+        return cls(*_attempt(b, w), _pairs(b, "seed_shares", w, MAX_SHARE_BYTES),
+                   _pairs(b, "key_shares", w, MAX_SHARE_BYTES))
+
+
+@dataclass(frozen=True)
+class SecAggAbort:
+    """C -> W: this attempt failed (too few workers left); send fresh SecAggKeys to try again."""
+
+    kind: ClassVar[Kind] = Kind.SECAGG_ABORT
+    round: int
+    attempt: int
+    reason: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt, "reason": self.reason}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> SecAggAbort:
+        w = "SecAggAbort"
+        return cls(*_attempt(b, w), require(b, "reason", str, w))
+
+
+SECAGG_CLASSES = (SecAggKeys, SecAggRoster, SecAggShares, SecAggInbox, SecAggMasked, SecAggUnmask,
+                  SecAggReveal, SecAggAbort)
+SecAggMessage = (SecAggKeys | SecAggRoster | SecAggShares | SecAggInbox | SecAggMasked | SecAggUnmask
+                 | SecAggReveal | SecAggAbort)
