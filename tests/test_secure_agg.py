@@ -245,3 +245,28 @@ def test_chief_killed_mid_run_resumes_and_workers_start_the_secure_round_over(tm
     ref = expected(examples, [names] * 6)
     final = np.load(state / "final_weights.npz")
     np.testing.assert_allclose(final[final.files[0]], ref, atol=tolerance(ref, 6), rtol=0)
+
+
+def test_secure_aggregation_with_dp_noise_added_by_the_workers(chiefs):
+    """Each worker clips to C and adds N(0, (zC)^2 / min_survivors); the chief adds none.
+
+    The unmasked mean therefore differs from the mean of the clipped steps by noise
+    of std zC / K per element (K = 3 = min_survivors), and epsilon is reported."""
+    from fedsock.aggregation.accounting import epsilon
+    from fedsock.aggregation.dp import clip_update
+
+    clip, z = 0.5, 1.0
+    chief = chiefs("--rounds", "1", "--min-workers", "3", "--secure-agg", "--dp-clip", str(clip),
+                   "--dp-noise", str(z))
+    examples = {"a": 10, "b": 25, "c": 40}
+    finals = run_clients(chief.address, chief.token, examples, shape=SHAPE)
+    assert chief.wait(60) == 0, chief.output()
+    zero = [np.zeros(SHAPE, np.float32)]
+    clipped = [clip_update([step_for(n, 1, [SHAPE])[0]], zero, clip)[0][0].astype(np.float64) for n in examples]
+    noise = finals["a"].astype(np.float64) - sum(clipped) / 3  # equal weights under DP
+    assert abs(float(noise.mean())) < 4 * z * clip / 3 / np.sqrt(noise.size)
+    assert abs(float(noise.std()) / (z * clip / 3) - 1) < 0.15, noise.std()
+    row = rows_of(chief.state_dir)[0]
+    assert row["examples"] == 3  # the summed weight: 1 per worker
+    assert row["epsilon"] == pytest.approx(epsilon(1, z, 1.0, 1e-5), rel=1e-9)
+    assert "the workers add the noise" in chief.output()

@@ -142,6 +142,9 @@ class Outputs:
             return
         log.info("differential privacy: updates clipped to L2 norm %g, equal weights; after %d rounds: %s",
                  cfg.dp_clip, cfg.rounds, describe_budget(privacy_fields(cfg, cfg.rounds)))
+        if cfg.secure_agg and cfg.dp_noise:
+            log.info("with secure aggregation the workers add the noise: each std %g x %g / sqrt(n), n being "
+                     "the fewest masked updates a round is unmasked with", cfg.dp_noise, cfg.dp_clip)
         if cfg.dp_noise == 0:
             log.warning("--dp-clip without --dp-noise bounds each worker's influence but gives no "
                         "differential privacy guarantee")

@@ -8,11 +8,11 @@ of the DP noise if the plan asks for it, plus the masks of the attempt.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Sequence
 
 import numpy as np
 
+from fedsock.aggregation.dp import fresh_rng, gaussian_noise
 from fedsock.protocol.messages import Plan, TensorSpec
 from fedsock.protocol.secagg import SecAggMasked
 from fedsock.secagg import fixedpoint
@@ -43,9 +43,9 @@ def masked_update(sa: WorkerRound, weights: Sequence[np.ndarray], num_examples: 
     if weight < 1:
         raise fixedpoint.RangeError("an update needs at least one example")
     std = noise_std(plan, roster.min_survivors)
-    if std:
-        rng = np.random.default_rng(secrets.randbits(128))
-        weights = [np.asarray(w, np.float64) + rng.normal(0.0, std, np.shape(w)) for w in weights]
+    if std:  # this worker's share of the DP noise; never reproducible (see dp.fresh_rng)
+        noise = gaussian_noise([np.shape(w) for w in weights], std, fresh_rng())
+        weights = [np.asarray(w, np.float64) + n for w, n in zip(weights, noise)]
     flat = sa.mask(fixedpoint.encode(weights, weight, roster.workers))
     arrays, pos = [], 0
     for w in weights:
