@@ -270,3 +270,15 @@ def test_secure_aggregation_with_dp_noise_added_by_the_workers(chiefs):
     assert row["examples"] == 3  # the summed weight: 1 per worker
     assert row["epsilon"] == pytest.approx(epsilon(1, z, 1.0, 1e-5), rel=1e-9)
     assert "the workers add the noise" in chief.output()
+
+
+def test_secure_aggregation_with_client_sampling(chiefs):
+    chief = chiefs("--rounds", "5", "--min-workers", "2", "--secure-agg", "--fraction", "0.5", "--seed", "3")
+    finals = run_clients(chief.address, chief.token, {"a": 10, "b": 20, "c": 35, "d": 5}, shape=SHAPE)
+    assert chief.wait(60) == 0, chief.output()
+    rows = rows_of(chief.state_dir)
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["workers"] == 2 and r["sampled"] == 2 for r in rows)  # only the sampled are in the sum
+    assert len({tuple(r["participants"]) for r in rows}) > 1
+    final = np.load(chief.state_dir / "final_weights.npz")
+    assert all(np.array_equal(w, final[final.files[0]]) for w in finals.values())
