@@ -186,9 +186,9 @@ class Chief:
         server = await asyncio.get_running_loop().create_server(lambda: _Admission(self), cfg.host, cfg.port)
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        self._announce()  # before chief.addr: whoever waits for the address finds the join command logged
         # atomically: a reader never sees an empty or half-written address
         atomic_write(cfg.state_dir / "chief.addr", f"{local}:{self.port}\n".encode())
-        self._announce()
         await asyncio.to_thread(self.outputs.announce_privacy)
         self.display.start()
         stop = asyncio.Event()
