@@ -7,11 +7,15 @@ enforces timeouts, and writes outputs (metrics, checkpoints, final model).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
+import os
 import secrets
 import signal
+import socket
+import ssl
 import time
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -50,10 +54,12 @@ from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
-#: Most weights messages (Global, Done) being written at once. Each holds its
-#: encrypted bytes in a transport buffer until the kernel takes them, so this
-#: bounds the chief's memory when a round ends for a thousand workers at once.
+#: Most weights messages (Global, Done) being written at once. Each takes an
+#: I/O thread and the kernel buffers of its connection, so this bounds the
+#: chief's threads and memory when a round ends for a thousand workers at once.
 MAX_CONCURRENT_SENDS = 16
+#: Threads that move weights messages (TLS and copies, off the event loop).
+IO_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,15 @@ class RunSummary:
     final_metrics: dict[str, float]
     state_dir: str
     stopped: bool = False  # ended by SIGTERM/SIGINT before the last round
+
+
+def _take_socket(transport: asyncio.Transport) -> socket.socket:
+    """The admitted connection's socket, taken over from its (paused) transport, non-blocking."""
+    ts = transport.get_extra_info("socket")
+    sock = socket.socket(ts.family, ts.type, ts.proto, fileno=os.dup(ts.fileno()))
+    transport.abort()  # closes the transport's descriptor only; the connection lives on in ours
+    sock.setblocking(False)
+    return sock
 
 
 class _Admission(asyncio.Protocol):
@@ -141,6 +156,7 @@ class Chief:
         self.relay: Relay | None = None
         self._staging = StagingBudget()
         self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        self._io = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="fedsock-io")
 
     # --- entry points -----------------------------------------------------
 
@@ -197,7 +213,7 @@ class Chief:
                     work.result()
         finally:
             for s in list(self._sessions.values()):
-                s.writer.transport.abort()
+                s.abort()
             handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in handlers:
                 t.cancel()
@@ -208,6 +224,7 @@ class Chief:
                 self.relay.close()
             if self.outputs.tensorboard is not None:
                 self.outputs.tensorboard.close()
+            self._io.shutdown(wait=False)
         return RunSummary(ctrl.round, self._last_metrics, str(cfg.state_dir), stopped=stop.is_set())
 
     async def _train(self) -> None:
@@ -270,27 +287,21 @@ class Chief:
             return
         self._unauthenticated += 1
         authenticated = False
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        sock = _take_socket(raw)
         try:
-            transport = await asyncio.wait_for(
-                loop.start_tls(raw, protocol, self._ssl, server_side=True), self.config.handshake_timeout)
+            tsock = await asyncio.wait_for(self._start_tls(sock), self.config.handshake_timeout)
         except Exception as exc:  # noqa: BLE001 - any failure here is the peer's or the network's
             timeout = isinstance(exc, TimeoutError | asyncio.TimeoutError)
             log.info("%s: TLS handshake failed: %s", label,
                      "no TLS handshake within the time limit" if timeout else tls.describe_tls_failure(exc))
-            raw.close()  # not abort: let the TLS alert reach the peer, so it can say what went wrong
+            sock.close()  # a TLS alert, if any, went out with the failed handshake
             self._unauthenticated -= 1
             return
         except asyncio.CancelledError:
-            raw.abort()
+            sock.close()
             self._unauthenticated -= 1
             return
-        assert transport is not None
-        protocol.connection_made(transport)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        s = Session(reader, writer, label)
+        s = Session(tsock, label, self._io)
         try:
             joined = await asyncio.wait_for(self._handshake(s), self.config.handshake_timeout)
             self._unauthenticated -= 1
@@ -310,7 +321,7 @@ class Chief:
             log.exception("%s: internal error; dropping the connection", s.label)
             await s.send_error("internal", "internal error on the chief; see its log")
         except asyncio.CancelledError:  # the chief is stopping
-            s.writer.transport.abort()
+            s.abort()
         finally:
             if not authenticated:
                 self._unauthenticated -= 1
@@ -323,6 +334,33 @@ class Chief:
                 self._held.discard(wid)
                 self._wake.set()
             await s.close()
+
+    async def _start_tls(self, sock: socket.socket) -> ssl.SSLSocket:
+        """The server side of the TLS handshake on the event loop (the socket is non-blocking)."""
+        tsock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    tsock.do_handshake()
+                    return tsock
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+                    write = isinstance(want, ssl.SSLWantWriteError)
+                    ready: asyncio.Future[None] = loop.create_future()
+                    fd = tsock.fileno()
+
+                    def wake(ready: asyncio.Future[None] = ready) -> None:
+                        if not ready.done():
+                            ready.set_result(None)
+
+                    (loop.add_writer if write else loop.add_reader)(fd, wake)
+                    try:
+                        await ready
+                    finally:
+                        (loop.remove_writer if write else loop.remove_reader)(fd)
+        except BaseException:
+            tsock.close()
+            raise
 
     async def _handshake(self, s: Session) -> bool:
         """Hello -> Challenge -> Auth. Returns True if the worker is in."""
@@ -356,7 +394,7 @@ class Chief:
         old = self._sessions.get(wid)
         if old is not None:
             log.info("%s reconnected from %s; closing its old connection", self._label(wid), s.peer)
-            old.writer.transport.abort()
+            old.abort()
         self._sessions[wid] = s
         self.monitor.joined(wid, s.name)
         log.info("%s joined from %s", self._label(wid), s.peer)
@@ -371,7 +409,7 @@ class Chief:
         """
         token = self.identity.token
         if self.config.ca is not None:
-            cn = tls.peer_identity(s.writer.get_extra_info("ssl_object"))
+            cn = tls.peer_identity(s.sock)
             if cn != s.name:
                 return f"the client certificate is for {cn!r}, but the worker calls itself {s.name!r}"
             return None
@@ -401,7 +439,7 @@ class Chief:
             if s.name in revoked:
                 log.warning("%s: its token was revoked; dropping it", self._label(wid))
                 await s.send_error("auth_failed", "authentication failed: your token was revoked")
-                s.writer.transport.abort()
+                s.abort()
                 self.controller.leave(wid)
 
     async def _welcome(self, s: Session) -> None:
@@ -592,7 +630,7 @@ class Chief:
             # A half-sent weights message leaves the connection unusable: drop it.
             log.info("%s: could not send %s (%s); dropping the connection", s.label,
                      type(msg).__name__, exc or type(exc).__name__)
-            s.writer.transport.abort()
+            s.abort()
             return 0
 
     async def _finish(self, min_wait: float = 0.0) -> None:

@@ -217,6 +217,7 @@ class Client:
         self._global_specs: tuple[TensorSpec, ...] = ()
         self.round = 0
         self._encoder: UpdateEncoder | None = None
+        self._rbuf = memoryview(bytearray(READ_BYTES))
         with self._lock:
             self.welcome = self._connect(connect_timeout)
         self.plan: Plan = self.welcome.plan
@@ -435,7 +436,16 @@ class Client:
 
     def _read_weights(self, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
         asm = TensorAssembler(specs)
+        silent_since = time.monotonic()
         while True:
+            direct = self._conn.direct_chunk()
+            if isinstance(direct, tuple):  # the chunk's data is decrypted straight into place
+                self._read_into(asm.target(*direct))
+                silent_since = time.monotonic()
+                continue
+            if direct is not None:  # a chunk's header may follow: read no further than it
+                silent_since = self._feed(self._rbuf[:direct], silent_since)
+                continue
             ev = self._next_event()
             if isinstance(ev, Chunk):
                 asm.add(ev)
@@ -443,6 +453,21 @@ class Client:
                 return asm.arrays()
             else:
                 raise FedsockError(f"unexpected {type(ev).__name__} inside a weights message")
+
+    def _read_into(self, dest: memoryview) -> None:
+        """The data of a chunk started with ``direct_chunk``, read into ``dest``."""
+        got = self._conn.take_chunk_data(dest)
+        silent_since = time.monotonic()
+        while got < len(dest):
+            n = self._recv_into(dest[got:], silent_since)
+            if n is None:
+                continue
+            if n == 0:
+                self._conn.receive_data(b"")  # the next event reports the truncation
+                return
+            got += n
+            self._conn.chunk_data_received(n)
+            silent_since = time.monotonic()
 
     def _expect(self, kind: type) -> Event:
         while True:
@@ -470,24 +495,38 @@ class Client:
                         raise ConnectionLost(f"the chief hung up: {ev.message}")
                     raise PeerError(ev.code, ev.message)
                 return ev
-            self._sock.settimeout(self._hb_interval)
-            try:
-                data = self._sock.recv(READ_BYTES)
-            except TimeoutError:
-                if time.monotonic() - silent_since > self._idle_timeout:
-                    raise ConnectionLost(f"the chief has been silent for {self._idle_timeout:g} s") from None
-                if self._conn.phase.value == "established" and not self._conn.we_finished:
-                    self._send_quietly(Heartbeat())
-                continue
-            except ssl.SSLError as exc:
-                if not _tls_fatal(exc):
-                    raise ConnectionLost(f"connection to the chief lost: {exc}") from None
-                # TLS 1.3 reports a rejected client certificate only at the first read.
-                raise ConnectError(f"the chief ended the TLS session: {tls.describe_tls_failure(exc)}") from None
-            except OSError as exc:
+            silent_since = self._feed(self._rbuf, silent_since)
+
+    def _feed(self, view: memoryview, silent_since: float) -> float:
+        """One read (into ``view``) fed to the Connection; returns when the chief was last heard."""
+        n = self._recv_into(view, silent_since)
+        if n is None:
+            return silent_since
+        self._conn.receive_data(view[:n] if n else b"")
+        return time.monotonic()
+
+    def _recv_into(self, view: memoryview, silent_since: float) -> int | None:
+        """One read into ``view``: bytes read (0: end of stream), or None after a heartbeat
+        interval of silence (a heartbeat went out)."""
+        self._sock.settimeout(self._hb_interval)
+        try:
+            return self._sock.recv_into(view)
+        except TimeoutError:
+            if time.monotonic() - silent_since > self._idle_timeout:
+                raise ConnectionLost(f"the chief has been silent for {self._idle_timeout:g} s") from None
+            if self._conn.phase.value == "established" and not self._conn.we_finished:
+                self._send_quietly(Heartbeat())
+            return None
+        except ssl.SSLError as exc:
+            if not _tls_fatal(exc):
                 raise ConnectionLost(f"connection to the chief lost: {exc}") from None
-            silent_since = time.monotonic()
-            self._conn.receive_data(data)
+            # TLS 1.3 reports a rejected client certificate only at the first read.
+            why = tls.describe_tls_failure(exc)
+            if self._tls is not None and "certificate" in why:
+                raise ConnectError(f"the chief refused this worker's certificate: {why}") from None
+            raise ConnectError(f"the chief ended the TLS session: {why}") from None
+        except OSError as exc:
+            raise ConnectionLost(f"connection to the chief lost: {exc}") from None
 
     def _send(self, msg: Message, arrays: Sequence[np.ndarray] = ()) -> None:
         self._sock.settimeout(self._idle_timeout)
