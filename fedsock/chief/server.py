@@ -16,6 +16,7 @@ import secrets
 import signal
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -302,6 +303,7 @@ class Chief:
             self._unauthenticated -= 1
             return
         s = Session(tsock, label, self._io)
+        s.keepalive_s = self.config.heartbeat_interval
         try:
             joined = await asyncio.wait_for(self._handshake(s), self.config.handshake_timeout)
             self._unauthenticated -= 1
@@ -612,20 +614,38 @@ class Chief:
                 self.outputs.checkpoint(snapshot, members)
             return row
 
-        row = await asyncio.to_thread(persist)
+        await self._drop_revoked()
+        # The model streams out while it is recorded and checkpointed, but its last bytes wait
+        # for that: a worker holds the new model only once all of it has arrived.
+        release = threading.Event()
+        sends = asyncio.gather(*(self._send_quietly(s, msg, result.weights, release) for s in sessions))
+        try:
+            row = await asyncio.to_thread(persist)
+        except BaseException:
+            for s in sessions:  # not recorded: the model must not reach anyone
+                s.abort()
+            await asyncio.gather(sends, return_exceptions=True)
+            raise
+        release.set()
         self._round_bytes_in = 0
         self.monitor.round_done(result, row)
         self.display.round_done(row)
         self._show()
-        await self._drop_revoked()
-        sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
+        sent = await sends
         if final:
             self._given_done |= {s.worker_id for s, n in zip(sessions, sent) if n and s.worker_id is not None}
 
-    async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray]) -> int:
+    async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray],
+                            release: threading.Event | None = None) -> int:
         try:
             async with self._send_slots:
-                return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
+                send = asyncio.ensure_future(s.send(msg, weights, release))
+                try:
+                    while release is not None and not release.is_set() and not send.done():
+                        await asyncio.wait({send}, timeout=0.02)  # the wait for release is not the peer's time
+                    return await asyncio.wait_for(send, self.config.idle_timeout)
+                finally:
+                    send.cancel()  # if still running: we were cancelled
         except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
             # A half-sent weights message leaves the connection unusable: drop it.
             log.info("%s: could not send %s (%s); dropping the connection", s.label,

@@ -77,6 +77,8 @@ class Session:
         self._closed = False  # aborted or closing: no more calls into TLS
         self._busy = 0  # I/O threads and loop waiters still using the socket
         self._rbuf = memoryview(bytearray(READ_BYTES))
+        #: Longest silence while the end of a message is held back (see ``send``).
+        self.keepalive_s = 10.0
 
     @property
     def label(self) -> str:
@@ -191,16 +193,22 @@ class Session:
 
     # --- sending ----------------------------------------------------------
 
-    async def send(self, msg: Message, arrays: Sequence[np.ndarray] = ()) -> int:
+    async def send(self, msg: Message, arrays: Sequence[np.ndarray] = (),
+                   release: threading.Event | None = None) -> int:
         """Send a message and, for weights messages, its chunks. Returns bytes sent.
 
         Chunks go out from an I/O thread, straight from ``arrays`` (no copy);
         if this is cancelled midway, the connection is aborted (a half-sent
-        message leaves it unusable).
+        message leaves it unusable). With ``release``, the message's last
+        bytes wait until it is set: the peer has the message only once they
+        arrive. Meanwhile one byte of them goes out every ``keepalive_s``, so
+        the peer does not take the wait for silence.
         """
         async with self._lock:
             if any(np.asarray(a).size for a in arrays):
-                return await self._in_thread(self._send_blocking, msg, arrays)
+                return await self._in_thread(self._send_blocking, msg, arrays, release)
+            while release is not None and not release.is_set():  # no chunks to hold back: hold it all
+                await asyncio.sleep(0.01)
             data = self.conn.send(msg)  # no chunks follow (none, or only empty tensors)
             view, sent = memoryview(data), 0
             try:
@@ -216,12 +224,26 @@ class Session:
                 raise
             return len(view)
 
-    def _send_blocking(self, msg: Message, arrays: Sequence[np.ndarray]) -> int:
+    def _send_blocking(self, msg: Message, arrays: Sequence[np.ndarray], release: threading.Event | None) -> int:
         n = self._write_blocking(self.conn.send(msg))
+        last: Chunk | None = None
         for chunk in iter_chunks(arrays):
-            for part in self.conn.send_parts(chunk):  # the tensor bytes are not copied
-                n += self._write_blocking(part)
+            if last is not None:
+                n += self._write_chunk(last)
+            last = chunk
+        if last is not None and release is not None:
+            while not release.wait(_POLL_S):
+                if self._closed:
+                    raise ConnectionResetError("connection closed")
+                if time.monotonic() - self.last_sent >= self.keepalive_s and len(last.data) > 1:
+                    n += self._write_chunk(Chunk(last.tensor, last.offset, last.data[:1]))
+                    last = Chunk(last.tensor, last.offset + 1, last.data[1:])
+        if last is not None:
+            n += self._write_chunk(last)
         return n
+
+    def _write_chunk(self, chunk: Chunk) -> int:
+        return sum(self._write_blocking(part) for part in self.conn.send_parts(chunk))  # no copy of the data
 
     def _write_blocking(self, data: bytes | memoryview) -> int:
         view, sent = memoryview(data), 0

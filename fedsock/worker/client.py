@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -214,6 +215,7 @@ class Client:
         self._last_sent = time.monotonic()
         self.finished = False
         self.weights: list[np.ndarray] | None = None
+        self._model_buf: np.ndarray | None = None  # the memory behind self.weights
         self._global_specs: tuple[TensorSpec, ...] = ()
         self.round = 0
         self._encoder: UpdateEncoder | None = None
@@ -424,7 +426,7 @@ class Client:
             if isinstance(ev, Heartbeat):
                 continue
             if isinstance(ev, (Global, Done)):
-                self.weights = self._read_weights(ev.tensors)
+                self.weights = self._read_weights(ev.tensors, reuse=True)
                 self._global_specs = ev.tensors
                 self.round = ev.round
                 if isinstance(ev, Done):
@@ -434,8 +436,15 @@ class Client:
                 raise ConnectionLost("the chief closed the connection")
             raise FedsockError(f"unexpected {type(ev).__name__} from the chief")
 
-    def _read_weights(self, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
-        asm = TensorAssembler(specs)
+    def _read_weights(self, specs: Sequence[TensorSpec], reuse: bool = False) -> list[np.ndarray]:
+        """The arrays of a weights message; with ``reuse``, in the memory of the model we hold
+        if nothing else holds any of it (fresh memory costs a page fault per page)."""
+        total = sum(s.wire_nbytes for s in specs)
+        buf = self._spare_model_buffer(total) if reuse else None
+        if buf is None:
+            buf = np.empty(total, np.uint8)
+        self._model_buf = buf
+        asm = TensorAssembler(specs, buf)
         silent_since = time.monotonic()
         while True:
             direct = self._conn.direct_chunk()
@@ -453,6 +462,19 @@ class Client:
                 return asm.arrays()
             else:
                 raise FedsockError(f"unexpected {type(ev).__name__} inside a weights message")
+
+    def _spare_model_buffer(self, nbytes: int) -> np.ndarray | None:
+        """The buffer behind ``self.weights``, taken back (``self.weights`` becomes None) if it
+        is big enough and no one else holds the list, an array of it or a view of the buffer."""
+        buf, held = self._model_buf, self.weights
+        if buf is None or held is None or buf.size < nbytes:
+            return None
+        # our own references: the attributes, these locals, the calls' arguments; each array is a view of buf
+        if (sys.getrefcount(held) != 3 or sys.getrefcount(buf) != 3 + len(held)
+                or any(sys.getrefcount(held[i]) != 2 for i in range(len(held)))):
+            return None
+        self.weights = None  # if the transfer fails, no half-written model is left behind
+        return buf
 
     def _read_into(self, dest: memoryview) -> None:
         """The data of a chunk started with ``direct_chunk``, read into ``dest``."""
