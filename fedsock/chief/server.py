@@ -585,42 +585,42 @@ class Chief:
         self._wake.clear()
 
     async def _publish(self, result: RoundResult) -> None:
-        """Evaluate, record, checkpoint; then hand out the new model."""
+        """Hand out the new model; it is complete at the workers once evaluated, recorded and checkpointed."""
         ctrl = self.controller
         seconds = time.monotonic() - result.opened_at
         assert ctrl.specs is not None
         final = ctrl.finished
         if final:
             self._done.set()
-        metrics = await asyncio.to_thread(self.outputs.evaluate, result.weights)
-        self._last_metrics = metrics
+        await self._drop_revoked()
         # Who gets the new model now: everyone at the end; otherwise those who
         # submitted or wait, if sampled for the next round.
         waiting = set(result.workers) | self._held
         targets = set(self._sessions) if final else {w for w in waiting if ctrl.is_selected(w)}
         self._held = set() if final else (waiting - targets) & set(self._sessions)
         msg = Done(result.round, ctrl.specs) if final else Global(result.round, ctrl.specs)
-        # Record and checkpoint before anyone sees the new model, so a restart
-        # never resumes behind what workers hold nor repeats a metrics line.
         sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
         bytes_out = message_bytes(msg, result.weights) * len(sessions)
         names = [self._names.get(w, str(w)) for w in result.workers]
         snapshot = ctrl.snapshot() if self.relay is None else None  # a relay resumes from its upstream
         members = self._member_names()
+        # Record and checkpoint before anyone has the new model, so a restart never resumes
+        # behind what workers hold nor repeats a metrics line. The model streams out meanwhile
+        # (and while it is evaluated), but its last bytes wait for that: a worker holds the new
+        # model only once all of it has arrived.
+        release = threading.Event()
+        sends = asyncio.gather(*(self._send_quietly(s, msg, result.weights, release) for s in sessions))
 
-        def persist() -> dict[str, Any]:  # fsyncs: off the event loop, so heartbeats and joins go on
+        def persist(metrics: dict[str, float]) -> dict[str, Any]:  # fsyncs: off the event loop
             row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names)
             if snapshot is not None:
                 self.outputs.checkpoint(snapshot, members)
             return row
 
-        await self._drop_revoked()
-        # The model streams out while it is recorded and checkpointed, but its last bytes wait
-        # for that: a worker holds the new model only once all of it has arrived.
-        release = threading.Event()
-        sends = asyncio.gather(*(self._send_quietly(s, msg, result.weights, release) for s in sessions))
         try:
-            row = await asyncio.to_thread(persist)
+            metrics = await asyncio.to_thread(self.outputs.evaluate, result.weights)
+            self._last_metrics = metrics
+            row = await asyncio.to_thread(persist, metrics)
         except BaseException:
             for s in sessions:  # not recorded: the model must not reach anyone
                 s.abort()
