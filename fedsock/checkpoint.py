@@ -49,13 +49,26 @@ def _array_from_wire(obj: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(obj["data"], dtype=dt).reshape(obj["shape"]).copy()
 
 
-def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
-    """Write ``data`` (bytes, or pieces written one after another) to ``path`` via temp file + fsync + rename."""
+def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview], recycle: Path | None = None) -> None:
+    """Write ``data`` (bytes, or pieces written one after another) to ``path`` via temp file + fsync + rename.
+
+    ``recycle``: a file that is no longer needed (e.g. the checkpoint about to be
+    pruned); it becomes the temp file and is overwritten in place, which reuses its
+    cached pages: writing a new file of a big model's size costs much more.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    reused = False
+    if recycle is not None and recycle != path:
+        try:
+            os.replace(recycle, tmp)
+            reused = True
+        except OSError:
+            pass
+    with open(tmp, "r+b" if reused else "wb") as f:
         for piece in [data] if isinstance(data, bytes) else data:
             f.write(piece)
+        f.truncate()
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -66,8 +79,8 @@ def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None
         os.close(dfd)
 
 
-def save(path: Path, ckpt: Checkpoint) -> None:
-    """Write a checkpoint atomically."""
+def save(path: Path, ckpt: Checkpoint, recycle: Path | None = None) -> None:
+    """Write a checkpoint atomically (over the file ``recycle``, if given: see ``atomic_write``)."""
     # The same msgpack map as packb would write, but the weights go to the file
     # straight from the arrays: no copy of the model in memory.
     pk = msgpack.Packer(use_bin_type=True)
@@ -79,7 +92,7 @@ def save(path: Path, ckpt: Checkpoint) -> None:
         pieces += [b"\xc6" + len(view).to_bytes(4, "big"), view]  # msgpack bin 32
     pieces += [pk.pack("state"), pk.pack([_array_to_wire(np.asarray(a)) for a in ckpt.state]),
                pk.pack("meta"), pk.pack(ckpt.meta)]
-    atomic_write(path, pieces)
+    atomic_write(path, pieces, recycle)
 
 
 def load(path: Path) -> Checkpoint:
@@ -107,6 +120,12 @@ def load(path: Path) -> Checkpoint:
 def round_path(directory: Path, round_: int) -> Path:
     """``<dir>/round-000042.fsck``."""
     return directory / f"round-{round_:06d}.fsck"
+
+
+def prunable(directory: Path, keep: int) -> Path | None:
+    """The oldest round checkpoint if saving one more would prune it, else None."""
+    files = sorted(directory.glob("round-*.fsck"))
+    return files[0] if files and len(files) >= keep else None
 
 
 def prune(directory: Path, keep: int) -> None:

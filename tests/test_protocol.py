@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedsock import limits
-from fedsock.errors import LocalProtocolError, RemoteProtocolError
+from fedsock.errors import ConnectionTruncated, LocalProtocolError, RemoteProtocolError
 from fedsock.protocol import (
     NEED_DATA,
     Auth,
@@ -243,3 +243,94 @@ def test_big_endian_arrays_travel_as_little_endian():
     for c in events[1:-1]:
         asm.add(c)
     np.testing.assert_array_equal(asm.arrays()[0], a)
+
+
+def receive_direct(conn: Connection, data: bytes, specs, piece: int = 7):
+    """Receive a weights message the way the I/O loops do, with ``direct_chunk``:
+    chunk data is placed straight into the arrays; everything else goes through
+    ``next_event``. Bytes arrive ``piece`` at a time. Returns (arrays, events)."""
+    asm = TensorAssembler(specs)
+    pos, events = 0, []
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        out = data[pos : pos + n]
+        pos += len(out)
+        return out
+
+    while True:
+        d = conn.direct_chunk()
+        if isinstance(d, tuple):
+            dest = asm.target(*d)
+            got = conn.take_chunk_data(dest)
+            while got < len(dest):
+                b = read(min(piece, len(dest) - got))
+                if not b:
+                    conn.receive_data(b"")
+                    break
+                dest[got : got + len(b)] = b
+                conn.chunk_data_received(len(b))
+                got += len(b)
+            continue
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            conn.receive_data(read(min(d, piece) if d is not None else piece))
+            continue
+        events.append(ev)
+        if isinstance(ev, Chunk):
+            asm.add(ev)
+        if isinstance(ev, EndOfMessage):
+            return asm.arrays(), events
+
+
+@pytest.mark.parametrize("piece", [1, 5, 64, 10_000])
+def test_direct_chunk_reception_equals_decoding(piece):
+    rng = np.random.default_rng(1)
+    arrays = [rng.normal(size=(37, 11)).astype(np.float32), np.zeros((0,), np.float32),
+              rng.integers(0, 9, size=(5,)).astype(np.int64), np.float32([7.0])]
+    worker, chief, _ = handshake(arrays)
+    specs = specs_of(arrays)
+    data = send_weights(chief, Global(round=1, tensors=specs), arrays, chunk_bytes=100)
+    got, events = receive_direct(worker, data, specs, piece)
+    assert isinstance(events[0], Global) and events[-1] == EndOfMessage(Kind.GLOBAL)
+    assert not any(isinstance(e, Chunk) for e in events)  # every chunk took the direct path
+    for g, w in zip(got, arrays):
+        np.testing.assert_array_equal(g, w)
+    # the conversation goes on normally afterwards
+    assert pump(worker.send(Heartbeat()), chief) == [Heartbeat()]
+
+
+def test_direct_chunk_leaves_other_layouts_and_bad_chunks_to_next_event():
+    from fedsock.protocol.connection import _chunk_prefix
+
+    worker, chief, arrays = handshake()
+    raw = arrays[0].tobytes()
+    pump(worker.send(Update(1, 1, specs_of(arrays))), chief)
+    # a standard msgpack body (bin8 data) is valid but not the canonical layout: decoded normally
+    body = frames.pack_body(Chunk(0, 0, raw[:8]).to_body())
+    chief.receive_data(frames.encode_header(Kind.CHUNK, len(body)) + body)
+    assert chief.direct_chunk() is None
+    assert chief.next_event() == Chunk(0, 0, raw[:8])
+    # a canonical chunk at the wrong offset is not taken directly; next_event rejects it
+    body = _chunk_prefix(0, 12, 4) + raw[12:16]
+    chief.receive_data(frames.encode_header(Kind.CHUNK, len(body)) + body)
+    assert chief.direct_chunk() is None
+    with pytest.raises(RemoteProtocolError, match="offset 8"):
+        chief.next_event()
+
+
+def test_eof_inside_direct_chunk_data_is_a_truncation():
+    worker, chief, arrays = handshake()
+    specs = specs_of(arrays)
+    data = send_weights(worker, Update(1, 1, specs), arrays)
+    chief.receive_data(data[:-5])
+    assert isinstance(chief.next_event(), Update)
+    d = chief.direct_chunk()
+    assert isinstance(d, tuple)
+    dest = TensorAssembler(specs).target(*d)
+    assert chief.take_chunk_data(dest) == len(dest) - 5
+    with pytest.raises(LocalProtocolError):
+        chief.next_event()  # the caller still owes the data
+    chief.receive_data(b"")
+    with pytest.raises(ConnectionTruncated):
+        chief.next_event()

@@ -216,3 +216,44 @@ def test_staging_budget_admits_what_fits_and_always_one():
     log = asyncio.run(scenario())
     assert log.index("+b") > log.index("-a")  # b waited for a
     assert log.index("+c") < log.index("-a")  # c fitted next to a
+
+
+def test_model_streams_during_checkpoint_but_completes_only_after_it(tmp_path, monkeypatch):
+    """The Global streams out while the chief checkpoints; its last bytes wait for the
+    checkpoint, trickling out a byte per heartbeat interval so the worker does not give up."""
+    import threading
+    import time
+
+    import fedsock
+    from fedsock.chief import Chief
+    from fedsock.chief.outputs import Outputs
+
+    done_at: list[float] = []
+    real = Outputs.checkpoint
+
+    def slow_checkpoint(self, snap, members=()):
+        if snap.round >= 1:  # the round's checkpoint, not the initial model's
+            time.sleep(1.5)
+        real(self, snap, members)
+        done_at.append(time.monotonic())
+
+    monkeypatch.setattr(Outputs, "checkpoint", slow_checkpoint)
+    chief = Chief(state_dir=tmp_path, host="127.0.0.1", port=0, rounds=1, min_workers=1,
+                  heartbeat_interval=0.2, idle_timeout=5.0, done_grace=0.5)
+    t = threading.Thread(target=chief.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "chief.addr").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    addr = (tmp_path / "chief.addr").read_text().strip()
+    w = [np.arange(3_000_000, dtype=np.float32)]  # several chunks
+    with fedsock.Client(addr, token=(tmp_path / "token").read_text().strip(), name="w",
+                        idle_timeout=1.0, heartbeat_interval=0.2, reconnect_timeout=0) as c:
+        c.join(w)
+        got = c.sync([w[0] + 2], num_examples=3)
+        returned = time.monotonic()
+        assert c.finished and c.reconnects == 0
+    np.testing.assert_array_equal(got[0], w[0] + 2)
+    assert returned >= done_at[-1]  # the worker held the model only after the checkpoint
+    t.join(timeout=30)
+    assert not t.is_alive()

@@ -116,3 +116,22 @@ def test_prune_keeps_newest(tmp_path):
         checkpoint.save(checkpoint.round_path(tmp_path, r), checkpoint.Checkpoint(r, specs_of(w), w, [], {}))
     checkpoint.prune(tmp_path, 2)
     assert [p.name for p in sorted(tmp_path.glob("round-*"))] == ["round-000004.fsck", "round-000005.fsck"]
+
+
+def test_checkpoint_overwrites_the_one_it_pushes_out(tmp_path):
+    """A new checkpoint reuses the file of the one about to be pruned; every kept one stays intact."""
+    for r in range(6):
+        w = [np.full(1000 - 100 * r, r, np.float32)]  # shrinking: the reused file must be cut to size
+        spare = checkpoint.prunable(tmp_path, 2)
+        assert (spare is None) == (r < 2)
+        inode = spare.stat().st_ino if spare is not None else None
+        path = checkpoint.round_path(tmp_path, r)
+        checkpoint.save(path, checkpoint.Checkpoint(r, specs_of(w), w, [], {}), recycle=spare)
+        checkpoint.prune(tmp_path, 2)
+        assert inode is None or path.stat().st_ino == inode
+        assert spare is None or not spare.exists()
+    assert [p.name for p in sorted(tmp_path.glob("round-*"))] == ["round-000004.fsck", "round-000005.fsck"]
+    for r in (4, 5):
+        back = checkpoint.load(checkpoint.round_path(tmp_path, r))
+        np.testing.assert_array_equal(back.weights[0], np.full(1000 - 100 * r, r, np.float32))
+    assert not list(tmp_path.glob(".*tmp*"))

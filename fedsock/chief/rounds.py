@@ -12,6 +12,7 @@ contribution and never counted twice.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -419,9 +420,17 @@ class RoundController:
             delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
             # A delta that is still the spent accumulator's buffer, in the model's dtype (a float32 accumulator),
             # becomes the new weights in place; others (float64, or made by the transform) are copied.
+            # The old model's buffers take the new one if nothing else holds them or their list
+            # (no send pending or in flight, no result or transform state; the counts are this
+            # method's own references): fresh memory would cost a page fault per page every
+            # round, more than the arithmetic.
+            old = self.weights
+            alone = sys.getrefcount(old) == 3  # self.weights, old, the call's argument
+            unshared = [alone and sys.getrefcount(old[i]) == 2 for i in range(len(old))]  # the list, the argument
             self.weights = [np.add(d, w, out=d) if id(d) in spent and d.dtype == w.dtype
-                            else apply_delta([w], [d])[0]
-                            for w, d in zip(self.weights, delta)]
+                            else apply_delta([w], [d], [w] if free else ())[0]
+                            for w, d, free in zip(old, delta, unshared)]
+            del old
             self.round += 1
         else:
             self.weights = [np.asarray(a).astype(w.dtype) for a, w in zip(adopt[1], self.weights)]

@@ -7,11 +7,16 @@ enforces timeouts, and writes outputs (metrics, checkpoints, final model).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
+import os
 import secrets
 import signal
+import socket
+import ssl
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -52,10 +57,12 @@ from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
-#: Most weights messages (Global, Done) being written at once. Each holds its
-#: encrypted bytes in a transport buffer until the kernel takes them, so this
-#: bounds the chief's memory when a round ends for a thousand workers at once.
+#: Most weights messages (Global, Done) being written at once. Each takes an
+#: I/O thread and the kernel buffers of its connection, so this bounds the
+#: chief's threads and memory when a round ends for a thousand workers at once.
 MAX_CONCURRENT_SENDS = 16
+#: Threads that move weights messages (TLS and copies, off the event loop).
+IO_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,15 @@ class RunSummary:
     final_metrics: dict[str, float]
     state_dir: str
     stopped: bool = False  # ended by SIGTERM/SIGINT before the last round
+
+
+def _take_socket(transport: asyncio.Transport) -> socket.socket:
+    """The admitted connection's socket, taken over from its (paused) transport, non-blocking."""
+    ts = transport.get_extra_info("socket")
+    sock = socket.socket(ts.family, ts.type, ts.proto, fileno=os.dup(ts.fileno()))
+    transport.abort()  # closes the transport's descriptor only; the connection lives on in ours
+    sock.setblocking(False)
+    return sock
 
 
 class _Admission(asyncio.Protocol):
@@ -155,6 +171,7 @@ class Chief:
         self._secure = SecureAggregation(self.config, self.controller) if self.config.secure_agg else None
         self._round_extra: dict[str, Any] = {}
         self._round_bytes_out = 0  # besides the Global/Done: secure aggregation's messages
+        self._io = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="fedsock-io")
 
     # --- entry points -----------------------------------------------------
 
@@ -212,7 +229,7 @@ class Chief:
                     work.result()
         finally:
             for s in list(self._sessions.values()):
-                s.writer.transport.abort()
+                s.abort()
             handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in handlers:
                 t.cancel()
@@ -223,6 +240,7 @@ class Chief:
                 self.relay.close()
             if self.outputs.tensorboard is not None:
                 self.outputs.tensorboard.close()
+            self._io.shutdown(wait=False)
         return RunSummary(ctrl.round, self._last_metrics, str(cfg.state_dir), stopped=stop.is_set())
 
     async def _train(self) -> None:
@@ -285,27 +303,22 @@ class Chief:
             return
         self._unauthenticated += 1
         authenticated = False
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        sock = _take_socket(raw)
         try:
-            transport = await asyncio.wait_for(
-                loop.start_tls(raw, protocol, self._ssl, server_side=True), self.config.handshake_timeout)
+            tsock = await asyncio.wait_for(self._start_tls(sock), self.config.handshake_timeout)
         except Exception as exc:  # noqa: BLE001 - any failure here is the peer's or the network's
             timeout = isinstance(exc, TimeoutError | asyncio.TimeoutError)
             log.info("%s: TLS handshake failed: %s", label,
                      "no TLS handshake within the time limit" if timeout else tls.describe_tls_failure(exc))
-            raw.close()  # not abort: let the TLS alert reach the peer, so it can say what went wrong
+            sock.close()  # a TLS alert, if any, went out with the failed handshake
             self._unauthenticated -= 1
             return
         except asyncio.CancelledError:
-            raw.abort()
+            sock.close()
             self._unauthenticated -= 1
             return
-        assert transport is not None
-        protocol.connection_made(transport)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        s = Session(reader, writer, label)
+        s = Session(tsock, label, self._io)
+        s.keepalive_s = self.config.heartbeat_interval
         try:
             joined = await asyncio.wait_for(self._handshake(s), self.config.handshake_timeout)
             self._unauthenticated -= 1
@@ -325,7 +338,7 @@ class Chief:
             log.exception("%s: internal error; dropping the connection", s.label)
             await s.send_error("internal", "internal error on the chief; see its log")
         except asyncio.CancelledError:  # the chief is stopping
-            s.writer.transport.abort()
+            s.abort()
         finally:
             if not authenticated:
                 self._unauthenticated -= 1
@@ -340,6 +353,33 @@ class Chief:
                     self._secure.left(wid)
                 self._wake.set()
             await s.close()
+
+    async def _start_tls(self, sock: socket.socket) -> ssl.SSLSocket:
+        """The server side of the TLS handshake on the event loop (the socket is non-blocking)."""
+        tsock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    tsock.do_handshake()
+                    return tsock
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+                    write = isinstance(want, ssl.SSLWantWriteError)
+                    ready: asyncio.Future[None] = loop.create_future()
+                    fd = tsock.fileno()
+
+                    def wake(ready: asyncio.Future[None] = ready) -> None:
+                        if not ready.done():
+                            ready.set_result(None)
+
+                    (loop.add_writer if write else loop.add_reader)(fd, wake)
+                    try:
+                        await ready
+                    finally:
+                        (loop.remove_writer if write else loop.remove_reader)(fd)
+        except BaseException:
+            tsock.close()
+            raise
 
     async def _handshake(self, s: Session) -> bool:
         """Hello -> Challenge -> Auth. Returns True if the worker is in."""
@@ -373,7 +413,7 @@ class Chief:
         old = self._sessions.get(wid)
         if old is not None:
             log.info("%s reconnected from %s; closing its old connection", self._label(wid), s.peer)
-            old.writer.transport.abort()
+            old.abort()
         self._sessions[wid] = s
         self.monitor.joined(wid, s.name)
         log.info("%s joined from %s", self._label(wid), s.peer)
@@ -388,7 +428,7 @@ class Chief:
         """
         token = self.identity.token
         if self.config.ca is not None:
-            cn = tls.peer_identity(s.writer.get_extra_info("ssl_object"))
+            cn = tls.peer_identity(s.sock)
             if cn != s.name:
                 return f"the client certificate is for {cn!r}, but the worker calls itself {s.name!r}"
             return None
@@ -418,7 +458,7 @@ class Chief:
             if s.name in revoked:
                 log.warning("%s: its token was revoked; dropping it", self._label(wid))
                 await s.send_error("auth_failed", "authentication failed: your token was revoked")
-                s.writer.transport.abort()
+                s.abort()
                 self.controller.leave(wid)
 
     async def _welcome(self, s: Session) -> None:
@@ -580,7 +620,7 @@ class Chief:
                 return True
             except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
                 log.info("%s: could not send %s (%s)", s.label, type(msg).__name__, exc or type(exc).__name__)
-                s.writer.transport.abort()
+                s.abort()
                 return False
 
         outcome: Outcome | None = await sec.run(send, lambda w: w in self._sessions)
@@ -636,23 +676,20 @@ class Chief:
         self._wake.clear()
 
     async def _publish(self, result: RoundResult) -> None:
-        """Evaluate, record, checkpoint; then hand out the new model."""
+        """Hand out the new model; it is complete at the workers once evaluated, recorded and checkpointed."""
         ctrl = self.controller
         seconds = time.monotonic() - result.opened_at
         assert ctrl.specs is not None
         final = ctrl.finished
         if final:
             self._done.set()
-        metrics = await asyncio.to_thread(self.outputs.evaluate, result.weights)
-        self._last_metrics = metrics
+        await self._drop_revoked()
         # Who gets the new model now: everyone at the end; otherwise those who
         # submitted or wait, if sampled for the next round.
         waiting = set(result.workers) | self._held
         targets = set(self._sessions) if final else {w for w in waiting if ctrl.is_selected(w)}
         self._held = set() if final else (waiting - targets) & set(self._sessions)
         msg = Done(result.round, ctrl.specs) if final else Global(result.round, ctrl.specs)
-        # Record and checkpoint before anyone sees the new model, so a restart
-        # never resumes behind what workers hold nor repeats a metrics line.
         sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
         bytes_out = message_bytes(msg, result.weights) * len(sessions) + self._round_bytes_out
         self._round_bytes_out = 0
@@ -660,33 +697,54 @@ class Chief:
         snapshot = ctrl.snapshot() if self.relay is None else None  # a relay resumes from its upstream
         members = self._member_names()
         extra, self._round_extra = self._round_extra, {}
+        # Record and checkpoint before anyone has the new model, so a restart never resumes
+        # behind what workers hold nor repeats a metrics line. The model streams out meanwhile
+        # (and while it is evaluated), but its last bytes wait for that: a worker holds the new
+        # model only once all of it has arrived.
+        release = threading.Event()
+        sends = asyncio.gather(*(self._send_quietly(s, msg, result.weights, release) for s in sessions))
 
-        def persist() -> dict[str, Any]:  # fsyncs: off the event loop, so heartbeats and joins go on
+        def persist(metrics: dict[str, float]) -> dict[str, Any]:  # fsyncs: off the event loop
             row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names,
                                             extra)
             if snapshot is not None:
                 self.outputs.checkpoint(snapshot, members)
             return row
 
-        row = await asyncio.to_thread(persist)
+        try:
+            metrics = await asyncio.to_thread(self.outputs.evaluate, result.weights)
+            self._last_metrics = metrics
+            row = await asyncio.to_thread(persist, metrics)
+        except BaseException:
+            for s in sessions:  # not recorded: the model must not reach anyone
+                s.abort()
+            await asyncio.gather(sends, return_exceptions=True)
+            raise
+        release.set()
         self._round_bytes_in = 0
         self.monitor.round_done(result, row)
         self.display.round_done(row)
         self._show()
-        await self._drop_revoked()
-        sent = await asyncio.gather(*(self._send_quietly(s, msg, result.weights) for s in sessions))
+        sent = await sends
         if final:
             self._given_done |= {s.worker_id for s, n in zip(sessions, sent) if n and s.worker_id is not None}
 
-    async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray]) -> int:
+    async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray],
+                            release: threading.Event | None = None) -> int:
         try:
             async with self._send_slots:
-                return await asyncio.wait_for(s.send(msg, weights), self.config.idle_timeout)
+                send = asyncio.ensure_future(s.send(msg, weights, release))
+                try:
+                    while release is not None and not release.is_set() and not send.done():
+                        await asyncio.wait({send}, timeout=0.02)  # the wait for release is not the peer's time
+                    return await asyncio.wait_for(send, self.config.idle_timeout)
+                finally:
+                    send.cancel()  # if still running: we were cancelled
         except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
             # A half-sent weights message leaves the connection unusable: drop it.
             log.info("%s: could not send %s (%s); dropping the connection", s.label,
                      type(msg).__name__, exc or type(exc).__name__)
-            s.writer.transport.abort()
+            s.abort()
             return 0
 
     async def _finish(self, min_wait: float = 0.0) -> None:

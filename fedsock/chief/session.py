@@ -1,10 +1,27 @@
-"""One worker connection on the chief: asyncio I/O around a ``Connection``."""
+"""One worker connection on the chief: a TLS socket around a ``Connection``.
+
+The event loop runs the conversation (handshake messages, heartbeats, round
+logic, timeouts) and waits for the socket without a thread. The bulk of the
+bytes, the chunks of an Update and of the Welcome, Global and Done the chief
+sends, move on I/O threads: ``ssl`` releases the GIL while it encrypts,
+decrypts and calls the kernel, so the chief's TLS work spreads over every
+core and across connections instead of running on the event loop's one
+thread. The socket stays non-blocking; every call into its TLS object holds a
+per-connection lock (an OpenSSL object is not safe to use from two threads at
+once), never while waiting for the socket to be ready.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import select
+import socket
+import ssl
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,19 +40,30 @@ from fedsock.protocol import (
     iter_chunks,
 )
 
+T = TypeVar("T")
 READ_BYTES = 256 * 1024
+#: Largest piece handed to one TLS write, so the TLS lock is never held for long.
+SEND_SLICE = 256 * 1024
+#: How often an I/O thread waiting for the socket checks whether the connection was aborted.
+_POLL_S = 0.25
+_WANT_READ, _WANT_WRITE = -1, -2
 
 
 class Session:
     """Reads events from and writes messages to one peer.
+
+    Args:
+        sock: the TLS socket, handshake done, non-blocking.
+        peer: ``host:port`` of the peer, for logs.
+        io: the threads that move weights messages.
 
     Byte counters feed the chief's per-round ``bytes_in`` / ``bytes_out``.
     Writes are serialized by a lock so that a heartbeat never lands between
     the chunks of a weights message.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
-        self.reader, self.writer, self.peer = reader, writer, peer
+    def __init__(self, sock: ssl.SSLSocket, peer: str, io: concurrent.futures.Executor) -> None:
+        self.sock, self.peer, self._io = sock, peer, io
         self.conn = Connection(Role.CHIEF)
         self.bytes_in = 0
         self.bytes_out = 0
@@ -44,12 +72,20 @@ class Session:
         self.worker_id: int | None = None
         self.conn_id = 0
         self.name = "?"
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one message written at a time
+        self._tls_lock = threading.Lock()  # one call into the TLS object at a time
+        self._closed = False  # aborted or closing: no more calls into TLS
+        self._busy = 0  # I/O threads and loop waiters still using the socket
+        self._rbuf = memoryview(bytearray(READ_BYTES))
+        #: Longest silence while the end of a message is held back (see ``send``).
+        self.keepalive_s = 10.0
 
     @property
     def label(self) -> str:
         """How logs name this peer."""
         return f"worker {self.worker_id} ({self.name})" if self.worker_id else self.peer
+
+    # --- receiving --------------------------------------------------------
 
     async def next_event(self, timeout: float) -> Event:
         """The next event; raises TimeoutError if the peer is silent for ``timeout``."""
@@ -57,23 +93,41 @@ class Session:
             ev = self.conn.next_event()
             if ev is not NEED_DATA:
                 return ev  # type: ignore[return-value]
-            data = await asyncio.wait_for(self.reader.read(READ_BYTES), timeout)
-            self.bytes_in += len(data)
-            self.last_received = time.monotonic()
-            self.conn.receive_data(data)
+            deadline = time.monotonic() + timeout
+            while True:
+                n = self._recv(self._rbuf)
+                if n >= 0:
+                    break
+                await self._ready(n == _WANT_WRITE, deadline)
+            self._received(n)
 
     async def read_weights(self, specs: Sequence[TensorSpec], timeout: float,
                            buffer: np.ndarray | None = None) -> tuple[list[np.ndarray], int]:
         """Collect the chunks following a weights message into arrays (in ``buffer`` if given).
 
+        The bytes are read and placed on an I/O thread; if this is cancelled,
+        the connection is aborted and the thread has stopped writing into
+        ``buffer`` before the cancellation goes on.
+
         Returns:
             The arrays and the bytes of their chunk frames.
         """
+        return await self._in_thread(self._read_weights_blocking, specs, timeout, buffer)
+
+    def _read_weights_blocking(self, specs: Sequence[TensorSpec], timeout: float,
+                               buffer: np.ndarray | None) -> tuple[list[np.ndarray], int]:
         asm = TensorAssembler(specs, buffer)
         nbytes = 0
         while True:
-            ev = await self.next_event(timeout)
-            if isinstance(ev, Chunk):
+            direct = self.conn.direct_chunk()
+            if isinstance(direct, tuple):  # the chunk's data is decrypted straight into place
+                self._read_into(asm.target(*direct), timeout)
+                nbytes += self.conn.last_frame_bytes
+                continue
+            ev = self.conn.next_event()
+            if ev is NEED_DATA:
+                self._fill_blocking(timeout, direct or READ_BYTES)
+            elif isinstance(ev, Chunk):
                 asm.add(ev)
                 nbytes += self.conn.last_frame_bytes
             elif isinstance(ev, EndOfMessage):
@@ -83,22 +137,138 @@ class Session:
             elif isinstance(ev, ConnectionClosed):
                 raise ConnectionResetError("peer closed during a weights message")
 
-    async def send(self, msg: Message, arrays: Sequence[np.ndarray] = ()) -> int:
-        """Send a message and, for weights messages, its chunks. Returns bytes sent."""
-        async with self._lock:
-            n = self._write(self.conn.send(msg))
-            for chunk in iter_chunks(arrays):
-                for part in self.conn.send_parts(chunk):  # the tensor bytes are not copied
-                    n += self._write(part)
-                await self.writer.drain()
-            await self.writer.drain()
-            return n
+    def _read_into(self, dest: memoryview, timeout: float) -> None:
+        """The data of a chunk started with ``direct_chunk``, read into ``dest``."""
+        got = self.conn.take_chunk_data(dest)
+        deadline = time.monotonic() + timeout
+        while got < len(dest):
+            n = self._recv(dest[got:])
+            if n > 0:
+                got += n
+                self.conn.chunk_data_received(n)
+                self.bytes_in += n
+                self.last_received = time.monotonic()
+                deadline = self.last_received + timeout
+            elif n == 0:
+                self.conn.receive_data(b"")  # next_event reports the truncation
+                return
+            else:
+                self._wait_blocking(n == _WANT_WRITE, deadline)
 
-    def _write(self, data: bytes | memoryview) -> int:
-        self.writer.write(data)
-        self.bytes_out += len(data)
+    def _fill_blocking(self, timeout: float, limit: int) -> None:
+        """Read what has arrived, up to ``limit`` bytes (at least one byte, or the end of
+        the stream), and feed it to the Connection."""
+        deadline = time.monotonic() + timeout
+        limit, got = min(limit, READ_BYTES), 0
+        while got < limit:
+            n = self._recv(self._rbuf[got:limit])
+            if n > 0:
+                got += n
+                continue
+            if got:  # deliver what we have; an end of stream shows at the next read
+                break
+            if n == 0:
+                self._received(0)
+                return
+            self._wait_blocking(n == _WANT_WRITE, deadline)
+        self._received(got)
+
+    def _recv(self, view: memoryview) -> int:
+        """One TLS read into ``view``: bytes read, 0 at end of stream,
+        or _WANT_READ / _WANT_WRITE if the socket is not ready."""
+        with self._tls_lock:
+            if self._closed:
+                return 0  # aborted: the peer is gone, as far as we care
+            try:
+                return self.sock.recv_into(view)
+            except ssl.SSLWantReadError:
+                return _WANT_READ
+            except ssl.SSLWantWriteError:
+                return _WANT_WRITE
+
+    def _received(self, n: int) -> None:
+        self.bytes_in += n
+        self.last_received = time.monotonic()
+        self.conn.receive_data(self._rbuf[:n] if n else b"")
+
+    # --- sending ----------------------------------------------------------
+
+    async def send(self, msg: Message, arrays: Sequence[np.ndarray] = (),
+                   release: threading.Event | None = None) -> int:
+        """Send a message and, for weights messages, its chunks. Returns bytes sent.
+
+        Chunks go out from an I/O thread, straight from ``arrays`` (no copy);
+        if this is cancelled midway, the connection is aborted (a half-sent
+        message leaves it unusable). With ``release``, the message's last
+        bytes wait until it is set: the peer has the message only once they
+        arrive. Meanwhile one byte of them goes out every ``keepalive_s``, so
+        the peer does not take the wait for silence.
+        """
+        async with self._lock:
+            if any(np.asarray(a).size for a in arrays):
+                return await self._in_thread(self._send_blocking, msg, arrays, release)
+            while release is not None and not release.is_set():  # no chunks to hold back: hold it all
+                await asyncio.sleep(0.01)
+            data = self.conn.send(msg)  # no chunks follow (none, or only empty tensors)
+            view, sent = memoryview(data), 0
+            try:
+                while sent < len(view):
+                    n = self._send_some(view[sent:])
+                    if n < 0:
+                        await self._ready(n == _WANT_WRITE, None)
+                    else:
+                        sent += n
+            except asyncio.CancelledError:
+                if sent:
+                    self.abort()
+                raise
+            return len(view)
+
+    def _send_blocking(self, msg: Message, arrays: Sequence[np.ndarray], release: threading.Event | None) -> int:
+        n = self._write_blocking(self.conn.send(msg))
+        last: Chunk | None = None
+        for chunk in iter_chunks(arrays):
+            if last is not None:
+                n += self._write_chunk(last)
+            last = chunk
+        if last is not None and release is not None:
+            while not release.wait(_POLL_S):
+                if self._closed:
+                    raise ConnectionResetError("connection closed")
+                if time.monotonic() - self.last_sent >= self.keepalive_s and len(last.data) > 1:
+                    n += self._write_chunk(Chunk(last.tensor, last.offset, last.data[:1]))
+                    last = Chunk(last.tensor, last.offset + 1, last.data[1:])
+        if last is not None:
+            n += self._write_chunk(last)
+        return n
+
+    def _write_chunk(self, chunk: Chunk) -> int:
+        return sum(self._write_blocking(part) for part in self.conn.send_parts(chunk))  # no copy of the data
+
+    def _write_blocking(self, data: bytes | memoryview) -> int:
+        view, sent = memoryview(data), 0
+        while sent < len(view):
+            n = self._send_some(view[sent:])
+            if n < 0:
+                self._wait_blocking(n == _WANT_WRITE, None)
+            else:
+                sent += n
+        return sent
+
+    def _send_some(self, view: memoryview) -> int:
+        """One TLS write of at most SEND_SLICE bytes: bytes written, or _WANT_READ / _WANT_WRITE."""
+        with self._tls_lock:
+            if self._closed:
+                raise ConnectionResetError("connection closed")
+            try:
+                n = self.sock.send(view[:SEND_SLICE])
+            except ssl.SSLWantWriteError:
+                return _WANT_WRITE
+            except ssl.SSLWantReadError:
+                return _WANT_READ
+        self.bytes_out += n
         self.last_sent = time.monotonic()
-        return len(data)
+        return n
 
     async def send_error(self, code: str, message: str) -> None:
         """Send ``Error`` if still allowed; never raises."""
@@ -109,10 +279,97 @@ class Session:
         except Exception:  # noqa: BLE001 - the peer may be gone already
             pass
 
-    async def close(self) -> None:
-        """Close the connection, bounded in time even if the peer is stuck."""
+    # --- waiting, threads, closing -----------------------------------------
+
+    async def _ready(self, write: bool, deadline: float | None) -> None:
+        """Wait on the event loop until the socket is readable (writable); TimeoutError at ``deadline``."""
+        if not write and self.sock.pending():
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        fd = self.sock.fileno()
+        if fd < 0:
+            return  # closed: the next call says so
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self._busy += 1
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
         try:
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
-        except Exception:  # noqa: BLE001 - closing a broken transport
+            await asyncio.wait_for(fut, None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        finally:
+            (loop.remove_writer if write else loop.remove_reader)(fd)
+            self._busy -= 1
+
+    def _wait_blocking(self, write: bool, deadline: float | None) -> None:
+        """On an I/O thread: wait until the socket is readable (writable), the connection
+        is aborted, or ``deadline`` passes (TimeoutError)."""
+        if not write and self.sock.pending():
+            return
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLOUT if write else select.POLLIN)
+        while not self._closed:
+            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError("no data within the time limit")
+            if poller.poll(wait * 1000):
+                return
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn`` on an I/O thread; on cancellation, abort and let it stop first."""
+        self._busy += 1
+        try:
+            cf = self._io.submit(fn, *args)
+            try:
+                return await asyncio.wrap_future(cf)
+            except asyncio.CancelledError:
+                self.abort()
+                deadline = time.monotonic() + 10.0
+                while not cf.done() and time.monotonic() < deadline:  # it stops within _POLL_S
+                    try:
+                        await asyncio.sleep(0.01)
+                    except asyncio.CancelledError:
+                        pass
+                raise
+        finally:
+            self._busy -= 1
+
+    def abort(self) -> None:
+        """Drop the connection now: pending and later reads see its end, writes fail."""
+        with self._tls_lock:
+            self._closed = True
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # wakes every waiter; TLS state untouched
+        except OSError:
             pass
+
+    async def close(self) -> None:
+        """Close the connection, bounded in time even if the peer is stuck.
+
+        What we sent is not lost to a reset: our side is shut down first and
+        whatever the peer still sends is read and dropped until it closes
+        too (at most 2 s).
+        """
+        graceful = not self._closed
+        with self._tls_lock:
+            self._closed = True
+        try:
+            if graceful:
+                socket.socket.shutdown(self.sock, socket.SHUT_WR)
+                deadline = time.monotonic() + 2.0
+                while True:
+                    try:
+                        if not socket.socket.recv(self.sock, 65536):  # raw bytes, dropped
+                            break
+                    except BlockingIOError:
+                        await self._ready(False, deadline)
+        except Exception:  # noqa: BLE001 - closing a broken or stuck connection
+            pass
+        finally:
+            self.abort()
+            deadline = time.monotonic() + 2.0
+            while self._busy and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            self.sock.close()

@@ -141,16 +141,20 @@ class _Stream:
 
     def check(self, chunk: Chunk) -> str | None:
         """Why ``chunk`` is not the next one expected, or None if it is."""
+        return self.check_at(chunk.tensor, chunk.offset, len(chunk.data))
+
+    def check_at(self, tensor: int, offset: int, nbytes: int) -> str | None:
+        """Why a chunk of ``nbytes`` at (``tensor``, ``offset``) is not the next one expected."""
         if self.complete:
             return "chunk after the last tensor"
-        if chunk.tensor != self.tensor or chunk.offset != self.offset:
+        if tensor != self.tensor or offset != self.offset:
             return (
                 f"expected chunk of tensor {self.tensor} at offset {self.offset}, "
-                f"got tensor {chunk.tensor} at offset {chunk.offset}"
+                f"got tensor {tensor} at offset {offset}"
             )
         remaining = self.sizes[self.tensor] - self.offset
-        if not 0 < len(chunk.data) <= remaining:
-            return f"chunk of {len(chunk.data)} bytes where 1..{remaining} were expected"
+        if not 0 < nbytes <= remaining:
+            return f"chunk of {nbytes} bytes where 1..{remaining} were expected"
         return None
 
     def advance(self, nbytes: int) -> None:
@@ -187,6 +191,8 @@ class Connection:
     last_frame_bytes: int = 0
     #: The Hello asked for a Status instead of joining (capability "status").
     status_query: bool = False
+    #: Data bytes of a chunk still to be placed by the caller (see ``direct_chunk``).
+    _direct_left: int = 0
 
     @property
     def peer_role(self) -> Role:
@@ -321,6 +327,11 @@ class Connection:
         """
         if self._failed is not None:
             raise self._failed
+        if self._direct_left:
+            if not self._eof:
+                raise LocalProtocolError("the data of a chunk taken with direct_chunk is still due")
+            self._failed = ConnectionTruncated("connection closed in the middle of a frame")
+            raise self._failed
         header = self._header
         if header is not None and not self._eof and len(self._buf) < frames.HEADER_BYTES + header[1]:
             # Mid-frame, the common case while a big chunk streams in: nothing to decode yet
@@ -338,6 +349,82 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - the fuzzing invariant: only RemoteProtocolError
             self._failed = RemoteProtocolError(f"undecodable input: {exc!r}", code="bad_frame")
             raise self._failed from None
+
+    # --- receiving chunk data in place (an optional fast path) ----------------
+
+    def direct_chunk(self) -> tuple[int, int, int] | int | None:
+        """Start placing the next chunk's data straight into the caller's memory.
+
+        Applies only to the chunk the peer's open weights message expects
+        next, in the layout ``send_parts`` writes (a map ``t``, ``o``, ``d``
+        with ``d`` a bin32); it is checked as ``next_event`` would check it.
+        This saves the copies into the frame buffer, the decoded ``bytes`` and
+        the ``Chunk``: the caller can read the data from its socket right
+        where it belongs.
+
+        Returns:
+            ``(tensor, offset, length)``: the frame's header and envelope are
+            consumed and the chunk counts as received; the caller must now
+            place exactly ``length`` data bytes itself: first
+            ``take_chunk_data`` (the part already buffered), then bytes it
+            reads, each acknowledged with ``chunk_data_received``. Until all
+            have been, only ``receive_data(b"")`` (end of stream) may be
+            called; ``next_event`` then reports the truncation.
+            An int: feed at least this many more bytes (``receive_data``),
+            then ask again, and no more than needed to keep copies small.
+            None: use ``next_event`` (no stream open, another kind of frame,
+            or something ``next_event`` will report as an error).
+        """
+        if self._failed is not None or self._direct_left or self._eof:
+            return None
+        side = self._sides[self.peer_role]
+        stream = side.stream
+        if stream is None or side.finished or stream.complete:
+            return None
+        buf, hb = self._buf, frames.HEADER_BYTES
+        if self._header is None:
+            if len(buf) < hb:
+                return hb + _MAX_ENVELOPE - len(buf)
+            if bytes(buf[:3]) != frames.MAGIC + bytes((frames.VERSION,)) or buf[3] != Kind.CHUNK:
+                return None
+            length = int.from_bytes(buf[4:hb], "big")
+            if length > self.max_frame:
+                return None
+        else:
+            kind, length = self._header
+            if kind is not Kind.CHUNK:
+                return None
+        end = hb + min(_MAX_ENVELOPE, length)
+        if len(buf) < end:
+            return end - len(buf)
+        parsed = _parse_chunk_envelope(buf, hb, end)
+        if parsed is None:
+            return None
+        tensor, offset, nbytes, envelope = parsed
+        if envelope + nbytes != length or stream.check_at(tensor, offset, nbytes) is not None:
+            return None
+        del buf[: hb + envelope]
+        self._header = None
+        self.last_frame_bytes = hb + length
+        stream.advance(nbytes)
+        self._direct_left = nbytes
+        return tensor, offset, nbytes
+
+    def take_chunk_data(self, dest: memoryview) -> int:
+        """After ``direct_chunk``: copy the chunk data already buffered into ``dest``; returns its size."""
+        n = min(len(dest), len(self._buf), self._direct_left)
+        if n:
+            with memoryview(self._buf) as view:
+                dest[:n] = view[:n]
+            del self._buf[:n]
+            self._direct_left -= n
+        return n
+
+    def chunk_data_received(self, nbytes: int) -> None:
+        """After ``direct_chunk``: the caller has placed ``nbytes`` more bytes of the chunk's data."""
+        if nbytes > self._direct_left:
+            raise LocalProtocolError(f"{nbytes} bytes placed where {self._direct_left} were due")
+        self._direct_left -= nbytes
 
     def _next_frame(self, sender: Role) -> Event | NeedData:
         if self._header is None:
@@ -375,6 +462,40 @@ class Connection:
         if self._sides[self.peer_role].stream is not None:
             raise ConnectionTruncated("connection closed in the middle of a weights message")
         return ConnectionClosed()
+
+
+#: Longest chunk envelope ``_chunk_prefix`` writes: fixmap, "t" + uint64, "o" + uint64, "d" + bin32 header.
+_MAX_ENVELOPE = 1 + 2 + 9 + 2 + 9 + 2 + 5
+_UINT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+
+
+def _parse_chunk_envelope(buf: bytearray, start: int, end: int) -> tuple[int, int, int, int] | None:
+    """(tensor, offset, data length, envelope length) of a chunk body laid out as
+    ``_chunk_prefix`` writes it, starting at ``buf[start]``; None for any other layout."""
+    pos = start
+    if buf[pos] != 0x83:
+        return None
+    pos += 1
+    values = []
+    for key in (b"\xa1t", b"\xa1o"):
+        if pos + 3 > end or bytes(buf[pos : pos + 2]) != key:
+            return None
+        pos += 2
+        b = buf[pos]
+        if b <= 0x7F:
+            values.append(b)
+            pos += 1
+            continue
+        size = _UINT_SIZES.get(b)
+        if size is None or pos + 1 + size > end:
+            return None
+        values.append(int.from_bytes(buf[pos + 1 : pos + 1 + size], "big"))
+        pos += 1 + size
+    if pos + 7 > end or bytes(buf[pos : pos + 3]) != b"\xa1d\xc6":
+        return None
+    nbytes = int.from_bytes(buf[pos + 3 : pos + 7], "big")
+    pos += 7
+    return values[0], values[1], nbytes, pos - start
 
 
 def _chunk_prefix(tensor: int, offset: int, length: int) -> bytes:

@@ -112,6 +112,10 @@ class TensorAssembler:
         buf = self._buffers[chunk.tensor]
         buf[chunk.offset : chunk.offset + len(chunk.data)] = np.frombuffer(chunk.data, np.uint8)
 
+    def target(self, tensor: int, offset: int, nbytes: int) -> memoryview:
+        """Where a chunk's data goes, to read it in place (the ``Connection`` has checked its bounds)."""
+        return self._buffers[tensor][offset : offset + nbytes].data
+
     def arrays(self) -> list[np.ndarray]:
         """The assembled arrays (views on the internal buffers, native order).
 

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -219,9 +220,11 @@ class Client:
         self._last_sent = time.monotonic()
         self.finished = False
         self.weights: list[np.ndarray] | None = None
+        self._model_buf: np.ndarray | None = None  # the memory behind self.weights
         self._global_specs: tuple[TensorSpec, ...] = ()
         self.round = 0
         self._encoder: UpdateEncoder | None = None
+        self._rbuf = memoryview(bytearray(READ_BYTES))
         with self._lock:
             self.welcome = self._connect(connect_timeout)
         self.plan: Plan = self.welcome.plan
@@ -492,16 +495,32 @@ class Client:
 
     def _take_model(self, ev: Global | Done) -> list[np.ndarray]:
         """Read the weights that follow a Global or Done; they are the model from now on."""
-        self.weights = self._read_weights(ev.tensors)
+        self.weights = self._read_weights(ev.tensors, reuse=True)
         self._global_specs = ev.tensors
         self.round = ev.round
         if isinstance(ev, Done):
             self.finished = True
         return self.weights
 
-    def _read_weights(self, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
-        asm = TensorAssembler(specs)
+    def _read_weights(self, specs: Sequence[TensorSpec], reuse: bool = False) -> list[np.ndarray]:
+        """The arrays of a weights message; with ``reuse``, in the memory of the model we hold
+        if nothing else holds any of it (fresh memory costs a page fault per page)."""
+        total = sum(s.wire_nbytes for s in specs)
+        buf = self._spare_model_buffer(total) if reuse else None
+        if buf is None:
+            buf = np.empty(total, np.uint8)
+        self._model_buf = buf
+        asm = TensorAssembler(specs, buf)
+        silent_since = time.monotonic()
         while True:
+            direct = self._conn.direct_chunk()
+            if isinstance(direct, tuple):  # the chunk's data is decrypted straight into place
+                self._read_into(asm.target(*direct))
+                silent_since = time.monotonic()
+                continue
+            if direct is not None:  # a chunk's header may follow: read no further than it
+                silent_since = self._feed(self._rbuf[:direct], silent_since)
+                continue
             ev = self._next_event()
             if isinstance(ev, Chunk):
                 asm.add(ev)
@@ -509,6 +528,34 @@ class Client:
                 return asm.arrays()
             else:
                 raise FedsockError(f"unexpected {type(ev).__name__} inside a weights message")
+
+    def _spare_model_buffer(self, nbytes: int) -> np.ndarray | None:
+        """The buffer behind ``self.weights``, taken back (``self.weights`` becomes None) if it
+        is big enough and no one else holds the list, an array of it or a view of the buffer."""
+        buf, held = self._model_buf, self.weights
+        if buf is None or held is None or buf.size < nbytes:
+            return None
+        # our own references: the attributes, these locals, the calls' arguments; each array is a view of buf
+        if (sys.getrefcount(held) != 3 or sys.getrefcount(buf) != 3 + len(held)
+                or any(sys.getrefcount(held[i]) != 2 for i in range(len(held)))):
+            return None
+        self.weights = None  # if the transfer fails, no half-written model is left behind
+        return buf
+
+    def _read_into(self, dest: memoryview) -> None:
+        """The data of a chunk started with ``direct_chunk``, read into ``dest``."""
+        got = self._conn.take_chunk_data(dest)
+        silent_since = time.monotonic()
+        while got < len(dest):
+            n = self._recv_into(dest[got:], silent_since)
+            if n is None:
+                continue
+            if n == 0:
+                self._conn.receive_data(b"")  # the next event reports the truncation
+                return
+            got += n
+            self._conn.chunk_data_received(n)
+            silent_since = time.monotonic()
 
     def _expect(self, kind: type) -> Event:
         while True:
@@ -536,24 +583,38 @@ class Client:
                         raise ConnectionLost(f"the chief hung up: {ev.message}")
                     raise PeerError(ev.code, ev.message)
                 return ev
-            self._sock.settimeout(self._hb_interval)
-            try:
-                data = self._sock.recv(READ_BYTES)
-            except TimeoutError:
-                if time.monotonic() - silent_since > self._idle_timeout:
-                    raise ConnectionLost(f"the chief has been silent for {self._idle_timeout:g} s") from None
-                if self._conn.phase.value == "established" and not self._conn.we_finished:
-                    self._send_quietly(Heartbeat())
-                continue
-            except ssl.SSLError as exc:
-                if not _tls_fatal(exc):
-                    raise ConnectionLost(f"connection to the chief lost: {exc}") from None
-                # TLS 1.3 reports a rejected client certificate only at the first read.
-                raise ConnectError(f"the chief ended the TLS session: {tls.describe_tls_failure(exc)}") from None
-            except OSError as exc:
+            silent_since = self._feed(self._rbuf, silent_since)
+
+    def _feed(self, view: memoryview, silent_since: float) -> float:
+        """One read (into ``view``) fed to the Connection; returns when the chief was last heard."""
+        n = self._recv_into(view, silent_since)
+        if n is None:
+            return silent_since
+        self._conn.receive_data(view[:n] if n else b"")
+        return time.monotonic()
+
+    def _recv_into(self, view: memoryview, silent_since: float) -> int | None:
+        """One read into ``view``: bytes read (0: end of stream), or None after a heartbeat
+        interval of silence (a heartbeat went out)."""
+        self._sock.settimeout(self._hb_interval)
+        try:
+            return self._sock.recv_into(view)
+        except TimeoutError:
+            if time.monotonic() - silent_since > self._idle_timeout:
+                raise ConnectionLost(f"the chief has been silent for {self._idle_timeout:g} s") from None
+            if self._conn.phase.value == "established" and not self._conn.we_finished:
+                self._send_quietly(Heartbeat())
+            return None
+        except ssl.SSLError as exc:
+            if not _tls_fatal(exc):
                 raise ConnectionLost(f"connection to the chief lost: {exc}") from None
-            silent_since = time.monotonic()
-            self._conn.receive_data(data)
+            # TLS 1.3 reports a rejected client certificate only at the first read.
+            why = tls.describe_tls_failure(exc)
+            if self._tls is not None and "certificate" in why:
+                raise ConnectError(f"the chief refused this worker's certificate: {why}") from None
+            raise ConnectError(f"the chief ended the TLS session: {why}") from None
+        except OSError as exc:
+            raise ConnectionLost(f"connection to the chief lost: {exc}") from None
 
     def _send(self, msg: Message | SecAggMessage, arrays: Sequence[np.ndarray] = ()) -> None:
         self._sock.settimeout(self._idle_timeout)
