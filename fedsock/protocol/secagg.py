@@ -19,7 +19,7 @@ is the business of ``fedsock.secagg``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from fedsock import limits
 from fedsock.errors import RemoteProtocolError
@@ -163,40 +163,37 @@ MAX_SEALED_BYTES = 512
 MAX_SHARE_BYTES = 128
 
 
+_Sealed = TypeVar("_Sealed", bound="_SealedShares")
+
+
 @dataclass(frozen=True)
-class SecAggShares:
+class _SealedShares:
+    """Sealed shares with a worker id each: ((id, ciphertext), ...)."""
+
+    round: int
+    attempt: int
+    shares: tuple[tuple[int, bytes], ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "attempt": self.attempt, "shares": [[i, c] for i, c in self.shares]}
+
+    @classmethod
+    def from_body(cls: type[_Sealed], b: dict[str, Any]) -> _Sealed:
+        return cls(*_attempt(b, cls.__name__), _pairs(b, "shares", cls.__name__, MAX_SEALED_BYTES))
+
+
+@dataclass(frozen=True)
+class SecAggShares(_SealedShares):
     """W -> C: sealed shares, one per neighbour: ((to, ciphertext), ...)."""
 
     kind: ClassVar[Kind] = Kind.SECAGG_SHARES
-    round: int
-    attempt: int
-    shares: tuple[tuple[int, bytes], ...]
-
-    def to_body(self) -> dict[str, Any]:
-        return {"round": self.round, "attempt": self.attempt, "shares": [[i, c] for i, c in self.shares]}
-
-    @classmethod
-    def from_body(cls, b: dict[str, Any]) -> SecAggShares:
-        w = "SecAggShares"
-        return cls(*_attempt(b, w), _pairs(b, "shares", w, MAX_SEALED_BYTES))
 
 
 @dataclass(frozen=True)
-class SecAggInbox:
+class SecAggInbox(_SealedShares):
     """C -> W: the sealed shares addressed to the receiver: ((from, ciphertext), ...)."""
 
     kind: ClassVar[Kind] = Kind.SECAGG_INBOX
-    round: int
-    attempt: int
-    shares: tuple[tuple[int, bytes], ...]
-
-    def to_body(self) -> dict[str, Any]:
-        return {"round": self.round, "attempt": self.attempt, "shares": [[i, c] for i, c in self.shares]}
-
-    @classmethod
-    def from_body(cls, b: dict[str, Any]) -> SecAggInbox:
-        w = "SecAggInbox"
-        return cls(*_attempt(b, w), _pairs(b, "shares", w, MAX_SEALED_BYTES))
 
 
 @dataclass(frozen=True)

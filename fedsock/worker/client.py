@@ -410,12 +410,8 @@ class Client:
                     if self._reconnect_timeout <= 0:
                         raise
                     self._reconnect(str(exc))
-                if self.round >= self.plan.rounds:  # the run ended meanwhile: Done follows
-                    return self._await_global()
-                if self.weights is not None and self.round != upd.round - 1:
-                    log.info("round %d closed meanwhile; continuing from the chief's round %d",
-                             upd.round, self.round)
-                    return self.weights
+                if (model := self._moved_on(upd.round)) is not None:
+                    return model
                 log.info("re-sending the update for round %d", upd.round)
 
     def _secure_exchange(self, weights: Sequence[np.ndarray], upd: Update) -> list[np.ndarray]:
@@ -464,13 +460,19 @@ class Client:
                     if self._reconnect_timeout <= 0:
                         raise ConnectionLost(str(exc)) from None
                     self._reconnect(str(exc))
-                    if self.round >= self.plan.rounds:
-                        return self._await_global()
-                    if self.weights is not None and self.round != upd.round - 1:
-                        log.info("round %d closed meanwhile; continuing from the chief's round %d",
-                                 upd.round, self.round)
-                        return self.weights
+                    if (model := self._moved_on(upd.round)) is not None:
+                        return model
                     log.info("starting secure aggregation of round %d again", upd.round)
+
+    def _moved_on(self, round_: int) -> list[np.ndarray] | None:
+        """After a reconnect: the model to continue from if round ``round_`` closed meanwhile
+        (or the run ended: then Done follows); None if the update is still wanted."""
+        if self.round >= self.plan.rounds:
+            return self._await_global()
+        if self.weights is not None and self.round != round_ - 1:
+            log.info("round %d closed meanwhile; continuing from the chief's round %d", round_, self.round)
+            return self.weights
+        return None
 
     def _reconnect(self, reason: str) -> None:
         """Connect and authenticate again (same name, so the chief knows us)."""
