@@ -274,3 +274,40 @@ def test_cut_while_the_model_comes_back_reconnects(tmp_path, chiefs):
         assert c.finished
         c.close()
     assert chief.wait(30) == 0
+
+
+def test_a_metrics_line_lost_after_its_checkpoint_comes_back_from_it(tmp_path):
+    """The newest metrics line is fsynced after its checkpoint (off the round's critical path);
+    if it never reached the disk, resuming restores it from the checkpoint."""
+    from fedsock.aggregation import identity
+    from fedsock.chief.config import ChiefConfig
+    from fedsock.chief.outputs import Outputs
+    from fedsock.chief.rounds import RoundController
+    from fedsock.protocol import specs_of
+
+    cfg = ChiefConfig(state_dir=tmp_path, rounds=5, min_workers=1)
+    weights = [np.zeros(3, np.float32)]
+    specs = specs_of(weights)
+
+    def controller() -> RoundController:
+        return RoundController(rounds=5, min_workers=1, round_timeout=60, transform=identity())
+
+    out, ctrl = Outputs(cfg), controller()
+    ctrl.set_model(specs, weights)
+    ctrl.join(1)
+    for r in (1, 2, 3):
+        ctrl.open_if_ready(time.monotonic())
+        ctrl.submit(1, r, 10, specs, [np.full(3, r, np.float32)], connection=r)
+        result = ctrl.close(time.monotonic())
+        row = out.record_round(result, 0.1, 1, 1, {}, ["w"], checkpointed=True)
+        out.checkpoint(ctrl.snapshot(), ["w"], row)
+    out.sync_metrics()
+    path = tmp_path / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [1, 2, 3]
+    path.write_text("\n".join(lines[:2]) + "\n")  # round 3's line never reached the disk
+
+    again = controller()
+    assert Outputs(cfg).resume(again, specs) == ["w"]
+    assert again.round == 3
+    assert path.read_text().splitlines() == lines

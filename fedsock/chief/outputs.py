@@ -6,6 +6,7 @@ workers, holdout evaluation and saving ``final.keras``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import math
@@ -70,6 +71,9 @@ class Outputs:
         self._model: Any = None
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
         self.tensorboard: TensorBoardWriter | None = None
+        # The fsync of the newest metrics line, run after its checkpoint, off the round's critical path.
+        self._metrics_sync: concurrent.futures.Future[None] | None = None
+        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedsock-fsync")
 
     def start_tensorboard(self) -> None:
         """Open the TensorBoard writer if this run writes events (imports TensorFlow)."""
@@ -106,8 +110,15 @@ class Outputs:
 
     def record_round(self, r: RoundResult, seconds: float, bytes_in: int, bytes_out: int,
                      metrics: dict[str, float], names: list[str],
-                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Append to metrics.jsonl (fsynced: the checkpoint that follows counts it) and TensorBoard.
+                     extra: dict[str, Any] | None = None, checkpointed: bool = False) -> dict[str, Any]:
+        """Append to metrics.jsonl and TensorBoard.
+
+        Args:
+            checkpointed: a checkpoint of this round follows and carries the
+                row: the line is then fsynced after that checkpoint, in the
+                background (``checkpoint`` waits for it before the next one
+                appears, and ``resume`` restores the row from the checkpoint
+                if the line was lost). Otherwise it is fsynced here.
 
         Returns:
             The row written.
@@ -126,7 +137,8 @@ class Outputs:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
-            os.fsync(f.fileno())
+            if not checkpointed:
+                os.fsync(f.fileno())
         if self.tensorboard is not None:
             try:
                 self.tensorboard.write(line)
@@ -196,25 +208,34 @@ class Outputs:
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"{files[-1]} does not fit this chief's aggregation ({exc}); {hint}") from None
         ctrl.restore(ckpt.round, ckpt.specs, ckpt.weights, state, rng)
-        self._truncate_metrics(lines)
+        self._truncate_metrics(lines, ckpt.meta.get("last_row"))
         log.info("resuming after round %d of %d from %s", ckpt.round, ctrl.rounds, files[-1])
         return members
 
-    def _truncate_metrics(self, lines: int) -> None:
-        """Keep the first ``lines`` lines: rounds recorded after the checkpoint are redone."""
-        if not self.metrics_path.exists():
-            return
-        kept = self.metrics_path.read_text().splitlines(keepends=True)[:lines]
+    def _truncate_metrics(self, lines: int, last_row: Any = None) -> None:
+        """Keep the first ``lines`` lines: rounds recorded after the checkpoint are redone.
+
+        The checkpoint's own round's line may be missing (it is fsynced only
+        after the checkpoint): it comes back from ``last_row``.
+        """
+        kept = self.metrics_path.read_text().splitlines(keepends=True)[:lines] if self.metrics_path.exists() else []
+        if len(kept) == lines - 1 and isinstance(last_row, str):
+            log.warning("metrics.jsonl lacked the line of round %d; restored it from the checkpoint", lines)
+            kept.append(last_row + "\n")
         checkpoint.atomic_write(self.metrics_path, "".join(kept).encode())
 
-    def checkpoint(self, snap: Snapshot, members: Sequence[str] = ()) -> None:
+    def checkpoint(self, snap: Snapshot, members: Sequence[str] = (), row: dict[str, Any] | None = None) -> None:
         """Atomically checkpoint the global model after a round (keeps the newest few).
 
         It records the round, the aggregation state, the sampling RNG and how
         many metrics lines belong to completed rounds.
         """
         directory = self.config.state_dir / "checkpoints"
-        meta = {"metrics_lines": snap.round, "rng": json.dumps(snap.rng_state), "members": list(members)}
+        meta: dict[str, Any] = {"metrics_lines": snap.round, "rng": json.dumps(snap.rng_state),
+                                "members": list(members)}
+        if row is not None:  # its metrics line, fsynced only after this checkpoint (see record_round)
+            meta["last_row"] = json.dumps(row)
+        self.sync_metrics()  # the previous round's line is on disk before this checkpoint appears
         ckpt = checkpoint.Checkpoint(
             round=snap.round, specs=snap.specs, weights=snap.weights,
             state=flatten_state(snap.transform_state), meta=meta,
@@ -223,6 +244,21 @@ class Outputs:
         spare = checkpoint.prunable(directory, self.config.keep_checkpoints) if directory.is_dir() else None
         checkpoint.save(checkpoint.round_path(directory, snap.round), ckpt, recycle=spare)
         checkpoint.prune(directory, self.config.keep_checkpoints)
+        if row is not None:
+            self._metrics_sync = self._syncer.submit(self._fsync_metrics)
+
+    def _fsync_metrics(self) -> None:
+        fd = os.open(self.metrics_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync_metrics(self) -> None:
+        """Wait until metrics.jsonl is on disk (raises what its fsync raised)."""
+        pending, self._metrics_sync = self._metrics_sync, None
+        if pending is not None:
+            pending.result()
 
     def save_final(self, specs: Sequence[TensorSpec], weights: Sequence[np.ndarray]) -> None:
         """``final_weights.npz`` always; ``final.keras`` too when the architecture is known."""

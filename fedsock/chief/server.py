@@ -236,6 +236,8 @@ class Chief:
             await asyncio.gather(*handlers, return_exceptions=True)
             self._show()
             self.display.stop()
+            with contextlib.suppress(Exception):  # the last metrics line, if its fsync is still under way
+                self.outputs.sync_metrics()
             if self.relay is not None:
                 self.relay.close()
             if self.outputs.tensorboard is not None:
@@ -706,9 +708,9 @@ class Chief:
 
         def persist(metrics: dict[str, float]) -> dict[str, Any]:  # fsyncs: off the event loop
             row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names,
-                                            extra)
+                                            extra, checkpointed=snapshot is not None)
             if snapshot is not None:
-                self.outputs.checkpoint(snapshot, members)
+                self.outputs.checkpoint(snapshot, members, row)
             return row
 
         try:
