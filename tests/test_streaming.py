@@ -231,10 +231,10 @@ def test_model_streams_during_checkpoint_but_completes_only_after_it(tmp_path, m
     done_at: list[float] = []
     real = Outputs.checkpoint
 
-    def slow_checkpoint(self, snap, members=()):
+    def slow_checkpoint(self, snap, members=(), row=None):
         if snap.round >= 1:  # the round's checkpoint, not the initial model's
             time.sleep(1.5)
-        real(self, snap, members)
+        real(self, snap, members, row)
         done_at.append(time.monotonic())
 
     monkeypatch.setattr(Outputs, "checkpoint", slow_checkpoint)
