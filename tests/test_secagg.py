@@ -257,3 +257,21 @@ def test_neighbourhoods_are_symmetric_and_of_size_k_plus_one() -> None:
         assert all(i in hoods[j] for j in hood)
     assert all(len(h) == 20 for h in graph.neighbourhoods(ids, 0).values())
     assert graph.default_threshold(20) == 11 and graph.default_threshold(20, 6) == 4
+
+
+def test_chief_refuses_a_masked_update_of_the_wrong_shape_before_reading_it() -> None:
+    chief = ChiefRound(1, 1, WORDS)
+    states = {}
+    for w in (1, 2):
+        states[w], keys = WorkerRound.start(1)
+        chief.add_keys(w, keys)
+    rosters = chief.rosters(2)
+    for w in (1, 2):
+        chief.add_shares(w, states[w].on_roster(rosters[w]))
+    chief.inboxes()
+    wrong = [TensorSpec("t", "uint64", s) for s in [(20, 30), (20,), (1,)]]
+    with pytest.raises(RemoteProtocolError) as err:
+        chief.check_masked(1, 1, 1, wrong, SHAPES)
+    assert err.value.code == "signature_mismatch"
+    with pytest.raises(RemoteProtocolError):  # a masked update for another attempt
+        chief.check_masked(1, 1, 2, [TensorSpec("t", "uint64", s) for s in [*SHAPES, (1,)]], SHAPES)

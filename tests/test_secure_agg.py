@@ -282,3 +282,43 @@ def test_secure_aggregation_with_client_sampling(chiefs):
     assert len({tuple(r["participants"]) for r in rows}) > 1
     final = np.load(chief.state_dir / "final_weights.npz")
     assert all(np.array_equal(w, final[final.files[0]]) for w in finals.values())
+
+
+def test_a_plain_update_is_refused_and_a_nan_worker_drops_out_without_costing_the_round(chiefs):
+    """Under secure aggregation the chief refuses a plain Update (out_of_order); a worker whose
+    update holds NaN stops with a clear error after sharing, and the others' round completes."""
+    from dataclasses import replace
+
+    import fedsock
+    from fedsock.errors import FedsockError, PeerError
+
+    chief = chiefs("--rounds", "1", "--min-workers", "2", "--secure-agg")
+    with fedsock.Client(chief.address, token=chief.token, name="plain", reconnect_timeout=0) as c:
+        c.join([np.zeros(SHAPE, np.float32)])
+        c.plan = replace(c.plan, secure_agg=False)  # a worker that ignores the plan
+        with pytest.raises(PeerError) as err:
+            c.sync([np.ones(SHAPE, np.float32)], num_examples=1)
+        assert err.value.code == "out_of_order" and "SecAggKeys" in str(err.value)
+
+    results: dict[str, object] = {}
+    joined = threading.Barrier(3)  # all three are in the round before any sends its keys
+
+    def work(name: str, value: float) -> None:
+        try:
+            with fedsock.Client(chief.address, token=chief.token, name=name, reconnect_timeout=0) as c:
+                w = c.join([np.zeros(SHAPE, np.float32)])
+                joined.wait(30)
+                results[name] = c.sync([w[0] + value], num_examples=10)[0]
+        except FedsockError as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=work, args=a) for a in (("a", 1.0), ("b", 3.0), ("nan", np.nan))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(results["nan"], FedsockError) and "NaN" in str(results["nan"])
+    np.testing.assert_allclose(results["a"], np.full(SHAPE, 2.0), atol=tolerance(np.full(SHAPE, 2.0)))
+    assert chief.wait(60) == 0, chief.output()
+    row = rows_of(chief.state_dir)[0]
+    assert row["workers"] == 2 and row["secure_agg"]["dropped"] == 1

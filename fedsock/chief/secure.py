@@ -54,7 +54,6 @@ class SecureAggregation:
     attempt: ChiefRound | None = None
     late: set[int] = field(default_factory=set)  # sent keys after the roster went out
     progress: asyncio.Event = field(default_factory=asyncio.Event)
-    failures: int = 0
 
     def _words(self) -> int:
         specs = self.controller.specs
@@ -163,7 +162,7 @@ class SecureAggregation:
         deadline = time.monotonic() + self.config.secagg_timeout
         while True:
             pending = {w for w in att.waiting() if alive(w)}
-            if not pending or (att.phase == "reveal" and att.can_finish() and not pending):
+            if not pending:
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -176,7 +175,6 @@ class SecureAggregation:
                 await asyncio.wait_for(self.progress.wait(), left)
 
     async def _abort(self, att: ChiefRound, reason: str, send: Send) -> None:
-        self.failures += 1
         told = set(att.keys) | self.late
         log.warning("round %d: secure aggregation attempt %d failed (%s); the round stays open and "
                     "starts over with fresh keys", att.round, att.attempt, reason)

@@ -600,7 +600,6 @@ class Chief:
             elif isinstance(verdict, Stale):
                 log.info("%s: keys for round %d, which is closed; sending round %d", s.label, ev.round,
                          self.controller.round)
-                self.controller.join(wid)
                 if self.controller.is_selected(wid):
                     assert self.controller.weights is not None and self.controller.specs is not None
                     await s.send(Global(self.controller.round, self.controller.specs), self.controller.weights)

@@ -428,13 +428,9 @@ class Client:
                 try:
                     self._send(keys)
                     while True:
-                        ev = self._next_event()
-                        if isinstance(ev, Heartbeat):
-                            continue
-                        if isinstance(ev, (Global, Done)):
-                            return self._take_model(ev)
-                        if isinstance(ev, ConnectionClosed):
-                            raise ConnectionLost("the chief closed the connection")
+                        ev = self._await_model_or(SecAggAbort, SecAggRoster, SecAggInbox, SecAggUnmask)
+                        if isinstance(ev, list):  # the round's model
+                            return ev
                         if isinstance(ev, SecAggAbort):
                             log.info("secure aggregation attempt %d of round %d abandoned by the chief (%s); "
                                      "starting over", ev.attempt, ev.round, ev.reason)
@@ -449,10 +445,8 @@ class Client:
                                 self._send_quietly(Error(code="invalid_weights", message=str(exc)))
                                 raise FedsockError(f"cannot take part in secure aggregation: {exc}") from None
                             self._send(msg, arrays)
-                        elif isinstance(ev, SecAggUnmask):
-                            self._send(sa.on_unmask(ev))
                         else:
-                            raise FedsockError(f"unexpected {type(ev).__name__} from the chief")
+                            self._send(sa.on_unmask(ev))
                 except RemoteProtocolError as exc:
                     self._send_quietly(Error(code=exc.code, message=str(exc)))
                     raise
@@ -485,6 +479,13 @@ class Client:
         log.info("reconnected as worker %d; the chief is at round %d", self.welcome.worker_id, self.round)
 
     def _await_global(self) -> list[np.ndarray]:
+        model = self._await_model_or()
+        assert isinstance(model, list)
+        return model
+
+    def _await_model_or(self, *kinds: type) -> Any:
+        """The next model (a Global or Done, read in: a list of arrays), or the next event of
+        one of ``kinds``; heartbeats are skipped, anything else is an error."""
         while True:
             ev = self._next_event()
             if isinstance(ev, Heartbeat):
@@ -493,6 +494,8 @@ class Client:
                 return self._take_model(ev)
             if isinstance(ev, ConnectionClosed):
                 raise ConnectionLost("the chief closed the connection")
+            if kinds and isinstance(ev, kinds):
+                return ev
             raise FedsockError(f"unexpected {type(ev).__name__} from the chief")
 
     def _take_model(self, ev: Global | Done) -> list[np.ndarray]:
