@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: peak RSS of a child, medians, spawning."""
+"""Helpers shared by the benchmark scripts: peak RSS and CPU time of a child, medians, spawning."""
 
 from __future__ import annotations
 
@@ -48,6 +48,24 @@ class PeakRss:
         if v is not None:
             self.peak = max(self.peak, v)
         return self.peak
+
+
+def reap(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[float, float]:
+    """Wait for ``proc`` to exit; returns its peak RSS in MiB and the CPU seconds it used
+    (user + system, all its threads), both from the kernel's accounting (``wait4``): exact,
+    and nothing polls the process while it runs."""
+    import os
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # ru_maxrss is in KiB on Linux
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"process {proc.pid} ({' '.join(map(str, proc.args))[:80]}) did not exit")
+        time.sleep(0.01)
 
 
 def spawn(args: list[str], **kw: object) -> subprocess.Popen[str]:

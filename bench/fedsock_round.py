@@ -6,7 +6,9 @@ K worker processes (``fedsock.Client``) and one chief (``fedsock.Chief``, its
 own process) on 127.0.0.1 over TLS 1.3. Every round each worker uploads P
 float32 parameters and waits for the average. The first round (the initial
 model proposal plus round 1) is a warm-up and not counted. A round's time is
-the slowest worker's ``sync()`` time. Prints one JSON object.
+the slowest worker's ``sync()`` time. Prints one JSON object; the chief's
+peak RSS and CPU seconds (all threads, start-up included) come from the
+kernel's accounting when it exits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MIB, PeakRss, median, round_times, shape_for, spawn  # noqa: E402
+from _common import MIB, median, reap, round_times, shape_for, spawn  # noqa: E402
 
 from fedsock.demo import wait_for_address  # noqa: E402
 
@@ -58,21 +60,20 @@ def bench(workers: int, params: int, rounds: int, compress: str = "none") -> dic
     with tempfile.TemporaryDirectory(prefix="fedsock-bench-") as tmp:
         state = Path(tmp) / "chief"
         chief = spawn([__file__, "_chief", str(state), str(workers), str(rounds + 1), compress], stdout=-3)
-        rss = PeakRss(chief.pid)
         addr = wait_for_address(state, chief, timeout=60)
         token = (state / "token").read_text().strip()
         t0 = time.perf_counter()
         procs = [spawn([__file__, "_worker", addr, token, f"w{i}", str(params)], stdout=-1) for i in range(workers)]
         outs = [p.communicate()[0] for p in procs]
         total = time.perf_counter() - t0
-        chief.wait(timeout=120)
-        peak = rss.stop()
+        peak, cpu = reap(chief)
     per_worker = [json.loads(o.strip().splitlines()[-1]) for o in outs]
     times = round_times(per_worker)
     model_mib = params * 4 / MIB
     return {"system": "fedsock", "workers": workers, "params": params, "model_mib": round(model_mib, 1),
             "compress": compress, "rounds": len(times), "round_s_median": round(median(times), 4),
             "round_s": [round(t, 4) for t in times], "chief_peak_rss_mib": round(peak, 1),
+            "chief_cpu_s": round(cpu, 2),
             "rss_budget_mib": round(300 + 3 * model_mib, 1), "wall_s": round(total, 2)}
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MIB, PeakRss, median, shape_for, spawn  # noqa: E402
+from _common import MIB, median, reap, shape_for, spawn  # noqa: E402
 
 
 def run_server(port: int, workers: int, params: int, rounds: int) -> None:
@@ -70,19 +70,17 @@ def bench(workers: int, params: int, rounds: int) -> dict[str, object]:
         port = s.getsockname()[1]
     server = spawn([__file__, "_server", str(port), str(workers), str(params), str(rounds + 1)],
                    stdout=-3, stderr=-3)
-    rss = PeakRss(server.pid)
     time.sleep(3)
     procs = [spawn([__file__, "_client", str(port), str(params), f"w{i}"], stdout=-1, stderr=-3)
              for i in range(workers)]
     outs = [p.communicate()[0] for p in procs]
-    server.wait(timeout=600)
-    peak = rss.stop()
+    peak, cpu = reap(server, timeout=600)
     per = [json.loads(o.strip().splitlines()[-1]) for o in outs]
     n = min(len(t) for t in per)
     times = [max(t[r] for t in per) for r in range(n)]
     return {"system": "flower", "workers": workers, "params": params, "model_mib": round(params * 4 / MIB, 1),
             "rounds": len(times), "round_s_median": round(median(times), 4), "round_s": [round(t, 4) for t in times],
-            "server_peak_rss_mib": round(peak, 1)}
+            "server_peak_rss_mib": round(peak, 1), "server_cpu_s": round(cpu, 2)}
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MIB, PeakRss, median, round_times, spawn  # noqa: E402
+from _common import MIB, median, reap, round_times, spawn  # noqa: E402
 
 BUF = 4 * MIB
 
@@ -112,7 +112,6 @@ def bench(workers: int, params: int, rounds: int) -> dict[str, object]:
         (Path(tmp) / "key.pem").write_bytes(key)
         port_file = str(Path(tmp) / "port")
         server = spawn([__file__, "_server", port_file, str(workers), str(params), str(rounds + 1), tmp])
-        rss = PeakRss(server.pid)
         while not Path(port_file).exists():
             if server.poll() is not None:
                 raise RuntimeError("the floor server did not start")
@@ -120,12 +119,11 @@ def bench(workers: int, params: int, rounds: int) -> dict[str, object]:
         port = Path(port_file).read_text()
         procs = [spawn([__file__, "_client", port, str(params), str(rounds + 1)], stdout=-1) for _ in range(workers)]
         outs = [p.communicate()[0] for p in procs]
-        server.wait(timeout=120)
-        peak = rss.stop()
+        peak, cpu = reap(server)
     times = round_times([json.loads(o.strip().splitlines()[-1]) for o in outs])
     return {"system": "tls_floor", "workers": workers, "params": params, "model_mib": round(params * 4 / MIB, 1),
             "rounds": len(times), "round_s_median": round(median(times), 4), "round_s": [round(t, 4) for t in times],
-            "server_peak_rss_mib": round(peak, 1)}
+            "server_peak_rss_mib": round(peak, 1), "server_cpu_s": round(cpu, 2)}
 
 
 def main() -> int:

@@ -44,17 +44,16 @@ def weighted_mean(dtype: npt.DTypeLike = np.float64) -> Reducer:
     number of workers; float32 halves the chief's memory for huge models.
     """
 
-    # The last round's sum, kept to be zeroed and reused once nothing else holds it: a
-    # fresh sum costs a page fault per page every round (the kernel zeroes and maps
-    # each one), which for a big model took more of the chief's time than TLS.
+    # The last round's sum, kept to be reused once nothing else holds it: a fresh sum
+    # costs a page fault per page every round (the kernel zeroes and maps each one),
+    # which for a big model took more of the chief's time than TLS. It needs no
+    # zeroing: the first update of a round is written into it (see WeightedSum).
     spare: list[np.ndarray] = []
 
     def init(shapes: Sequence[tuple[int, ...]]) -> WeightedSum:
         want = [tuple(s) for s in shapes]
         # a reference count of 2 (the list, the call's argument): no caller, view or state holds it
         if [b.shape for b in spare] == want and all(sys.getrefcount(spare[i]) == 2 for i in range(len(spare))):
-            for b in spare:
-                b.fill(0)
             return WeightedSum(tuple(spare), 0.0, 0)
         acc = empty_sum(want, dtype)
         spare[:] = acc.total

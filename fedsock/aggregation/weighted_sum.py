@@ -20,7 +20,12 @@ BLOCK = 1 << 16
 
 
 class WeightedSum(NamedTuple):
-    """Sum of ``n_k * w_k``, total weight ``sum n_k`` and number of updates."""
+    """Sum of ``n_k * w_k``, total weight ``sum n_k`` and number of updates.
+
+    While ``updates`` is 0 the buffers' contents do not count: the first
+    ``fold`` writes them rather than adding to them, so a reused sum needs no
+    zeroing pass.
+    """
 
     total: tuple[np.ndarray, ...]
     weight: float
@@ -32,14 +37,19 @@ def empty_sum(shapes: Sequence[tuple[int, ...]], dtype: npt.DTypeLike = np.float
     return WeightedSum(tuple(np.zeros(s, dtype) for s in shapes), 0.0, 0)
 
 
-def fold_into(buf: np.ndarray, values: np.ndarray, weight: float, scratch: np.ndarray | None = None) -> None:
+def fold_into(buf: np.ndarray, values: np.ndarray, weight: float, scratch: np.ndarray | None = None,
+              *, first: bool = False) -> None:
     """``buf += weight * values`` in place, block by block, computed in ``buf``'s dtype.
 
     ``values`` may have any numeric dtype and must have ``buf``'s number of
-    elements. No temporary larger than one block is allocated.
+    elements. No temporary larger than one block is allocated. With
+    ``first``, ``buf = weight * values`` (one pass, no addition).
     """
     flat_out = buf.reshape(-1)
     flat_in = np.asarray(values).reshape(-1)
+    if first:
+        np.multiply(flat_in, weight, out=flat_out, dtype=buf.dtype, casting="unsafe")
+        return
     n = flat_out.size
     step = min(BLOCK, max(n, 1))
     if scratch is None or scratch.size < step or scratch.dtype != buf.dtype:
@@ -55,7 +65,8 @@ def fold(acc: WeightedSum, weights: Sequence[np.ndarray], num_examples: float) -
     """Add ``num_examples * weights`` to the sum.
 
     The sum's buffers are updated in place (that is the point: no copy per
-    worker); the returned tuple is the new sum. Do not keep the old one.
+    worker), or simply written by the first update; the returned tuple is the
+    new sum. Do not keep the old one.
 
     Raises:
         ValueError: ``num_examples`` is not positive or the shapes differ.
@@ -72,7 +83,7 @@ def fold(acc: WeightedSum, weights: Sequence[np.ndarray], num_examples: float) -
     scratch = np.empty(min(BLOCK, max((b.size for b in acc.total), default=1)), acc.total[0].dtype) \
         if acc.total else None
     for buf, w in zip(acc.total, weights):
-        fold_into(buf, np.asarray(w), float(num_examples), scratch)
+        fold_into(buf, np.asarray(w), float(num_examples), scratch, first=acc.updates == 0)
     return WeightedSum(acc.total, acc.weight + float(num_examples), acc.updates + 1)
 
 

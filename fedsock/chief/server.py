@@ -705,17 +705,17 @@ class Chief:
         release = threading.Event()
         sends = asyncio.gather(*(self._send_quietly(s, msg, result.weights, release) for s in sessions))
 
-        def persist(metrics: dict[str, float]) -> dict[str, Any]:  # fsyncs: off the event loop
+        def persist() -> tuple[dict[str, float], dict[str, Any]]:  # evaluation and fsyncs: off the event loop
+            metrics = self.outputs.evaluate(result.weights)
             row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names,
                                             extra, checkpointed=snapshot is not None)
             if snapshot is not None:
                 self.outputs.checkpoint(snapshot, members, row)
-            return row
+            return metrics, row
 
         try:
-            metrics = await asyncio.to_thread(self.outputs.evaluate, result.weights)
+            metrics, row = await asyncio.to_thread(persist)
             self._last_metrics = metrics
-            row = await asyncio.to_thread(persist, metrics)
         except BaseException:
             for s in sessions:  # not recorded: the model must not reach anyone
                 s.abort()

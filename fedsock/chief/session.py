@@ -46,6 +46,10 @@ READ_BYTES = 256 * 1024
 SEND_SLICE = 256 * 1024
 #: How often an I/O thread waiting for the socket checks whether the connection was aborted.
 _POLL_S = 0.25
+#: What a weights message sent with ``release`` keeps back until then: its last
+#: bytes, as the end of its last chunk (all of a 1 MiB chunk took a while to
+#: follow once released, and workers got the model one after another).
+HELD_BYTES = 4096
 _WANT_READ, _WANT_WRITE = -1, -2
 
 
@@ -232,6 +236,10 @@ class Session:
                 n += self._write_chunk(last)
             last = chunk
         if last is not None and release is not None:
+            if len(last.data) > HELD_BYTES:  # all but its very end goes out now
+                cut = len(last.data) - HELD_BYTES
+                n += self._write_chunk(Chunk(last.tensor, last.offset, last.data[:cut]))
+                last = Chunk(last.tensor, last.offset + cut, last.data[cut:])
             while not release.wait(_POLL_S):
                 if self._closed:
                     raise ConnectionResetError("connection closed")
