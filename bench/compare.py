@@ -1,17 +1,22 @@
 """Run the round benchmark through fedsock, the raw TLS floor and Flower side by side.
 
-    python bench/compare.py [--configs 4x1M,16x1M,4x10M,8x10M,4x25M] [--rounds 5] [--compress none]
+    python bench/compare.py [--configs 4x1M,16x1M,4x10M,8x10M,4x25M] [--rounds 5] [--trials 3]
+                            [--compress none] [--no-flower]
 
-For each configuration (workers x parameters) the three systems run one
-after the other (interleaved, so machine noise hits them alike). Prints one
-JSON object per run, then a summary object with the ratios (fedsock / floor,
-Flower / fedsock) and a Markdown table on stderr.
+For each configuration (workers x parameters) the floor and fedsock run
+``--trials`` times, alternately (floor, fedsock, floor, fedsock, ...), so that
+a noisy stretch of the machine hits both alike; Flower runs once (its rounds
+take seconds). A system's round time is the median over all its timed rounds
+of all trials. Prints one JSON object per run, then a summary object with the
+ratios (fedsock / floor, Flower / fedsock), the spread of the per-trial ratio,
+and a Markdown table on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,35 +36,43 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--configs", default="4x1M,16x1M,4x10M,8x10M,4x25M")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--compress", default="none")
     ap.add_argument("--no-flower", action="store_true")
     a = ap.parse_args()
     rows = []
     for text in a.configs.split(","):
         k, p = parse_config(text)
-        floor = tls_floor.bench(k, p, a.rounds)
-        print(json.dumps(floor), flush=True)
-        fs = fedsock_round.bench(k, p, a.rounds, a.compress)
-        print(json.dumps(fs), flush=True)
+        floors, runs = [], []
+        for _ in range(a.trials):
+            floors.append(tls_floor.bench(k, p, a.rounds))
+            print(json.dumps(floors[-1]), flush=True)
+            runs.append(fedsock_round.bench(k, p, a.rounds, a.compress))
+            print(json.dumps(runs[-1]), flush=True)
         fl = {"skipped": "--no-flower"} if a.no_flower else flower_round.bench(k, p, a.rounds)
         print(json.dumps(fl), flush=True)
+        floor_s = statistics.median(t for r in floors for t in r["round_s"])
+        fedsock_s = statistics.median(t for r in runs for t in r["round_s"])
+        per_trial = [float(r["round_s_median"]) / float(f["round_s_median"]) for r, f in zip(runs, floors)]
         rows.append({
-            "config": text, "model_mib": fs["model_mib"],
-            "floor_s": floor["round_s_median"], "fedsock_s": fs["round_s_median"],
+            "config": text, "model_mib": runs[0]["model_mib"], "trials": a.trials,
+            "floor_s": round(floor_s, 4), "fedsock_s": round(fedsock_s, 4),
             "flower_s": fl.get("round_s_median"),
-            "fedsock_over_floor": round(float(fs["round_s_median"]) / float(floor["round_s_median"]), 2),
-            "flower_over_fedsock": (round(float(fl["round_s_median"]) / float(fs["round_s_median"]), 1)
+            "fedsock_over_floor": round(fedsock_s / floor_s, 2),
+            "fedsock_over_floor_per_trial": [round(x, 2) for x in per_trial],
+            "flower_over_fedsock": (round(float(fl["round_s_median"]) / fedsock_s, 1)
                                     if "round_s_median" in fl else None),
-            "fedsock_rss_mib": fs["chief_peak_rss_mib"], "rss_budget_mib": fs["rss_budget_mib"],
-            "floor_rss_mib": floor["server_peak_rss_mib"], "flower_rss_mib": fl.get("server_peak_rss_mib"),
+            "fedsock_rss_mib": max(r["chief_peak_rss_mib"] for r in runs), "rss_budget_mib": runs[0]["rss_budget_mib"],
+            "floor_rss_mib": max(f["server_peak_rss_mib"] for f in floors), "flower_rss_mib": fl.get("server_peak_rss_mib"),
         })
     print(json.dumps({"summary": rows}), flush=True)
-    print("| workers x params | model MiB | TLS floor s | fedsock s | Flower s | fedsock/floor | Flower/fedsock"
-          " | fedsock chief RSS MiB (budget) | Flower server RSS MiB |", file=sys.stderr)
+    print("| workers x params | model MiB | TLS floor s | fedsock s | Flower s | fedsock/floor (per trial)"
+          " | Flower/fedsock | fedsock chief RSS MiB (budget) | Flower server RSS MiB |", file=sys.stderr)
     print("|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for r in rows:
+        trials = ", ".join(f"{x:.2f}" for x in r["fedsock_over_floor_per_trial"])
         print(f"| {r['config']} | {r['model_mib']} | {r['floor_s']} | {r['fedsock_s']} | {r['flower_s']} | "
-              f"{r['fedsock_over_floor']} | {r['flower_over_fedsock']} | {r['fedsock_rss_mib']} "
+              f"**{r['fedsock_over_floor']}** ({trials}) | {r['flower_over_fedsock']} | {r['fedsock_rss_mib']} "
               f"({r['rss_budget_mib']}) | {r['flower_rss_mib']} |", file=sys.stderr)
     return 0
 
