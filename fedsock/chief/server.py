@@ -705,12 +705,15 @@ class Chief:
         release = threading.Event()
         sends = asyncio.gather(*(self._send_quietly(s, msg, result.weights, release) for s in sessions))
 
+        bytes_in, self._round_bytes_in = self._round_bytes_in, 0
+
         def persist() -> tuple[dict[str, float], dict[str, Any]]:  # evaluation and fsyncs: off the event loop
             metrics = self.outputs.evaluate(result.weights)
-            row = self.outputs.record_round(result, seconds, self._round_bytes_in, bytes_out, metrics, names,
+            row = self.outputs.record_round(result, seconds, bytes_in, bytes_out, metrics, names,
                                             extra, checkpointed=snapshot is not None)
             if snapshot is not None:
                 self.outputs.checkpoint(snapshot, members, row)
+            release.set()  # from here, not after a hop back to the event loop: the sends wait for it
             return metrics, row
 
         try:
@@ -721,8 +724,6 @@ class Chief:
                 s.abort()
             await asyncio.gather(sends, return_exceptions=True)
             raise
-        release.set()
-        self._round_bytes_in = 0
         self.monitor.round_done(result, row)
         self.display.round_done(row)
         self._show()

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from fedsock import limits
 from fedsock.protocol import (
     NEED_DATA,
     Chunk,
@@ -42,8 +43,9 @@ from fedsock.protocol import (
 
 T = TypeVar("T")
 READ_BYTES = 256 * 1024
-#: Largest piece handed to one TLS write, so the TLS lock is never held for long.
-SEND_SLICE = 256 * 1024
+#: Largest piece handed to one TLS write (one chunk's data: fewer, larger writes cost less
+#: than 256 KiB slices did), so the TLS lock is held for a millisecond at most.
+SEND_SLICE = limits.CHUNK_BYTES
 #: How often an I/O thread waiting for the socket checks whether the connection was aborted.
 _POLL_S = 0.25
 #: What a weights message sent with ``release`` keeps back until then: its last
