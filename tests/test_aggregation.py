@@ -44,6 +44,29 @@ def test_weighted_mean_matches_numpy():
     assert acc.updates == 4 and acc.weight == ns.sum()
 
 
+def test_a_reused_sum_is_not_zeroed_and_still_exact():
+    """weighted_mean reuses last round's buffers without zeroing them: the first
+    update of a round overwrites whatever they hold (here: NaN and huge values)."""
+    red = weighted_mean()
+    shapes = [(5, 3), (3,)]
+    acc = red.init(shapes)
+    for w, n in zip(*random_updates()):
+        acc = red.add(acc, w, int(n))
+    spent = red.result(acc)
+    spent[0][...] = np.nan  # garbage left in the buffers
+    spent[1][...] = 1e300
+    del spent, acc
+    ws, ns = random_updates()
+    acc = red.init(shapes)
+    assert acc.updates == 0 and np.isnan(acc.total[0]).all()  # the same buffers, not zeroed
+    for w, n in zip(ws, ns):
+        acc = red.add(acc, w, int(n))
+    got = red.result(acc)
+    for t in range(2):
+        ref = np.average(np.stack([w[t] for w in ws]).astype(np.float64), axis=0, weights=ns)
+        np.testing.assert_array_equal(got[t], ref)
+
+
 def test_fold_rejects_bad_input():
     acc = empty_sum([(2,)])
     with pytest.raises(ValueError):
