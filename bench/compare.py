@@ -62,8 +62,10 @@ def main() -> int:
             "fedsock_over_floor_per_trial": [round(x, 2) for x in per_trial],
             "flower_over_fedsock": (round(float(fl["round_s_median"]) / fedsock_s, 1)
                                     if "round_s_median" in fl else None),
-            "fedsock_rss_mib": max(r["chief_peak_rss_mib"] for r in runs), "rss_budget_mib": runs[0]["rss_budget_mib"],
-            "floor_rss_mib": max(f["server_peak_rss_mib"] for f in floors), "flower_rss_mib": fl.get("server_peak_rss_mib"),
+            "fedsock_rss_mib": max(r["chief_peak_rss_mib"] for r in runs),
+            "rss_budget_mib": runs[0]["rss_budget_mib"],
+            "floor_rss_mib": max(f["server_peak_rss_mib"] for f in floors),
+            "flower_rss_mib": fl.get("server_peak_rss_mib"),
         })
     print(json.dumps({"summary": rows}), flush=True)
     print("| workers x params | model MiB | TLS floor s | fedsock s | Flower s | fedsock/floor (per trial)"

@@ -61,7 +61,7 @@ T = TypeVar("T")
 #: I/O thread and the kernel buffers of its connection, so this bounds the
 #: chief's threads and memory when a round ends for a thousand workers at once.
 MAX_CONCURRENT_SENDS = 16
-#: Threads that move weights messages (TLS and copies, off the event loop).
+#: Threads that send weights messages (TLS and copies, off the event loop; updates are read on it).
 IO_THREADS = 64
 
 

@@ -1,14 +1,17 @@
 """One worker connection on the chief: a TLS socket around a ``Connection``.
 
 The event loop runs the conversation (handshake messages, heartbeats, round
-logic, timeouts) and waits for the socket without a thread. The bulk of the
-bytes, the chunks of an Update and of the Welcome, Global and Done the chief
-sends, move on I/O threads: ``ssl`` releases the GIL while it encrypts,
-decrypts and calls the kernel, so the chief's TLS work spreads over every
-core and across connections instead of running on the event loop's one
-thread. The socket stays non-blocking; every call into its TLS object holds a
-per-connection lock (an OpenSSL object is not safe to use from two threads at
-once), never while waiting for the socket to be ready.
+logic, timeouts), reads everything the worker sends, updates included, and
+waits for the socket without a thread. What the chief sends in bulk, the
+chunks of the Welcome, Global and Done (the same model to every worker),
+moves on I/O threads: ``ssl`` releases the GIL while it encrypts and calls
+the kernel, so those sends spread over every core. Updates are read on the
+loop because a trip to a thread and back cost more than the decryption
+(thread wake-ups and GIL hand-overs on every TLS record; see
+docs/performance.md). The socket stays non-blocking; every call into its
+TLS object holds a per-connection lock (an OpenSSL object is not safe to
+use from two threads at once), never while waiting for the socket to be
+ready.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from fedsock.protocol import (
 
 T = TypeVar("T")
 READ_BYTES = 256 * 1024
+#: Most bytes of a weights message read without letting other tasks run (a few ms of TLS).
+YIELD_BYTES = 16 * 1024 * 1024
 #: Largest piece handed to one TLS write (one chunk's data: fewer, larger writes cost less
 #: than 256 KiB slices did), so the TLS lock is held for a millisecond at most.
 SEND_SLICE = limits.CHUNK_BYTES
@@ -111,39 +116,46 @@ class Session:
                            buffer: np.ndarray | None = None) -> tuple[list[np.ndarray], int]:
         """Collect the chunks following a weights message into arrays (in ``buffer`` if given).
 
-        The bytes are read and placed on an I/O thread; if this is cancelled,
-        the connection is aborted and the thread has stopped writing into
-        ``buffer`` before the cancellation goes on.
+        Chunk data is decrypted straight into place, on the event loop. Other
+        tasks run whenever the socket has nothing more yet, and at least every
+        ``YIELD_BYTES``: a message that has fully arrived is read in one go, so
+        updates complete (and are folded) one after another rather than all at
+        the end. If this is cancelled, the connection is aborted (it is
+        mid-message) and nothing more is written into ``buffer``.
 
         Returns:
             The arrays and the bytes of their chunk frames.
         """
-        return await self._in_thread(self._read_weights_blocking, specs, timeout, buffer)
-
-    def _read_weights_blocking(self, specs: Sequence[TensorSpec], timeout: float,
-                               buffer: np.ndarray | None) -> tuple[list[np.ndarray], int]:
         asm = TensorAssembler(specs, buffer)
-        nbytes = 0
-        while True:
-            direct = self.conn.direct_chunk()
-            if isinstance(direct, tuple):  # the chunk's data is decrypted straight into place
-                self._read_into(asm.target(*direct), timeout)
-                nbytes += self.conn.last_frame_bytes
-                continue
-            ev = self.conn.next_event()
-            if ev is NEED_DATA:
-                self._fill_blocking(timeout, direct or READ_BYTES)
-            elif isinstance(ev, Chunk):
-                asm.add(ev)
-                nbytes += self.conn.last_frame_bytes
-            elif isinstance(ev, EndOfMessage):
-                return asm.arrays(), nbytes
-            elif isinstance(ev, Error):
-                raise ConnectionAbortedError(f"peer aborted: {ev.message} [{ev.code}]")
-            elif isinstance(ev, ConnectionClosed):
-                raise ConnectionResetError("peer closed during a weights message")
+        nbytes = unyielded = 0
+        try:
+            while True:
+                direct = self.conn.direct_chunk()
+                if isinstance(direct, tuple):  # the chunk's data is decrypted straight into place
+                    await self._read_into(asm.target(*direct), timeout)
+                    nbytes += self.conn.last_frame_bytes
+                    unyielded += self.conn.last_frame_bytes
+                    if unyielded >= YIELD_BYTES:  # the data kept coming: let other tasks in
+                        unyielded = 0
+                        await asyncio.sleep(0)
+                    continue
+                ev = self.conn.next_event()
+                if ev is NEED_DATA:
+                    await self._fill(timeout, direct or READ_BYTES)
+                elif isinstance(ev, Chunk):
+                    asm.add(ev)
+                    nbytes += self.conn.last_frame_bytes
+                elif isinstance(ev, EndOfMessage):
+                    return asm.arrays(), nbytes
+                elif isinstance(ev, Error):
+                    raise ConnectionAbortedError(f"peer aborted: {ev.message} [{ev.code}]")
+                elif isinstance(ev, ConnectionClosed):
+                    raise ConnectionResetError("peer closed during a weights message")
+        except asyncio.CancelledError:
+            self.abort()
+            raise
 
-    def _read_into(self, dest: memoryview, timeout: float) -> None:
+    async def _read_into(self, dest: memoryview, timeout: float) -> None:
         """The data of a chunk started with ``direct_chunk``, read into ``dest``."""
         got = self.conn.take_chunk_data(dest)
         deadline = time.monotonic() + timeout
@@ -159,9 +171,9 @@ class Session:
                 self.conn.receive_data(b"")  # next_event reports the truncation
                 return
             else:
-                self._wait_blocking(n == _WANT_WRITE, deadline)
+                await self._ready(n == _WANT_WRITE, deadline)
 
-    def _fill_blocking(self, timeout: float, limit: int) -> None:
+    async def _fill(self, timeout: float, limit: int) -> None:
         """Read what has arrived, up to ``limit`` bytes (at least one byte, or the end of
         the stream), and feed it to the Connection."""
         deadline = time.monotonic() + timeout
@@ -176,7 +188,7 @@ class Session:
             if n == 0:
                 self._received(0)
                 return
-            self._wait_blocking(n == _WANT_WRITE, deadline)
+            await self._ready(n == _WANT_WRITE, deadline)
         self._received(got)
 
     def _recv(self, view: memoryview) -> int:
