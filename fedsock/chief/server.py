@@ -486,6 +486,9 @@ class Chief:
             self._given_done.add(s.worker_id)
         elif ctrl.has_model:
             ctrl.join(s.worker_id)
+            # Open the round now if this worker completes the quorum, before its first message is
+            # read: with --fraction, what arrives for a round that is not open yet joins its sample.
+            ctrl.open_if_ready(time.monotonic())
             self._wake.set()
 
     async def _handshake_event(self, s: Session, kind: type[T]) -> T | None:
@@ -545,6 +548,7 @@ class Chief:
                          s.label, len(weights))
                 await self._checkpoint()  # a restarted chief must not forget it
             ctrl.join(wid)
+            ctrl.open_if_ready(time.monotonic())  # as in _welcome
             self._wake.set()
             assert ctrl.weights is not None and ctrl.specs is not None
             await s.send(Global(ctrl.round, ctrl.specs), ctrl.weights)
