@@ -272,7 +272,7 @@ class Session:
         while sent < len(view):
             n = self._send_some(view[sent:])
             if n < 0:
-                self._wait_blocking(n == _WANT_WRITE, None)
+                self._wait_blocking(n == _WANT_WRITE)
             else:
                 sent += n
         return sent
@@ -325,18 +325,15 @@ class Session:
             (loop.remove_writer if write else loop.remove_reader)(fd)
             self._busy -= 1
 
-    def _wait_blocking(self, write: bool, deadline: float | None) -> None:
-        """On an I/O thread: wait until the socket is readable (writable), the connection
-        is aborted, or ``deadline`` passes (TimeoutError)."""
+    def _wait_blocking(self, write: bool) -> None:
+        """On an I/O thread: wait until the socket is readable (writable) or the connection
+        is aborted (the caller's time limit is the send's, on the event loop)."""
         if not write and self.sock.pending():
             return
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLOUT if write else select.POLLIN)
         while not self._closed:
-            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
-            if wait <= 0:
-                raise TimeoutError("no data within the time limit")
-            if poller.poll(wait * 1000):
+            if poller.poll(_POLL_S * 1000):
                 return
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
