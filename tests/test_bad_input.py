@@ -30,11 +30,15 @@ class Honest(threading.Thread):
         self.rounds: list[int] = []
         self.error: BaseException | None = None
         self.stop = threading.Event()
+        #: Stop once the model of this round is in. Workers that must stop together (a chief
+        #: needing all of them for a round) stop at one round: with ``stop``, one of them could
+        #: start a round that the other, stopping first, never completes.
+        self.stop_after: int | None = None
 
     def run(self) -> None:
         try:
             w = self.client.join([np.zeros(s, np.float32) for s in SHAPES])
-            while not self.stop.is_set():
+            while not self.stop.is_set() and (self.stop_after is None or self.client.round < self.stop_after):
                 w = self.client.sync([x + 1 for x in w], num_examples=10)
                 self.rounds.append(self.client.round)
                 time.sleep(0.02)

@@ -57,11 +57,12 @@ def live(tmp_path_factory):
         h.start()
     assert all(h.progresses(30) for h in honest), chief.output()
     yield chief, honest
+    last = max(h.client.round for h in honest) + 3  # both stop after the same round
     for h in honest:
-        h.stop.set()
+        h.stop_after = last
     for h in honest:
         h.join(30)
-        assert h.error is None, h.error
+        assert not h.is_alive() and h.error is None, h.error
         h.client.close()
     chief.proc.kill()
     chief.proc.wait()
