@@ -1,13 +1,17 @@
 """Run the round benchmark through fedsock, the raw TLS floor and Flower side by side.
 
     python bench/compare.py [--configs 4x1M,16x1M,4x10M,8x10M,4x25M] [--rounds 5] [--trials 3]
-                            [--compress none] [--no-flower]
+                            [--compress none] [--no-flower] [--baseline DIR]
 
 For each configuration (workers x parameters) the floor and fedsock run
 ``--trials`` times, alternately (floor, fedsock, floor, fedsock, ...), so that
 a noisy stretch of the machine hits both alike; Flower runs once (its rounds
 take seconds). A system's round time is the median over all its timed rounds
-of all trials. Prints one JSON object per run, then a summary object with the
+of all trials. With ``--baseline DIR`` (another checkout of fedsock, e.g. a
+``git worktree`` of the previous commit), each trial also runs that
+checkout's ``bench/fedsock_round.py`` right after this one's, and the summary
+gives both ratios to the floor and their quotient: a no-regression check
+taken in one run. Prints one JSON object per run, then a summary object with the
 ratios (fedsock / floor, Flower / fedsock), the spread of the per-trial ratio,
 and a Markdown table on stderr.
 """
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +38,17 @@ def parse_config(text: str) -> tuple[int, int]:
     return int(k), int(float(p.rstrip("km")) * mult)
 
 
+def baseline_bench(tree: Path, workers: int, params: int, rounds: int, compress: str) -> dict[str, object]:
+    """``bench/fedsock_round.py`` of another checkout, in its own process with that tree importable."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, str(tree / "bench" / "fedsock_round.py"), "--workers", str(workers),
+                          "--params", str(params), "--rounds", str(rounds), "--compress", compress],
+                         env=env, cwd=tree, capture_output=True, text=True, check=True).stdout
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    result["system"] = f"fedsock@{tree.name}"
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--configs", default="4x1M,16x1M,4x10M,8x10M,4x25M")
@@ -39,21 +56,37 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--compress", default="none")
     ap.add_argument("--no-flower", action="store_true")
+    ap.add_argument("--baseline", type=Path, help="another fedsock checkout to run alternately with this one")
     a = ap.parse_args()
     rows = []
     for text in a.configs.split(","):
         k, p = parse_config(text)
-        floors, runs = [], []
-        for _ in range(a.trials):
+        floors, runs, bases = [], [], []
+        for trial in range(a.trials):
             floors.append(tls_floor.bench(k, p, a.rounds))
             print(json.dumps(floors[-1]), flush=True)
-            runs.append(fedsock_round.bench(k, p, a.rounds, a.compress))
-            print(json.dumps(runs[-1]), flush=True)
+            # the two checkouts swap places every trial, so neither always runs right after the floor
+            order = ["this", "base"] if a.baseline is None or trial % 2 == 0 else ["base", "this"]
+            for side in order:
+                if side == "this":
+                    runs.append(fedsock_round.bench(k, p, a.rounds, a.compress))
+                    print(json.dumps(runs[-1]), flush=True)
+                elif a.baseline is not None:
+                    bases.append(baseline_bench(a.baseline.resolve(), k, p, a.rounds, a.compress))
+                    print(json.dumps(bases[-1]), flush=True)
         fl = {"skipped": "--no-flower"} if a.no_flower else flower_round.bench(k, p, a.rounds)
         print(json.dumps(fl), flush=True)
         floor_s = statistics.median(t for r in floors for t in r["round_s"])
         fedsock_s = statistics.median(t for r in runs for t in r["round_s"])
         per_trial = [float(r["round_s_median"]) / float(f["round_s_median"]) for r, f in zip(runs, floors)]
+        base_extra: dict[str, object] = {}
+        if bases:
+            base_s = statistics.median(t for r in bases for t in r["round_s"])  # type: ignore[attr-defined]
+            base_trials = [float(r["round_s_median"]) / float(f["round_s_median"])  # type: ignore[arg-type]
+                           for r, f in zip(bases, floors)]
+            base_extra = {"baseline_s": round(base_s, 4), "baseline_over_floor": round(base_s / floor_s, 2),
+                          "baseline_over_floor_per_trial": [round(x, 2) for x in base_trials],
+                          "this_over_baseline": round(fedsock_s / base_s, 3)}
         rows.append({
             "config": text, "model_mib": runs[0]["model_mib"], "trials": a.trials,
             "floor_s": round(floor_s, 4), "fedsock_s": round(fedsock_s, 4),
@@ -66,6 +99,7 @@ def main() -> int:
             "rss_budget_mib": runs[0]["rss_budget_mib"],
             "floor_rss_mib": max(f["server_peak_rss_mib"] for f in floors),
             "flower_rss_mib": fl.get("server_peak_rss_mib"),
+            **base_extra,
         })
     print(json.dumps({"summary": rows}), flush=True)
     print("| workers x params | model MiB | TLS floor s | fedsock s | Flower s | fedsock/floor (per trial)"
@@ -76,6 +110,15 @@ def main() -> int:
         print(f"| {r['config']} | {r['model_mib']} | {r['floor_s']} | {r['fedsock_s']} | {r['flower_s']} | "
               f"**{r['fedsock_over_floor']}** ({trials}) | {r['flower_over_fedsock']} | {r['fedsock_rss_mib']} "
               f"({r['rss_budget_mib']}) | {r['flower_rss_mib']} |", file=sys.stderr)
+    if any("this_over_baseline" in r for r in rows):
+        print("\n| workers x params | this/floor (per trial) | baseline/floor (per trial) | this/baseline |",
+              file=sys.stderr)
+        print("|---|---|---|---|", file=sys.stderr)
+        for r in rows:
+            mine = ", ".join(f"{x:.2f}" for x in r["fedsock_over_floor_per_trial"])
+            base = ", ".join(f"{x:.2f}" for x in r["baseline_over_floor_per_trial"])
+            print(f"| {r['config']} | {r['fedsock_over_floor']} ({mine}) | {r['baseline_over_floor']} ({base}) | "
+                  f"{r['this_over_baseline']} |", file=sys.stderr)
     return 0
 
 
