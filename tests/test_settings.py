@@ -174,7 +174,7 @@ def test_every_chief_field_is_a_flag_a_key_and_a_variable_with_the_fields_defaul
     assert "--secure-agg, --no-secure-agg" in text and "(default: off; $FEDSOCK_SECURE_AGG)" in text
 
 
-def test_max_examples_is_a_setting_with_the_limits_default(tmp_path):
+def test_max_examples_and_the_former_library_only_settings_are_checked(tmp_path):
     from fedsock import limits
     from fedsock.chief import ChiefConfig
 
@@ -185,9 +185,13 @@ def test_max_examples_is_a_setting_with_the_limits_default(tmp_path):
     assert cli.chief_config(args).max_examples == 5000 and sources["max_examples"] == f"file {f}"
     args, _ = parse(["chief", "--config", str(f)], {"FEDSOCK_MAX_EXAMPLES": "70"})
     assert cli.chief_config(args).max_examples == 70
-    args, _ = parse(["chief", "--max-examples", "0"], {})
-    with pytest.raises(ConfigError, match="--max-examples must be at least 1"):
-        cli.chief_config(args)
+    for flags, message in ((["--max-examples", "0"], "--max-examples must be at least 1"),
+                           (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1"),
+                           (["--done-grace", "-1"], "--done-grace at least 0"),
+                           (["--handshake-timeout", "0"], "--handshake-timeout must be positive")):
+        args, _ = parse(["chief", *flags], {})
+        with pytest.raises(ConfigError, match=message):
+            cli.chief_config(args)
 
 
 def test_a_flag_turns_off_a_switch_the_config_file_turned_on(tmp_path):

@@ -74,6 +74,20 @@ def test_a_state_dir_that_cannot_hold_a_lock_file_is_a_config_error(tmp_path):
         StateDirLock(tmp_path / "file").acquire()
 
 
+def test_the_library_chief_takes_the_lock_before_touching_the_state_dir(tmp_path):
+    from fedsock.chief import Chief
+
+    state = tmp_path / "state"
+    proc = holder(state)
+    try:
+        chief = Chief(state_dir=state, host="127.0.0.1", port=0, rounds=1, min_workers=1, progress="plain")
+        with pytest.raises(ConfigError, match=rf"in use by another chief \(PID {proc.pid}\)"):
+            chief.run()
+        assert sorted(p.name for p in state.iterdir()) == [FILE]  # no key, certificate, token or address
+    finally:
+        proc.communicate("", timeout=30)
+
+
 @pytest.mark.integration
 def test_a_second_chief_on_the_same_state_dir_exits_at_once_naming_the_first(tmp_path, chiefs):
     first = chiefs("--rounds", "1", "--min-workers", "1")

@@ -189,6 +189,10 @@ class ChiefConfig:
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
         if self.max_examples < 1:
             raise ConfigError("--max-examples must be at least 1")
+        if self.keep_checkpoints < 1:
+            raise ConfigError("--keep-checkpoints must be at least 1: a restarted chief resumes from the newest")
+        if not self.handshake_timeout > 0 or not self.done_grace >= 0:
+            raise ConfigError("--handshake-timeout must be positive and --done-grace at least 0")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port")
         if self.upstream is not None and (self.model is not None or self.eval_data is not None):
