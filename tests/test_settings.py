@@ -223,6 +223,7 @@ def test_worker_settings_are_declared_once_and_client_takes_the_same_defaults():
     ({"name": "two words"}, "bad worker name 'two words'"),
     ({"name": "x" * 65}, "bad worker name"),
     ({"name": "red\x1b[31m"}, "bad worker name"),
+    ({"name": "forged\n"}, "bad worker name"),  # a final newline would start a new line in the chief's log
     ({"connect_timeout": 0.0}, "--connect-timeout must be positive"),
     ({"reconnect_timeout": -1.0}, "--reconnect-timeout must be 0"),
     ({"heartbeat_interval": 90.0}, "--heartbeat-interval must be positive and shorter than --idle-timeout"),
