@@ -27,7 +27,7 @@ TOKEN_PREFIX = "fs1"
 AUTH_LABEL = b"fedsock-auth-v1\x00"
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")  # \Z: "$" would accept a final newline
 
 
 def check_name(name: str) -> str:

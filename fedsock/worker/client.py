@@ -64,6 +64,7 @@ from fedsock.protocol.secagg import SecAggAbort, SecAggInbox, SecAggMessage, Sec
 from fedsock.secagg.fixedpoint import RangeError
 from fedsock.secagg.worker import WorkerRound
 from fedsock.worker.compress import UpdateEncoder
+from fedsock.worker.config import WorkerConfig, default_name
 from fedsock.worker.privacy import clip_for_plan
 from fedsock.worker.secure import masked_update
 
@@ -191,9 +192,10 @@ class Client:
 
     def __init__(self, address: str | tuple[str, int], token: str | tls.JoinToken | None = None,
                  name: str | None = None, *, names: Sequence[str] | None = None,
-                 connect_timeout: float = 60.0, idle_timeout: float = limits.IDLE_TIMEOUT_S,
-                 heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
-                 reconnect_timeout: float = 300.0,
+                 connect_timeout: float = WorkerConfig.connect_timeout,
+                 idle_timeout: float = WorkerConfig.idle_timeout,
+                 heartbeat_interval: float = WorkerConfig.heartbeat_interval,
+                 reconnect_timeout: float = WorkerConfig.reconnect_timeout,
                  save_updates: str | os.PathLike[str] | None = None,
                  ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
                  key: str | os.PathLike[str] | None = None) -> None:
@@ -208,7 +210,7 @@ class Client:
         if name is not None and own is not None and name != own:
             raise ConfigError(f"the {'token' if self._token and self._token.name else 'certificate'} is for "
                               f"worker {own!r}, not {name!r}; drop --name or use the matching credentials")
-        self.name = name or own or f"{socket.gethostname()}-{os.getpid()}"
+        self.name = name or own or default_name()
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
@@ -231,6 +233,11 @@ class Client:
         self.worker_id = self.welcome.worker_id
         self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
         self._hb.start()
+
+    @classmethod
+    def from_config(cls, config: WorkerConfig, **kwargs: Any) -> Client:
+        """A client with ``config``'s settings; ``kwargs`` as the constructor's (e.g. ``names``)."""
+        return cls(**config.client_arguments(), **kwargs)
 
     # --- public API -------------------------------------------------------
 
