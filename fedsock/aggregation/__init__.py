@@ -1,5 +1,6 @@
 """Aggregation as pure numpy transforms (no TensorFlow, no I/O)."""
 
+from fedsock.aggregation.compat import check_compatible, with_dp
 from fedsock.aggregation.dp import bound_update, clip_update, dp_mean, gaussian_noise
 from fedsock.aggregation.reducers import Reducer, weighted_mean
 from fedsock.aggregation.robust import Stack, krum, median, multikrum, trimmed_mean
@@ -31,10 +32,10 @@ from fedsock.aggregation.transforms import (
 from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, fold_into, mean
 
 __all__ = [
-    "AdaptiveState", "ChainState", "EmptyState", "Reducer", "Stack", "Strategy", "TraceState", "Transform",
-    "WeightedSum", "apply_delta", "bound_update", "chain", "clip_update", "dp_mean", "empty_sum",
-    "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedyogi", "flatten_state", "fold", "fold_into",
-    "gaussian_noise", "identity", "krum", "mean", "median", "multikrum", "parse_strategy", "scale",
-    "scale_by_adagrad", "scale_by_adam", "scale_by_yogi", "trace", "trimmed_mean", "unflatten_state",
-    "weighted_mean",
+    "AdaptiveState", "ChainState", "EmptyState", "Reducer", "Stack",
+    "Strategy", "TraceState", "Transform", "WeightedSum", "apply_delta", "bound_update", "chain",
+    "check_compatible", "clip_update", "dp_mean", "empty_sum", "fedadagrad", "fedadam", "fedavg", "fedavgm",
+    "fedyogi", "flatten_state", "fold", "fold_into", "gaussian_noise", "identity",
+    "krum", "mean", "median", "multikrum", "parse_strategy", "scale", "scale_by_adagrad",
+    "scale_by_adam", "scale_by_yogi", "trace", "trimmed_mean", "unflatten_state", "weighted_mean", "with_dp",
 ]

@@ -195,4 +195,7 @@ def dp_mean(clip: float, noise_multiplier: float,
             add_gaussian_noise(acc.total, std, rng())
         return mean(acc)
 
-    return Reducer(init, add, result)
+    # Linear although noised: the mean it stands in for is linear, and with secure
+    # aggregation the workers add the noise to what they mask.
+    return Reducer(init, add, result, 1, needs_individual=False, weighted_by_examples=False, linear=True,
+                   label=f"the DP mean (clip {clip:g}, noise multiplier {noise_multiplier:g})")

@@ -6,6 +6,9 @@ A ``Reducer`` is three pure functions over an explicit accumulator::
     add(acc, weights, num_examples) -> acc
     result(acc) -> list[np.ndarray]      # the combined weights (may reuse acc's buffers)
 
+plus what it needs, declared so that the chief can tell what it combines
+with (``fedsock.aggregation.check_compatible``) without knowing its name.
+
 ``weighted_mean`` streams: its accumulator is one running sum, so memory does
 not grow with the number of workers. The robust reducers in
 ``fedsock.aggregation.robust`` (median, trimmed mean, Krum) keep every update.
@@ -22,19 +25,41 @@ import numpy.typing as npt
 
 from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
 
+Shapes = Sequence[tuple[int, ...]]
+
 
 class Reducer(NamedTuple):
-    """Pure functions that combine one round's updates.
+    """Pure functions that combine one round's updates, and what they need.
 
-    ``min_updates`` is the fewest updates ``result`` accepts (e.g. ``2f + 3``
-    for Krum); the chief refuses a ``--min-workers`` below it, so a round
-    never closes with too few.
+    Attributes:
+        init, add, result: the accumulator's functions (see the module).
+        min_updates: the fewest updates ``result`` accepts (e.g. ``2f + 3``
+            for Krum); the chief refuses a ``--min-workers`` below it, so a
+            round never closes with too few.
+        needs_individual: ``result`` must see each update itself (median,
+            trimmed mean, Krum): secure aggregation, which shows the chief
+            only the sum, cannot run it, and differential privacy's noised
+            sum cannot replace it.
+        weighted_by_examples: updates weigh their ``num_examples``;
+            otherwise every update weighs the same.
+        linear: ``result`` is the mean of the updates (weighted by examples
+            or equally, as ``weighted_by_examples`` says): a linear function
+            of their sum, which is what secure aggregation computes and what
+            differential privacy's noised mean (``dp_mean``) stands in for.
+        label: what it is, for messages (never used to decide anything).
+
+    The declarations default to the cautious side, so a hand-made reducer
+    that declares nothing is refused with secure aggregation and DP.
     """
 
-    init: Callable[[Sequence[tuple[int, ...]]], Any]
+    init: Callable[[Shapes], Any]
     add: Callable[[Any, Sequence[np.ndarray], float], Any]
     result: Callable[[Any], list[np.ndarray]]
     min_updates: int = 1
+    needs_individual: bool = True
+    weighted_by_examples: bool = False
+    linear: bool = False
+    label: str = "a custom reducer"
 
 
 def weighted_mean(dtype: npt.DTypeLike = np.float64) -> Reducer:
@@ -59,4 +84,5 @@ def weighted_mean(dtype: npt.DTypeLike = np.float64) -> Reducer:
         spare[:] = acc.total
         return acc
 
-    return Reducer(init, fold, mean)
+    return Reducer(init, fold, mean, 1, needs_individual=False, weighted_by_examples=True, linear=True,
+                   label="the weighted mean")
