@@ -10,19 +10,20 @@ plus what it needs, declared so that the chief can tell what it combines
 with (``fedsock.aggregation.check_compatible``) without knowing its name.
 
 ``weighted_mean`` streams: its accumulator is one running sum, so memory does
-not grow with the number of workers. The robust reducers in
+not grow with the number of workers, and it can take that sum's buffers from
+a ``BufferPool`` (``init_accumulator``). The robust reducers in
 ``fedsock.aggregation.robust`` (median, trimmed mean, Krum) keep every update.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from fedsock.aggregation.buffers import BufferPool
 from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, mean
 
 Shapes = Sequence[tuple[int, ...]]
@@ -46,6 +47,9 @@ class Reducer(NamedTuple):
             or equally, as ``weighted_by_examples`` says): a linear function
             of their sum, which is what secure aggregation computes and what
             differential privacy's noised mean (``dp_mean``) stands in for.
+        init_pooled: like ``init``, taking the accumulator's buffers from a
+            ``BufferPool`` where it can (None: the reducer does not reuse
+            buffers).
         label: what it is, for messages (never used to decide anything).
 
     The declarations default to the cautious side, so a hand-made reducer
@@ -59,7 +63,24 @@ class Reducer(NamedTuple):
     needs_individual: bool = True
     weighted_by_examples: bool = False
     linear: bool = False
+    init_pooled: Callable[[Shapes, BufferPool], Any] | None = None
     label: str = "a custom reducer"
+
+
+def init_accumulator(reducer: Reducer, shapes: Shapes, pool: BufferPool | None = None) -> Any:
+    """``reducer``'s empty accumulator for tensors of ``shapes``, reusing ``pool``'s buffers if it can."""
+    if pool is not None and reducer.init_pooled is not None:
+        return reducer.init_pooled(shapes, pool)
+    return reducer.init(shapes)
+
+
+def pooled_sum(shapes: Shapes, dtype: npt.DTypeLike, pool: BufferPool) -> WeightedSum:
+    """An empty ``WeightedSum`` whose buffers come from ``pool`` (new ones where it has none).
+
+    A reused buffer needs no zeroing: the first update of a round is written
+    into it (see ``WeightedSum``).
+    """
+    return WeightedSum(tuple(pool.take_or_empty(s, dtype) for s in shapes), 0.0, 0)
 
 
 def weighted_mean(dtype: npt.DTypeLike = np.float64) -> Reducer:
@@ -69,20 +90,11 @@ def weighted_mean(dtype: npt.DTypeLike = np.float64) -> Reducer:
     number of workers; float32 halves the chief's memory for huge models.
     """
 
-    # The last round's sum, kept to be reused once nothing else holds it: a fresh sum
-    # costs a page fault per page every round (the kernel zeroes and maps each one),
-    # which for a big model took more of the chief's time than TLS. It needs no
-    # zeroing: the first update of a round is written into it (see WeightedSum).
-    spare: list[np.ndarray] = []
+    def init(shapes: Shapes) -> WeightedSum:
+        return empty_sum(shapes, dtype)
 
-    def init(shapes: Sequence[tuple[int, ...]]) -> WeightedSum:
-        want = [tuple(s) for s in shapes]
-        # a reference count of 2 (the list, the call's argument): no caller, view or state holds it
-        if [b.shape for b in spare] == want and all(sys.getrefcount(spare[i]) == 2 for i in range(len(spare))):
-            return WeightedSum(tuple(spare), 0.0, 0)
-        acc = empty_sum(want, dtype)
-        spare[:] = acc.total
-        return acc
+    def init_pooled(shapes: Shapes, pool: BufferPool) -> WeightedSum:
+        return pooled_sum(shapes, dtype, pool)
 
     return Reducer(init, fold, mean, 1, needs_individual=False, weighted_by_examples=True, linear=True,
-                   label="the weighted mean")
+                   init_pooled=init_pooled, label="the weighted mean")
