@@ -59,15 +59,14 @@ class BufferPool:
             raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}")
         self.max_bytes = max_bytes
         self._spare: dict[Key, list[np.ndarray]] = {}
-        self._order: list[np.ndarray] = []  # oldest first, for eviction
-        self._ids: set[int] = set()
+        self._order: dict[int, np.ndarray] = {}  # by id, oldest first (for eviction)
         self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self._order)
 
     def __contains__(self, a: object) -> bool:
-        return id(a) in self._ids
+        return id(a) in self._order
 
     def give(self, arrays: Iterable[np.ndarray]) -> None:
         """Hand ``arrays`` over: from now on the pool may give them to anyone to overwrite.
@@ -78,16 +77,15 @@ class BufferPool:
         """
         for a in arrays:
             if (not isinstance(a, np.ndarray) or a.base is not None or not a.flags.writeable
-                    or not a.flags.c_contiguous or id(a) in self._ids):
+                    or not a.flags.c_contiguous or id(a) in self._order):
                 continue
             if self.max_bytes is not None and a.nbytes > self.max_bytes:
                 continue
             self._spare.setdefault(_key(a.shape, a.dtype), []).append(a)
-            self._order.append(a)
-            self._ids.add(id(a))
+            self._order[id(a)] = a
             self.nbytes += a.nbytes
             while self.max_bytes is not None and self.nbytes > self.max_bytes:
-                self._remove(self._order[0])
+                self._remove(next(iter(self._order.values())))
 
     def take(self, shape: Sequence[int], dtype: npt.DTypeLike, avoid: Container[int] = ()) -> np.ndarray | None:
         """A spare array of ``shape`` and ``dtype``, now the caller's; None if there is none.
@@ -96,11 +94,12 @@ class BufferPool:
             avoid: ``owner`` ids of arrays the caller still reads; a spare
                 array with one of them is not returned.
         """
-        spare: list[np.ndarray] = self._spare.get(_key(shape, dtype), [])
-        for a in reversed(spare):  # the newest is likeliest still in the CPU's cache
-            if id(a) not in avoid:
-                self._remove(a)
-                found: np.ndarray = a
+        spare = self._spare.get(_key(shape, dtype), [])
+        for i in range(len(spare) - 1, -1, -1):  # the newest is likeliest still in the CPU's cache
+            if id(spare[i]) not in avoid:
+                found: np.ndarray = spare.pop(i)
+                del self._order[id(found)]
+                self.nbytes -= found.nbytes
                 return found
         return None
 
@@ -111,9 +110,8 @@ class BufferPool:
 
     def _remove(self, a: np.ndarray) -> None:
         bucket = self._spare[_key(a.shape, a.dtype)]
-        bucket[:] = [b for b in bucket if b is not a]
-        self._order[:] = [b for b in self._order if b is not a]
-        self._ids.discard(id(a))
+        del bucket[next(i for i, b in enumerate(bucket) if b is a)]
+        del self._order[id(a)]
         self.nbytes -= a.nbytes
 
 
