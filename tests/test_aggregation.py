@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedsock.aggregation import (
+    BufferPool,
     apply_delta,
     chain,
     empty_sum,
@@ -13,6 +14,7 @@ from fedsock.aggregation import (
     fedavgm,
     flatten_state,
     fold,
+    init_accumulator,
     mean,
     scale,
     trace,
@@ -45,26 +47,30 @@ def test_weighted_mean_matches_numpy():
 
 
 def test_a_reused_sum_is_not_zeroed_and_still_exact():
-    """weighted_mean reuses last round's buffers without zeroing them: the first
-    update of a round overwrites whatever they hold (here: NaN and huge values)."""
+    """weighted_mean takes last round's buffers back from the pool without zeroing them:
+    the first update of a round overwrites whatever they hold (here: NaN and huge values)."""
     red = weighted_mean()
     shapes = [(5, 3), (3,)]
-    acc = red.init(shapes)
+    pool = BufferPool()
+    acc = init_accumulator(red, shapes, pool)
     for w, n in zip(*random_updates()):
         acc = red.add(acc, w, int(n))
     spent = red.result(acc)
     spent[0][...] = np.nan  # garbage left in the buffers
     spent[1][...] = 1e300
-    del spent, acc
+    pool.give(spent)
     ws, ns = random_updates()
-    acc = red.init(shapes)
-    assert acc.updates == 0 and np.isnan(acc.total[0]).all()  # the same buffers, not zeroed
+    acc = init_accumulator(red, shapes, pool)
+    assert acc.total[0] is spent[0] and acc.total[1] is spent[1] and len(pool) == 0  # the same buffers
+    assert acc.updates == 0 and np.isnan(acc.total[0]).all()  # not zeroed
     for w, n in zip(ws, ns):
         acc = red.add(acc, w, int(n))
     got = red.result(acc)
     for t in range(2):
         ref = np.average(np.stack([w[t] for w in ws]).astype(np.float64), axis=0, weights=ns)
         np.testing.assert_array_equal(got[t], ref)
+    fresh = init_accumulator(red, shapes, pool)  # the pool is empty now: new buffers, none shared
+    assert not any(np.shares_memory(a, b) for a in fresh.total for b in got)
 
 
 def test_fold_rejects_bad_input():

@@ -1,7 +1,10 @@
 """Aggregation as pure numpy transforms (no TensorFlow, no I/O)."""
 
+from fedsock.aggregation.buffers import BufferPool, ModelHolds
+from fedsock.aggregation.compat import check_compatible, with_dp
 from fedsock.aggregation.dp import bound_update, clip_update, dp_mean, gaussian_noise
-from fedsock.aggregation.reducers import Reducer, weighted_mean
+from fedsock.aggregation.finish import Finished, finish_round, finish_round_with_holds
+from fedsock.aggregation.reducers import Reducer, init_accumulator, weighted_mean
 from fedsock.aggregation.robust import Stack, krum, median, multikrum, trimmed_mean
 from fedsock.aggregation.server_opt import (
     AdaptiveState,
@@ -31,10 +34,11 @@ from fedsock.aggregation.transforms import (
 from fedsock.aggregation.weighted_sum import WeightedSum, empty_sum, fold, fold_into, mean
 
 __all__ = [
-    "AdaptiveState", "ChainState", "EmptyState", "Reducer", "Stack", "Strategy", "TraceState", "Transform",
-    "WeightedSum", "apply_delta", "bound_update", "chain", "clip_update", "dp_mean", "empty_sum",
-    "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedyogi", "flatten_state", "fold", "fold_into",
-    "gaussian_noise", "identity", "krum", "mean", "median", "multikrum", "parse_strategy", "scale",
-    "scale_by_adagrad", "scale_by_adam", "scale_by_yogi", "trace", "trimmed_mean", "unflatten_state",
-    "weighted_mean",
+    "AdaptiveState", "BufferPool", "ChainState", "EmptyState", "Finished", "ModelHolds", "Reducer", "Stack",
+    "Strategy", "TraceState", "Transform", "WeightedSum", "apply_delta", "bound_update", "chain",
+    "check_compatible", "clip_update", "dp_mean", "empty_sum", "fedadagrad", "fedadam", "fedavg", "fedavgm",
+    "fedyogi", "finish_round", "finish_round_with_holds", "flatten_state", "fold", "fold_into",
+    "gaussian_noise", "identity",
+    "init_accumulator", "krum", "mean", "median", "multikrum", "parse_strategy", "scale", "scale_by_adagrad",
+    "scale_by_adam", "scale_by_yogi", "trace", "trimmed_mean", "unflatten_state", "weighted_mean", "with_dp",
 ]

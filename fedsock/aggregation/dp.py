@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from fedsock.aggregation.reducers import Reducer
+from fedsock.aggregation.buffers import BufferPool
+from fedsock.aggregation.reducers import Reducer, pooled_sum
 from fedsock.aggregation.weighted_sum import BLOCK, WeightedSum, empty_sum, fold, mean
 
 #: Relative excess over ``C`` the chief tolerates in an update's delta norm:
@@ -195,4 +196,10 @@ def dp_mean(clip: float, noise_multiplier: float,
             add_gaussian_noise(acc.total, std, rng())
         return mean(acc)
 
-    return Reducer(init, add, result)
+    def init_pooled(shapes: Sequence[tuple[int, ...]], pool: BufferPool) -> WeightedSum:
+        return pooled_sum(shapes, np.float64, pool)
+
+    # Linear although noised: the mean it stands in for is linear, and with secure
+    # aggregation the workers add the noise to what they mask.
+    return Reducer(init, add, result, 1, needs_individual=False, weighted_by_examples=False, linear=True,
+                   init_pooled=init_pooled, label=f"the DP mean (clip {clip:g}, noise multiplier {noise_multiplier:g})")

@@ -69,8 +69,10 @@ def _require(acc: Stack, needed: int, rule: str, why: str) -> int:
     return n
 
 
-def _reducer(result: Callable[[Stack], list[np.ndarray]], min_updates: int) -> Reducer:
-    return Reducer(empty_stack, push, result, min_updates)
+def _reducer(result: Callable[[Stack], list[np.ndarray]], min_updates: int, label: str) -> Reducer:
+    # Each needs the updates one by one and weighs them equally (see the module).
+    return Reducer(empty_stack, push, result, min_updates, needs_individual=True, weighted_by_examples=False,
+                   linear=False, label=label)
 
 
 def median() -> Reducer:
@@ -84,7 +86,7 @@ def median() -> Reducer:
         _require(acc, 1, "median", "there must be something to combine")
         return [np.median(_stacked(acc, t), axis=0) for t in range(len(acc.shapes))]
 
-    return _reducer(result, 1)
+    return _reducer(result, 1, "the coordinate-wise median")
 
 
 def trimmed_count(beta: float, n: int) -> int:
@@ -125,7 +127,7 @@ def trimmed_mean(beta: float) -> Reducer:
             out.append(s[k : n - k].mean(axis=0))
         return out
 
-    return _reducer(result, least)
+    return _reducer(result, least, f"the trimmed mean (beta {beta:g})")
 
 
 def krum_scores(acc: Stack, f: int) -> np.ndarray:
@@ -167,7 +169,7 @@ def krum(f: int) -> Reducer:
         best = int(np.argmin(krum_scores(acc, f)))
         return [np.asarray(w, np.float64) for w in acc.updates[best]]
 
-    return _reducer(result, least)
+    return _reducer(result, least, f"Krum (f={f})")
 
 
 def multikrum(f: int, m: int) -> Reducer:
@@ -196,4 +198,4 @@ def multikrum(f: int, m: int) -> Reducer:
         return [np.mean([np.asarray(acc.updates[i][t], np.float64) for i in chosen], axis=0)
                 for t in range(len(acc.shapes))]
 
-    return _reducer(result, least)
+    return _reducer(result, least, f"multi-Krum (f={f}, m={m})")

@@ -39,6 +39,21 @@ class Strategy(NamedTuple):
         """Fewest updates per round the reducer can combine."""
         return self.reducer.min_updates
 
+    @property
+    def needs_individual(self) -> bool:
+        """The reducer must see each update itself (see ``Reducer``)."""
+        return self.reducer.needs_individual
+
+    @property
+    def weighted_by_examples(self) -> bool:
+        """The reducer weighs each update by its ``num_examples``."""
+        return self.reducer.weighted_by_examples
+
+    @property
+    def linear(self) -> bool:
+        """The reducer's result is the mean of the updates (see ``Reducer``)."""
+        return self.reducer.linear
+
 
 #: Hyperparameter -> the chief's flag, for error messages.
 FLAGS = {

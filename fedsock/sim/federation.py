@@ -1,10 +1,11 @@
 """Simulated federated rounds: workers train in-process, the chief's aggregation combines them.
 
-One round is exactly what the chief does in ``RoundController.close``: fold
-every worker's weights into the strategy's reducer (weighted by its example
-count), take the combined weights minus the global weights as the delta, run
-the strategy's server transform on it and add the result to the global
-model. Only the transport is missing.
+One round is what the chief does: fold every worker's weights into the
+strategy's reducer (weighted by its example count), then
+``fedsock.aggregation.finish_round``, the function the chief's round
+controller finishes a round with: the combined weights minus the global
+weights are the delta, the strategy's server transform runs on it and the
+result is added to the global model. Only the transport is missing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsock.aggregation import Strategy, apply_delta
+from fedsock.aggregation import BufferPool, Strategy, finish_round, init_accumulator
 from fedsock.data import Partition, load_digits_arrays, partition_indices
 from fedsock.sim.mlp import Params, accuracy, init_mlp, local_train
 
@@ -73,10 +74,11 @@ class Attack:
 
 @dataclass
 class RunResult:
-    """Holdout accuracy after each round (index 0: the initial model)."""
+    """Holdout accuracy after each round (index 0: the initial model), and the last model."""
 
     accuracy: list[float] = field(default_factory=list)
     diverged: bool = False
+    weights: Params = field(default_factory=list)
 
     def rounds_to(self, target: float) -> int | None:
         """First round whose model reaches ``target`` holdout accuracy (None: never)."""
@@ -116,12 +118,15 @@ def simulate(fed: Federation, strategy: Strategy, *, rounds: int, lr: float, epo
     weights = init_mlp(rng, hidden=hidden)
     worker_rngs = [np.random.default_rng([seed, k]) for k in range(len(fed.shards))]
     state = strategy.transform.init(weights)
+    # The sums and spent deltas of a round are reused by the next; nothing outside this loop
+    # holds the global model, so each round overwrites it (reuse_weights).
+    pool = BufferPool(max_bytes=2 * 8 * sum(w.size for w in weights))
     hx, hy = fed.holdout
     result = RunResult([accuracy(weights, hx, hy)])
     for _ in range(rounds):
         if target is not None and result.accuracy[-1] >= target:
             break
-        acc = strategy.reducer.init([w.shape for w in weights])
+        acc = init_accumulator(strategy.reducer, [w.shape for w in weights], pool)
         for k, (x, y) in enumerate(fed.shards):
             trained = local_train(weights, x, y, epochs=epochs, batch=batch, lr=lr, rng=worker_rngs[k],
                                   mu=strategy.mu)
@@ -129,13 +134,13 @@ def simulate(fed: Federation, strategy: Strategy, *, rounds: int, lr: float, epo
                 trained = attack.apply(weights, trained, worker_rngs[k])
             acc = strategy.reducer.add(acc, trained, len(y))
         combined = strategy.reducer.result(acc)
-        delta = [c - np.asarray(w, np.float64) for c, w in zip(combined, weights)]
-        delta, state = strategy.transform.update(delta, state, weights)
-        with np.errstate(over="ignore", invalid="ignore"):
-            weights = apply_delta(weights, delta)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging model overflows
+            weights, state, _ = finish_round(weights, combined, strategy.transform, state, pool, spent=True,
+                                             reuse_weights=True)
         if not all(np.isfinite(w).all() for w in weights):
             result.diverged = True
             result.accuracy.append(0.0)
             break
         result.accuracy.append(accuracy(weights, hx, hy))
+    result.weights = weights
     return result
