@@ -81,7 +81,7 @@ def test_chief_config_builds_and_checks_the_strategy():
     cfg = ChiefConfig(strategy="fedyogi", server_lr=0.02, server_beta1=0.5, min_workers=2)
     cfg.validate()
     assert cfg.build_strategy().name == "fedyogi"
-    with pytest.raises(ConfigError, match="--strategy krum:1 needs at least 5 updates per round; "
+    with pytest.raises(ConfigError, match="strategy krum:1 needs at least 5 updates per round; "
                                           "set --min-workers 5 or more"):
         ChiefConfig(strategy="krum:1", min_workers=3).validate()
     ChiefConfig(strategy="krum:1", min_workers=5).validate()
@@ -107,7 +107,7 @@ def test_chief_cli_reports_strategy_errors_before_listening(tmp_path, capsys):
                 prog="chief.py", command="chief")
     assert code == 2
     err = capsys.readouterr().err
-    assert "chief.py: error: --strategy trimmed:0.1 needs at least 10 updates per round" in err
+    assert "chief.py: error: strategy trimmed:0.1 needs at least 10 updates per round" in err
     assert not (tmp_path / "chief.addr").exists()
 
 

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from fedsock import limits
-from fedsock.aggregation.dp import dp_mean
+from fedsock.aggregation.compat import check_compatible, with_dp
 from fedsock.aggregation.strategies import DEFAULTS, Strategy, parse_strategy
 from fedsock.errors import ConfigError
 from fedsock.settings import setting
 
 #: Strategies that select or drop individual updates (they keep every update of a round).
-ROBUST = ("median", "trimmed", "krum", "multikrum")
 #: ``--help`` sections.
 STRATEGY, PRIVACY = "aggregation strategy", "differential privacy"
 SECURE = "secure aggregation (the chief sees only the sum of the updates)"
@@ -165,7 +164,7 @@ class ChiefConfig:
                                   momentum=self.server_momentum, beta1=self.server_beta1,
                                   beta2=self.server_beta2, tau=self.server_tau)
         if self.dp:
-            strategy = strategy._replace(reducer=dp_mean(self.dp_clip, self.dp_noise))
+            strategy = with_dp(strategy, self.dp_clip, self.dp_noise, secure_agg=self.secure_agg)
         return strategy
 
     def validate(self) -> None:
@@ -215,12 +214,8 @@ class ChiefConfig:
                 "the server optimizer and sends FedProx's mu in its plan; set it there (a relay may combine "
                 "its workers with fedavg, median, trimmed, krum or multikrum)"
             )
-        self._validate_secure(strategy)
-        if self.min_workers < strategy.min_updates:
-            raise ConfigError(
-                f"--strategy {strategy.name} needs at least {strategy.min_updates} updates per round; "
-                f"set --min-workers {strategy.min_updates} or more (it is {self.min_workers})"
-            )
+        self._validate_secure()
+        check_compatible(strategy, secure_agg=self.secure_agg, dp=self.dp, min_workers=self.min_workers)
 
     def _check_privacy(self) -> None:
         """Refuse privacy settings that are out of range or combinations that are not sound.
@@ -237,14 +232,7 @@ class ChiefConfig:
         if self.dp_noise > 0 and not self.dp:
             raise ConfigError("--dp-noise needs --dp-clip: the noise std is --dp-noise times the clip norm C, "
                               "and without clipping one worker's influence on the sum is unbounded")
-        if self.dp:
-            kind = self.strategy.strip().lower().partition(":")[0]
-            if kind in ROBUST:
-                raise ConfigError(
-                    f"--dp-clip does not combine with --strategy {self.strategy}: differential privacy bounds "
-                    "each worker's influence on a noised sum, while a robust reducer (median, trimmed mean, "
-                    "Krum) picks or drops individual updates, so neither the noise calibration nor the "
-                    "accounting applies; use fedavg, fedprox, fedavgm, fedadam, fedyogi or fedadagrad")
+        if self.dp:  # which strategies combine with DP: check_compatible, from what their reducers declare
             mode = self.compress.partition(":")[0]
             if mode in ("int8", "topk"):
                 raise ConfigError(
@@ -260,17 +248,12 @@ class ChiefConfig:
         # Secure aggregation's own refusals (robust reducers, compression, relays) are in
         # _validate_secure; with both on, the workers add the DP noise instead of the chief.
 
-    def _validate_secure(self, strategy: Strategy) -> None:
+    def _validate_secure(self) -> None:
         """Refuse secure-aggregation settings that cannot work or would not be sound."""
         if not self.secure_agg:
             if self.secagg_threshold or self.secagg_neighbours:
                 raise ConfigError("--secagg-threshold and --secagg-neighbours need --secure-agg")
             return
-        if strategy.reducer.min_updates > 1 or strategy.name.split(":")[0] in ("median", "trimmed", "krum",
-                                                                               "multikrum"):
-            raise ConfigError(f"--strategy {self.strategy} needs every worker's own update, which secure "
-                              "aggregation hides from the chief: use fedavg, fedprox or a server optimizer "
-                              "(fedavgm, fedadam, fedyogi, fedadagrad), or drop --secure-agg")
         if self.compress != "none":
             raise ConfigError(f"--compress {self.compress} cannot be combined with --secure-agg: masked updates "
                               "are uniformly random 64-bit words and do not compress")
