@@ -33,6 +33,8 @@ from fedsock.protocol import (
 )
 
 PLAN = Plan(rounds=3, sync_every=5, batch_size=8)
+INSTANCE = bytes(range(16))
+SECRET = bytes(range(32))
 
 
 def pump(src_bytes: bytes, dst: Connection) -> list:
@@ -53,13 +55,13 @@ def send_weights(conn: Connection, msg, arrays, chunk_bytes=limits.CHUNK_BYTES) 
 
 def handshake(weights=None):
     worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
-    assert pump(worker.send(Hello(name="w1")), chief) == [Hello(name="w1")]
+    assert pump(worker.send(Hello(name="w1", instance=INSTANCE)), chief) == [Hello(name="w1", instance=INSTANCE)]
     nonce = b"n" * 32
     assert pump(chief.send(Challenge(nonce)), worker) == [Challenge(nonce)]
     assert pump(worker.send(Auth(b"m" * 32)), chief) == [Auth(b"m" * 32)]
     arrays = weights if weights is not None else [np.arange(6, dtype=np.float32).reshape(2, 3)]
     specs = specs_of(arrays)
-    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=specs, has_weights=True)
+    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=specs, has_weights=True, reconnect_secret=SECRET)
     events = pump(send_weights(chief, welcome, arrays), worker)
     assert events[0] == welcome and events[-1] == EndOfMessage(Kind.WELCOME)
     assert worker.phase is Phase.ESTABLISHED and chief.phase is Phase.ESTABLISHED
@@ -150,7 +152,7 @@ def test_other_protocols_rejected(data):
 
 
 def test_wrong_version_rejected():
-    body = frames.pack_body(Hello(name="x").to_body())
+    body = frames.pack_body(Hello(name="x", instance=INSTANCE).to_body())
     header = frames.HEADER.pack(frames.MAGIC, 2, Kind.HELLO, len(body))
     with pytest.raises(RemoteProtocolError) as ei:
         pump(header + body, Connection(Role.CHIEF))
@@ -301,7 +303,7 @@ def test_direct_chunk_reception_equals_decoding(piece):
 
 
 def test_direct_chunk_leaves_other_layouts_and_bad_chunks_to_next_event():
-    from fedsock.protocol.connection import _chunk_prefix
+    from fedsock.protocol.chunking import chunk_prefix
 
     worker, chief, arrays = handshake()
     raw = arrays[0].tobytes()
@@ -312,7 +314,7 @@ def test_direct_chunk_leaves_other_layouts_and_bad_chunks_to_next_event():
     assert chief.direct_chunk() is None
     assert chief.next_event() == Chunk(0, 0, raw[:8])
     # a canonical chunk at the wrong offset is not taken directly; next_event rejects it
-    body = _chunk_prefix(0, 12, 4) + raw[12:16]
+    body = chunk_prefix(0, 12, 4) + raw[12:16]
     chief.receive_data(frames.encode_header(Kind.CHUNK, len(body)) + body)
     assert chief.direct_chunk() is None
     with pytest.raises(RemoteProtocolError, match="offset 8"):

@@ -16,6 +16,7 @@ from fedsock import limits
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol.fields import metrics_map, nonneg, number, require
 from fedsock.protocol.frames import Kind
+from fedsock.protocol.identity import check_name
 
 #: The Hello capability that asks for a Status instead of a Welcome.
 STATUS_CAPABILITY = "status"
@@ -56,6 +57,7 @@ class WorkerStatus:
         if len(name.encode()) > limits.MAX_NAME_BYTES:
             raise RemoteProtocolError(f"{w}: name longer than {limits.MAX_NAME_BYTES} bytes",
                                       code="limit_exceeded")
+        check_name(name)  # the names a status client prints follow the rule of Hello
         return cls(
             name=name,
             worker_id=nonneg(require(obj, "worker_id", int, w), "worker_id", w),
