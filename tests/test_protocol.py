@@ -223,12 +223,9 @@ def test_tensor_limits_checked_before_allocation():
     assert ei.value.code == "limit_exceeded"
 
 
-def test_ext_types_and_deep_nesting_rejected():
+def test_deep_nesting_rejected():
     import msgpack
 
-    body = msgpack.packb({"version": 1, "name": "x", "capabilities": [msgpack.ExtType(5, b"zz")]})
-    with pytest.raises(RemoteProtocolError):
-        pump(frames.encode_header(Kind.HELLO, len(body)) + body, Connection(Role.CHIEF))
     nested: object = []
     for _ in range(limits.MAX_NESTING + 2):
         nested = [nested]
@@ -336,3 +333,87 @@ def test_eof_inside_direct_chunk_data_is_a_truncation():
     chief.receive_data(b"")
     with pytest.raises(ConnectionTruncated):
         chief.next_event()
+
+
+# --- errors the h11 way --------------------------------------------------------
+
+
+def test_a_kind_not_allowed_now_is_out_of_order_on_its_header_alone():
+    for kind in (Kind.SECAGG_KEYS, Kind.UPDATE, Kind.CHUNK, Kind.WELCOME):
+        chief = Connection(Role.CHIEF)
+        chief.receive_data(frames.encode_header(kind, 0))  # an empty body would be bad_frame
+        with pytest.raises(RemoteProtocolError) as ei:
+            chief.next_event()
+        assert ei.value.code == "out_of_order", kind
+
+
+def test_received_misuse_is_remote_and_own_misuse_is_local():
+    worker, chief, arrays = handshake()
+    with pytest.raises(LocalProtocolError, match="may not send GLOBAL"):
+        worker.send(Global(1, ()))
+    rogue = Connection(Role.CHIEF, phase=Phase.ESTABLISHED)
+    with pytest.raises(RemoteProtocolError, match="may not send UPDATE") as ei:
+        pump(rogue.send(Global(1, ())).replace(bytes([Kind.GLOBAL]), bytes([Kind.UPDATE]), 1), worker)
+    assert not isinstance(ei.value, LocalProtocolError) and ei.value.code == "out_of_order"
+
+
+@pytest.mark.parametrize("where", ["top", "nested", "empty"])
+def test_ext_types_are_bad_frame_at_any_depth(where):
+    import msgpack
+
+    ext = msgpack.ExtType(5, b"" if where == "empty" else b"zz")
+    body = {"version": 1, "name": "x", "capabilities": [], "instance": bytes(16)}
+    body["capabilities" if where != "top" else "extra"] = [ext] if where != "top" else ext
+    packed = msgpack.packb(body)
+    with pytest.raises(RemoteProtocolError, match="ext") as ei:
+        pump(frames.encode_header(Kind.HELLO, len(packed)) + packed, Connection(Role.CHIEF))
+    assert ei.value.code == "bad_frame"
+
+
+def test_a_timestamp_ext_is_bad_frame_too():
+    body = b"\x82\xa1a\x01\xa1b\xd6\xff\x00\x00\x00\x00"  # {"a": 1, "b": Timestamp(0)}
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(frames.encode_header(Kind.HELLO, len(body)) + body, Connection(Role.CHIEF))
+    assert ei.value.code == "bad_frame"
+
+
+def test_a_decoder_bug_propagates_instead_of_becoming_a_protocol_error(monkeypatch):
+    from fedsock.protocol import connection
+
+    def broken(body):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setitem(connection.CLASSES, Kind.HELLO, broken)
+    data = Connection(Role.WORKER).send(Hello(name="w1", instance=INSTANCE))
+    with pytest.raises(ZeroDivisionError, match="planted"):
+        pump(data, Connection(Role.CHIEF))
+
+
+def test_send_and_send_parts_write_the_same_bytes():
+    worker, chief, arrays = handshake()
+    twin_w, twin_c, _ = handshake()
+    upd = Update(1, 1, specs_of(arrays))
+    assert worker.send(upd) == b"".join(twin_w.send_parts(upd))
+    for c in iter_chunks(arrays, 8):
+        assert worker.send(c) == b"".join(bytes(p) for p in twin_w.send_parts(c))
+    # and both refuse the same misuse
+    for conn in (worker, twin_w):
+        with pytest.raises(LocalProtocolError):
+            conn.send_parts(Chunk(0, 0, b"x"))
+
+
+def test_every_message_class_is_exported():
+    import fedsock.protocol as protocol
+    from fedsock.protocol.connection import CLASSES
+
+    for decoder in CLASSES.values():
+        cls = decoder.__self__  # type: ignore[attr-defined]
+        assert getattr(protocol, cls.__name__) is cls
+
+
+def test_remote_protocol_error_codes_are_error_codes():
+    from fedsock.errors import ErrorCode
+
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(b"garbage!", Connection(Role.CHIEF))
+    assert ei.value.code is ErrorCode.BAD_FRAME

@@ -77,21 +77,23 @@ def decode_header(header: bytes | bytearray | memoryview, max_body: int) -> tupl
         raise RemoteProtocolError(
             f"not a fedsock frame (magic {magic!r}, expected {MAGIC!r}); "
             "is the peer speaking another protocol?",
-            code="bad_frame",
+            code=ErrorCode.BAD_FRAME,
         )
     if version != VERSION:
         raise RemoteProtocolError(
             f"unsupported protocol version {version}; this side speaks {VERSION}",
-            code="unsupported_version",
+            code=ErrorCode.UNSUPPORTED_VERSION,
         )
     try:
         k = Kind(kind)
     except ValueError:
-        raise RemoteProtocolError(f"unknown message kind {kind}", code="bad_frame") from None
+        raise RemoteProtocolError(
+            f"unknown message kind {kind} (kinds are {min(Kind)}-{max(Kind)})", code=ErrorCode.BAD_FRAME
+        ) from None
     if length > max_body:
         raise RemoteProtocolError(
             f"frame body of {length} bytes exceeds the limit of {max_body} bytes",
-            code="frame_too_large",
+            code=ErrorCode.FRAME_TOO_LARGE,
         )
     return k, length
 
@@ -139,7 +141,7 @@ def unpack_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
             code=ErrorCode.LIMIT_EXCEEDED if over else ErrorCode.BAD_FRAME,
         ) from None
     if not isinstance(obj, dict):
-        raise RemoteProtocolError("message body is not a map", code="bad_frame")
+        raise RemoteProtocolError("message body is not a map", code=ErrorCode.BAD_FRAME)
     _check_depth(obj, limits.MAX_NESTING)
     return obj
 
@@ -150,7 +152,7 @@ def _check_depth(obj: Any, budget: int) -> None:
         item, depth = stack.pop()
         if depth > budget:
             raise RemoteProtocolError(
-                f"message nested deeper than {budget} levels", code="limit_exceeded"
+                f"message nested deeper than {budget} levels", code=ErrorCode.LIMIT_EXCEEDED
             )
         if isinstance(item, dict):
             stack.extend((v, depth + 1) for v in item.values())

@@ -144,16 +144,16 @@ class Plan:
     @classmethod
     def from_wire(cls, obj: Any) -> Plan:
         if not isinstance(obj, dict):
-            raise RemoteProtocolError("Welcome: plan must be a map", code="bad_message")
+            raise RemoteProtocolError("Welcome: plan must be a map", code=ErrorCode.BAD_MESSAGE)
         rounds, sync_every, batch_size = (
             require(obj, k, int, "plan") for k in ("rounds", "sync_every", "batch_size")
         )
         if rounds < 0 or sync_every < 1 or batch_size < 1:
-            raise RemoteProtocolError("plan: values out of range", code="bad_message")
+            raise RemoteProtocolError("plan: values out of range", code=ErrorCode.BAD_MESSAGE)
         mu, dp_clip, dp_noise = (_nonneg_float(obj, k) for k in ("mu", "dp_clip", "dp_noise"))
         secure_agg = require(obj, "secure_agg", bool, "plan") if "secure_agg" in obj else False
         if dp_noise and not dp_clip:
-            raise RemoteProtocolError("plan: dp_noise without dp_clip", code="bad_message")
+            raise RemoteProtocolError("plan: dp_noise without dp_clip", code=ErrorCode.BAD_MESSAGE)
         return cls(rounds, sync_every, batch_size, mu=mu, secure_agg=secure_agg, dp_clip=dp_clip,
                    dp_noise=dp_noise)
 
@@ -162,7 +162,8 @@ def _nonneg_float(obj: dict[str, Any], key: str) -> float:
     """Optional plan field ``key``: a finite number >= 0 (0.0 when absent)."""
     value = require(obj, key, (float, int), "plan") if key in obj else 0.0
     if isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise RemoteProtocolError(f"plan: {key} must be a finite number >= 0, got {value!r}", code="bad_message")
+        raise RemoteProtocolError(f"plan: {key} must be a finite number >= 0, got {value!r}",
+                                  code=ErrorCode.BAD_MESSAGE)
     return float(value)
 
 
@@ -212,14 +213,15 @@ class Welcome:
         has_weights = require(b, "has_weights", bool, w)
         tensors = specs_from_wire(b, w)
         if not has_weights and tensors:
-            raise RemoteProtocolError("Welcome: tensors without has_weights", code="bad_message")
+            raise RemoteProtocolError("Welcome: tensors without has_weights", code=ErrorCode.BAD_MESSAGE)
         compress = b.get("compress", "none")
         try:
             if not isinstance(compress, str):
                 raise ConfigError("not a string")
             parse_compression(compress)
         except ConfigError:
-            raise RemoteProtocolError(f"Welcome: unknown compression {compress!r}", code="bad_message") from None
+            raise RemoteProtocolError(f"Welcome: unknown compression {compress!r}",
+                                      code=ErrorCode.BAD_MESSAGE) from None
         return cls(
             worker_id=nonneg(require(b, "worker_id", int, w), "worker_id", w),
             round=nonneg(require(b, "round", int, w), "round", w),

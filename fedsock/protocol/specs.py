@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsock import limits
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol.compression import FLOAT_DTYPES, Encoding
 from fedsock.protocol.fields import require
 
@@ -73,33 +73,33 @@ class TensorSpec:
     def from_wire(cls, obj: Any) -> TensorSpec:
         what = "tensor spec"
         if not isinstance(obj, dict):
-            raise RemoteProtocolError(f"{what} must be a map", code="bad_message")
+            raise RemoteProtocolError(f"{what} must be a map", code=ErrorCode.BAD_MESSAGE)
         name = require(obj, "name", str, what)
         dtype = require(obj, "dtype", str, what)
         shape = require(obj, "shape", list, what)
         if len(name.encode()) > limits.MAX_TENSOR_NAME_BYTES:
-            raise RemoteProtocolError(f"{what}: name too long", code="limit_exceeded")
+            raise RemoteProtocolError(f"{what}: name too long", code=ErrorCode.LIMIT_EXCEEDED)
         if dtype not in DTYPES:
-            raise RemoteProtocolError(f"{what}: unsupported dtype {dtype!r}", code="bad_message")
+            raise RemoteProtocolError(f"{what}: unsupported dtype {dtype!r}", code=ErrorCode.BAD_MESSAGE)
         if len(shape) > limits.MAX_TENSOR_RANK:
             raise RemoteProtocolError(
                 f"{what}: rank {len(shape)} exceeds {limits.MAX_TENSOR_RANK}",
-                code="limit_exceeded",
+                code=ErrorCode.LIMIT_EXCEEDED,
             )
         size = 1
         for dim in shape:
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-                raise RemoteProtocolError(f"{what}: bad dimension {dim!r}", code="bad_message")
+                raise RemoteProtocolError(f"{what}: bad dimension {dim!r}", code=ErrorCode.BAD_MESSAGE)
             size *= dim
             if size > limits.MAX_TENSOR_ELEMENTS:
                 raise RemoteProtocolError(
                     f"{what}: {name!r} has more than {limits.MAX_TENSOR_ELEMENTS} elements",
-                    code="limit_exceeded",
+                    code=ErrorCode.LIMIT_EXCEEDED,
                 )
         enc = None
         if "enc" in obj:
             if dtype not in FLOAT_DTYPES:
-                raise RemoteProtocolError(f"{what}: enc on a {dtype} tensor", code="bad_message")
+                raise RemoteProtocolError(f"{what}: enc on a {dtype} tensor", code=ErrorCode.BAD_MESSAGE)
             enc = Encoding.from_wire(obj["enc"], size)
         return cls(name, dtype, tuple(shape), enc)
 
@@ -114,16 +114,16 @@ def specs_from_wire(body: dict[str, Any], what: str, encoded: bool = False) -> t
     if len(raw) > limits.MAX_TENSORS:
         raise RemoteProtocolError(
             f"{what}: {len(raw)} tensors exceed the limit of {limits.MAX_TENSORS}",
-            code="limit_exceeded",
+            code=ErrorCode.LIMIT_EXCEEDED,
         )
     specs = tuple(TensorSpec.from_wire(t) for t in raw)
     if not encoded and any(s.enc is not None for s in specs):
-        raise RemoteProtocolError(f"{what}: only an Update may carry encoded tensors", code="bad_message")
+        raise RemoteProtocolError(f"{what}: only an Update may carry encoded tensors", code=ErrorCode.BAD_MESSAGE)
     total = sum(s.nbytes for s in specs)
     if total > limits.MAX_MODEL_BYTES:
         raise RemoteProtocolError(
             f"{what}: {total} bytes of weights exceed the limit of {limits.MAX_MODEL_BYTES}",
-            code="limit_exceeded",
+            code=ErrorCode.LIMIT_EXCEEDED,
         )
     return specs
 
