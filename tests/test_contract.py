@@ -63,3 +63,14 @@ def test_every_exception_class_is_defined_in_errors_py():
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, BaseException) and value.__module__.startswith("fedsock"):
                 assert value.__module__ == "fedsock.errors" and getattr(errors, value.__name__) is value, value
+
+
+def test_every_hex_dump_is_inside_a_code_fence():
+    """An unclosed fence swaps code and prose from there on when the page is rendered."""
+    inside, outside = False, []
+    for number, line in enumerate(DOC.splitlines(), 1):
+        if line.startswith("```"):
+            inside = not inside
+        elif not inside and (re.match(r"^[0-9a-f]{8}  ", line) or re.match(r"^--- .*: \d+ bytes$", line)):
+            outside.append(number)
+    assert not inside and not outside, outside[:5]
