@@ -58,12 +58,8 @@ from fedsock.statelock import StateDirLock
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
-#: Most weights messages (Global, Done) being written at once. Each takes an
-#: I/O thread and the kernel buffers of its connection, so this bounds the
-#: chief's threads and memory when a round ends for a thousand workers at once.
-MAX_CONCURRENT_SENDS = 16
-#: Threads that send weights messages (TLS and copies, off the event loop; updates are read on it).
-IO_THREADS = 64
+MAX_CONCURRENT_SENDS = limits.MAX_CONCURRENT_SENDS
+IO_THREADS = limits.IO_THREADS
 
 
 @dataclass(frozen=True)
@@ -479,6 +475,7 @@ class Chief:
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
             has_weights=ctrl.has_model, compress=self.config.compress,
+            reconnect_secret=secrets.token_bytes(limits.RECONNECT_SECRET_BYTES),
         )
         weights = ctrl.weights if ctrl.weights is not None else []
         await asyncio.wait_for(s.send(welcome, weights), self.config.idle_timeout)

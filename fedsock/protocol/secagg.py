@@ -22,32 +22,31 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from fedsock import limits
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol.fields import nonneg, require
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.messages import TensorSpec, specs_from_wire, specs_to_wire
 
-PUBLIC_KEY_BYTES = 32
-
 
 def _key(b: dict[str, Any], name: str, what: str) -> bytes:
     key: bytes = require(b, name, bytes, what)
-    if len(key) != PUBLIC_KEY_BYTES:
-        raise RemoteProtocolError(f"{what}: {name} must be {PUBLIC_KEY_BYTES} bytes", code="bad_message")
+    if len(key) != limits.SECAGG_PUBLIC_KEY_BYTES:
+        raise RemoteProtocolError(f"{what}: {name} must be {limits.SECAGG_PUBLIC_KEY_BYTES} bytes",
+                                  code=ErrorCode.BAD_MESSAGE)
     return key
 
 
 def _ids(b: dict[str, Any], name: str, what: str) -> tuple[int, ...]:
     raw = require(b, name, list, what)
     if len(raw) > limits.MAX_WORKERS:
-        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} ids", code="limit_exceeded")
+        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} ids", code=ErrorCode.LIMIT_EXCEEDED)
     ids = []
     for x in raw:
         if isinstance(x, bool) or not isinstance(x, int) or not 0 < x < 2**63:
-            raise RemoteProtocolError(f"{what}: {name} must hold worker ids >= 1", code="bad_message")
+            raise RemoteProtocolError(f"{what}: {name} must hold worker ids >= 1", code=ErrorCode.BAD_MESSAGE)
         ids.append(x)
     if len(set(ids)) != len(ids):
-        raise RemoteProtocolError(f"{what}: {name} repeats an id", code="bad_message")
+        raise RemoteProtocolError(f"{what}: {name} repeats an id", code=ErrorCode.BAD_MESSAGE)
     return tuple(ids)
 
 
@@ -55,17 +54,17 @@ def _pairs(b: dict[str, Any], name: str, what: str, max_bytes: int) -> tuple[tup
     """A list of [worker id, bytes] pairs (ids distinct)."""
     raw = require(b, name, list, what)
     if len(raw) > limits.MAX_WORKERS:
-        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} entries", code="limit_exceeded")
+        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} entries", code=ErrorCode.LIMIT_EXCEEDED)
     out = []
     for item in raw:
         if (not isinstance(item, list) or len(item) != 2 or isinstance(item[0], bool)
                 or not isinstance(item[0], int) or not isinstance(item[1], bytes)):
-            raise RemoteProtocolError(f"{what}: {name} entries must be [id, bytes]", code="bad_message")
+            raise RemoteProtocolError(f"{what}: {name} entries must be [id, bytes]", code=ErrorCode.BAD_MESSAGE)
         if not 0 < item[0] < 2**63 or len(item[1]) > max_bytes:
-            raise RemoteProtocolError(f"{what}: bad {name} entry", code="bad_message")
+            raise RemoteProtocolError(f"{what}: bad {name} entry", code=ErrorCode.BAD_MESSAGE)
         out.append((item[0], item[1]))
     if len({i for i, _ in out}) != len(out):
-        raise RemoteProtocolError(f"{what}: {name} repeats an id", code="bad_message")
+        raise RemoteProtocolError(f"{what}: {name} repeats an id", code=ErrorCode.BAD_MESSAGE)
     return tuple(out)
 
 
@@ -131,36 +130,31 @@ class SecAggRoster:
         round_, attempt = _attempt(b, w)
         raw = require(b, "peers", list, w)
         if len(raw) > limits.MAX_WORKERS:
-            raise RemoteProtocolError(f"{w}: more than {limits.MAX_WORKERS} peers", code="limit_exceeded")
+            raise RemoteProtocolError(f"{w}: more than {limits.MAX_WORKERS} peers", code=ErrorCode.LIMIT_EXCEEDED)
         peers = []
         for item in raw:
             if not isinstance(item, list) or len(item) != 3:
                 raise RemoteProtocolError(f"{w}: peers entries must be [id, share_key, mask_key]",
-                                          code="bad_message")
+                                          code=ErrorCode.BAD_MESSAGE)
             entry = {"id": item[0], "share_key": item[1], "mask_key": item[2]}
             pid = require(entry, "id", int, w)
             if not 0 < pid < 2**63:
-                raise RemoteProtocolError(f"{w}: peer id out of range", code="bad_message")
+                raise RemoteProtocolError(f"{w}: peer id out of range", code=ErrorCode.BAD_MESSAGE)
             peers.append(Peer(pid, _key(entry, "share_key", w), _key(entry, "mask_key", w)))
         if len({p.id for p in peers}) != len(peers):
-            raise RemoteProtocolError(f"{w}: peers repeat an id", code="bad_message")
+            raise RemoteProtocolError(f"{w}: peers repeat an id", code=ErrorCode.BAD_MESSAGE)
         you = require(b, "you", int, w)
         threshold = require(b, "threshold", int, w)
         min_survivors = require(b, "min_survivors", int, w)
         workers = require(b, "workers", int, w)
         if not len(peers) <= workers <= limits.MAX_WORKERS:
-            raise RemoteProtocolError(f"{w}: {workers} workers but {len(peers)} peers", code="bad_message")
+            raise RemoteProtocolError(f"{w}: {workers} workers but {len(peers)} peers", code=ErrorCode.BAD_MESSAGE)
         if you not in {p.id for p in peers}:
-            raise RemoteProtocolError(f"{w}: the receiver is not among the peers", code="bad_message")
+            raise RemoteProtocolError(f"{w}: the receiver is not among the peers", code=ErrorCode.BAD_MESSAGE)
         if not 2 <= threshold <= len(peers) or not threshold <= min_survivors <= limits.MAX_WORKERS:
             raise RemoteProtocolError(f"{w}: threshold {threshold} / min_survivors {min_survivors} out of range "
-                                      f"for {len(peers)} peers", code="bad_message")
+                                      f"for {len(peers)} peers", code=ErrorCode.BAD_MESSAGE)
         return cls(round_, attempt, you, threshold, min_survivors, workers, tuple(peers))
-
-
-#: Largest sealed share message: nonce + two shares + tag, with room to spare.
-MAX_SEALED_BYTES = 512
-MAX_SHARE_BYTES = 128
 
 
 _Sealed = TypeVar("_Sealed", bound="_SealedShares")
@@ -179,7 +173,7 @@ class _SealedShares:
 
     @classmethod
     def from_body(cls: type[_Sealed], b: dict[str, Any]) -> _Sealed:
-        return cls(*_attempt(b, cls.__name__), _pairs(b, "shares", cls.__name__, MAX_SEALED_BYTES))
+        return cls(*_attempt(b, cls.__name__), _pairs(b, "shares", cls.__name__, limits.SECAGG_MAX_SEALED_BYTES))
 
 
 @dataclass(frozen=True)
@@ -213,7 +207,7 @@ class SecAggMasked:
         w = "SecAggMasked"
         specs = specs_from_wire(b, w)
         if any(s.dtype != "uint64" for s in specs):
-            raise RemoteProtocolError(f"{w}: masked tensors must be uint64", code="bad_message")
+            raise RemoteProtocolError(f"{w}: masked tensors must be uint64", code=ErrorCode.BAD_MESSAGE)
         return cls(*_attempt(b, w), specs)
 
 
@@ -236,7 +230,7 @@ class SecAggUnmask:
         w = "SecAggUnmask"
         survivors, dropped = _ids(b, "survivors", w), _ids(b, "dropped", w)
         if set(survivors) & set(dropped):
-            raise RemoteProtocolError(f"{w}: a worker is both a survivor and dropped", code="bad_message")
+            raise RemoteProtocolError(f"{w}: a worker is both a survivor and dropped", code=ErrorCode.BAD_MESSAGE)
         return cls(*_attempt(b, w), survivors, dropped)
 
 
@@ -258,8 +252,8 @@ class SecAggReveal:
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> SecAggReveal:
         w = "SecAggReveal"
-        return cls(*_attempt(b, w), _pairs(b, "seed_shares", w, MAX_SHARE_BYTES),
-                   _pairs(b, "key_shares", w, MAX_SHARE_BYTES))
+        return cls(*_attempt(b, w), _pairs(b, "seed_shares", w, limits.SECAGG_MAX_SHARE_BYTES),
+                   _pairs(b, "key_shares", w, limits.SECAGG_MAX_SHARE_BYTES))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from fedsock.errors import (
     AuthenticationError,
     ConfigError,
     ConnectError,
+    ConnectionLost,  # defined in fedsock.errors, still importable from here
     ConnectionTruncated,
     FedsockError,
     PeerError,
@@ -112,9 +113,7 @@ def _common_name(cert: Path) -> str | None:
     return str(names[0].value) if names else None
 
 
-class ConnectionLost(FedsockError):
-    """The connection to the chief broke (EOF, reset, silence, or the chief stopping)."""
-READ_BYTES = 256 * 1024
+READ_BYTES = limits.READ_BYTES
 
 
 def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
@@ -211,6 +210,8 @@ class Client:
             raise ConfigError(f"the {'token' if self._token and self._token.name else 'certificate'} is for "
                               f"worker {own!r}, not {name!r}; drop --name or use the matching credentials")
         self.name = name or own or default_name()
+        #: Sent in every Hello of this Client: the chief tells its reconnects from another worker's.
+        self.instance = os.urandom(limits.INSTANCE_ID_BYTES)
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
@@ -333,7 +334,7 @@ class Client:
         """
         host, port = self.address
         deadline = time.monotonic() + timeout
-        delay, last = 0.25, "no attempt"
+        delay, last = limits.RECONNECT_BACKOFF_START_S, "no attempt"
         ctx = tls.mutual_client_context(*self._tls) if self._tls else tls.client_context()
         while True:
             try:
@@ -377,7 +378,7 @@ class Client:
         return sock
 
     def _handshake_locked(self) -> Welcome:
-        self._send(Hello(name=self.name))
+        self._send(Hello(name=self.name, instance=self.instance))
         ev = self._expect(Challenge)
         assert isinstance(ev, Challenge)
         if self._token is not None:
