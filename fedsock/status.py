@@ -15,6 +15,7 @@ import ssl
 import time
 from dataclasses import asdict
 
+from fedsock import limits
 from fedsock.errors import ConnectError, RemoteProtocolError
 from fedsock.protocol import Status
 from fedsock.transport.channel import BlockingChannel, open_tls
@@ -54,7 +55,7 @@ def query_status(address: str, token: str | None = None, name: str | None = None
         raise ConnectError(f"could not reach the chief at {host}:{port} ({exc}); is it running?") from None
     channel = BlockingChannel(sock, idle_timeout=timeout, heartbeat_interval=timeout / 4, send_timeout=timeout)
     try:
-        answer = handshake(channel, name, creds, status=True)
+        answer = handshake(channel, name, creds, os.urandom(limits.INSTANCE_ID_BYTES), status=True)
     except ConnectionLost as exc:
         if "silent" in str(exc):
             raise ConnectError(f"the chief at {host}:{port} did not answer within {timeout:g} s") from None

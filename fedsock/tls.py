@@ -5,7 +5,6 @@ This module re-exports them so that existing imports (``from fedsock import tls`
 
 from fedsock.transport.tls import (
     AUTH_LABEL,
-    NAME_RE,
     TOKEN_PREFIX,
     ChiefIdentity,
     JoinToken,
@@ -25,7 +24,7 @@ from fedsock.transport.tls import (
 )
 
 __all__ = [
-    "AUTH_LABEL", "NAME_RE", "TOKEN_PREFIX", "ChiefIdentity", "JoinToken", "auth_mac", "cert_fingerprint",
+    "AUTH_LABEL", "TOKEN_PREFIX", "ChiefIdentity", "JoinToken", "auth_mac", "cert_fingerprint",
     "check_name", "check_pinned", "client_context", "describe_tls_failure", "ensure_identity",
     "is_fatal_tls_error", "make_self_signed", "mutual_client_context", "peer_identity", "server_context",
     "verify_mac",

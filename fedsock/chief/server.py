@@ -477,6 +477,7 @@ class Chief:
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
             has_weights=ctrl.has_model, compress=self.config.compress,
+            reconnect_secret=secrets.token_bytes(limits.RECONNECT_SECRET_BYTES),
         )
         weights = ctrl.weights if ctrl.weights is not None else []
         await asyncio.wait_for(s.send(welcome, weights), self.config.idle_timeout)

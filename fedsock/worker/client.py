@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import ssl
 import threading
@@ -33,11 +32,12 @@ from fedsock.protocol.connection import AnyMessage
 from fedsock.transport import tls
 from fedsock.transport.channel import BlockingChannel, open_tls
 from fedsock.transport.credentials import Credentials, parse_address, token_from
-from fedsock.transport.errors import ConnectionLost
+from fedsock.transport.errors import ConnectionLost, NameInUse
 from fedsock.transport.handshake import handshake
 from fedsock.worker.buffers import ModelMemory
 from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
+from fedsock.worker.reconnect import Backoff, name_in_use_message
 
 __all__ = ["Client", "ConnectionLost", "parse_address", "token_from"]
 
@@ -57,7 +57,9 @@ class Client:
         names: tensor names to send (default: the chief's, or ``t0, t1, ...``).
         connect_timeout: seconds to keep retrying an unreachable chief.
         idle_timeout: seconds of silence from the chief before giving up;
-            also the deadline of each write.
+            also the deadline of each write, and how long a name held by
+            another connection is waited for (the chief's idle timeout,
+            normally the same) before ``NameInUse`` is raised.
         heartbeat_interval: seconds between heartbeats while idle.
         reconnect_timeout: after a lost connection (chief restarted, link
             cut, chief silent for ``idle_timeout``), seconds to keep trying to
@@ -76,6 +78,8 @@ class Client:
         ConnectError: chief not reachable within ``connect_timeout``.
         AuthenticationError: wrong token, or the chief's certificate is not
             the pinned one.
+        NameInUse: another running worker holds ``name`` (the message says
+            to pick another ``--name``).
     """
 
     def __init__(self, address: str | tuple[str, int], token: str | tls.JoinToken | None = None,
@@ -94,6 +98,9 @@ class Client:
             raise ConfigError(f"the {kind} is for worker {own!r}, not {name!r}; drop --name or use the "
                               "matching credentials")
         self.name = name or own or f"{socket.gethostname()}-{os.getpid()}"
+        #: Sent in every Hello of this Client: the chief tells its reconnects from another worker's.
+        self.instance = os.urandom(limits.INSTANCE_ID_BYTES)
+        self._reconnect_secret: bytes | None = None  # from the chief's latest Welcome
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
@@ -287,27 +294,31 @@ class Client:
 
     def _connect(self, timeout: float) -> tuple[BlockingChannel, Welcome, list[np.ndarray] | None]:
         """Connect, pin, authenticate, read the Welcome's model; retry transient failures with
-        backoff and jitter.
+        backoff and jitter (``Backoff``).
 
         Refused or reset connections, a chief that dies mid-handshake or says
-        it is busy are retried until ``timeout``; a wrong certificate, a
-        rejected token or a peer that does not speak TLS 1.3 are not.
+        it is busy are retried until ``timeout``; a name held by another
+        connection until the chief would have let a silent one go; a wrong
+        certificate, a rejected token or a peer that does not speak TLS 1.3
+        are not retried.
         """
         host, port = self.address
-        deadline = time.monotonic() + timeout
-        delay, last = 0.25, "no attempt"
+        backoff = Backoff(time.monotonic(), timeout, name_hold=self._idle_timeout)
         ctx = self._credentials.context()
         mutual = self._credentials.tls_files is not None
         while True:
             channel: BlockingChannel | None = None
+            refused: NameInUse | None = None
             try:
                 sock = open_tls(ctx, host, port, timeout, self._credentials.pin)
                 channel = BlockingChannel(sock, idle_timeout=self._idle_timeout, heartbeat_interval=self._hb_interval,
                                           send_timeout=self._idle_timeout, mutual_tls=mutual)
-                welcome = handshake(channel, self.name, self._credentials)
+                welcome = handshake(channel, self.name, self._credentials, self.instance,
+                                    reconnect_secret=self._reconnect_secret)
                 assert isinstance(welcome, Welcome)
                 nbytes = sum(s.wire_nbytes for s in welcome.tensors)
                 model = channel.read_weights(welcome.tensors, self._memory.allocate(nbytes))
+                self._reconnect_secret = welcome.reconnect_secret or None
                 return channel, welcome, (model if welcome.has_weights else None)
             except ssl.SSLError as exc:
                 if tls.is_fatal_tls_error(exc):
@@ -315,6 +326,8 @@ class Client:
                         f"TLS handshake with {host}:{port} failed: {tls.describe_tls_failure(exc)}"
                     ) from None
                 last = str(exc)
+            except NameInUse as exc:
+                refused, last = exc, f"the name {self.name!r} is in use"
             except (OSError, ConnectionLost) as exc:
                 last = str(exc) or type(exc).__name__
                 if mutual and isinstance(exc, ConnectionLost) and "handshake" in last:
@@ -323,14 +336,17 @@ class Client:
                              "(not signed by the chief's CA?); the chief's log says why")
             if channel is not None:
                 channel.close()
-            if time.monotonic() + delay > deadline:
+            now = time.monotonic()
+            delay = backoff.retry_in(now, name_in_use=refused is not None)
+            if delay is None and refused is not None:
+                raise NameInUse(name_in_use_message(refused.text, self.name, backoff.refused_for(now)))
+            if delay is None:
                 raise ConnectError(
                     f"could not reach the chief at {host}:{port} within {timeout:g} s ({last}); "
                     "is it running, and is the port open?"
                 )
             log.info("chief at %s:%s not reachable (%s); retrying in %.1f s", host, port, last, delay)
             time.sleep(delay)
-            delay = min(delay * 2, limits.RECONNECT_BACKOFF_MAX_S) * random.uniform(0.8, 1.2)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self._hb_interval / 2):
