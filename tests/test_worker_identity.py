@@ -38,6 +38,7 @@ from fedsock.transport import tls
 from fedsock.transport.errors import NameInUse
 from fedsock.worker import reconnect
 from fedsock.worker.reconnect import Backoff
+from tests.conftest import finish, start_worker
 
 MODEL = [np.arange(6, dtype=np.float32).reshape(2, 3)]
 SPECS = specs_of(MODEL, ["w"])
@@ -215,3 +216,14 @@ def test_the_final_message_keeps_the_chiefs_advice_or_adds_it():
     says = "the name w1 is in use by another running worker; start this one with a different --name"
     assert reconnect.name_in_use_message(says, "w1", 65).startswith(says)
     assert "--name than 'w1'" in reconnect.name_in_use_message("in use", "w1", 65)
+
+
+def test_worker_py_refused_for_good_prints_the_advice_without_a_traceback_and_exits_2(scripted, tmp_path, digits):
+    chief = scripted(lambda i, seen: False)
+    proc = start_worker(tmp_path, "w1", "--chief", chief.address, "--data", str(digits / "worker-0"),
+                        "--name", "w1", "--idle-timeout", "1", "--connect-timeout", "1", token=chief.token)
+    code, out = finish(proc, timeout=60)
+    assert code == 2, out
+    assert "worker.py: error:" in out and "different --name" in out, out
+    assert "Traceback" not in out, out
+    assert len(chief.seen) >= 3 and {s.hello.name for s in chief.seen} == {"w1"}
