@@ -1,6 +1,6 @@
 """Federated training in a custom ``tf.GradientTape`` loop with ``fedsock.Client``.
 
-    python examples/custom_loop.py --chief HOST:PORT --data ./shard [--token TOKEN]
+    python examples/custom_loop.py --chief HOST:PORT --data ./shard [--token TOKEN] [--name NAME]
 
 The client works with plain numpy arrays: ``join`` gives the starting
 weights, ``sync(weights, num_examples)`` sends local weights and blocks until
@@ -23,15 +23,16 @@ import tensorflow as tf  # noqa: E402
 import fedsock  # noqa: E402
 from fedsock.data import load_shard  # noqa: E402
 from fedsock.models import digits_mlp  # noqa: E402
+from fedsock.worker.config import parse_worker_args  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--chief", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--token", default=None, help="default: $FEDSOCK_TOKEN")
+    p.add_argument("--data", required=True, help="shard directory with .npz files (x, y)")
     p.add_argument("--lr", type=float, default=0.1)
-    args = p.parse_args()
+    # --chief, --token (or $FEDSOCK_TOKEN), --name (default <host>-<pid>), timeouts, --config ...:
+    # the settings worker.py has, shared with fedsock.Client
+    args, config = parse_worker_args(p)
 
     x, y = load_shard(args.data)
     model = digits_mlp()
@@ -58,7 +59,7 @@ def main() -> None:
         for a, v in zip(anchors, model.trainable_variables):
             a.assign(v)
 
-    with fedsock.Client(args.chief, token=args.token, name="custom-loop-example") as client:
+    with fedsock.Client.from_config(config) as client:
         start_from(client.join(model.get_weights()))
         mu.assign(client.plan.mu)
         if client.plan.mu:

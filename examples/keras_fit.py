@@ -1,6 +1,6 @@
 """Federated training inside ``model.fit`` with ``fedsock.keras.FederatedCallback``.
 
-    python examples/keras_fit.py --chief HOST:PORT --data ./shard [--token TOKEN]
+    python examples/keras_fit.py --chief HOST:PORT --data ./shard [--token TOKEN] [--name NAME]
 
 The model is built locally (the same architecture as the chief's, or the
 first proposal if the chief has none); the callback syncs it every
@@ -18,18 +18,19 @@ import fedsock  # noqa: E402
 import fedsock.keras  # noqa: E402
 from fedsock.data import load_shard  # noqa: E402
 from fedsock.models import digits_mlp  # noqa: E402
+from fedsock.worker.config import parse_worker_args  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--chief", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--token", default=None, help="default: $FEDSOCK_TOKEN")
-    args = p.parse_args()
+    p.add_argument("--data", required=True, help="shard directory with .npz files (x, y)")
+    # --chief, --token (or $FEDSOCK_TOKEN), --name (default <host>-<pid>), timeouts, --config ...:
+    # the settings worker.py has, shared with fedsock.Client
+    args, config = parse_worker_args(p)
 
     x, y = load_shard(args.data)
     model = digits_mlp()
-    with fedsock.Client(args.chief, token=args.token, name="keras-fit-example") as client:
+    with fedsock.Client.from_config(config) as client:
         plan = client.plan
         callback = fedsock.keras.FederatedCallback(
             client, sync_every=plan.sync_every, batch_size=plan.batch_size, num_examples=len(x)

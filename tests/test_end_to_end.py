@@ -9,6 +9,7 @@ import stat
 import numpy as np
 import pytest
 
+from fedsock.worker.config import default_name
 from tests.conftest import finish, start_worker
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,7 @@ def test_keras_callback_and_custom_loop_against_a_real_chief(tmp_path, chiefs, d
                    "--sync-every", "5", "--strategy", "fedprox", "--mu", "0.05")
     procs = {
         "keras_fit": start_worker(tmp_path, "k", "--chief", chief.address, "--data", str(digits / "worker-0"),
-                                  token=chief.token, script="examples/keras_fit.py"),
+                                  "--name", "keras-fit-example", token=chief.token, script="examples/keras_fit.py"),
         "custom_loop": start_worker(tmp_path, "c", "--chief", chief.address, "--data",
                                     str(digits / "worker-1"), token=chief.token,
                                     script="examples/custom_loop.py"),
@@ -68,4 +69,5 @@ def test_keras_callback_and_custom_loop_against_a_real_chief(tmp_path, chiefs, d
     rows = (chief.state_dir / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4 and all(json.loads(r)["workers"] == 2 for r in rows)
     log = chief.output()
-    assert "keras-fit-example" in log and "custom-loop-example" in log
+    # --name is taken; without it a worker is <host>-<pid>
+    assert "keras-fit-example" in log and default_name(pid=procs["custom_loop"].pid) in log, log

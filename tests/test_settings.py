@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +155,116 @@ def test_a_relay_refuses_server_side_strategies():
         cli.chief_config(args)
     args, _ = parse(["chief", "--upstream", "top:7777", "--strategy", "median", "--min-workers", "2"], {})
     assert cli.chief_config(args).build_strategy().name.startswith("median")
+
+
+def test_every_chief_field_is_a_flag_a_key_and_a_variable_with_the_fields_default(tmp_path):
+    from fedsock.chief import ChiefConfig
+
+    options = settings.options_of(ChiefConfig)
+    assert [o.dest for o in options] == [f.name for f in dataclasses.fields(ChiefConfig)]
+    args, sources = parse(["chief"], {})
+    assert set(sources.values()) == {"default"}
+    assert settings.build(ChiefConfig, args) == ChiefConfig()  # no default is copied anywhere
+    parser = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    text = parser["chief"].format_help()
+    for o in options:
+        assert o.flag in text and o.env in text, o.dest
+    assert re.search(r"--max-examples MAX_EXAMPLES\s+the largest num_examples .*\(default:\s+1000000000;"
+                     r"\s+\$FEDSOCK_MAX_EXAMPLES\)", text, flags=re.S)
+    assert "--secure-agg, --no-secure-agg" in text and "(default: off; $FEDSOCK_SECURE_AGG)" in text
+
+
+def test_max_examples_and_the_former_library_only_settings_are_checked(tmp_path):
+    from fedsock import limits
+    from fedsock.chief import ChiefConfig
+
+    assert ChiefConfig().max_examples == limits.MAX_EXAMPLES
+    f = tmp_path / "c.toml"
+    f.write_text("max-examples = 5000\n")
+    args, sources = parse(["chief", "--config", str(f)], {})
+    assert cli.chief_config(args).max_examples == 5000 and sources["max_examples"] == f"file {f}"
+    args, _ = parse(["chief", "--config", str(f)], {"FEDSOCK_MAX_EXAMPLES": "70"})
+    assert cli.chief_config(args).max_examples == 70
+    for flags, message in ((["--max-examples", "0"], "--max-examples must be at least 1"),
+                           (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1"),
+                           (["--done-grace", "-1"], "--done-grace at least 0"),
+                           (["--handshake-timeout", "0"], "--handshake-timeout must be positive")):
+        args, _ = parse(["chief", *flags], {})
+        with pytest.raises(ConfigError, match=message):
+            cli.chief_config(args)
+
+
+def test_a_flag_turns_off_a_switch_the_config_file_turned_on(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("secure-agg = true\nworker-tokens-only = true\n")
+    args, sources = parse(["chief", "--config", str(f), "--no-secure-agg"], {})
+    assert args.secure_agg is False and sources["secure_agg"] == "flag"
+    assert args.worker_tokens_only is True
+
+
+def test_worker_settings_are_declared_once_and_client_takes_the_same_defaults():
+    from fedsock.worker.client import Client
+    from fedsock.worker.config import WorkerConfig
+    from fedsock.worker.run import TrainingOptions
+
+    args, sources = parse(["worker", "--chief", "h:1", "--data", "d"], {})
+    cfg = settings.build(WorkerConfig, args)
+    assert cfg == WorkerConfig(chief="h:1")
+    assert settings.build(TrainingOptions, args) == TrainingOptions(data=Path("d"))
+    params = inspect.signature(Client).parameters
+    for name, value in WorkerConfig(chief="h:1").client_arguments().items():
+        assert name in params, name  # every worker setting is a Client argument ...
+        if name != "address":  # ... with the same default
+            assert params[name].default == value, name
+    assert WorkerConfig.connect_timeout == 60.0 and WorkerConfig.reconnect_timeout == 300.0
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"name": "two words"}, "bad worker name 'two words'"),
+    ({"name": "x" * 65}, "bad worker name"),
+    ({"name": "red\x1b[31m"}, "bad worker name"),
+    ({"name": "forged\n"}, "bad worker name"),  # a final newline would start a new line in the chief's log
+    ({"connect_timeout": 0.0}, "--connect-timeout must be positive"),
+    ({"reconnect_timeout": -1.0}, "--reconnect-timeout must be 0"),
+    ({"heartbeat_interval": 90.0}, "--heartbeat-interval must be positive and shorter than --idle-timeout"),
+])
+def test_bad_worker_settings_are_refused(kw, message):
+    from fedsock.worker.config import WorkerConfig
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        WorkerConfig(chief="h:1", **kw)
+
+
+def test_a_bad_name_from_the_environment_fails_before_connecting(capsys, monkeypatch):
+    monkeypatch.setenv("FEDSOCK_NAME", "no spaces please")
+    assert cli.main(["worker", "--chief", "127.0.0.1:9", "--data", "d"]) == 2
+    assert "bad worker name 'no spaces please'" in capsys.readouterr().err
+    assert cli.main(["worker", "--chief", "127.0.0.1:9", "--data", "d", "--print-config"]) == 2
+
+
+def test_default_name_is_host_pid_and_always_a_valid_name():
+    from fedsock import tls
+    from fedsock.worker.config import default_name
+
+    assert default_name("lab-3", 42) == "lab-3-42"
+    assert tls.check_name(default_name()).endswith(f"-{os.getpid()}")
+    assert default_name(pid=5) == default_name(socket.gethostname(), 5)
+    long = default_name("n" * 100 + ".example.org", 1234567)
+    assert len(long) == 64 and long.endswith("-1234567")
+    for host in ("host name with spaces", "_under", "münchen", "", ".local"):
+        assert tls.check_name(default_name(host, 7)).endswith("-7"), host
+
+
+def test_worker_scripts_parse_the_shared_settings(capsys):
+    from fedsock.worker.config import WorkerConfig, parse_worker_args
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    args, cfg = parse_worker_args(p, ["--data", "s", "--chief", "h:7", "--name", "site-a",
+                                      "--reconnect-timeout", "0"])
+    assert args.data == "s" and cfg == WorkerConfig(chief="h:7", name="site-a", reconnect_timeout=0.0)
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    with pytest.raises(SystemExit) as exc:
+        parse_worker_args(p, ["--data", "s"])
+    assert exc.value.code == 2 and "--chief is required" in capsys.readouterr().err

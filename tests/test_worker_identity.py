@@ -221,7 +221,8 @@ def test_the_final_message_keeps_the_chiefs_advice_or_adds_it():
 def test_worker_py_refused_for_good_prints_the_advice_without_a_traceback_and_exits_2(scripted, tmp_path, digits):
     chief = scripted(lambda i, seen: False)
     proc = start_worker(tmp_path, "w1", "--chief", chief.address, "--data", str(digits / "worker-0"),
-                        "--name", "w1", "--idle-timeout", "1", "--connect-timeout", "1", token=chief.token)
+                        "--name", "w1", "--idle-timeout", "1", "--heartbeat-interval", "0.5", "--connect-timeout", "1",
+                        token=chief.token)
     code, out = finish(proc, timeout=60)
     assert code == 2, out
     assert "worker.py: error:" in out and "different --name" in out, out

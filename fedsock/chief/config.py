@@ -5,118 +5,134 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from fedsock import limits
 from fedsock.aggregation.dp import dp_mean
-from fedsock.aggregation.strategies import Strategy, parse_strategy
+from fedsock.aggregation.strategies import DEFAULTS, Strategy, parse_strategy
 from fedsock.errors import ConfigError
+from fedsock.settings import setting
 
 #: Strategies that select or drop individual updates (they keep every update of a round).
 ROBUST = ("median", "trimmed", "krum", "multikrum")
+#: ``--help`` sections.
+STRATEGY, PRIVACY = "aggregation strategy", "differential privacy"
+SECURE = "secure aggregation (the chief sees only the sum of the updates)"
+
+
+def _defaults(name: str) -> str:
+    """``fedadam 0.01, fedyogi 0.01``: a hyperparameter's default per strategy, from the registry."""
+    return ", ".join(f"{s} {d[name]:g}" for s, d in DEFAULTS.items() if name in d)
 
 
 @dataclass
 class ChiefConfig:
     """Everything a chief run is configured by.
 
-    Attributes:
-        host: address to listen on.
-        port: TCP port (0 picks a free one; the chief logs it).
-        state_dir: key, certificate, token, checkpoints, metrics, final model.
-        rounds: rounds of federated averaging before ``Done``.
-        min_workers: workers needed to start, and updates needed to close a
-            round at its deadline.
-        round_timeout: seconds after which a round with ``min_workers``
-            updates closes without waiting for the rest.
-        model: ``.keras`` file or ``module:function``; None = bring your own
-            (the first worker's weights become round 0).
-        eval_data: holdout shard directory evaluated after every round
-            (needs ``model``).
-        sync_every: local steps between syncs (sent to workers in the plan).
-        batch_size: local batch size (sent to workers in the plan).
-        advertise: host name workers should use, for the printed command line.
-        fraction: share of connected workers sampled per round (seeded).
-        seed: seed of the sampling.
-        idle_timeout: seconds of silence after which a worker is dropped.
-        heartbeat_interval: seconds between heartbeats to a quiet worker.
-        progress: ``auto`` (a live panel when stdout is a terminal, else one
-            line per round), ``live`` or ``plain``.
-        tensorboard: write TensorBoard event files under
-            ``<state_dir>/tensorboard``; None = only with ``model``.
-        upstream: ``host:port`` of an upstream chief: this chief becomes a
-            relay that takes part there as one worker.
-        upstream_token: join token of the upstream chief.
-        upstream_name: this relay's worker name upstream.
-        cert, key: the chief's TLS certificate and key (default: a
-            self-signed pair in ``state_dir``).
-        ca: require client certificates signed by this CA (mutual TLS); the
-            worker's identity is then its certificate's common name.
-        worker_tokens_only: refuse the shared join token; admit per-worker
-            tokens (``fedsock token create``) only.
-        strategy: aggregation strategy (``--strategy``; see
-            ``fedsock.aggregation.parse_strategy``).
-        mu, server_lr, server_momentum, server_beta1, server_beta2, server_tau:
-            its hyperparameters; None = the strategy's default.
-        compress: update compression workers must use: ``none``, ``fp16``,
-            ``int8`` or ``topk:R`` (see protocol.md, "Compression").
-        dp_clip: client-level differential privacy (DP-FedAvg): workers clip
-            their update deltas to this L2 norm C and are weighted equally;
-            0 = off (see docs/privacy.md).
-        dp_noise: noise multiplier z: Gaussian noise of std z * C is added to
-            the sum of the updates (needs ``dp_clip``).
-        dp_delta: the delta at which epsilon is reported, in (0, 1).
-        secure_agg: secure aggregation: the chief sees only the sum of the
-            workers' updates (protocol.md section 8).
-        secagg_threshold: shares needed to unmask, and workers that must
-            remain (0: a majority of each neighbourhood, at least 2).
-        secagg_neighbours: SecAgg+: each worker masks with this many random
-            neighbours instead of all (0: all).
-        secagg_timeout: seconds each secure-aggregation phase waits for
-            workers before going on without them.
+    Each field is one setting: its ``help`` is its documentation, and the
+    ``fedsock chief`` flag, config-file key and ``FEDSOCK_*`` variable are
+    made from it (see ``fedsock.settings``). ``fedsock.Chief(...)`` takes
+    the same names as keyword arguments.
     """
 
-    host: str = "0.0.0.0"
-    port: int = 7777
-    state_dir: Path = Path("fedsock-chief")
-    rounds: int = 10
-    min_workers: int = 2
-    round_timeout: float = 300.0
-    model: str | None = None
-    eval_data: Path | None = None
-    sync_every: int = 50
-    batch_size: int = 32
-    advertise: str | None = None
-    fraction: float = 1.0
-    seed: int = 0
-    cert: Path | None = None
-    key: Path | None = None
-    ca: Path | None = None
-    worker_tokens_only: bool = False
-    handshake_timeout: float = limits.HANDSHAKE_TIMEOUT_S
-    idle_timeout: float = limits.IDLE_TIMEOUT_S
-    heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S
-    keep_checkpoints: int = 5
-    done_grace: float = 10.0
-    progress: str = "auto"
-    tensorboard: bool | None = None
-    upstream: str | None = None
-    upstream_token: str | None = None
-    upstream_name: str | None = None
-    strategy: str = "fedavg"
-    mu: float | None = None
-    server_lr: float | None = None
-    server_momentum: float | None = None
-    server_beta1: float | None = None
-    server_beta2: float | None = None
-    server_tau: float | None = None
-    compress: str = "none"
-    dp_clip: float = 0.0
-    dp_noise: float = 0.0
-    dp_delta: float = 1e-5
-    secure_agg: bool = False
-    secagg_threshold: int = 0
-    secagg_neighbours: int = 0
-    secagg_timeout: float = limits.SECAGG_PHASE_TIMEOUT_S
+    setting_groups: ClassVar[dict[str, str]] = {
+        STRATEGY: "How each round's updates become the new global model; see docs/algorithms.md. "
+        "Robust strategies (median, trimmed, krum, multikrum) keep every update of a round in memory "
+        "and need --min-workers at least as large as they require.",
+        PRIVACY: "Client-level DP-FedAvg (McMahan et al. 2018); see docs/privacy.md. Meaningful only with many "
+        "workers or sampling (--fraction); not with robust strategies, --compress int8 or topk, or a relay.",
+    }
+
+    host: str = setting("0.0.0.0", help="address to listen on")
+    port: int = setting(7777, help="TCP port (0 picks a free one; the chief logs it)")
+    state_dir: Path = setting(Path("fedsock-chief"),
+                              help="key, certificate, token, checkpoints, metrics.jsonl, final model; "
+                              "one chief at a time (it holds <state-dir>/chief.lock)")
+    rounds: int = setting(10, help="rounds of federated averaging before Done")
+    min_workers: int = setting(2, help="workers needed to start, and updates needed to close a round "
+                               "at its deadline")
+    round_timeout: float = setting(300.0, help="seconds after which a round with --min-workers updates closes "
+                                   "without waiting for the rest")
+    model: str | None = setting(None, help="a .keras file or module:function returning a compiled model",
+                                default_text="none: the first worker's weights become round 0")
+    eval_data: Path | None = setting(None, help="holdout shard evaluated after each round (needs --model)")
+    sync_every: int = setting(50, help="local steps between syncs (sent to workers in the plan)")
+    batch_size: int = setting(32, help="local batch size (sent to workers in the plan)")
+    advertise: str | None = setting(None, help="host name workers use to reach this chief "
+                                    "(for the printed command)")
+    fraction: float = setting(1.0, help="share of connected workers sampled per round, seeded by --seed "
+                              "(1.0: all)")
+    seed: int = setting(0, help="seed of the worker sampling and the initial model")
+    cert: Path | None = setting(None, help="the chief's TLS certificate (PEM)",
+                                default_text="self-signed in --state-dir")
+    key: Path | None = setting(None, help="the private key of --cert")
+    ca: Path | None = setting(None, help="require client certificates signed by this CA (mutual TLS); "
+                              "the worker's identity is its certificate's common name")
+    worker_tokens_only: bool = setting(False, help="refuse the shared join token; admit only per-worker "
+                                       "tokens ('fedsock token create')")
+    handshake_timeout: float = setting(limits.HANDSHAKE_TIMEOUT_S,
+                                       help="seconds for the TLS handshake, and again for Hello..Auth")
+    idle_timeout: float = setting(limits.IDLE_TIMEOUT_S,
+                                  help="seconds of silence after which a worker counts as gone")
+    heartbeat_interval: float = setting(limits.HEARTBEAT_INTERVAL_S,
+                                        help="seconds between heartbeats to a quiet worker")
+    max_examples: int = setting(limits.MAX_EXAMPLES,
+                                help="the largest num_examples one update may claim; a larger claim is "
+                                "refused (limit_exceeded), so no worker can outweigh the rest by claiming more")
+    keep_checkpoints: int = setting(5, help="newest round checkpoints kept in <state-dir>/checkpoints")
+    done_grace: float = setting(10.0, help="after the last round, at most this many seconds of handing the "
+                                "final model to workers that have not hung up or are reconnecting")
+    progress: str = setting("auto", choices=("auto", "live", "plain"),
+                            help="auto: a live display when stdout is a terminal, else one line per round; "
+                            "live; plain")
+    tensorboard: bool | None = setting(None, help="write TensorBoard event files to <state-dir>/tensorboard",
+                                       default_text="on with --model")
+    upstream: str | None = setting(None, metavar="HOST:PORT",
+                                   help="make this chief a relay: it averages its own workers and takes part in "
+                                   "that chief's rounds as one worker weighted by their examples; plan and "
+                                   "model come from there")
+    upstream_token: str | None = setting(None, secret=True, help="join token of the upstream chief")
+    upstream_name: str | None = setting(None, help="this relay's worker name upstream",
+                                        default_text="relay-<host>-<pid>")
+    strategy: str = setting("fedavg", group=STRATEGY, metavar="NAME",
+                            help="fedavg (weighted mean) | fedprox (workers add mu/2 ||w - w_global||^2) | "
+                            "fedavgm (server momentum) | fedadam | fedyogi | fedadagrad (server adaptive "
+                            "optimizers, Reddi et al. 2021) | median (coordinate-wise) | trimmed:B (drop the B "
+                            "share at each end of every coordinate, 0 < B < 0.5) | krum:F (tolerate F Byzantine "
+                            "workers; needs 2F+3 updates) | multikrum:F,M (mean of the M best Krum scores)")
+    mu: float | None = setting(None, group=STRATEGY, metavar="MU", default_text=_defaults("mu"),
+                               help="fedprox: proximal coefficient sent to the workers")
+    server_lr: float | None = setting(None, group=STRATEGY, metavar="LR", default_text=_defaults("server_lr"),
+                                      help="fedavgm/fedadam/fedyogi/fedadagrad: server learning rate")
+    server_momentum: float | None = setting(None, group=STRATEGY, metavar="M", default_text=_defaults("momentum"),
+                                            help="fedavgm: server momentum")
+    server_beta1: float | None = setting(None, group=STRATEGY, metavar="B1", default_text=_defaults("beta1"),
+                                         help="fedadam/fedyogi/fedadagrad: first-moment decay")
+    server_beta2: float | None = setting(None, group=STRATEGY, metavar="B2", default_text=_defaults("beta2"),
+                                         help="fedadam/fedyogi: second-moment decay")
+    server_tau: float | None = setting(None, group=STRATEGY, metavar="TAU", default_text=_defaults("tau"),
+                                       help="fedadam/fedyogi/fedadagrad: adaptivity, added to sqrt(v)")
+    compress: str = setting("none", help="update compression workers use: none | fp16 | int8 | topk:R "
+                            "(R = share of entries sent; see protocol.md, Compression)")
+    dp_clip: float = setting(0.0, group=PRIVACY, metavar="C",
+                             help="workers clip each update's delta from the global model to L2 norm C and "
+                             "weigh equally (0: off)")
+    dp_noise: float = setting(0.0, group=PRIVACY, metavar="Z",
+                              help="noise multiplier: Gaussian noise of std Z*C is added to the sum of the "
+                              "updates (needs --dp-clip)")
+    dp_delta: float = setting(1e-5, group=PRIVACY, metavar="DELTA",
+                              help="delta at which epsilon is reported each round, in (0, 1)")
+    secure_agg: bool = setting(False, group=SECURE,
+                               help="mask every update with pairwise and self masks that cancel in the sum "
+                               "(Bonawitz et al. 2017); see docs/privacy.md")
+    secagg_threshold: int = setting(0, group=SECURE,
+                                    help="shares needed to remove a dropped worker's masks, and workers that "
+                                    "must remain (0: a majority of each neighbourhood, at least 2)")
+    secagg_neighbours: int = setting(0, group=SECURE, help="SecAgg+: each worker masks with this many random "
+                                     "neighbours instead of all (0: all)")
+    secagg_timeout: float = setting(limits.SECAGG_PHASE_TIMEOUT_S, group=SECURE,
+                                    help="seconds each secure-aggregation phase waits for workers before "
+                                    "going on without them")
 
     def __post_init__(self) -> None:
         # paths may come as text (``Chief(state_dir="run1")``)
@@ -171,6 +187,12 @@ class ChiefConfig:
         self.compress = str(parse_compression(self.compress))
         if not 0 < self.heartbeat_interval < self.idle_timeout:
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
+        if self.max_examples < 1:
+            raise ConfigError("--max-examples must be at least 1")
+        if self.keep_checkpoints < 1:
+            raise ConfigError("--keep-checkpoints must be at least 1: a restarted chief resumes from the newest")
+        if not self.handshake_timeout > 0 or not self.done_grace >= 0:
+            raise ConfigError("--handshake-timeout must be positive and --done-grace at least 0")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port")
         if self.upstream is not None and (self.model is not None or self.eval_data is not None):

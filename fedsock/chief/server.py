@@ -54,6 +54,7 @@ from fedsock.protocol.connection import message_bytes
 from fedsock.protocol.messages import Challenge
 from fedsock.protocol.secagg import SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
 from fedsock.protocol.tensors import check_signature
+from fedsock.statelock import StateDirLock
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
@@ -176,8 +177,9 @@ class Chief:
     # --- entry points -----------------------------------------------------
 
     def run(self) -> RunSummary:
-        """Serve until the last round is done (blocking)."""
-        return asyncio.run(self.serve())
+        """Serve until the last round is done (blocking), holding the state dir's lock throughout."""
+        with StateDirLock(self.config.state_dir):  # before anything in the state dir is touched
+            return asyncio.run(self.serve())
 
     async def serve(self) -> RunSummary:
         """Serve until the last round is done."""

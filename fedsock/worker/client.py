@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import ssl
 import threading
 import time
@@ -35,6 +34,7 @@ from fedsock.transport.credentials import Credentials, parse_address, token_from
 from fedsock.transport.errors import ConnectionLost, NameInUse
 from fedsock.transport.handshake import handshake
 from fedsock.worker.buffers import ModelMemory
+from fedsock.worker.config import WorkerConfig, default_name
 from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
 from fedsock.worker.reconnect import Backoff, name_in_use_message
@@ -84,9 +84,10 @@ class Client:
 
     def __init__(self, address: str | tuple[str, int], token: str | tls.JoinToken | None = None,
                  name: str | None = None, *, names: Sequence[str] | None = None,
-                 connect_timeout: float = 60.0, idle_timeout: float = limits.IDLE_TIMEOUT_S,
-                 heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
-                 reconnect_timeout: float = 300.0,
+                 connect_timeout: float = WorkerConfig.connect_timeout,
+                 idle_timeout: float = WorkerConfig.idle_timeout,
+                 heartbeat_interval: float = WorkerConfig.heartbeat_interval,
+                 reconnect_timeout: float = WorkerConfig.reconnect_timeout,
                  save_updates: str | os.PathLike[str] | None = None,
                  ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
                  key: str | os.PathLike[str] | None = None) -> None:
@@ -97,7 +98,7 @@ class Client:
             kind = "token" if self._credentials.token is not None else "certificate"
             raise ConfigError(f"the {kind} is for worker {own!r}, not {name!r}; drop --name or use the "
                               "matching credentials")
-        self.name = name or own or f"{socket.gethostname()}-{os.getpid()}"
+        self.name = name or own or default_name()
         #: Sent in every Hello of this Client: the chief tells its reconnects from another worker's.
         self.instance = os.urandom(limits.INSTANCE_ID_BYTES)
         self._reconnect_secret: bytes | None = None  # from the chief's latest Welcome
@@ -116,6 +117,11 @@ class Client:
         self.worker_id = self.welcome.worker_id
         self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
         self._hb.start()
+
+    @classmethod
+    def from_config(cls, config: WorkerConfig, **kwargs: Any) -> Client:
+        """A client with ``config``'s settings; ``kwargs`` as the constructor's (e.g. ``names``)."""
+        return cls(**config.client_arguments(), **kwargs)
 
     # --- public API -------------------------------------------------------
 

@@ -4,43 +4,38 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from fedsock import limits
 from fedsock.data import load_shard
 from fedsock.errors import ConfigError
+from fedsock.settings import setting
 from fedsock.worker.client import Client
+from fedsock.worker.config import WorkerConfig
 
 log = logging.getLogger("fedsock.worker")
 
 
-def run_worker(chief: str, data: Path, token: str | None = None, name: str | None = None,
-               model: str | None = None, connect_timeout: float = 60.0, verbose: int = 0,
-               save_updates: Path | None = None, reconnect_timeout: float = 300.0,
-               progress: str = "auto",
-               idle_timeout: float = limits.IDLE_TIMEOUT_S,
-               heartbeat_interval: float = limits.HEARTBEAT_INTERVAL_S,
-               ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
-               seed: int | None = None) -> dict[str, float]:
+@dataclass
+class TrainingOptions:
+    """What ``worker.py`` adds to ``WorkerConfig``: the local data and model, and how training looks."""
+
+    data: Path = setting(help="shard directory with .npz files (x, y)")
+    model: str | None = setting(None, help="your own model (.keras or module:function) when the chief has none")
+    seed: int | None = setting(None, help="seed for local shuffling and dropout, to make training repeatable")
+    progress: str = setting("auto", choices=("auto", "live", "plain"),
+                            help="auto: a Keras progress bar per round when stdout is a terminal, else a log "
+                            "line per sync; live; plain")
+
+
+def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0) -> dict[str, float]:
     """Train with the chief until it says ``Done``.
 
     Args:
-        chief: ``host:port`` of the chief.
-        data: shard directory (``.npz`` files with ``x`` and ``y``).
-        token: join token (default ``$FEDSOCK_TOKEN``).
-        name: worker name shown in the chief's logs.
-        model: bring-your-own model (``.keras`` or ``module:function``), used
-            only when the chief has no ``--model``.
-        connect_timeout: seconds to keep retrying an unreachable chief.
+        config: how to reach the chief (address, token, name, timeouts, TLS).
+        training: the local shard, a bring-your-own model (used only when
+            the chief has no ``--model``), seed and progress display.
         verbose: Keras ``fit`` verbosity.
-        progress: ``live`` shows a Keras progress bar per round, ``plain`` a
-            log line per sync, ``auto`` the bar when stdout is a terminal.
-        save_updates: keep a copy of every update sent in this directory.
-        reconnect_timeout: seconds to keep reconnecting after a lost connection.
-        idle_timeout: seconds of silence after which the chief counts as gone.
-        heartbeat_interval: seconds between heartbeats while training.
-        ca, cert, key: mutual TLS files (instead of a token).
-        seed: seed for Keras (shuffling, dropout) to make local training repeatable.
 
     Returns:
         The final model's metrics on the local shard.
@@ -49,14 +44,12 @@ def run_worker(chief: str, data: Path, token: str | None = None, name: str | Non
         ConfigError, ConnectError, AuthenticationError, PeerError: with a
             message to act on.
     """
+    data, model, seed, progress = training.data, training.model, training.seed, training.progress
     x, y = load_shard(data)
     log.info("loaded %d examples from %s", len(y), data)
     from fedsock import kerasutil
 
-    with Client(chief, token=token, name=name, connect_timeout=connect_timeout,
-                save_updates=save_updates, reconnect_timeout=reconnect_timeout,
-                idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval,
-                ca=ca, cert=cert, key=key) as client:
+    with Client.from_config(config) as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
