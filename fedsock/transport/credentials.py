@@ -12,9 +12,13 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedsock.errors import ConfigError
 from fedsock.transport import tls
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
@@ -57,7 +61,7 @@ def optional_token(token: str | tls.JoinToken | None, optional: bool) -> tls.Joi
     return tls.JoinToken.parse(text)
 
 
-def _load_cert(cert: Path):  # type: ignore[no-untyped-def]
+def _load_cert(cert: Path) -> x509.Certificate:
     from cryptography import x509
 
     try:

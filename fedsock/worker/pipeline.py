@@ -21,6 +21,7 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,9 +61,9 @@ def audit_step(directory: Path) -> Step:
 
     def step(out: Outgoing) -> Outgoing:
         directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / f"round-{out.update.round:06d}.npz",
-                 num_examples=np.int64(out.update.num_examples),
-                 **{f"w{i:04d}": np.asarray(w) for i, w in enumerate(out.tensors)})
+        arrays: dict[str, Any] = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(out.tensors)}
+        np.savez(directory / f"round-{out.update.round:06d}.npz", num_examples=np.int64(out.update.num_examples),
+                 **arrays)
         return out
 
     return step
