@@ -119,10 +119,13 @@ class BlockingChannel:
         view = memoryview(data).cast("B")
         while view:
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"the peer took more than {self.send_timeout:g} s to take what we sent")
-            self.sock.settimeout(left)
-            n = self.sock.send(view)
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(left)
+                n = self.sock.send(view)
+            except TimeoutError:
+                raise TimeoutError(f"the chief took more than {self.send_timeout:g} s to take what we sent") from None
             view = view[n:]
 
     # --- receiving --------------------------------------------------------
