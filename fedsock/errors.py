@@ -72,8 +72,19 @@ class PeerError(FedsockError):
         self.text = message
 
 
+class NameInUse(PeerError):
+    """The chief refused our name: another running worker holds it (Error ``name_in_use``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.NAME_IN_USE, message)
+
+
 class AuthenticationError(FedsockError):
     """Authentication failed: wrong token, wrong chief certificate."""
+
+
+class ConnectionLost(FedsockError):
+    """The connection to the chief broke (EOF, reset, silence, or the chief stopping)."""
 
 
 class ConnectError(FedsockError):
@@ -91,3 +102,19 @@ class AggregationError(FedsockError):
     updates. Nothing is consumed when this is raised: the round's updates
     are still there once more arrive.
     """
+
+
+class TooFewWorkers(FedsockError):
+    """A secure-aggregation attempt cannot go on: fewer workers than it needs are left."""
+
+
+class CryptoError(FedsockError, ValueError):
+    """A secure-aggregation key or ciphertext that does not check out."""
+
+
+class ShamirError(FedsockError, ValueError):
+    """Not enough or inconsistent Shamir shares."""
+
+
+class RangeError(FedsockError, ValueError):
+    """An update too large (or not finite) for secure aggregation's fixed-point range."""

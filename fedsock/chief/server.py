@@ -58,12 +58,8 @@ from fedsock.statelock import StateDirLock
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
-#: Most weights messages (Global, Done) being written at once. Each takes an
-#: I/O thread and the kernel buffers of its connection, so this bounds the
-#: chief's threads and memory when a round ends for a thousand workers at once.
-MAX_CONCURRENT_SENDS = 16
-#: Threads that send weights messages (TLS and copies, off the event loop; updates are read on it).
-IO_THREADS = 64
+MAX_CONCURRENT_SENDS = limits.MAX_CONCURRENT_SENDS
+IO_THREADS = limits.IO_THREADS
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from fedsock.protocol.connection import AnyMessage
 from fedsock.transport import tls
 from fedsock.transport.errors import ConnectionLost
 
-READ_BYTES = 256 * 1024
+READ_BYTES = limits.READ_BYTES
 
 
 def open_tls(ctx: ssl.SSLContext, host: str, port: int, timeout: float,

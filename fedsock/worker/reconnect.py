@@ -19,7 +19,6 @@ from fedsock import limits
 
 #: Seconds waited beyond the chief's idle timeout before a held name counts as another worker's.
 NAME_HOLD_MARGIN_S = 5.0
-FIRST_DELAY_S = 0.25
 
 
 class Backoff:
@@ -36,7 +35,7 @@ class Backoff:
                  jitter: Callable[[float, float], float] = random.uniform) -> None:
         self.deadline = now + timeout
         self.name_hold = name_hold + NAME_HOLD_MARGIN_S
-        self.delay = FIRST_DELAY_S
+        self.delay = limits.RECONNECT_BACKOFF_START_S
         self.refused_since: float | None = None
         self._jitter = jitter
 
