@@ -47,10 +47,10 @@ def run_worker(addr: str, token: str, name: str, params: int) -> None:
     mine = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
     times = []
     with fedsock.Client(addr, token=token, name=name, connect_timeout=120, idle_timeout=600) as c:
-        c.join([np.zeros(s, np.float32) for s in shapes])
+        last = c.join([np.zeros(s, np.float32) for s in shapes])
         while not c.finished:
             t0 = time.perf_counter()
-            c.sync(mine, num_examples=10)
+            last = c.sync(mine, num_examples=10, reuse=last)  # the model is not kept: its memory is reused
             times.append(time.perf_counter() - t0)
     print(json.dumps(times), flush=True)
 

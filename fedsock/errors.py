@@ -72,6 +72,13 @@ class PeerError(FedsockError):
         self.text = message
 
 
+class NameInUse(PeerError):
+    """The chief refused our name: another running worker holds it (Error ``name_in_use``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.NAME_IN_USE, message)
+
+
 class AuthenticationError(FedsockError):
     """Authentication failed: wrong token, wrong chief certificate."""
 

@@ -15,22 +15,13 @@ import ssl
 import time
 from dataclasses import asdict
 
-from fedsock import limits, tls
-from fedsock.errors import AuthenticationError, ConnectError, PeerError, RemoteProtocolError
-from fedsock.protocol import (
-    NEED_DATA,
-    STATUS_CAPABILITY,
-    Auth,
-    Challenge,
-    Connection,
-    ConnectionClosed,
-    Error,
-    Event,
-    Hello,
-    Role,
-    Status,
-)
-from fedsock.worker.client import parse_address, token_from
+from fedsock import limits
+from fedsock.errors import ConnectError, RemoteProtocolError
+from fedsock.protocol import Status
+from fedsock.transport.channel import BlockingChannel, open_tls
+from fedsock.transport.credentials import Credentials, parse_address
+from fedsock.transport.errors import ConnectionLost
+from fedsock.transport.handshake import handshake
 
 
 def query_status(address: str, token: str | None = None, name: str | None = None,
@@ -53,54 +44,31 @@ def query_status(address: str, token: str | None = None, name: str | None = None
             that does not know status queries answered with Welcome).
     """
     host, port = parse_address(address)
-    tok = token_from(token)
+    creds = Credentials.resolve(token)
     # a per-worker token (--worker-tokens-only chiefs) authenticates only under its own name
-    name = name or tok.name or f"status-{socket.gethostname()}-{os.getpid()}"
+    name = name or creds.own_name or f"status-{socket.gethostname()}-{os.getpid()}"
     try:
-        raw = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise ConnectError(f"could not reach the chief at {host}:{port} ({exc}); is it running?") from None
-    try:
-        with tls.client_context().wrap_socket(raw, server_hostname=host) as sock:
-            tls.check_pinned(sock, tok.fingerprint)
-            conn = Connection(Role.WORKER)
-            sock.sendall(conn.send(Hello(name=name, capabilities=(STATUS_CAPABILITY,),
-                                         instance=os.urandom(limits.INSTANCE_ID_BYTES))))
-            challenge = _next(sock, conn)
-            if not isinstance(challenge, Challenge):
-                raise RemoteProtocolError(f"expected Challenge, got {type(challenge).__name__}")
-            sock.sendall(conn.send(Auth(tls.auth_mac(tok.secret, challenge.nonce, tok.fingerprint, name))))
-            answer = _next(sock, conn)
-    except TimeoutError:
-        raise ConnectError(f"the chief at {host}:{port} did not answer within {timeout:g} s") from None
+        sock = open_tls(creds.context(), host, port, timeout, creds.pin)
     except ssl.SSLError as exc:
         raise ConnectError(f"TLS with {host}:{port} failed ({exc}); is it a fedsock chief?") from None
     except OSError as exc:
+        raise ConnectError(f"could not reach the chief at {host}:{port} ({exc}); is it running?") from None
+    channel = BlockingChannel(sock, idle_timeout=timeout, heartbeat_interval=timeout / 4, send_timeout=timeout)
+    try:
+        answer = handshake(channel, name, creds, os.urandom(limits.INSTANCE_ID_BYTES), status=True)
+    except ConnectionLost as exc:
+        if "silent" in str(exc):
+            raise ConnectError(f"the chief at {host}:{port} did not answer within {timeout:g} s") from None
+        raise ConnectError(f"connection to the chief at {host}:{port} failed: {exc}") from None
+    except TimeoutError:
+        raise ConnectError(f"the chief at {host}:{port} did not answer within {timeout:g} s") from None
+    except OSError as exc:
         raise ConnectError(f"connection to the chief at {host}:{port} failed: {exc}") from None
     finally:
-        raw.close()
+        channel.close()
     if not isinstance(answer, Status):
         raise RemoteProtocolError(f"expected Status, got {type(answer).__name__}")
     return answer
-
-
-def _next(sock: ssl.SSLSocket, conn: Connection) -> Event:
-    while True:
-        try:
-            ev = conn.next_event()
-        except RemoteProtocolError as exc:
-            if exc.code == "out_of_order":
-                raise RemoteProtocolError(f"{exc}; does this chief answer status queries?", exc.code) from None
-            raise
-        if isinstance(ev, Error):
-            if ev.code == "auth_failed":
-                raise AuthenticationError(f"authentication failed: the chief rejected the join token ({ev.message})")
-            raise PeerError(ev.code, ev.message)
-        if isinstance(ev, ConnectionClosed):
-            raise ConnectError("the chief closed the connection without answering")
-        if ev is not NEED_DATA:
-            return ev  # type: ignore[return-value]
-        conn.receive_data(sock.recv(64 * 1024))
 
 
 def _ago(seconds: float) -> str:

@@ -29,7 +29,7 @@ class FakeClient:
     def join(self, weights):
         return [w.copy() for w in self.start]
 
-    def sync(self, weights, num_examples, metrics=None):
+    def sync(self, weights, num_examples, metrics=None, *, reuse=None):
         self.sent.append([np.array(w) for w in weights])
         self.round += 1
         return [w.copy() for w in self.later]

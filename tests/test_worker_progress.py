@@ -15,15 +15,20 @@ class StubClient:
         self.round = 0
         self.finished = False
         self.synced: list[int] = []
+        self.given: list[list] = []  # every model handed out, in order
+        self.reused: list[list | None] = []  # what each sync was handed back
 
     def join(self, weights):
-        return weights
+        self.given.append(list(weights))
+        return self.given[-1]
 
-    def sync(self, weights, num_examples, metrics=None):
+    def sync(self, weights, num_examples, metrics=None, *, reuse=None):
         self.synced.append(num_examples)
+        self.reused.append(reuse)
         self.round += 1
         self.finished = self.round >= self.plan.rounds
-        return weights
+        self.given.append(list(weights))
+        return self.given[-1]
 
 
 def test_callback_shows_a_keras_progress_bar_per_round(capsys):
@@ -39,6 +44,8 @@ def test_callback_shows_a_keras_progress_bar_per_round(capsys):
     model.fit(x, y, batch_size=4, epochs=50, callbacks=[cb], verbose=0)
     out = capsys.readouterr().out
     assert client.synced == [12, 12] and client.finished
+    # each sync hands back the model received before it (already copied into the Keras model)
+    assert len(client.reused) == 2 and all(r is g for r, g in zip(client.reused, client.given))
     assert out.index("round 1/2") < out.index("round 2/2")
     assert out.count("3/3") >= 2 and "loss" in out  # a finished bar per round, with the batch loss
 

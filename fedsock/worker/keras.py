@@ -62,9 +62,11 @@ class FederatedCallback(keras.callbacks.Callback):
         self._examples = 0
         self._bar: keras.utils.Progbar | None = None
         self._anchor: list[Any] = []
+        self._last: list[Any] | None = None  # the model last received, already copied into the model
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.model.set_weights(self.client.join(self.model.get_weights()))
+        self._last = self.client.join(self.model.get_weights())
+        self.model.set_weights(self._last)
         self._steps = self._examples = 0
         self._set_anchor()
         if self.mu:
@@ -111,8 +113,10 @@ class FederatedCallback(keras.callbacks.Callback):
 
     def _sync(self, logs: dict[str, Any] | None) -> None:
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
-        new = self.client.sync(self.model.get_weights(), self._examples, metrics)
+        # set_weights copies: the model received last time is ours to hand back for the new one
+        new = self.client.sync(self.model.get_weights(), self._examples, metrics, reuse=self._last)
         self.model.set_weights(new)
+        self._last = new
         self._set_anchor()
         log.info("round %d: synced after %d local examples (%s)", self.client.round, self._examples,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no metrics")

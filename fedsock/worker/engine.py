@@ -1,0 +1,220 @@
+"""The worker's round logic without I/O: an event in, what to do next out.
+
+``WorkerEngine`` knows the model this worker holds, the chief's round and
+plan, and the sync in progress (a plain update, or a secure-aggregation
+attempt). The caller (``Client``) starts a sync, then feeds it what the
+channel reports: each message from the chief, the model it read after a
+``Global``/``Done``, a lost connection, the ``Welcome`` of a reconnect. Each
+call returns the actions to carry out, in order (model: h11, where the
+caller does the I/O and the state machine decides):
+
+- ``Send(msg, arrays)``: send this message (and the chunks of ``arrays``);
+- ``ReadModel(msg)``: read the weights that follow ``msg``, then call
+  ``model_read``;
+- ``Deliver(model)``: the sync is over, return ``model`` to the caller;
+- ``Reconnect(reason)``: connect again, then call ``reconnected``;
+- ``Fail(error, notify)``: send ``notify`` (an Error, if any) and raise ``error``.
+
+After a reconnect the engine decides between sending the update again and
+continuing from the chief's newer model, when the round closed meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsock.errors import FedsockError, PeerError, RemoteProtocolError
+from fedsock.protocol import ConnectionClosed, Done, Error, Event, Global, Heartbeat, Plan, TensorSpec, Update, Welcome
+from fedsock.protocol.connection import AnyMessage
+from fedsock.protocol.secagg import SecAggAbort, SecAggInbox, SecAggRoster, SecAggUnmask
+from fedsock.secagg.fixedpoint import RangeError
+from fedsock.secagg.worker import WorkerRound
+from fedsock.transport.errors import TRANSIENT_CODES, ConnectionLost
+from fedsock.worker.secure import masked_update
+
+log = logging.getLogger("fedsock.worker")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``msg``, followed by the chunks of ``arrays``."""
+
+    msg: AnyMessage
+    arrays: Sequence[np.ndarray] = ()
+
+
+@dataclass(frozen=True)
+class ReadModel:
+    """Read the weights that follow ``msg`` (a Global or Done), then call ``WorkerEngine.model_read``."""
+
+    msg: Global | Done
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """The sync is over: ``model`` is the global model to continue from."""
+
+    model: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """The connection is gone: connect again, then call ``WorkerEngine.reconnected``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Send ``notify`` (if any) without waiting for it to arrive, then raise ``error``."""
+
+    error: FedsockError
+    notify: Error | None = None
+
+
+Action = Send | ReadModel | Deliver | Reconnect | Fail
+
+
+@dataclass
+class _Sync:
+    """The sync in progress: the update, and for secure aggregation the current attempt."""
+
+    update: Update
+    wire: Sequence[np.ndarray]  # plain: what follows the Update; secure: the weights to mask
+    secure: bool
+    attempt: WorkerRound | None = None
+
+
+class WorkerEngine:
+    """The state of a worker between the chief's messages.
+
+    Args:
+        welcome: the chief's first ``Welcome``.
+        model: the weights read after it (None: the chief has no model yet).
+        reconnect: whether a lost connection is retried (else it is raised).
+    """
+
+    def __init__(self, welcome: Welcome, model: list[np.ndarray] | None, reconnect: bool = True) -> None:
+        self.plan: Plan = welcome.plan
+        self.round = welcome.round
+        self.model = model
+        self.specs: tuple[TensorSpec, ...] = welcome.tensors if model is not None else ()
+        self.finished = False
+        self.reconnect = reconnect
+        self._sync: _Sync | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A sync is in progress."""
+        return self._sync is not None
+
+    # --- starting a sync ----------------------------------------------------
+
+    def start_plain(self, update: Update, wire: Sequence[np.ndarray]) -> list[Action]:
+        """Send ``update`` with the tensors ``wire``, then wait for the round's model."""
+        self._sync = _Sync(update, wire, secure=False)
+        return [Send(update, wire)]
+
+    def start_secure(self, update: Update, weights: Sequence[np.ndarray]) -> list[Action]:
+        """Take part in secure aggregation of round ``update.round`` with ``weights``."""
+        self._sync = _Sync(update, weights, secure=True)
+        return self._new_attempt()
+
+    def _new_attempt(self) -> list[Action]:
+        assert self._sync is not None
+        self._sync.attempt, keys = WorkerRound.start(self._sync.update.round)
+        return [Send(keys)]
+
+    # --- what the channel reports -----------------------------------------
+
+    def receive(self, ev: Event) -> list[Action]:
+        """The chief's next event during a sync."""
+        if isinstance(ev, Heartbeat):
+            return []
+        if isinstance(ev, (Global, Done)):
+            return [ReadModel(ev)]
+        if isinstance(ev, ConnectionClosed):
+            return self.lost("the chief closed the connection")
+        if isinstance(ev, Error):
+            if ev.code in TRANSIENT_CODES:
+                return self.lost(f"the chief hung up: {ev.message}")
+            return [Fail(PeerError(ev.code, ev.message))]
+        sync = self._sync
+        if sync is not None and sync.secure and isinstance(ev, (SecAggAbort, SecAggRoster, SecAggInbox, SecAggUnmask)):
+            try:
+                return self._secure_step(sync, ev)
+            except RemoteProtocolError as exc:
+                return [Fail(exc, Error(code=exc.code, message=str(exc)))]
+        return [Fail(FedsockError(f"unexpected {type(ev).__name__} from the chief"))]
+
+    def _secure_step(self, sync: _Sync, ev: SecAggAbort | SecAggRoster | SecAggInbox | SecAggUnmask) -> list[Action]:
+        sa = sync.attempt
+        assert sa is not None
+        if isinstance(ev, SecAggAbort):
+            log.info("secure aggregation attempt %d of round %d abandoned by the chief (%s); starting over",
+                     ev.attempt, ev.round, ev.reason)
+            return self._new_attempt()
+        if isinstance(ev, SecAggRoster):
+            return [Send(sa.on_roster(ev))]
+        if isinstance(ev, SecAggUnmask):
+            return [Send(sa.on_unmask(ev))]
+        sa.on_inbox(ev)
+        names = [s.name for s in sync.update.tensors]
+        try:
+            msg, arrays = masked_update(sa, sync.wire, sync.update.num_examples, self.plan, names)
+        except RangeError as exc:
+            return [Fail(FedsockError(f"cannot take part in secure aggregation: {exc}"),
+                         Error(code="invalid_weights", message=str(exc)))]
+        return [Send(msg, arrays)]
+
+    def model_read(self, msg: Global | Done, model: list[np.ndarray]) -> list[Action]:
+        """The weights after ``msg`` have been read: they are the model from now on."""
+        self.model = model
+        self.specs = msg.tensors
+        self.round = msg.round
+        if isinstance(msg, Done):
+            self.finished = True
+        self._sync = None
+        return [Deliver(model)]
+
+    def drop_model(self) -> None:
+        """The memory of the model we hold is about to be overwritten: hold none until the next
+        one arrives (if that fails, no half-written model is left behind)."""
+        self.model = None
+
+    def lost(self, reason: str) -> list[Action]:
+        """The connection broke during a sync."""
+        if not self.reconnect:
+            return [Fail(ConnectionLost(reason))]
+        return [Reconnect(reason)]
+
+    def reconnected(self, welcome: Welcome, model: list[np.ndarray] | None) -> list[Action]:
+        """The ``Welcome`` (and its model) of a new connection: resume the sync in progress.
+
+        Returns nothing to do if the run is over (the chief sends Done next); the model to
+        continue from if the round of the update closed meanwhile; else the update again
+        (for secure aggregation: a fresh attempt).
+        """
+        self.plan = welcome.plan
+        self.round = welcome.round
+        if model is not None:
+            self.model, self.specs = model, welcome.tensors
+        sync = self._sync
+        if sync is None:
+            return []
+        if self.round >= self.plan.rounds:
+            return []
+        if self.model is not None and self.round != sync.update.round - 1:
+            log.info("round %d closed meanwhile; continuing from the chief's round %d",
+                     sync.update.round, self.round)
+            self._sync = None
+            return [Deliver(self.model)]
+        if sync.secure:
+            log.info("starting secure aggregation of round %d again", sync.update.round)
+            return self._new_attempt()
+        log.info("re-sending the update for round %d", sync.update.round)
+        return [Send(sync.update, sync.wire)]

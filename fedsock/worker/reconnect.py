@@ -1,0 +1,65 @@
+"""When a worker tries to connect again, and when it gives up (no I/O, no clock of its own).
+
+Failures worth retrying (a chief not up yet, restarted, busy, a cut link) are
+retried with exponential backoff and jitter until the connect (or reconnect)
+timeout. A ``name_in_use`` refusal is different: the name is held by another
+connection, which may be this worker's own half-open one from before a
+restart, and the chief lets it go once it has been silent for its idle
+timeout. So such refusals are retried until that time (plus a margin) has
+passed since the first one, even beyond the connect timeout; after that the
+name belongs to another running worker and the user must pick another one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from fedsock import limits
+
+#: Seconds waited beyond the chief's idle timeout before a held name counts as another worker's.
+NAME_HOLD_MARGIN_S = 5.0
+
+
+class Backoff:
+    """The delays between attempts to connect, and the point to give up.
+
+    Args:
+        now: the time of the first attempt (``time.monotonic()``).
+        timeout: seconds to keep retrying ordinary failures.
+        name_hold: seconds a chief holds a silent connection's name (its idle timeout).
+        jitter: draws the factor that spreads the delays of many workers.
+    """
+
+    def __init__(self, now: float, timeout: float, name_hold: float,
+                 jitter: Callable[[float, float], float] = random.uniform) -> None:
+        self.deadline = now + timeout
+        self.name_hold = name_hold + NAME_HOLD_MARGIN_S
+        self.delay = limits.RECONNECT_BACKOFF_START_S
+        self.refused_since: float | None = None
+        self._jitter = jitter
+
+    def retry_in(self, now: float, name_in_use: bool = False) -> float | None:
+        """After a failed attempt at ``now``: seconds to wait before the next, or None to give up."""
+        delay = self.delay
+        if name_in_use:
+            if self.refused_since is None:
+                self.refused_since = now
+            deadline = max(self.deadline, self.refused_since + self.name_hold)
+            if now >= deadline:
+                return None
+            delay = min(delay, deadline - now)  # the last attempt comes when the hold is over
+        elif now + delay > self.deadline:
+            return None
+        self.delay = min(self.delay * 2, limits.RECONNECT_BACKOFF_MAX_S) * self._jitter(0.8, 1.2)
+        return delay
+
+    def refused_for(self, now: float) -> float:
+        """Seconds since the first ``name_in_use`` refusal (0 if there was none)."""
+        return 0.0 if self.refused_since is None else now - self.refused_since
+
+
+def name_in_use_message(chief_says: str, name: str, waited: float) -> str:
+    """What a worker refused ``name_in_use`` for good tells its user."""
+    advice = "" if "--name" in chief_says else f"; start this worker with a different --name than {name!r}"
+    return f"{chief_says}{advice} (still refused after {waited:.0f} s of retrying)"
