@@ -351,7 +351,12 @@ class Client:
                     f"could not reach the chief at {host}:{port} within {timeout:g} s ({last}); "
                     "is it running, and is the port open?"
                 )
-            log.info("chief at %s:%s not reachable (%s); retrying in %.1f s", host, port, last, delay)
+            if refused is not None:
+                log.warning("the chief at %s:%s refused the name %r: another running worker holds it; retrying "
+                            "in %.1f s in case that worker has stopped (or start this one with another --name)",
+                            host, port, self.name, delay)
+            else:
+                log.info("chief at %s:%s not reachable (%s); retrying in %.1f s", host, port, last, delay)
             time.sleep(delay)
 
     def _heartbeat_loop(self) -> None:
