@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsock import datacheck
 from fedsock.errors import ConfigError
 from fedsock.protocol import TensorSpec, specs_of
 
@@ -125,24 +126,29 @@ def rebuild(model_json: str, compile_json: str | None) -> Any:
     return model
 
 
-def check_data_fits(model: Any, x: np.ndarray, y: np.ndarray) -> None:
+def check_data_fits(model: Any, x: np.ndarray, y: np.ndarray, source: str = "the shard") -> None:
     """Check a shard against the model before any training.
 
+    Args:
+        source: the shard (file or directory), for the message.
+
     Raises:
-        ConfigError: naming the expected and the actual shapes / classes.
+        ConfigError: naming the expected and the actual shapes / classes, and
+            labels that do not suit the model's loss (``datacheck.check_labels``).
     """
     expected = tuple(model.inputs[0].shape[1:]) if model.inputs else None
     if expected is not None and tuple(x.shape[1:]) != tuple(expected):
         raise ConfigError(
             f"data does not fit the model: model expects inputs of shape "
-            f"{('N',) + tuple(expected)}, the shard has x of shape {x.shape}"
+            f"{('N',) + tuple(expected)}, {source} has x of shape {x.shape}"
         )
     out = model.outputs[0].shape[-1] if model.outputs else None
+    datacheck.check_labels(y, datacheck.loss_name(model), out, source)
     if out is not None and y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(y):
         if y.min() < 0 or y.max() >= out:
             raise ConfigError(
                 f"data does not fit the model: model has {out} output classes (0..{out - 1}), "
-                f"the shard has labels {int(y.min())}..{int(y.max())}"
+                f"{source} has labels {int(y.min())}..{int(y.max())}"
             )
 
 

@@ -20,7 +20,7 @@ log = logging.getLogger("fedsock.worker")
 class TrainingOptions:
     """What ``worker.py`` adds to ``WorkerConfig``: the local data and model, and how training looks."""
 
-    data: Path = setting(help="shard directory with .npz files (x, y)")
+    data: Path = setting(help="shard: a folder of .npz files (arrays x, y) or one .npz file")
     model: str | None = setting(None, help="your own model (.keras or module:function) when the chief has none")
     seed: int | None = setting(None, help="seed for local shuffling and dropout, to make training repeatable")
     progress: str = setting("auto", choices=("auto", "live", "plain"),
@@ -65,7 +65,7 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
                     "the chief provides no model (it runs without --model): pass --model "
                     "module:function or a .keras file"
                 )
-            kerasutil.check_data_fits(keras_model, x, y)
+            kerasutil.check_data_fits(keras_model, x, y, source=str(data))
         except ConfigError as exc:
             client.close(reason=f"worker {client.name} cannot train: {exc}")
             raise
