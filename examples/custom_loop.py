@@ -13,9 +13,11 @@ and the loss inside the tape gets FedProx's proximal term
 """
 
 import argparse
-import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import fedsock.quiet
+
+fedsock.quiet.import_tensorflow()  # before anything imports it: hides TensorFlow's start-up logging
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -77,4 +79,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: stop without a traceback
+        print("custom_loop: interrupted", file=sys.stderr)
+        sys.exit(130)

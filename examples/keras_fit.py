@@ -10,9 +10,11 @@ proximal term (see ``FederatedCallback``).
 """
 
 import argparse
-import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import fedsock.quiet
+
+fedsock.quiet.import_tensorflow()  # before anything imports it: hides TensorFlow's start-up logging
 
 import fedsock  # noqa: E402
 import fedsock.keras  # noqa: E402
@@ -44,4 +46,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: stop without a traceback
+        print("keras_fit: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedsock import settings
+from fedsock import quiet, settings
 from fedsock.errors import ConfigError, FedsockError
 
 if TYPE_CHECKING:
@@ -124,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "chief":
         from fedsock.chief import Chief
 
-        summary = Chief(chief_config(args)).run()
+        cfg = chief_config(args)
+        if cfg.model is not None or cfg.writes_tensorboard:  # it will import TensorFlow: do it quietly
+            from fedsock import quiet
+
+            quiet.import_tensorflow()
+        summary = Chief(cfg).run()
         return 130 if summary.stopped else 0
     if args.command == "worker":
         from fedsock.worker.config import WorkerConfig
@@ -212,7 +216,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str 
 
     With ``command`` (as in ``chief.py``), ``argv`` holds only that command's options.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if command is None:
         args = build_parser(prog).parse_args(argv)
     else:
@@ -222,6 +225,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str 
         add(parser)
         args = parser.parse_args(argv)
         args.command = command
+    if not args.verbose:  # before anything imports TensorFlow
+        quiet.quiet_environment()
     _setup_logging(args.verbose)
     try:
         return run(args)

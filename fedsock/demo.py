@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fedsock.data import Partition, split_digits
 from fedsock.errors import FedsockError
+from fedsock.quiet import quiet_environment
 
 TARGET_ACCURACY = 0.93
 
@@ -43,7 +44,8 @@ def run_demo(workdir: Path, workers: int, rounds: int, partition: str, seed: int
     print(f"digits split {partition} into {workers} worker shards "
           f"({', '.join(str(sizes[f'worker-{i}']) for i in range(workers))} examples) "
           f"+ {sizes['holdout']} holdout", flush=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    quiet_environment(env)
     py = [sys.executable, "-m", "fedsock"]
     start = time.monotonic()
     state.mkdir(parents=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from fedsock import datacheck
+from fedsock import datacheck, quiet
 from fedsock.errors import ConfigError
 from fedsock.protocol import TensorSpec, specs_of
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def import_keras() -> Any:
-    """Import Keras quietly (TensorFlow logs a lot at import)."""
+    """Import Keras, its TensorFlow start-up logging hidden (``fedsock.quiet``)."""
+    quiet.import_tensorflow()
     import keras
 
     return keras

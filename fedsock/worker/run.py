@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +50,16 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
     log.info("loaded %d examples from %s", len(y), data)
     from fedsock import kerasutil
 
+    # TensorFlow's import takes seconds: done before joining, so that the first round does not wait for it
+    started = time.monotonic()
+    keras = kerasutil.import_keras()
+    log.info("Keras %s ready in %.1f s", keras.__version__, time.monotonic() - started)
     with Client.from_config(config) as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
         if seed is not None:
-            kerasutil.import_keras().utils.set_random_seed(seed)
+            keras.utils.set_random_seed(seed)
         try:
             if client.model_config is not None:
                 keras_model = kerasutil.rebuild(client.model_config, client.compile_config)
