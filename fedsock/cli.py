@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,9 +109,21 @@ def chief_config(args: argparse.Namespace) -> ChiefConfig:
     return cfg
 
 
+def known_variables() -> set[str]:
+    """Every ``FEDSOCK_*`` variable some command reads (a worker's are not a typo in a chief's shell)."""
+    from fedsock.chief import ChiefConfig
+    from fedsock.worker.config import WorkerConfig
+    from fedsock.worker.run import TrainingOptions
+
+    names = {settings.ENV_PREFIX + "CONFIG", settings.ENV_PREFIX + "TOKEN"}
+    return names | {o.env for cls in (ChiefConfig, WorkerConfig, TrainingOptions) for o in settings.options_of(cls)}
+
+
 def run(args: argparse.Namespace) -> int:
     if hasattr(args, "_settings"):  # chief, worker: flags > FEDSOCK_* > --config file > defaults
         sources = settings.apply(args)
+        for message in settings.unknown_variables(os.environ, known_variables()):
+            logging.getLogger("fedsock").warning("%s", message)
         if args.print_config:
             if args.command == "chief":
                 chief_config(args)  # print only what would start
