@@ -13,6 +13,7 @@ and the loss inside the tape gets FedProx's proximal term
 """
 
 import argparse
+import logging
 import sys
 
 import fedsock.quiet
@@ -35,6 +36,8 @@ def main() -> None:
     # --chief, --token (or $FEDSOCK_TOKEN), --name (default <host>-<pid>), timeouts, --config ...:
     # the settings worker.py has, shared with fedsock.Client
     args, config = parse_worker_args(p)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")  # fedsock's lines: connecting, retries, reconnects
 
     x, y = load_shard(args.data)
     model = digits_mlp()

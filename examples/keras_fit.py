@@ -10,6 +10,7 @@ proximal term (see ``FederatedCallback``).
 """
 
 import argparse
+import logging
 import sys
 
 import fedsock.quiet
@@ -29,6 +30,8 @@ def main() -> None:
     # --chief, --token (or $FEDSOCK_TOKEN), --name (default <host>-<pid>), timeouts, --config ...:
     # the settings worker.py has, shared with fedsock.Client
     args, config = parse_worker_args(p)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")  # fedsock's lines: connecting, retries, reconnects
 
     x, y = load_shard(args.data)
     model = digits_mlp()

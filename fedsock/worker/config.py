@@ -81,6 +81,28 @@ class WorkerConfig:
         return kw
 
 
+def check_chief_resolves(address: str) -> None:
+    """Fail at once when the chief's host name does not exist, rather than after --connect-timeout of retries.
+
+    A temporary resolver failure (``EAI_AGAIN``) is left to the connection's
+    retries: only "no such name" is certain.
+
+    Raises:
+        ConfigError: a malformed address, or a host name that does not resolve.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"bad chief address {address!r}: use HOST:PORT, e.g. 1.2.3.4:7777")
+    host = host.strip("[]")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        certain = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+        if exc.errno in certain:
+            raise ConfigError(f"the chief's host name {host!r} (--chief {address}) does not resolve "
+                              f"({exc.strerror}); check its spelling, or give the chief's IP address") from None
+
+
 def parse_worker_args(parser: argparse.ArgumentParser,
                       argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, WorkerConfig]:
     """Parse a worker script's command line: its own options and every ``WorkerConfig`` setting.
@@ -88,7 +110,8 @@ def parse_worker_args(parser: argparse.ArgumentParser,
     Adds ``--chief``, ``--token``, ``--name`` (default ``<host>-<pid>``), the
     timeouts, mutual TLS, ``--save-updates`` and ``--config`` to ``parser``;
     they also come from ``FEDSOCK_*`` variables and the config file. Exits
-    with the parser's usage message when a setting is missing or bad.
+    with the parser's usage message when a setting is missing or bad, or
+    when the chief's host name does not resolve.
 
     Returns:
         The parsed namespace (the script's own options included) and the config.
@@ -97,6 +120,8 @@ def parse_worker_args(parser: argparse.ArgumentParser,
     args = parser.parse_args(argv)
     try:
         settings.apply(args)
-        return args, settings.build(WorkerConfig, args)
+        config = settings.build(WorkerConfig, args)
+        check_chief_resolves(config.chief)
+        return args, config
     except ConfigError as exc:
         parser.error(str(exc))

@@ -12,7 +12,7 @@ from fedsock.data import load_shard
 from fedsock.errors import ConfigError
 from fedsock.settings import setting
 from fedsock.worker.client import Client
-from fedsock.worker.config import WorkerConfig
+from fedsock.worker.config import WorkerConfig, check_chief_resolves
 
 log = logging.getLogger("fedsock.worker")
 
@@ -46,6 +46,7 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
             message to act on.
     """
     data, model, seed, progress = training.data, training.model, training.seed, training.progress
+    check_chief_resolves(config.chief)
     x, y = load_shard(data)
     log.info("loaded %d examples from %s", len(y), data)
     from fedsock import kerasutil
