@@ -56,6 +56,8 @@ def status_parser(p: argparse.ArgumentParser) -> None:
 def plot_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("state_dir", type=Path, metavar="STATE_DIR", help="the chief's --state-dir (holds metrics.jsonl)")
     p.add_argument("--out", type=Path, help="PNG to write (default: STATE_DIR/metrics.png)")
+    p.add_argument("--title", help="the figure's title (default: the state dir, rounds, workers per round, "
+                   "final accuracy)")
 
 
 def shard_parser(p: argparse.ArgumentParser) -> None:
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "plot":
         from fedsock.plot import plot_metrics
 
-        print(plot_metrics(args.state_dir, args.out))
+        print(plot_metrics(args.state_dir, args.out, args.title))
         return 0
     if args.command == "shard":
         from fedsock.data import Partition, split_digits
