@@ -139,9 +139,7 @@ def run(args: argparse.Namespace) -> int:
         from fedsock.chief import Chief
 
         cfg = chief_config(args)
-        if cfg.model is not None or cfg.writes_tensorboard:  # it will import TensorFlow: do it quietly
-            from fedsock import quiet
-
+        if cfg.writes_tensorboard and cfg.model is None:  # the writer imports TensorFlow (--model: kerasutil)
             quiet.import_tensorflow()
         summary = Chief(cfg).run()
         return 130 if summary.stopped else 0
