@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +113,35 @@ def chief_config(args: argparse.Namespace) -> ChiefConfig:
     return cfg
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail with a message, not a traceback, when ``host:port`` cannot be listened on.
+
+    Binds as asyncio's server will (``SO_REUSEADDR``), then lets go; port 0
+    (any free port) needs no check.
+
+    Raises:
+        ConfigError: the port is in use, or the address is not this machine's.
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use (another chief, or another program): stop "
+                                  "it, or choose another --port (0 = any free port, written to "
+                                  "<state-dir>/chief.addr)") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host "
+                              "(an address of this machine, or 0.0.0.0 for all)") from None
+
+
 def known_variables() -> set[str]:
     """Every ``FEDSOCK_*`` variable some command reads (a worker's are not a typo in a chief's shell)."""
     from fedsock.chief import ChiefConfig
@@ -139,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         from fedsock.chief import Chief
 
         cfg = chief_config(args)
+        check_port_free(cfg.host, cfg.port)  # before the state dir, key and token are made
         if cfg.writes_tensorboard and cfg.model is None:  # the writer imports TensorFlow (--model: kerasutil)
             quiet.import_tensorflow()
         summary = Chief(cfg).run()
