@@ -110,8 +110,7 @@ def parse_worker_args(parser: argparse.ArgumentParser,
     Adds ``--chief``, ``--token``, ``--name`` (default ``<host>-<pid>``), the
     timeouts, mutual TLS, ``--save-updates`` and ``--config`` to ``parser``;
     they also come from ``FEDSOCK_*`` variables and the config file. Exits
-    with the parser's usage message when a setting is missing or bad, or
-    when the chief's host name does not resolve.
+    with the parser's usage message when a setting is missing or bad.
 
     Returns:
         The parsed namespace (the script's own options included) and the config.
@@ -120,8 +119,6 @@ def parse_worker_args(parser: argparse.ArgumentParser,
     args = parser.parse_args(argv)
     try:
         settings.apply(args)
-        config = settings.build(WorkerConfig, args)
-        check_chief_resolves(config.chief)
-        return args, config
+        return args, settings.build(WorkerConfig, args)
     except ConfigError as exc:
         parser.error(str(exc))
