@@ -77,3 +77,12 @@ def test_example_ctrl_c_exits_without_a_traceback(tmp_path):
     text = "".join(lines) + out
     assert proc.returncode == 130, text
     assert "interrupted" in text and "Traceback" not in text and "KeyboardInterrupt" not in text
+
+
+@pytest.mark.integration
+def test_worker_without_a_token_fails_before_loading_tensorflow(tmp_path):
+    save_shard(tmp_path / "shard", np.zeros((4, 64), np.float32), np.zeros(4, np.int64))
+    res = subprocess.run([sys.executable, str(ROOT / "worker.py"), "--chief", "127.0.0.1:9",
+                          "--data", str(tmp_path / "shard")], capture_output=True, text=True, env=env(), timeout=60)
+    assert res.returncode == 2 and "no join token" in res.stderr and "FEDSOCK_TOKEN" in res.stderr
+    assert "Keras" not in res.stderr  # it stopped before the seconds of TensorFlow's import

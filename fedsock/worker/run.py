@@ -11,7 +11,7 @@ from pathlib import Path
 from fedsock.data import load_shard
 from fedsock.errors import ConfigError
 from fedsock.settings import setting
-from fedsock.worker.client import Client
+from fedsock.worker.client import Client, token_from
 from fedsock.worker.config import WorkerConfig, check_chief_resolves
 
 log = logging.getLogger("fedsock.worker")
@@ -47,6 +47,8 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
     """
     data, model, seed, progress = training.data, training.model, training.seed, training.progress
     check_chief_resolves(config.chief)
+    if config.ca is None:
+        token_from(config.token)  # a missing or malformed token fails now, not after TensorFlow's start-up
     x, y = load_shard(data)
     log.info("loaded %d examples from %s", len(y), data)
     from fedsock import kerasutil
