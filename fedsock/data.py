@@ -120,6 +120,27 @@ def save_shard(directory: Path, x: np.ndarray, y: np.ndarray) -> None:
     np.savez(directory / "data.npz", x=x, y=y)
 
 
+def shard_files(path: Path) -> list[Path]:
+    """The ``.npz`` files of a shard: those in folder ``path``, or ``path`` itself.
+
+    Raises:
+        ConfigError: ``path`` does not exist, is another kind of file, or a folder without ``.npz`` files.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ConfigError(f"{path} is not a .npz file: give the shard's folder (holding .npz files with "
+                              "arrays 'x' and 'y') or one .npz file")
+        return [path]
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+        if not files:
+            raise ConfigError(f"no .npz files in {path} (expected arrays 'x' and 'y')")
+        return files
+    hint = f"; {path.parent} exists: is the shard in there?" if path.parent.is_dir() and path.parent != path else ""
+    raise ConfigError(f"data {path} does not exist (give a shard folder of .npz files or one .npz file){hint}")
+
+
 def load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a shard: every ``.npz`` in directory ``path`` (concatenated), or the one ``.npz`` file ``path``.
 
@@ -130,21 +151,8 @@ def load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
             lengths, NaN/Inf or text where numbers belong, with the file named.
     """
     path = Path(path)
-    if path.is_file():
-        if path.suffix != ".npz":
-            raise ConfigError(f"{path} is not a .npz file: give the shard's folder (holding .npz files with "
-                              "arrays 'x' and 'y') or one .npz file")
-        files = [path]
-    elif path.is_dir():
-        files = sorted(path.glob("*.npz"))
-        if not files:
-            raise ConfigError(f"no .npz files in {path} (expected arrays 'x' and 'y')")
-    else:
-        hint = f"; {path.parent} exists: is the shard in there?" if path.parent.is_dir() and path.parent != path \
-            else ""
-        raise ConfigError(f"data {path} does not exist (give a shard folder of .npz files or one .npz file){hint}")
     xs, ys = [], []
-    for f in files:
+    for f in shard_files(path):
         try:
             with np.load(f, allow_pickle=False) as z:
                 if "x" not in z or "y" not in z:

@@ -89,7 +89,7 @@ def test_worker_refuses_nan_data_before_connecting(tmp_path):
     start = time.monotonic()
     # nothing listens on port 9 of 127.0.0.1: a worker that tried to connect would retry for 60 s
     res = subprocess.run([sys.executable, str(ROOT / "worker.py"), "--chief", "127.0.0.1:9",
-                          "--data", str(tmp_path / "shard"), "--token", "fs1.x.y"],
+                          "--data", str(tmp_path / "shard"), "--token", "fs1." + "ab" * 32 + "." + "cd" * 32],
                          capture_output=True, text=True, env=env(), timeout=60)
     assert res.returncode == 2, res.stderr
     assert "shard/data.npz: x contains 1 NaN/Inf" in res.stderr and "row 5" in res.stderr

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsock.data import load_shard
+from fedsock.data import load_shard, shard_files
 from fedsock.errors import ConfigError
 from fedsock.settings import setting
 from fedsock.worker.client import Client, token_from
@@ -73,7 +73,8 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
                     "the chief provides no model (it runs without --model): pass --model "
                     "module:function or a .keras file"
                 )
-            kerasutil.check_data_fits(keras_model, x, y, source=str(data))
+            files = shard_files(data)
+            kerasutil.check_data_fits(keras_model, x, y, source=str(files[0] if len(files) == 1 else data))
         except ConfigError as exc:
             client.close(reason=f"worker {client.name} cannot train: {exc}")
             raise
