@@ -60,3 +60,14 @@ def test_worker_output_has_no_tensorflow_line(tmp_path):
     assert "loaded 8 examples" in out and "could not reach the chief" in out
     assert re.search(r"Keras [\d.]+ ready in [\d.]+ s", out), out  # it did import TensorFlow, before connecting
     assert FOREIGN.findall(out) == [], out
+
+
+@pytest.mark.integration
+def test_importing_fedsock_keras_is_quiet():
+    e = env()
+    e.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    e.pop("CUDA_VISIBLE_DEVICES", None)
+    code = "import fedsock.keras, tensorflow; print('ok', tensorflow.__version__)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=180)
+    assert res.returncode == 0 and res.stdout.startswith("ok "), res.stderr
+    assert FOREIGN.findall(res.stderr) == [], res.stderr
