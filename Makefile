@@ -6,15 +6,23 @@ PY      = $(VENV)/bin/python
 
 .PHONY: demo test venv lint clean fuzz
 
-$(VENV)/.installed: pyproject.toml
+# Two markers: `make demo` installs only what the demo needs; `make test` adds the test tools.
+$(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[test,demo]'
 	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml $(VENV)/.created
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.created
+	$(PY) -m pip install --quiet -e '.[test,demo]'
+	touch $@ $(VENV)/.demo-installed
 
 venv: $(VENV)/.installed
 
-demo: venv
+demo: $(VENV)/.demo-installed
 	$(PY) -m fedsock demo
 
 test: venv

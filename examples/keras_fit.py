@@ -10,9 +10,12 @@ proximal term (see ``FederatedCallback``).
 """
 
 import argparse
-import os
+import logging
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import fedsock.quiet
+
+fedsock.quiet.import_tensorflow()  # before anything imports it: hides TensorFlow's start-up logging
 
 import fedsock  # noqa: E402
 import fedsock.keras  # noqa: E402
@@ -27,6 +30,8 @@ def main() -> None:
     # --chief, --token (or $FEDSOCK_TOKEN), --name (default <host>-<pid>), timeouts, --config ...:
     # the settings worker.py has, shared with fedsock.Client
     args, config = parse_worker_args(p)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")  # fedsock's lines: connecting, retries, reconnects
 
     x, y = load_shard(args.data)
     model = digits_mlp()
@@ -44,4 +49,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: stop without a traceback
+        print("keras_fit: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -7,14 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedsock import settings
+from fedsock import quiet, settings
 from fedsock.errors import ConfigError, FedsockError
 
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ def status_parser(p: argparse.ArgumentParser) -> None:
 def plot_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("state_dir", type=Path, metavar="STATE_DIR", help="the chief's --state-dir (holds metrics.jsonl)")
     p.add_argument("--out", type=Path, help="PNG to write (default: STATE_DIR/metrics.png)")
+    p.add_argument("--title", help="the figure's title (default: the state dir, rounds, workers per round, "
+                   "final accuracy)")
 
 
 def shard_parser(p: argparse.ArgumentParser) -> None:
@@ -109,9 +113,50 @@ def chief_config(args: argparse.Namespace) -> ChiefConfig:
     return cfg
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail with a message, not a traceback, when ``host:port`` cannot be listened on.
+
+    Binds as asyncio's server will (``SO_REUSEADDR``), then lets go; port 0
+    (any free port) needs no check.
+
+    Raises:
+        ConfigError: the port is in use, or the address is not this machine's.
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use (another chief, or another program): stop "
+                                  "it, or choose another --port (0 = any free port, written to "
+                                  "<state-dir>/chief.addr)") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host "
+                              "(an address of this machine, or 0.0.0.0 for all)") from None
+
+
+def known_variables() -> set[str]:
+    """Every ``FEDSOCK_*`` variable some command reads (a worker's are not a typo in a chief's shell)."""
+    from fedsock.chief import ChiefConfig
+    from fedsock.worker.config import WorkerConfig
+    from fedsock.worker.run import TrainingOptions
+
+    names = {settings.ENV_PREFIX + "CONFIG", settings.ENV_PREFIX + "TOKEN"}
+    return names | {o.env for cls in (ChiefConfig, WorkerConfig, TrainingOptions) for o in settings.options_of(cls)}
+
+
 def run(args: argparse.Namespace) -> int:
     if hasattr(args, "_settings"):  # chief, worker: flags > FEDSOCK_* > --config file > defaults
         sources = settings.apply(args)
+        for message in settings.unknown_variables(os.environ, known_variables()):
+            logging.getLogger("fedsock").warning("%s", message)
         if args.print_config:
             if args.command == "chief":
                 chief_config(args)  # print only what would start
@@ -124,7 +169,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "chief":
         from fedsock.chief import Chief
 
-        summary = Chief(chief_config(args)).run()
+        cfg = chief_config(args)
+        check_port_free(cfg.host, cfg.port)  # before the state dir, key and token are made
+        if cfg.writes_tensorboard and cfg.model is None:  # the writer imports TensorFlow (--model: kerasutil)
+            quiet.import_tensorflow()
+        summary = Chief(cfg).run()
         return 130 if summary.stopped else 0
     if args.command == "worker":
         from fedsock.worker.config import WorkerConfig
@@ -141,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "plot":
         from fedsock.plot import plot_metrics
 
-        print(plot_metrics(args.state_dir, args.out))
+        print(plot_metrics(args.state_dir, args.out, args.title))
         return 0
     if args.command == "shard":
         from fedsock.data import Partition, split_digits
@@ -212,7 +261,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str 
 
     With ``command`` (as in ``chief.py``), ``argv`` holds only that command's options.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if command is None:
         args = build_parser(prog).parse_args(argv)
     else:
@@ -222,6 +270,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str 
         add(parser)
         args = parser.parse_args(argv)
         args.command = command
+    if not args.verbose:  # before anything imports TensorFlow
+        quiet.quiet_environment()
     _setup_logging(args.verbose)
     try:
         return run(args)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsock import datacheck
 from fedsock.errors import ConfigError
 
 
@@ -119,21 +120,39 @@ def save_shard(directory: Path, x: np.ndarray, y: np.ndarray) -> None:
     np.savez(directory / "data.npz", x=x, y=y)
 
 
-def load_shard(directory: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read every ``.npz`` in ``directory`` and concatenate their ``x`` and ``y``.
+def shard_files(path: Path) -> list[Path]:
+    """The ``.npz`` files of a shard: those in folder ``path``, or ``path`` itself.
 
     Raises:
-        ConfigError: missing directory, no ``.npz``, missing arrays or
-            mismatched lengths, with the file named.
+        ConfigError: ``path`` does not exist, is another kind of file, or a folder without ``.npz`` files.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ConfigError(f"data directory {directory} does not exist")
-    files = sorted(directory.glob("*.npz"))
-    if not files:
-        raise ConfigError(f"no .npz files in {directory} (expected arrays 'x' and 'y')")
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise ConfigError(f"{path} is not a .npz file: give the shard's folder (holding .npz files with "
+                              "arrays 'x' and 'y') or one .npz file")
+        return [path]
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+        if not files:
+            raise ConfigError(f"no .npz files in {path} (expected arrays 'x' and 'y')")
+        return files
+    hint = f"; {path.parent} exists: is the shard in there?" if path.parent.is_dir() and path.parent != path else ""
+    raise ConfigError(f"data {path} does not exist (give a shard folder of .npz files or one .npz file){hint}")
+
+
+def load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a shard: every ``.npz`` in directory ``path`` (concatenated), or the one ``.npz`` file ``path``.
+
+    Each file's arrays are checked as they are read (``datacheck.check_arrays``).
+
+    Raises:
+        ConfigError: missing path, no ``.npz``, missing arrays, mismatched
+            lengths, NaN/Inf or text where numbers belong, with the file named.
+    """
+    path = Path(path)
     xs, ys = [], []
-    for f in files:
+    for f in shard_files(path):
         try:
             with np.load(f, allow_pickle=False) as z:
                 if "x" not in z or "y" not in z:
@@ -143,9 +162,10 @@ def load_shard(directory: Path) -> tuple[np.ndarray, np.ndarray]:
             raise ConfigError(f"cannot read {f}: {exc}") from None
         if len(x) != len(y):
             raise ConfigError(f"{f}: {len(x)} rows in x but {len(y)} in y")
+        datacheck.check_arrays(x, y, str(f))
         xs.append(x)
         ys.append(y)
     try:
         return np.concatenate(xs), np.concatenate(ys)
     except ValueError as exc:
-        raise ConfigError(f"shards in {directory} do not fit together: {exc}") from None
+        raise ConfigError(f"shards in {path} do not fit together: {exc}") from None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -12,8 +14,11 @@ from pathlib import Path
 
 from fedsock.data import Partition, split_digits
 from fedsock.errors import FedsockError
+from fedsock.quiet import quiet_environment
 
 TARGET_ACCURACY = 0.93
+#: A per-round line of the chief's plain display (round number, then workers).
+ROW = re.compile(r"^\s*\d+\s+\d+\s")
 
 
 def wait_for_address(state_dir: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> str:
@@ -33,8 +38,43 @@ def wait_for_address(state_dir: Path, proc: subprocess.Popen[bytes], timeout: fl
     raise FedsockError(f"the chief did not start listening within {timeout:g} s")
 
 
+def wait_for_token(state_dir: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+    """The join token of a chief starting on ``state_dir``.
+
+    The chief writes ``<state-dir>/token`` first thing, before it loads
+    TensorFlow and the model: workers can start importing TensorFlow while
+    the chief still does.
+
+    Raises:
+        FedsockError: the chief exited or wrote no token within ``timeout``.
+    """
+    path = state_dir / "token"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if text.endswith("\n"):  # written whole, newline last
+            return text.strip()
+        if proc.poll() is not None:
+            raise FedsockError(f"the chief exited with code {proc.returncode} before writing its token")
+        time.sleep(0.05)
+    raise FedsockError(f"the chief wrote no token within {timeout:g} s")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (for the demo's chief, so that workers know it before it listens)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def run_demo(workdir: Path, workers: int, rounds: int, partition: str, seed: int) -> int:
-    """Run the demo; returns 0 if the final holdout accuracy reaches the target."""
+    """Run the demo; returns 0 if the final holdout accuracy reaches the target.
+
+    The chief and the workers start together (the workers import TensorFlow
+    while the chief does, and join when it listens); the chief's per-round
+    lines are relayed, the first one with the seconds since the demo started.
+    """
+    start = time.monotonic()
     workdir = Path(workdir)
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -43,29 +83,37 @@ def run_demo(workdir: Path, workers: int, rounds: int, partition: str, seed: int
     print(f"digits split {partition} into {workers} worker shards "
           f"({', '.join(str(sizes[f'worker-{i}']) for i in range(workers))} examples) "
           f"+ {sizes['holdout']} holdout", flush=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    quiet_environment(env)
     py = [sys.executable, "-m", "fedsock"]
-    start = time.monotonic()
     state.mkdir(parents=True)
+    address = f"127.0.0.1:{free_port()}"
     chief_log = open(workdir / "chief.log", "wb")
     chief = subprocess.Popen(
-        py + ["chief", "--host", "127.0.0.1", "--port", "0", "--state-dir", str(state),
+        py + ["chief", "--host", "127.0.0.1", "--port", address.rpartition(":")[2], "--state-dir", str(state),
               "--rounds", str(rounds), "--min-workers", str(workers), "--round-timeout", "60",
               "--model", "fedsock.models:digits_mlp", "--eval-data", str(shards / "holdout"),
               "--sync-every", "10", "--batch-size", "32", "--progress", "plain"],
-        env=env, stderr=chief_log,
+        env=env, stdout=subprocess.PIPE, stderr=chief_log,
     )
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = wait_for_address(state, chief)
-        env["FEDSOCK_TOKEN"] = (state / "token").read_text().strip()
-        print(f"chief listening on {address} (TLS 1.3); starting {workers} workers; "
+        env["FEDSOCK_TOKEN"] = wait_for_token(state, chief)
+        print(f"chief starting on {address} (TLS 1.3); starting {workers} workers meanwhile; "
               f"logs in {workdir}/*.log", flush=True)
         for i in range(workers):
             log = open(workdir / f"worker-{i}.log", "wb")
             procs.append(subprocess.Popen(
                 py + ["worker", "--chief", address, "--data", str(shards / f"worker-{i}"),
                       "--name", f"demo-worker-{i}"], env=env, stdout=log, stderr=log))
+        first_row = None
+        assert chief.stdout is not None
+        for raw in chief.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if first_row is None and ROW.match(line):
+                first_row = time.monotonic() - start
+                line += f"   <- first round done {first_row:.1f} s after the demo started"
+            print(line, flush=True)
         code = chief.wait()
         for p in procs:
             p.wait(timeout=60)
@@ -80,14 +128,15 @@ def run_demo(workdir: Path, workers: int, rounds: int, partition: str, seed: int
         return 1
     rows = [json.loads(line) for line in (state / "metrics.jsonl").read_text().splitlines()]
     plot = workdir / "accuracy.png"
-    _plot(rows, plot)
+    _plot(rows, plot, f"fedsock demo: FedAvg on digits\n{workers} workers, {partition} split, {len(rows)} rounds, "
+                     f"final accuracy {rows[-1].get('accuracy', float('nan')):.3f}")
     acc = rows[-1].get("accuracy", 0.0)
     print(f"final holdout accuracy {acc:.4f} after {rows[-1]['round']} rounds in {wall:.1f} s "
           f"(target {TARGET_ACCURACY}); plot {plot}; final model {state / 'final.keras'}")
     return 0 if acc >= TARGET_ACCURACY else 1
 
 
-def _plot(rows: list[dict[str, float]], path: Path) -> None:
+def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,7 +150,7 @@ def _plot(rows: list[dict[str, float]], path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("holdout accuracy")
-    ax.set_title("fedsock demo: FedAvg on digits")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -7,22 +7,23 @@ TensorFlow/Keras, and only when called.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import json
-import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedsock import datacheck, quiet
 from fedsock.errors import ConfigError
 from fedsock.protocol import TensorSpec, specs_of
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def import_keras() -> Any:
-    """Import Keras quietly (TensorFlow logs a lot at import)."""
+    """Import Keras, its TensorFlow start-up logging hidden (``fedsock.quiet``)."""
+    quiet.import_tensorflow()
     import keras
 
     return keras
@@ -39,19 +40,53 @@ def load_model(spec: str) -> Any:
         if not Path(spec).is_file():
             raise ConfigError(f"model file {spec} does not exist")
         return keras.saving.load_model(spec, safe_mode=True)
-    module_name, sep, func_name = spec.partition(":")
-    if not sep or not module_name or not func_name:
-        raise ConfigError(f"--model {spec!r}: use a .keras file or module:function")
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--model {spec!r}: {exc}") from None
+    func = import_function(spec)
     model = func()
     if not isinstance(model, keras.Model):
         raise ConfigError(f"--model {spec!r} returned {type(model).__name__}, not a keras.Model")
     if getattr(model, "optimizer", None) is None:
         raise ConfigError(f"--model {spec!r} returned an uncompiled model; call model.compile(...)")
     return model
+
+
+def import_function(spec: str, cwd: Path | None = None) -> Any:
+    """The function named by ``module:function``, found the way ``python -m module`` finds it.
+
+    A module (or package) in the current directory wins, as with ``python -m``:
+    that directory is put first on ``sys.path`` (and stays there, so that the
+    module's own imports of its neighbours work). Otherwise ``sys.path`` as it is.
+
+    Raises:
+        ConfigError: a malformed spec, a module that is nowhere, a module that
+            fails to import (naming what it lacks), or no such function.
+    """
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ConfigError(f"--model {spec!r}: use a .keras file or module:function (e.g. mymodels:build)")
+    here = str(Path.cwd() if cwd is None else cwd)
+    top = module_name.split(".")[0]
+    if importlib.machinery.PathFinder.find_spec(top, [here]) is not None:
+        if here in sys.path:
+            sys.path.remove(here)
+        sys.path.insert(0, here)
+        importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name or module_name.startswith(f"{exc.name}."):  # the module itself is missing
+            raise ConfigError(
+                f"--model {spec!r}: no module {module_name!r} in the current directory ({here}) or on the "
+                f"Python path; run from the folder that holds {top}.py, or add its folder to PYTHONPATH"
+            ) from None
+        raise ConfigError(f"--model {spec!r}: importing {module_name} failed: {exc}") from None
+    except ImportError as exc:
+        raise ConfigError(f"--model {spec!r}: importing {module_name} failed: {exc}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ConfigError(f"--model {spec!r}: {module_name} ({getattr(module, '__file__', '?')}) has no "
+                          f"function {func_name!r}; it has: {', '.join(names) or 'no functions'}")
+    return func
 
 
 def tensor_names(model: Any) -> list[str]:
@@ -89,24 +124,29 @@ def rebuild(model_json: str, compile_json: str | None) -> Any:
     return model
 
 
-def check_data_fits(model: Any, x: np.ndarray, y: np.ndarray) -> None:
+def check_data_fits(model: Any, x: np.ndarray, y: np.ndarray, source: str = "the shard") -> None:
     """Check a shard against the model before any training.
 
+    Args:
+        source: the shard (file or directory), for the message.
+
     Raises:
-        ConfigError: naming the expected and the actual shapes / classes.
+        ConfigError: naming the expected and the actual shapes / classes, and
+            labels that do not suit the model's loss (``datacheck.check_labels``).
     """
     expected = tuple(model.inputs[0].shape[1:]) if model.inputs else None
     if expected is not None and tuple(x.shape[1:]) != tuple(expected):
         raise ConfigError(
             f"data does not fit the model: model expects inputs of shape "
-            f"{('N',) + tuple(expected)}, the shard has x of shape {x.shape}"
+            f"{('N',) + tuple(expected)}, {source} has x of shape {x.shape}"
         )
     out = model.outputs[0].shape[-1] if model.outputs else None
+    datacheck.check_labels(y, datacheck.loss_name(model), out, source)
     if out is not None and y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(y):
         if y.min() < 0 or y.max() >= out:
             raise ConfigError(
                 f"data does not fit the model: model has {out} output classes (0..{out - 1}), "
-                f"the shard has labels {int(y.min())}..{int(y.max())}"
+                f"{source} has labels {int(y.min())}..{int(y.max())}"
             )
 
 

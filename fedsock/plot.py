@@ -1,8 +1,16 @@
-"""``fedsock plot STATE_DIR``: a chief's ``metrics.jsonl`` as a PNG, for people without TensorBoard."""
+"""``fedsock plot STATE_DIR``: a chief's ``metrics.jsonl`` as a PNG, for people without TensorBoard.
+
+Every panel has whole-number round ticks. Losses and the other holdout
+metrics (accuracy and the like, in [0, 1]) have panels of their own, so that
+a loss of 2 does not flatten an accuracy curve. Counts and sizes (seconds, MB,
+participants) are drawn from zero, so that a constant series is a flat line
+and not noise magnified to fill the panel.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +18,7 @@ from fedsock.errors import ConfigError
 
 #: Fields of a row that are run counters, not holdout metrics.
 COUNTERS = {"round", "workers", "examples", "seconds", "bytes_in", "bytes_out", "time", "participants",
-            "fraction", "sampled"}
+            "fraction", "sampled", "epsilon", "dp_delta", "dp_noise", "dp_clip"}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -37,48 +45,97 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_metrics(state_dir: Path, out: Path | None = None) -> Path:
-    """Render holdout metrics, round time, traffic and participants per round to a PNG.
+def describe_run(rows: Sequence[dict[str, Any]]) -> str:
+    """What ran, for a title: rounds, workers per round, and the last holdout accuracy if any."""
+    workers = sorted({int(r["workers"]) for r in rows if isinstance(r.get("workers"), (int, float))})
+    first, last = rows[0]["round"], rows[-1]["round"]
+    parts = [f"rounds {first}-{last}" if first != last else f"round {first}"]
+    if workers:
+        span = str(workers[0]) if len(workers) == 1 else f"{workers[0]}-{workers[-1]}"
+        parts.append(f"{span} worker{'s' if workers[-1] != 1 else ''} per round")
+    if isinstance(rows[-1].get("accuracy"), (int, float)):
+        parts.append(f"final holdout accuracy {rows[-1]['accuracy']:.3f}")
+    return ", ".join(parts)
+
+
+def build_figure(rows: Sequence[dict[str, Any]], title: str) -> Any:
+    """The figure of ``plot_metrics`` (a matplotlib ``Figure``, Agg backend), for saving or inspection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = [r["round"] for r in rows]
+    metrics = sorted({k for r in rows for k, v in r.items()
+                      if k not in COUNTERS and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    losses = [k for k in metrics if "loss" in k]
+    scores = [k for k in metrics if "loss" not in k]
+    fig, axes = plt.subplots(3, 2, figsize=(10, 9))
+    panels = {name: ax for name, ax in zip(("scores", "loss", "seconds", "mb", "workers", "examples"), axes.flat)}
+
+    def series(ax: Any, keys: Sequence[str], scale: float = 1.0) -> None:
+        for key in keys:
+            ax.plot(rounds, [r[key] / scale if isinstance(r.get(key), (int, float)) else float("nan")
+                             for r in rows], marker="o", label=key.removeprefix("bytes_"))
+        if len(keys) > 1:
+            ax.legend()
+
+    ax = panels["scores"]
+    series(ax, scores)
+    ax.set_title("holdout metrics" if scores else "holdout metrics (none: run the chief with --eval-data)")
+    if scores and all(0 <= r.get(k, 0) <= 1 for r in rows for k in scores):
+        ax.set_ylim(0, 1.02)
+    ax = panels["loss"]
+    series(ax, losses)
+    ax.set_title("holdout loss" if losses else "holdout loss (none)")
+    _from_zero(ax, [r.get(k, 0) for r in rows for k in losses])
+    for name, keys, scale, label in (("seconds", ["seconds"], 1.0, "seconds per round"),
+                                     ("mb", ["bytes_in", "bytes_out"], 1e6, "MB per round (in, out)"),
+                                     ("workers", ["workers"], 1.0, "participants per round"),
+                                     ("examples", ["examples"], 1.0, "examples per round")):
+        ax = panels[name]
+        series(ax, keys, scale)
+        ax.set_title(label)
+        _from_zero(ax, [r.get(k, 0) / scale for r in rows for k in keys])
+    panels["workers"].yaxis.set_major_locator(MaxNLocator(integer=True))
+    panels["examples"].yaxis.set_major_locator(MaxNLocator(integer=True))
+    for a in axes.flat:
+        a.set_xlabel("round")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.ticklabel_format(axis="y", useOffset=False, style="plain")
+        a.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _from_zero(ax: Any, values: Sequence[float]) -> None:
+    """Y from 0 to a little above the largest value: a constant series stays flat."""
+    finite = [v for v in values if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+    top = max(finite, default=0.0)
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
+
+
+def plot_metrics(state_dir: Path, out: Path | None = None, title: str | None = None) -> Path:
+    """Render holdout metrics, loss, round time, traffic, participants and examples per round to a PNG.
+
+    Args:
+        state_dir: the chief's ``--state-dir``.
+        out: the PNG (default ``<state_dir>/metrics.png``).
+        title: the figure's title (default: the state dir and what ran, from ``describe_run``).
 
     Returns:
-        The PNG's path (default ``<state_dir>/metrics.png``).
+        The PNG's path.
 
     Raises:
         ConfigError: no usable metrics.jsonl.
     """
     rows = read_metrics(Path(state_dir) / "metrics.jsonl")
     out = Path(out) if out is not None else Path(state_dir) / "metrics.png"
-    import matplotlib
-
-    matplotlib.use("Agg")
+    fig = build_figure(rows, title or f"fedsock chief {state_dir}: {describe_run(rows)}")
     import matplotlib.pyplot as plt
 
-    rounds = [r["round"] for r in rows]
-    holdout = sorted({k for r in rows for k, v in r.items()
-                      if k not in COUNTERS and isinstance(v, (int, float)) and not isinstance(v, bool)})
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    ax = axes[0][0]
-    for key in holdout:
-        ax.plot(rounds, [r.get(key, float("nan")) for r in rows], marker="o", label=key)
-    ax.set_title("holdout metrics" if holdout else "holdout metrics (none: run the chief with --eval-data)")
-    if holdout:
-        ax.legend()
-    ax = axes[0][1]
-    ax.plot(rounds, [r.get("seconds", float("nan")) for r in rows], marker="o")
-    ax.set_title("seconds per round")
-    ax = axes[1][0]
-    ax.plot(rounds, [r.get("bytes_in", 0) / 1e6 for r in rows], marker="o", label="in")
-    ax.plot(rounds, [r.get("bytes_out", 0) / 1e6 for r in rows], marker="o", label="out")
-    ax.set_title("MB per round")
-    ax.legend()
-    ax = axes[1][1]
-    ax.plot(rounds, [r.get("workers", 0) for r in rows], marker="o")
-    ax.set_title("participants per round")
-    for a in axes.flat:
-        a.set_xlabel("round")
-        a.grid(alpha=0.3)
-    fig.suptitle(f"fedsock chief {state_dir}")
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -264,8 +265,12 @@ def load_file(path: Path, options: tuple[Option, ...]) -> dict[str, Any]:
     by_key = {o.key: o for o in options} | {o.dest: o for o in options}
     unknown = sorted(k for k in data if k not in by_key)
     if unknown:
+        keys = sorted(o.key for o in options)
+        guesses = [f"{k} -> {m[0]}" for k in unknown
+                   if (m := difflib.get_close_matches(k.replace("_", "-"), keys, n=1, cutoff=0.75))]
+        hint = f" (did you mean: {', '.join(guesses)}?)" if guesses else ""
         raise ConfigError(f"config file {path}: unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(unknown)}; known keys: {', '.join(sorted(o.key for o in options))}")
+                          f"{', '.join(unknown)}{hint}; known keys: {', '.join(keys)}")
     out: dict[str, Any] = {}
     for key, value in data.items():
         opt = by_key[key]
@@ -311,6 +316,21 @@ def apply(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
             sources[opt.dest] = "default"
         setattr(args, opt.dest, value)
     return sources
+
+
+def unknown_variables(environ: Mapping[str, str], known: Iterable[str]) -> list[str]:
+    """A message for each ``FEDSOCK_*`` variable in ``environ`` that is not in ``known``.
+
+    Such a variable is ignored; it is most often a typo (``FEDSOCK_ROUND``),
+    so the message names the closest known variable.
+    """
+    names = sorted(set(known))
+    out = []
+    for var in sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in names):
+        close = difflib.get_close_matches(var, names, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        out.append(f"environment variable {var} matches no fedsock setting and is ignored{hint}")
+    return out
 
 
 def build(cls: type[C], args: argparse.Namespace) -> C:

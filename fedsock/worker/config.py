@@ -81,6 +81,28 @@ class WorkerConfig:
         return kw
 
 
+def check_chief_resolves(address: str) -> None:
+    """Fail at once when the chief's host name does not exist, rather than after --connect-timeout of retries.
+
+    A temporary resolver failure (``EAI_AGAIN``) is left to the connection's
+    retries: only "no such name" is certain.
+
+    Raises:
+        ConfigError: a malformed address, or a host name that does not resolve.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"bad chief address {address!r}: use HOST:PORT, e.g. 1.2.3.4:7777")
+    host = host.strip("[]")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        certain = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+        if exc.errno in certain:
+            raise ConfigError(f"the chief's host name {host!r} (--chief {address}) does not resolve "
+                              f"({exc.strerror}); check its spelling, or give the chief's IP address") from None
+
+
 def parse_worker_args(parser: argparse.ArgumentParser,
                       argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, WorkerConfig]:
     """Parse a worker script's command line: its own options and every ``WorkerConfig`` setting.

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsock.data import load_shard
+from fedsock.data import load_shard, shard_files
 from fedsock.errors import ConfigError
 from fedsock.settings import setting
-from fedsock.worker.client import Client
-from fedsock.worker.config import WorkerConfig
+from fedsock.worker.client import Client, token_from
+from fedsock.worker.config import WorkerConfig, check_chief_resolves
 
 log = logging.getLogger("fedsock.worker")
 
@@ -20,7 +21,7 @@ log = logging.getLogger("fedsock.worker")
 class TrainingOptions:
     """What ``worker.py`` adds to ``WorkerConfig``: the local data and model, and how training looks."""
 
-    data: Path = setting(help="shard directory with .npz files (x, y)")
+    data: Path = setting(help="shard: a folder of .npz files (arrays x, y) or one .npz file")
     model: str | None = setting(None, help="your own model (.keras or module:function) when the chief has none")
     seed: int | None = setting(None, help="seed for local shuffling and dropout, to make training repeatable")
     progress: str = setting("auto", choices=("auto", "live", "plain"),
@@ -45,16 +46,23 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
             message to act on.
     """
     data, model, seed, progress = training.data, training.model, training.seed, training.progress
+    check_chief_resolves(config.chief)
+    if config.ca is None:
+        token_from(config.token)  # a missing or malformed token fails now, not after TensorFlow's start-up
     x, y = load_shard(data)
     log.info("loaded %d examples from %s", len(y), data)
     from fedsock import kerasutil
 
+    # TensorFlow's import takes seconds: done before joining, so that the first round does not wait for it
+    started = time.monotonic()
+    keras = kerasutil.import_keras()
+    log.info("Keras %s ready in %.1f s", keras.__version__, time.monotonic() - started)
     with Client.from_config(config) as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
         if seed is not None:
-            kerasutil.import_keras().utils.set_random_seed(seed)
+            keras.utils.set_random_seed(seed)
         try:
             if client.model_config is not None:
                 keras_model = kerasutil.rebuild(client.model_config, client.compile_config)
@@ -65,7 +73,8 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
                     "the chief provides no model (it runs without --model): pass --model "
                     "module:function or a .keras file"
                 )
-            kerasutil.check_data_fits(keras_model, x, y)
+            files = shard_files(data)
+            kerasutil.check_data_fits(keras_model, x, y, source=str(files[0] if len(files) == 1 else data))
         except ConfigError as exc:
             client.close(reason=f"worker {client.name} cannot train: {exc}")
             raise
