@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fedsock.data import load_shard
 from fedsock.errors import ConfigError
+from fedsock.kerasversion import check_keras_version
 from fedsock.settings import setting
 from fedsock.worker.client import Client
 from fedsock.worker.config import WorkerConfig
@@ -44,6 +45,7 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
         ConfigError, ConnectError, AuthenticationError, PeerError: with a
             message to act on.
     """
+    check_keras_version()
     data, model, seed, progress = training.data, training.model, training.seed, training.progress
     x, y = load_shard(data)
     log.info("loaded %d examples from %s", len(y), data)
