@@ -90,7 +90,8 @@ class Client:
                  reconnect_timeout: float = WorkerConfig.reconnect_timeout,
                  save_updates: str | os.PathLike[str] | None = None,
                  ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
-                 key: str | os.PathLike[str] | None = None) -> None:
+                 key: str | os.PathLike[str] | None = None,
+                 max_model_bytes: int = WorkerConfig.max_model_bytes) -> None:
         self.address = parse_address(address)
         self._credentials = Credentials.resolve(token, ca, cert, key)
         own = self._credentials.own_name
@@ -103,6 +104,8 @@ class Client:
         self.instance = os.urandom(limits.INSTANCE_ID_BYTES)
         self._reconnect_secret: bytes | None = None  # from the chief's latest Welcome
         self._names = list(names) if names is not None else None
+        #: ``--max-model-bytes``: what a chief's model config may describe (``worker.py`` checks it).
+        self.max_model_bytes = max_model_bytes
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
         self._reconnect_timeout = reconnect_timeout

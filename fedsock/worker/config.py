@@ -59,6 +59,9 @@ class WorkerConfig:
     key: Path | None = setting(None, help="mutual TLS: the private key of --cert")
     save_updates: Path | None = setting(None, help="keep a copy of every update sent (round-N.npz) in this "
                                         "directory, to audit what left this machine")
+    max_model_bytes: int = setting(2 * 1024**3, metavar="BYTES",
+                                   help="the most the chief's model may take: its weights in the Welcome, and "
+                                   "the model its config describes (counted before anything is built)")
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -73,6 +76,8 @@ class WorkerConfig:
             raise ConfigError(f"--reconnect-timeout must be 0 (never) or positive, got {self.reconnect_timeout:g}")
         if not 0 < self.heartbeat_interval < self.idle_timeout or math.isinf(self.heartbeat_interval):
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
+        if not 0 < self.max_model_bytes <= limits.MAX_MODEL_BYTES:
+            raise ConfigError(f"--max-model-bytes must be in 1..{limits.MAX_MODEL_BYTES}, got {self.max_model_bytes}")
 
     def client_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``fedsock.Client`` these settings stand for."""

@@ -13,6 +13,7 @@ from fedsock.kerasversion import check_keras_version
 from fedsock.settings import setting
 from fedsock.worker.client import Client
 from fedsock.worker.config import WorkerConfig
+from fedsock.worker.modelguard import choose_model
 
 log = logging.getLogger("fedsock.worker")
 
@@ -22,7 +23,8 @@ class TrainingOptions:
     """What ``worker.py`` adds to ``WorkerConfig``: the local data and model, and how training looks."""
 
     data: Path = setting(help="shard directory with .npz files (x, y)")
-    model: str | None = setting(None, help="your own model (.keras or module:function) when the chief has none")
+    model: str | None = setting(None, help="train your own model (.keras or module:function), never the chief's "
+                               "config; its tensors must match the chief's")
     seed: int | None = setting(None, help="seed for local shuffling and dropout, to make training repeatable")
     progress: str = setting("auto", choices=("auto", "live", "plain"),
                             help="auto: a Keras progress bar per round when stdout is a terminal, else a log "
@@ -34,8 +36,9 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
 
     Args:
         config: how to reach the chief (address, token, name, timeouts, TLS).
-        training: the local shard, a bring-your-own model (used only when
-            the chief has no ``--model``), seed and progress display.
+        training: the local shard, the worker's own model (if given, trained
+            instead of the chief's config, which is then never built), seed
+            and progress display.
         verbose: Keras ``fit`` verbosity.
 
     Returns:
@@ -58,15 +61,8 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
         if seed is not None:
             kerasutil.import_keras().utils.set_random_seed(seed)
         try:
-            if client.model_config is not None:
-                keras_model = kerasutil.rebuild(client.model_config, client.compile_config)
-            elif model is not None:
-                keras_model = kerasutil.load_model(model)
-            else:
-                raise ConfigError(
-                    "the chief provides no model (it runs without --model): pass --model "
-                    "module:function or a .keras file"
-                )
+            keras_model = choose_model(client.model_config, client.compile_config, client.welcome.tensors,
+                                       model, config.max_model_bytes)
             kerasutil.check_data_fits(keras_model, x, y)
         except ConfigError as exc:
             client.close(reason=f"worker {client.name} cannot train: {exc}")
