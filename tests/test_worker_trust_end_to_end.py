@@ -1,4 +1,4 @@
-"""Real chief and worker processes: the worker trains its own --model, never the chief's config."""
+"""Real chief and worker processes: the worker trains its own --model, and refuses a plan its policy forbids."""
 
 from __future__ import annotations
 
@@ -39,5 +39,24 @@ def test_worker_trains_its_own_model_and_refuses_a_mismatching_one(tmp_path, chi
     assert (f"training this worker's own model {own} (mine_hidden, mine_out); the chief's config is not built"
             in out), out
     assert "built the chief's model" not in out, out
+    assert ("chief's plan: secure aggregation off, differential privacy off, batch 16, sync every 5 steps, "
+            "2 rounds; this worker requires nothing" in out), out
     assert chief.wait(60) == 0, chief.output()
     assert "worker bad cannot train: --model" in chief.output(), chief.output()
+
+
+def test_worker_refuses_a_plan_its_policy_forbids_and_the_chief_logs_why(tmp_path, chiefs, digits):
+    chief = chiefs("--rounds", "1", "--min-workers", "1", "--sync-every", "1", "--batch-size", "1")
+    worker = start_worker(tmp_path, "careful", "--chief", chief.address, "--data", str(digits / "worker-0"),
+                          "--name", "careful", "--min-batch-size", "32", "--require-secure-agg",
+                          token=chief.token, script="worker.py")
+    code, out = finish(worker)
+    assert code == 2, out
+    why = ("this worker's policy refuses the chief's plan: --require-secure-agg: the chief's plan has no secure "
+           "aggregation; --min-batch-size 32: the chief's plan trains in batches of 1")
+    assert why in out and "Traceback" not in out, out
+    assert ("chief's plan: secure aggregation off, differential privacy off, batch 1, sync every 1 steps, 1 rounds; "
+            "this worker requires secure aggregation, batch >= 32" in out), out
+    log = chief.output()
+    assert f"(careful) gave up: {why} [policy_refused]" in log, log
+    chief.proc.kill()

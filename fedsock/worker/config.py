@@ -20,6 +20,7 @@ from typing import Any
 from fedsock import limits, settings, tls
 from fedsock.errors import ConfigError
 from fedsock.settings import setting
+from fedsock.worker.policy import WorkerPolicy
 
 
 def default_name(host: str | None = None, pid: int | None = None) -> str:
@@ -62,6 +63,17 @@ class WorkerConfig:
     max_model_bytes: int = setting(2 * 1024**3, metavar="BYTES",
                                    help="the most the chief's model may take: its weights in the Welcome, and "
                                    "the model its config describes (counted before anything is built)")
+    require_secure_agg: bool = setting(False, help="refuse a chief whose plan has no secure aggregation")
+    require_dp_noise: float | None = setting(None, metavar="Z", help="refuse a chief whose plan adds less "
+                                             "differential-privacy noise than z = Z (or none)")
+    max_epsilon: float | None = setting(None, metavar="E", help="refuse a chief whose plan costs more than "
+                                        "epsilon E over the run (from its noise and rounds, at --epsilon-delta, "
+                                        "taking part in every round)")
+    epsilon_delta: float = setting(1e-5, metavar="DELTA", help="the delta at which --max-epsilon is computed")
+    min_batch_size: int = setting(1, metavar="N", help="refuse a chief whose plan trains in smaller batches "
+                                  "(batch 1 with frequent syncs lets a chief recover single examples)")
+    min_sync_every: int = setting(1, metavar="STEPS", help="refuse a chief whose plan syncs more often than "
+                                  "every STEPS local steps")
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -78,6 +90,16 @@ class WorkerConfig:
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
         if not 0 < self.max_model_bytes <= limits.MAX_MODEL_BYTES:
             raise ConfigError(f"--max-model-bytes must be in 1..{limits.MAX_MODEL_BYTES}, got {self.max_model_bytes}")
+        self.policy()  # checks the policy settings
+
+    def policy(self) -> WorkerPolicy:
+        """The privacy policy these settings ask for.
+
+        Raises:
+            ConfigError: a setting out of range.
+        """
+        return WorkerPolicy(self.require_secure_agg, self.require_dp_noise, self.max_epsilon, self.epsilon_delta,
+                            self.min_batch_size, self.min_sync_every)
 
     def client_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``fedsock.Client`` these settings stand for."""
