@@ -218,6 +218,8 @@ def layer_parameters(cls: str, cfg: dict[str, Any], input_shape: list[int | None
     """
     if cls in _WEIGHTLESS:
         return 0
+    if cfg.get("lora_rank"):
+        raise _refuse(f"{path}.config.lora_rank", "LoRA weights are not allow-listed")
     if cls == "Embedding":
         return _int(cfg, "input_dim", path) * _int(cfg, "output_dim", path)
     if input_shape is None:
@@ -235,7 +237,9 @@ def layer_parameters(cls: str, cfg: dict[str, Any], input_shape: list[int | None
         if not all(isinstance(a, int) and -len(input_shape) <= a < len(input_shape) for a in axes):
             raise _refuse(f"{path}.config.axis", f"bad axis {cfg.get('axis')!r}")
         size = math.prod(_known(input_shape[a], path, f"axis {a}") for a in axes)
-        return size * (4 if cls == "BatchNormalization" else 2)
+        if cls != "BatchNormalization":
+            return 2 * size
+        return size * (8 if cfg.get("renorm") else 4)  # renorm keeps more statistics: an upper bound
     if cls == "PReLU":
         return math.prod(_known(d, path, "its input") for d in input_shape[1:])
     if cls in ("SimpleRNN", "GRU", "LSTM"):
@@ -260,7 +264,9 @@ def layer_parameters(cls: str, cfg: dict[str, Any], input_shape: list[int | None
 def _bytes_per_weight(cfg: dict[str, Any]) -> int:
     dtype = cfg.get("dtype")
     name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
-    return 8 if isinstance(name, str) and "64" in name else 4
+    if not isinstance(name, str):
+        return 4
+    return 16 if "128" in name else 8 if "64" in name else 4
 
 
 def check_model_config(model_json: str, compile_json: str | None, max_model_bytes: int) -> int:

@@ -225,3 +225,12 @@ def test_hostile_shapes_fixture_is_not_mutated_by_the_check():
     with pytest.raises(ConfigError, match="TFSMLayer"):
         check_model_config(json.dumps(model), json.dumps(compiled), GIB)
     assert model == before
+
+
+def test_layers_that_would_add_weights_the_count_misses_are_refused():
+    lora = sequential(dense(8, 4, lora_rank=10**6))
+    with pytest.raises(ConfigError, match=r"layers\[1\]\.config\.lora_rank: LoRA weights are not allow-listed"):
+        check_model_config(json.dumps(lora), json.dumps(COMPILE), GIB)
+    wide = sequential(dense(8, 4, dtype={"module": "keras", "class_name": "DTypePolicy",
+                                         "config": {"name": "float64"}, "registered_name": None}))
+    assert check_model_config(json.dumps(wide), json.dumps(COMPILE), GIB) == 8 * (4 * 8 + 8)
