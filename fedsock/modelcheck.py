@@ -150,15 +150,21 @@ def _check_object(obj: dict[str, Any], path: str) -> None:
         raise _refuse(path, f"registered_name {registered!r} (a custom object) for class {cls!r}")
 
 
-def walk(node: Any, path: str = "$") -> Iterator[tuple[str, dict[str, Any]]]:
+#: Deeper than any Keras config (a Functional model nested in another is about 20 levels).
+MAX_DEPTH = 100
+
+
+def walk(node: Any, path: str = "$", depth: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
     """Check every entry of ``node``; yield each serialized object as ``(path, obj)``.
 
     Raises:
         ConfigError: naming the first offending entry (its JSON path).
     """
+    if depth > MAX_DEPTH:
+        raise _refuse(path, f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(node, list):
         for i, item in enumerate(node):
-            yield from walk(item, f"{path}[{i}]")
+            yield from walk(item, f"{path}[{i}]", depth + 1)
         return
     if not isinstance(node, dict):
         return
@@ -178,7 +184,7 @@ def walk(node: Any, path: str = "$") -> Iterator[tuple[str, dict[str, Any]]]:
                 if (isinstance(v, str) or v is None) and v not in _STRING_IDS[kind]:
                     raise _refuse(where if len(names) == 1 else f"{where}[{i}]",
                                   f"{v!r} is not a built-in {kind} name")
-        yield from walk(value, where)
+        yield from walk(value, where, depth + 1)
 
 
 def _dims(shape: Any, path: str, what: str) -> list[int | None]:
@@ -288,6 +294,8 @@ def check_model_config(model_json: str, compile_json: str | None, max_model_byte
         compiled = json.loads(compile_json) if compile_json else None
     except ValueError as exc:
         raise ConfigError(f"refusing the chief's model: its config is not JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError("refusing the chief's model: its config is nested too deeply") from None
     total = 0
     for path, obj in walk(model, "model"):
         cls = obj["class_name"]

@@ -177,6 +177,11 @@ def test_a_config_without_compile_settings_is_a_clear_error(keras_must_not_run):
         modelguard.build_chief_model(json.dumps(sequential(dense(3, 4))), None, GIB)
     with pytest.raises(ConfigError, match="not JSON"):
         check_model_config("{nope", None, GIB)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        check_model_config("[" * 100_000 + "]" * 100_000, None, GIB)
+    deep = sequential(dense(3, 4, kernel_constraint=json.loads('{"a": ' * 150 + "1" + "}" * 150)))
+    with pytest.raises(ConfigError, match=r"nested more than 100 levels deep"):
+        check_model_config(json.dumps(deep), json.dumps(COMPILE), GIB)
 
 
 def test_real_keras_models_pass_and_their_size_is_exact():
