@@ -1,15 +1,19 @@
 """The Keras releases a worker accepts: those with every known ``safe_mode`` bypass fixed.
 
 Keras' ``safe_mode`` is only as safe as the installed Keras. Known bypasses
-and where they were fixed (CVE records and Keras release notes):
+and where they were fixed (CVE records, GitHub advisories, release notes):
 
 * CVE-2025-1550 (``"module": "os", "class_name": "function"``): 3.9.0;
 * CVE-2025-8747 / CVE-2025-9906 (``get_file`` gadget, a config turning
   ``enable_unsafe_deserialization`` on): 3.11.0; CVE-2025-9905 (HDF5): 3.11.3;
 * CVE-2025-12058 / CVE-2025-12060 (lookup vocabulary files, archive paths): 3.12.0;
-* CVE-2026-0897 and CVE-2026-1462 (``TFSMLayer`` loading a SavedModel): 3.12.1 and 3.13.2;
-* the archive-extraction, zip-bomb, HDF5-path and pickle fixes of 3.15.1,
-  backported to the 3.12 line as 3.12.4 (3.13.x, 3.14.x and 3.15.0 lack them).
+* CVE-2026-1462 (``TFSMLayer`` loading a SavedModel in safe mode) and
+  CVE-2026-0897 (``saving/file_editor.py``): 3.13.2 (its advisory says
+  3.13.1, which does not ship the fix), backported as 3.12.1;
+* archive-extraction paths (GHSA-hqp4-2352-xf5r): 3.14.0;
+* the zip-bomb, HDF5-path and pickle fixes of 3.15.1 (3.15.0 lacks them:
+  compare the two wheels' ``saving_lib.py`` and ``datasets``), backported to
+  the 3.12 line as 3.12.4.
 
 So a release is accepted if it is 3.12.4 or a later 3.12.x (the line that
 still supports Python 3.10), or 3.15.1 or later. ``pyproject.toml`` says the
