@@ -30,6 +30,7 @@ class ErrorCode(enum.StrEnum):
     SHUTDOWN = "shutdown"  # chief is stopping
     INTERNAL = "internal"  # a bug on the sender's side
     NAME_IN_USE = "name_in_use"  # the name is held by another running worker
+    POLICY_REFUSED = "policy_refused"  # the worker's own policy refuses the chief's plan
 
 
 class FedsockError(Exception):
@@ -93,6 +94,10 @@ class ConnectError(FedsockError):
 
 class ConfigError(FedsockError):
     """Invalid command-line options, token, data or model for this run."""
+
+
+class PolicyRefused(ConfigError):
+    """The worker's own policy refuses the chief's plan (the message names the setting)."""
 
 
 class AggregationError(FedsockError):

@@ -37,6 +37,7 @@ from fedsock.worker.buffers import ModelMemory
 from fedsock.worker.config import WorkerConfig, default_name
 from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
+from fedsock.worker.policy import WorkerPolicy, refusal
 from fedsock.worker.reconnect import Backoff, name_in_use_message
 
 __all__ = ["Client", "ConnectionLost", "parse_address", "token_from"]
@@ -72,6 +73,10 @@ class Client:
         save_updates: directory in which to keep a copy of every update sent
             (``round-NNNNNN.npz``: the tensors and ``num_examples``), to
             audit what left this machine.
+        max_model_bytes: refuse a Welcome whose weights take more.
+        require_secure_agg, ..., min_sync_every: this worker's ``WorkerPolicy``;
+            a plan that violates it is refused at every join, before any
+            weights are read, and the chief told why (``policy_refused``).
 
     Raises:
         ConfigError: bad address or token.
@@ -80,6 +85,7 @@ class Client:
             the pinned one.
         NameInUse: another running worker holds ``name`` (the message says
             to pick another ``--name``).
+        PolicyRefused: the chief's plan violates this worker's policy.
     """
 
     def __init__(self, address: str | tuple[str, int], token: str | tls.JoinToken | None = None,
@@ -90,7 +96,14 @@ class Client:
                  reconnect_timeout: float = WorkerConfig.reconnect_timeout,
                  save_updates: str | os.PathLike[str] | None = None,
                  ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
-                 key: str | os.PathLike[str] | None = None) -> None:
+                 key: str | os.PathLike[str] | None = None,
+                 max_model_bytes: int = WorkerConfig.max_model_bytes,
+                 require_secure_agg: bool = WorkerConfig.require_secure_agg,
+                 require_dp_noise: float | None = WorkerConfig.require_dp_noise,
+                 max_epsilon: float | None = WorkerConfig.max_epsilon,
+                 epsilon_delta: float = WorkerConfig.epsilon_delta,
+                 min_batch_size: int = WorkerConfig.min_batch_size,
+                 min_sync_every: int = WorkerConfig.min_sync_every) -> None:
         self.address = parse_address(address)
         self._credentials = Credentials.resolve(token, ca, cert, key)
         own = self._credentials.own_name
@@ -103,6 +116,11 @@ class Client:
         self.instance = os.urandom(limits.INSTANCE_ID_BYTES)
         self._reconnect_secret: bytes | None = None  # from the chief's latest Welcome
         self._names = list(names) if names is not None else None
+        #: ``--max-model-bytes``: the Welcome's weights and what a chief's model config may describe.
+        self.max_model_bytes = max_model_bytes
+        #: This worker's privacy policy, checked against the plan of every Welcome.
+        self.policy = WorkerPolicy(require_secure_agg, require_dp_noise, max_epsilon, epsilon_delta,
+                                   min_batch_size, min_sync_every)
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
         self._reconnect_timeout = reconnect_timeout
@@ -323,6 +341,7 @@ class Client:
                                     reconnect_secret=self._reconnect_secret)
                 assert isinstance(welcome, Welcome)
                 nbytes = sum(s.wire_nbytes for s in welcome.tensors)
+                self._accept(channel, welcome, nbytes)
                 model = channel.read_weights(welcome.tensors, self._memory.allocate(nbytes))
                 self._reconnect_secret = welcome.reconnect_secret or None
                 return channel, welcome, (model if welcome.has_weights else None)
@@ -358,6 +377,15 @@ class Client:
             else:
                 log.info("chief at %s:%s not reachable (%s); retrying in %.1f s", host, port, last, delay)
             time.sleep(delay)
+
+    def _accept(self, channel: BlockingChannel, welcome: Welcome, nbytes: int) -> None:
+        """Refuse a Welcome this worker's limits or policy do not allow, telling the chief why."""
+        log.info("%s", self.policy.describe(welcome.plan))
+        refused = refusal(welcome.plan, nbytes, self.max_model_bytes, self.policy)
+        if refused is not None:
+            channel.send_quietly(Error(code=refused[0], message=str(refused[1])))
+            channel.close()
+            raise refused[1]
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self._hb_interval / 2):

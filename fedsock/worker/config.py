@@ -20,6 +20,7 @@ from typing import Any
 from fedsock import limits, settings, tls
 from fedsock.errors import ConfigError
 from fedsock.settings import setting
+from fedsock.worker.policy import WorkerPolicy
 
 
 def default_name(host: str | None = None, pid: int | None = None) -> str:
@@ -59,6 +60,20 @@ class WorkerConfig:
     key: Path | None = setting(None, help="mutual TLS: the private key of --cert")
     save_updates: Path | None = setting(None, help="keep a copy of every update sent (round-N.npz) in this "
                                         "directory, to audit what left this machine")
+    max_model_bytes: int = setting(2 * 1024**3, metavar="BYTES",
+                                   help="the most the chief's model may take: its weights in the Welcome, and "
+                                   "the model its config describes (counted before anything is built)")
+    require_secure_agg: bool = setting(False, help="refuse a chief whose plan has no secure aggregation")
+    require_dp_noise: float | None = setting(None, metavar="Z", help="refuse a chief whose plan adds less "
+                                             "differential-privacy noise than z = Z (or none)")
+    max_epsilon: float | None = setting(None, metavar="E", help="refuse a chief whose plan costs more than "
+                                        "epsilon E over the run (from its noise and rounds, at --epsilon-delta, "
+                                        "taking part in every round)")
+    epsilon_delta: float = setting(1e-5, metavar="DELTA", help="the delta at which --max-epsilon is computed")
+    min_batch_size: int = setting(1, metavar="N", help="refuse a chief whose plan trains in smaller batches "
+                                  "(batch 1 with frequent syncs lets a chief recover single examples)")
+    min_sync_every: int = setting(1, metavar="STEPS", help="refuse a chief whose plan syncs more often than "
+                                  "every STEPS local steps")
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -73,6 +88,18 @@ class WorkerConfig:
             raise ConfigError(f"--reconnect-timeout must be 0 (never) or positive, got {self.reconnect_timeout:g}")
         if not 0 < self.heartbeat_interval < self.idle_timeout or math.isinf(self.heartbeat_interval):
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
+        if not 0 < self.max_model_bytes <= limits.MAX_MODEL_BYTES:
+            raise ConfigError(f"--max-model-bytes must be in 1..{limits.MAX_MODEL_BYTES}, got {self.max_model_bytes}")
+        self.policy()  # checks the policy settings
+
+    def policy(self) -> WorkerPolicy:
+        """The privacy policy these settings ask for.
+
+        Raises:
+            ConfigError: a setting out of range.
+        """
+        return WorkerPolicy(self.require_secure_agg, self.require_dp_noise, self.max_epsilon, self.epsilon_delta,
+                            self.min_batch_size, self.min_sync_every)
 
     def client_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``fedsock.Client`` these settings stand for."""

@@ -10,9 +10,11 @@ from pathlib import Path
 
 from fedsock.data import load_shard, shard_files
 from fedsock.errors import ConfigError
+from fedsock.kerasversion import check_keras_version
 from fedsock.settings import setting
 from fedsock.worker.client import Client, token_from
 from fedsock.worker.config import WorkerConfig, check_chief_resolves
+from fedsock.worker.modelguard import choose_model
 
 log = logging.getLogger("fedsock.worker")
 
@@ -22,7 +24,8 @@ class TrainingOptions:
     """What ``worker.py`` adds to ``WorkerConfig``: the local data and model, and how training looks."""
 
     data: Path = setting(help="shard: a folder of .npz files (arrays x, y) or one .npz file")
-    model: str | None = setting(None, help="your own model (.keras or module:function) when the chief has none")
+    model: str | None = setting(None, help="train your own model (.keras or module:function), never the chief's "
+                               "config; its tensors must match the chief's")
     seed: int | None = setting(None, help="seed for local shuffling and dropout, to make training repeatable")
     progress: str = setting("auto", choices=("auto", "live", "plain"),
                             help="auto: a Keras progress bar per round when stdout is a terminal, else a log "
@@ -34,8 +37,9 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
 
     Args:
         config: how to reach the chief (address, token, name, timeouts, TLS).
-        training: the local shard, a bring-your-own model (used only when
-            the chief has no ``--model``), seed and progress display.
+        training: the local shard, the worker's own model (if given, trained
+            instead of the chief's config, which is then never built), seed
+            and progress display.
         verbose: Keras ``fit`` verbosity.
 
     Returns:
@@ -45,6 +49,7 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
         ConfigError, ConnectError, AuthenticationError, PeerError: with a
             message to act on.
     """
+    check_keras_version()
     data, model, seed, progress = training.data, training.model, training.seed, training.progress
     check_chief_resolves(config.chief)
     if config.ca is None:
@@ -64,15 +69,8 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
         if seed is not None:
             keras.utils.set_random_seed(seed)
         try:
-            if client.model_config is not None:
-                keras_model = kerasutil.rebuild(client.model_config, client.compile_config)
-            elif model is not None:
-                keras_model = kerasutil.load_model(model)
-            else:
-                raise ConfigError(
-                    "the chief provides no model (it runs without --model): pass --model "
-                    "module:function or a .keras file"
-                )
+            keras_model = choose_model(client.model_config, client.compile_config, client.welcome.tensors,
+                                       model, config.max_model_bytes)
             files = shard_files(data)
             kerasutil.check_data_fits(keras_model, x, y, source=str(files[0] if len(files) == 1 else data))
         except ConfigError as exc:
