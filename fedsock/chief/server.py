@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -26,14 +27,17 @@ import numpy as np
 from fedsock import limits, tls
 from fedsock.aggregation import Strategy, Transform
 from fedsock.checkpoint import atomic_write
-from fedsock.chief.admission import FailureLimiter
+from fedsock.chief.admission import FailureLimiter, PreAuthCounts
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.display import make_display
+from fedsock.chief.intake import check_update
 from fedsock.chief.monitor import Monitor
 from fedsock.chief.outputs import Outputs
+from fedsock.chief.registry import Full, Joined, NameInUse, WorkerRegistry
 from fedsock.chief.relay import Relay
 from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, RoundResult, Stale
 from fedsock.chief.secure import Outcome, SecureAggregation
+from fedsock.chief.sendslots import SendSlots
 from fedsock.chief.session import Session
 from fedsock.chief.staging import StagingBudget
 from fedsock.chief.tokens import TokenStore
@@ -57,6 +61,8 @@ from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
+#: Whether the protocol's Welcome carries a reconnect secret yet.
+_WELCOME_HAS_SECRET = "reconnect_secret" in {f.name for f in dataclasses.fields(Welcome)}
 #: Most weights messages (Global, Done) being written at once. Each takes an
 #: I/O thread and the kernel buffers of its connection, so this bounds the
 #: chief's threads and memory when a round ends for a thousand workers at once.
@@ -147,15 +153,12 @@ class Chief:
         )
         self.outputs = Outputs(self.config)
         self.port: int | None = None
-        self._sessions: dict[int, Session] = {}  # worker id -> its live connection
-        self._identities: dict[str, int] = {}  # worker name -> worker id (stable across reconnects)
-        self._names: dict[int, str] = {}
-        self._held: set[int] = set()  # submitted, waiting to be sampled (--fraction)
-        self._last_seen: dict[int, float] = {}  # worker id -> when its last connection ended
-        self._given_done: set[int] = set()
-        self._ids = itertools.count(1)
+        self.registry: WorkerRegistry[Session] = WorkerRegistry(self.config.idle_timeout)
+        self._sessions = self.registry.live  # worker id -> its live connection
         self._conn_ids = itertools.count(1)
-        self._unauthenticated = 0
+        self._preauth = PreAuthCounts()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._max_examples: int = getattr(self.config, "max_examples", limits.MAX_EXAMPLES)
         self._failures = FailureLimiter()
         self._refusal_logged: dict[str, float] = {}
         self._tokens = TokenStore(self.config.state_dir)
@@ -167,7 +170,7 @@ class Chief:
         self.monitor = Monitor(self.config.min_workers, self.config.upstream)
         self.relay: Relay | None = None
         self._staging = StagingBudget()
-        self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        self._send_slots = SendSlots(MAX_CONCURRENT_SENDS)
         self._secure = SecureAggregation(self.config, self.controller) if self.config.secure_agg else None
         self._round_extra: dict[str, Any] = {}
         self._round_bytes_out = 0  # besides the Global/Done: secure aggregation's messages
@@ -194,10 +197,7 @@ class Chief:
         resumed = self.outputs.resume(ctrl, model.specs if model else None) if self.relay is None else None
         if resumed is None and model is not None:
             ctrl.set_model(model.specs, model.weights)
-        for name in resumed or ():  # expect them back: they are reconnecting
-            wid = self._identities[name] = next(self._ids)
-            self._names[wid] = name
-            self._last_seen[wid] = time.monotonic()
+        self.registry.expect(resumed or (), time.monotonic())  # expect them back: they are reconnecting
         self.outputs.start_tensorboard()  # before listening: chief.addr means ready
         # Plain TCP first: admission is decided before TLS costs anything (see _Admission).
         server = await asyncio.get_running_loop().create_server(lambda: _Admission(self), cfg.host, cfg.port)
@@ -280,13 +280,13 @@ class Chief:
                  host, self.port, ident.token)
 
     def _member_names(self) -> list[str]:
-        return sorted(self._names[w] for w in self.controller.members if w in self._names)
+        return self.registry.names(self.controller.members)
 
     def _label(self, worker: int) -> str:
-        return f"worker {worker} ({self._names.get(worker, '?')})"
+        return self.registry.label(worker)
 
     def _who(self, workers: set[int] | tuple[int, ...]) -> str:
-        return ", ".join(self._names.get(w, str(w)) for w in sorted(workers)) or "none"
+        return self.registry.who(workers)
 
     # --- connections ------------------------------------------------------
 
@@ -295,15 +295,14 @@ class Chief:
         peer = raw.get_extra_info("peername")
         address, label = (peer[0], f"{peer[0]}:{peer[1]}") if peer else ("?", "?")
         # Admission before TLS: refusing costs one accept() and a close, nothing more.
-        if self._unauthenticated >= limits.MAX_UNAUTHENTICATED:
-            self._log_refusal(address, "too many connections still in the handshake")
+        refusal = self._preauth.refusal(address)
+        if refusal is None and self._failures.blocked(address, time.monotonic()):
+            refusal = f"over {limits.MAX_AUTH_FAILURES_PER_MINUTE} failed authentications a minute"
+        if refusal is not None:
+            self._log_refusal(address, refusal)
             raw.abort()
             return
-        if self._failures.blocked(address, time.monotonic()):
-            self._log_refusal(address, f"over {limits.MAX_AUTH_FAILURES_PER_MINUTE} failed authentications a minute")
-            raw.abort()
-            return
-        self._unauthenticated += 1
+        self._preauth.enter(address)
         authenticated = False
         sock = _take_socket(raw)
         try:
@@ -312,45 +311,51 @@ class Chief:
             timeout = isinstance(exc, TimeoutError | asyncio.TimeoutError)
             log.info("%s: TLS handshake failed: %s", label,
                      "no TLS handshake within the time limit" if timeout else tls.describe_tls_failure(exc))
+            if timeout:  # holding a slot without a handshake counts as a failed authentication
+                self._failures.failed(address, time.monotonic())
             sock.close()  # a TLS alert, if any, went out with the failed handshake
-            self._unauthenticated -= 1
+            self._preauth.leave(address)
             return
         except asyncio.CancelledError:
             sock.close()
-            self._unauthenticated -= 1
+            self._preauth.leave(address)
             return
         s = Session(tsock, label, self._io)
         s.keepalive_s = self.config.heartbeat_interval
         try:
-            joined = await asyncio.wait_for(self._handshake(s), self.config.handshake_timeout)
-            self._unauthenticated -= 1
+            try:
+                joined = await asyncio.wait_for(self._handshake(s), self.config.handshake_timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                self._failures.failed(address, time.monotonic())  # a handshake timeout is a failed authentication
+                raise
+            self._preauth.leave(address)
             authenticated = True
             if joined:
                 await self._welcome(s)
                 await self._serve_worker(s)
-        except RemoteProtocolError as exc:
-            log.warning("%s: %s [%s]", s.label, exc, exc.code)
-            await s.send_error(exc.code, str(exc))
-        except (asyncio.TimeoutError, TimeoutError):
-            log.warning("%s: silent for too long, dropping the connection", s.label)
-            await s.send_error("timeout", "no message within the time limit")
-        except (ConnectionError, OSError) as exc:
-            log.info("%s: connection lost (%s)", s.label, exc or type(exc).__name__)
-        except Exception:  # a bug here must cost one connection, not the chief
-            log.exception("%s: internal error; dropping the connection", s.label)
-            await s.send_error("internal", "internal error on the chief; see its log")
+        except Exception as exc:
+            if s.replaced:  # its end was logged when it was replaced
+                log.debug("%s: old connection ended (%r)", s.label, exc)
+            elif isinstance(exc, RemoteProtocolError):
+                log.warning("%s: %s [%s]", s.label, exc, exc.code)
+                await s.send_error(exc.code, str(exc))
+            elif isinstance(exc, asyncio.TimeoutError | TimeoutError):
+                log.warning("%s: silent for too long, dropping the connection", s.label)
+                await s.send_error("timeout", "no message within the time limit")
+            elif isinstance(exc, ConnectionError | OSError):
+                log.info("%s: connection lost (%s)", s.label, exc or type(exc).__name__)
+            else:  # a bug here must cost one connection, not the chief
+                log.exception("%s: internal error; dropping the connection", s.label)
+                await s.send_error("internal", "internal error on the chief; see its log")
         except asyncio.CancelledError:  # the chief is stopping
             s.abort()
         finally:
             if not authenticated:
-                self._unauthenticated -= 1
+                self._preauth.leave(address)
             wid = s.worker_id
             self.monitor.connection_ended(s)
-            if wid is not None and self._sessions.get(wid) is s:
-                del self._sessions[wid]
-                self._last_seen[wid] = time.monotonic()
+            if wid is not None and self.registry.leave(wid, s):
                 self.controller.leave(wid)
-                self._held.discard(wid)
                 if self._secure is not None:
                     self._secure.left(wid)
                 self._wake.set()
@@ -388,37 +393,52 @@ class Chief:
         hello = await self._handshake_event(s, Hello)
         if hello is None:
             return False
-        s.name = hello.name
+        try:  # before the name reaches a log: it may hold newlines or terminal escapes
+            s.name = tls.check_name(hello.name)
+        except ConfigError:
+            raise RemoteProtocolError("Hello: bad worker name: use 1-64 letters, digits, '_', '.', '@' or '-'",
+                                      code="bad_message") from None
         nonce = secrets.token_bytes(limits.NONCE_BYTES)
-        await s.send(Challenge(nonce))
+        await s.send(Challenge(nonce), timeout=self.config.handshake_timeout)
         auth = await self._handshake_event(s, Auth)
         if auth is None:
             return False
         refusal = self._check_identity(s, nonce, auth.mac)
         if refusal is not None:
             log.warning("authentication failed for %r from %s: %s", s.name, s.peer, refusal)
-            self._failures.failed(s.peer.rsplit(":", 1)[0], time.monotonic())
+            self._failures.failed(s.address, time.monotonic())
             await s.send_error("auth_failed", f"authentication failed: {refusal}")
             return False
         if s.conn.status_query:  # read-only: answer and hang up; it never joins
-            await s.send(self.monitor.status(self.controller, self._sessions))
+            await s.send(self.monitor.status(self.controller, self._sessions), timeout=self.config.handshake_timeout)
             log.info("answered a status query from %r (%s)", s.name, s.peer)
             return False
-        wid = self._identities.get(s.name)
-        if wid is None and len(self._sessions) >= limits.MAX_WORKERS:
-            await s.send_error("busy", f"the chief already serves {limits.MAX_WORKERS} workers")
+        resume: bytes | None = getattr(auth, "resume", None)  # Auth.resume, once the protocol carries it
+        secret = self.registry.reconnect_secret(s.name)
+        proven = False
+        if resume is not None and secret is not None:
+            from fedsock.protocol import verify_reconnect_proof
+
+            proven = verify_reconnect_proof(secret, nonce, s.name, resume)
+        s.conn_id = next(self._conn_ids)
+        verdict = self.registry.join(s.name, getattr(hello, "instance", b""), s, proven, time.monotonic())
+        if isinstance(verdict, NameInUse):  # not the address's fault: it counts as nothing against it
+            log.info("refused %r from %s: the name is held by a running worker for %.0f s more",
+                     s.name, s.peer, verdict.wait_s)
+            await s.send_error("name_in_use", verdict.message)
             return False
-        if wid is None:
-            wid = self._identities[s.name] = next(self._ids)
-        s.worker_id, s.conn_id = wid, next(self._conn_ids)
-        self._names[wid] = s.name
-        old = self._sessions.get(wid)
-        if old is not None:
-            log.info("%s reconnected from %s; closing its old connection", self._label(wid), s.peer)
-            old.abort()
-        self._sessions[wid] = s
-        self.monitor.joined(wid, s.name)
-        log.info("%s joined from %s", self._label(wid), s.peer)
+        if isinstance(verdict, Full):
+            await s.send_error("busy", verdict.message)
+            return False
+        assert isinstance(verdict, Joined)
+        s.worker_id, s.reconnect_secret = verdict.worker, verdict.secret
+        if verdict.replaced is not None:
+            verdict.replaced.replaced = True  # from now on its events are ignored and its end is not logged
+            log.info("%s reconnected from %s; its old connection (%s) is replaced", s.label, s.peer,
+                     verdict.replaced.peer)
+            self._spawn(self._evict(verdict.replaced))
+        self.monitor.joined(verdict.worker, s.name)
+        log.info("%s joined from %s", s.label, s.peer)
         return True
 
     def _check_identity(self, s: Session, nonce: bytes, mac: bytes) -> str | None:
@@ -472,24 +492,41 @@ class Chief:
         plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size, mu,
                     secure_agg=self.config.secure_agg, dp_clip=self.config.dp_clip,
                     dp_noise=self.config.dp_noise)
+        extra: dict[str, Any] = {}
+        if _WELCOME_HAS_SECRET:
+            extra["reconnect_secret"] = s.reconnect_secret
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
-            has_weights=ctrl.has_model, compress=self.config.compress,
+            has_weights=ctrl.has_model, compress=self.config.compress, **extra,
         )
         weights = ctrl.weights if ctrl.weights is not None else []
-        await asyncio.wait_for(s.send(welcome, weights), self.config.idle_timeout)
+        await self._send_weights(s, welcome, weights)
         if self._done.is_set():
             assert ctrl.specs is not None
-            await asyncio.wait_for(s.send(Done(ctrl.round, ctrl.specs), weights), self.config.idle_timeout)
-            self._given_done.add(s.worker_id)
+            await self._send_weights(s, Done(ctrl.round, ctrl.specs), weights)
+            self.registry.done(s.worker_id)
         elif ctrl.has_model:
             ctrl.join(s.worker_id)
             # Open the round now if this worker completes the quorum, before its first message is
             # read: with --fraction, what arrives for a round that is not open yet joins its sample.
             ctrl.open_if_ready(time.monotonic())
             self._wake.set()
+
+    async def _evict(self, old: Session) -> None:
+        await old.send_error("name_in_use", "replaced by a newer connection of this worker")
+        old.abort()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_weights(self, s: Session, msg: Welcome | Global | Done, weights: list[np.ndarray]) -> int:
+        """A weights message outside a round's fan-out, within the send caps and a deadline."""
+        async with self._send_slots.hold(s.address, s.worker_id):
+            return await s.send(msg, weights, timeout=self.config.idle_timeout)
 
     async def _handshake_event(self, s: Session, kind: type[T]) -> T | None:
         """The next handshake message, or None if the peer hung up or gave up."""
@@ -507,6 +544,8 @@ class Chief:
         try:
             while True:
                 ev = await s.next_event(self.config.idle_timeout)
+                if s.replaced:  # a newer connection speaks for this worker now
+                    return
                 if isinstance(ev, Heartbeat):
                     continue
                 if isinstance(ev, ConnectionClosed):
@@ -522,6 +561,7 @@ class Chief:
                 if self._secure is not None and ev.round != 0:
                     raise RemoteProtocolError("this chief runs secure aggregation: send SecAggKeys, not a plain "
                                               "Update", code="out_of_order")
+                check_update(ev.tensors, ev.num_examples, self.config.compress, self._max_examples)
                 header_bytes = s.conn.last_frame_bytes
                 # A connection cut inside the chunks raises here: the partial
                 # update is discarded, never half-averaged.
@@ -551,7 +591,7 @@ class Chief:
             ctrl.open_if_ready(time.monotonic())  # as in _welcome
             self._wake.set()
             assert ctrl.weights is not None and ctrl.specs is not None
-            await s.send(Global(ctrl.round, ctrl.specs), ctrl.weights)
+            await self._send_weights(s, Global(ctrl.round, ctrl.specs), ctrl.weights)
             return
         verdict = ctrl.submit(wid, upd.round, upd.num_examples, upd.tensors, weights, s.conn_id)
         if isinstance(verdict, Accepted):
@@ -562,17 +602,22 @@ class Chief:
                      s.label, upd.round)
         elif isinstance(verdict, NotSelected):
             log.debug("%s: not sampled for round %d; it waits", s.label, upd.round)
-            self._held.add(wid)
+            self.registry.hold(wid)
         else:
             log.info("%s: late update for round %d dropped (collecting round %d)",
                      s.label, verdict.round, verdict.current)
             self.monitor.late_update()
             self._show()
-            if ctrl.is_selected(wid):
-                assert ctrl.weights is not None and ctrl.specs is not None
-                await s.send(Global(ctrl.round, ctrl.specs), ctrl.weights)
-            else:
-                self._held.add(wid)
+            await self._answer_stale(s, wid)
+
+    async def _answer_stale(self, s: Session, wid: int) -> None:
+        """The newest model for a worker that sent something for a closed round (once per round)."""
+        ctrl = self.controller
+        if not ctrl.is_selected(wid):
+            self.registry.hold(wid)
+        elif self.registry.allow_stale_reply(wid, ctrl.collecting):
+            assert ctrl.weights is not None and ctrl.specs is not None
+            await self._send_weights(s, Global(ctrl.round, ctrl.specs), ctrl.weights)
 
     async def _on_secagg(self, s: Session, ev: SecAggKeys | SecAggShares | SecAggReveal | SecAggMasked) -> None:
         """Route a secure-aggregation message; a masked update is summed, never kept."""
@@ -600,15 +645,11 @@ class Chief:
         else:
             verdict = sec.on_keys(wid, ev, s.conn_id)
             if isinstance(verdict, NotSelected):
-                self._held.add(wid)
+                self.registry.hold(wid)
             elif isinstance(verdict, Stale):
                 log.info("%s: keys for round %d, which is closed; sending round %d", s.label, ev.round,
                          self.controller.round)
-                if self.controller.is_selected(wid):
-                    assert self.controller.weights is not None and self.controller.specs is not None
-                    await s.send(Global(self.controller.round, self.controller.specs), self.controller.weights)
-                else:
-                    self._held.add(wid)
+                await self._answer_stale(s, wid)
             self._wake.set()
 
     async def _secure_close(self) -> RoundResult | None:
@@ -621,7 +662,7 @@ class Chief:
             if s is None:
                 return False
             try:
-                self._round_bytes_out += await asyncio.wait_for(s.send(msg), self.config.idle_timeout)
+                self._round_bytes_out += await s.send(msg, timeout=self.config.idle_timeout)
                 return True
             except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the round
                 log.info("%s: could not send %s (%s)", s.label, type(msg).__name__, exc or type(exc).__name__)
@@ -631,7 +672,8 @@ class Chief:
         outcome: Outcome | None = await sec.run(send, lambda w: w in self._sessions)
         if outcome is None:
             return None
-        self._held |= sec.waiting_for_model() & set(self._sessions)
+        for wid in sec.waiting_for_model() & set(self._sessions):
+            self.registry.hold(wid)
         self._round_extra = {"secure_agg": {"attempt": outcome.attempt, "dropped": len(outcome.dropped),
                                             "unmask_s": round(outcome.unmask_s, 4)}}
         return ctrl.close(time.monotonic(), combined=(outcome.average, outcome.workers, outcome.weight))
@@ -642,7 +684,7 @@ class Chief:
             await asyncio.sleep(interval / 2)
             if time.monotonic() - s.last_sent >= interval and not s.conn.we_finished:
                 with contextlib.suppress(Exception):
-                    await s.send(Heartbeat())
+                    await s.send(Heartbeat(), timeout=self.config.idle_timeout)
 
     # --- rounds -----------------------------------------------------------
 
@@ -691,14 +733,12 @@ class Chief:
         await self._drop_revoked()
         # Who gets the new model now: everyone at the end; otherwise those who
         # submitted or wait, if sampled for the next round.
-        waiting = set(result.workers) | self._held
-        targets = set(self._sessions) if final else {w for w in waiting if ctrl.is_selected(w)}
-        self._held = set() if final else (waiting - targets) & set(self._sessions)
+        targets = self.registry.recipients(result.workers, ctrl.is_selected, final)
         msg = Done(result.round, ctrl.specs) if final else Global(result.round, ctrl.specs)
-        sessions = [self._sessions[w] for w in sorted(targets) if w in self._sessions]
+        sessions = [self._sessions[w] for w in targets]
         bytes_out = message_bytes(msg, result.weights) * len(sessions) + self._round_bytes_out
         self._round_bytes_out = 0
-        names = [self._names.get(w, str(w)) for w in result.workers]
+        names = [self.registry.name_of(w) for w in result.workers]
         snapshot = ctrl.snapshot() if self.relay is None else None  # a relay resumes from its upstream
         members = self._member_names()
         extra, self._round_extra = self._round_extra, {}
@@ -733,13 +773,15 @@ class Chief:
         self._show()
         sent = await sends
         if final:
-            self._given_done |= {s.worker_id for s, n in zip(sessions, sent) if n and s.worker_id is not None}
+            for s, n in zip(sessions, sent):
+                if n and s.worker_id is not None:
+                    self.registry.done(s.worker_id)
 
     async def _send_quietly(self, s: Session, msg: Global | Done, weights: list[np.ndarray],
                             release: threading.Event | None = None) -> int:
         try:
-            async with self._send_slots:
-                send = asyncio.ensure_future(s.send(msg, weights, release))
+            async with self._send_slots.hold(s.address, s.worker_id):
+                send = asyncio.ensure_future(s.send(msg, weights, release, timeout=None))  # bounded below
                 try:
                     while release is not None and not release.is_set() and not send.done():
                         await asyncio.wait({send}, timeout=0.02)  # the wait for release is not the peer's time
@@ -764,9 +806,7 @@ class Chief:
             now = time.monotonic()
             waited = now - start
             # workers that dropped out recently (e.g. reconnecting) still deserve their Done
-            pending = {w for w, t in self._last_seen.items()
-                       if w not in self._given_done and w not in self._sessions
-                       and t > start - self.config.idle_timeout}
+            pending = self.registry.owed_done(start - self.config.idle_timeout)
             if waited >= max(min_wait, self.config.done_grace):
                 if pending:
                     log.warning("gave up waiting for %s to reconnect for the final model", self._who(pending))

@@ -75,6 +75,7 @@ class Session:
 
     def __init__(self, sock: ssl.SSLSocket, peer: str, io: concurrent.futures.Executor) -> None:
         self.sock, self.peer, self._io = sock, peer, io
+        self.address = peer.rsplit(":", 1)[0]  # the IP address, for per-address limits
         self.conn = Connection(Role.CHIEF)
         self.bytes_in = 0
         self.bytes_out = 0
@@ -83,6 +84,8 @@ class Session:
         self.worker_id: int | None = None
         self.conn_id = 0
         self.name = "?"
+        self.reconnect_secret = b""  # issued in this connection's Welcome
+        self.replaced = False  # a newer connection of the same worker took over
         self._lock = asyncio.Lock()  # one message written at a time
         self._tls_lock = threading.Lock()  # one call into the TLS object at a time
         self._closed = False  # aborted or closing: no more calls into TLS
@@ -212,16 +215,27 @@ class Session:
     # --- sending ----------------------------------------------------------
 
     async def send(self, msg: Message, arrays: Sequence[np.ndarray] = (),
-                   release: threading.Event | None = None) -> int:
+                   release: threading.Event | None = None, *, timeout: float | None) -> int:
         """Send a message and, for weights messages, its chunks. Returns bytes sent.
 
         Chunks go out from an I/O thread, straight from ``arrays`` (no copy);
-        if this is cancelled midway, the connection is aborted (a half-sent
-        message leaves it unusable). With ``release``, the message's last
-        bytes wait until it is set: the peer has the message only once they
-        arrive. Meanwhile one byte of them goes out every ``keepalive_s``, so
-        the peer does not take the wait for silence.
+        if this is cancelled midway, or ``timeout`` passes first (waiting for
+        an earlier message included), the connection is aborted (a half-sent
+        message leaves it unusable). ``timeout`` None is only for a caller
+        that bounds the send itself (the wait for ``release`` is not the
+        peer's time). With ``release``, the message's last bytes wait until
+        it is set: the peer has the message only once they arrive. Meanwhile
+        one byte of them goes out every ``keepalive_s``, so the peer does not
+        take the wait for silence.
+
+        Raises:
+            TimeoutError: not sent within ``timeout``.
         """
+        if timeout is None:
+            return await self._send(msg, arrays, release)
+        return await asyncio.wait_for(self._send(msg, arrays, release), timeout)
+
+    async def _send(self, msg: Message, arrays: Sequence[np.ndarray], release: threading.Event | None) -> int:
         async with self._lock:
             if any(np.asarray(a).size for a in arrays):
                 return await self._in_thread(self._send_blocking, msg, arrays, release)
@@ -297,7 +311,7 @@ class Session:
         if self.conn.we_finished:
             return
         try:
-            await asyncio.wait_for(self.send(Error(code=code, message=message)), 5.0)
+            await self.send(Error(code=code, message=message), timeout=5.0)
         except Exception:  # noqa: BLE001 - the peer may be gone already
             pass
 
