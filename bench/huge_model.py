@@ -105,7 +105,7 @@ def run_worker(addr: str, token: str, name: str, weights_file: str, sizes: list[
         raise AssertionError("no end of message")
 
     it = events()
-    send(Hello(name=name))
+    send(Hello(name=name, instance=os.urandom(16)))
     ch = next(it)
     assert isinstance(ch, Challenge)
     send(Auth(tls.auth_mac(tok.secret, ch.nonce, tok.fingerprint, name)))

@@ -6,6 +6,31 @@ user can act on.
 
 from __future__ import annotations
 
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``code`` of an ``Error`` message (protocol.md section 8).
+
+    A ``str`` enum: each member equals its wire string, so code that compares
+    or passes plain strings keeps working.
+    """
+
+    BAD_FRAME = "bad_frame"  # undecodable frame or body
+    FRAME_TOO_LARGE = "frame_too_large"  # header announced more than the frame limit
+    UNSUPPORTED_VERSION = "unsupported_version"  # protocol version not spoken here
+    OUT_OF_ORDER = "out_of_order"  # message not allowed in the current state
+    BAD_MESSAGE = "bad_message"  # well-formed msgpack, wrong fields or types
+    LIMIT_EXCEEDED = "limit_exceeded"  # too many tensors, elements, bytes, ...
+    AUTH_FAILED = "auth_failed"  # wrong token / HMAC
+    SIGNATURE_MISMATCH = "signature_mismatch"  # tensor count, shapes or dtypes differ from the model
+    INVALID_WEIGHTS = "invalid_weights"  # NaN or Inf in an update
+    TIMEOUT = "timeout"  # peer too slow (handshake, idle)
+    BUSY = "busy"  # chief at capacity
+    SHUTDOWN = "shutdown"  # chief is stopping
+    INTERNAL = "internal"  # a bug on the sender's side
+    NAME_IN_USE = "name_in_use"  # the name is held by another running worker
+
 
 class FedsockError(Exception):
     """Base class of every error fedsock raises on purpose."""
@@ -20,11 +45,14 @@ class RemoteProtocolError(FedsockError):
 
     Attributes:
         code: the wire error code to send back in an ``Error`` message.
+
+    Raises:
+        ValueError: ``code`` is not one of ``ErrorCode`` (a bug of the caller).
     """
 
-    def __init__(self, message: str, code: str = "bad_message") -> None:
+    def __init__(self, message: str, code: ErrorCode | str = ErrorCode.BAD_MESSAGE) -> None:
         super().__init__(message)
-        self.code = code
+        self.code: ErrorCode = ErrorCode(code)
 
 
 class ConnectionTruncated(RemoteProtocolError):
@@ -32,7 +60,7 @@ class ConnectionTruncated(RemoteProtocolError):
     connection or a killed peer, rather than a malformed message)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="bad_frame")
+        super().__init__(message, code=ErrorCode.BAD_FRAME)
 
 
 class PeerError(FedsockError):

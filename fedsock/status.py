@@ -15,7 +15,7 @@ import ssl
 import time
 from dataclasses import asdict
 
-from fedsock import tls
+from fedsock import limits, tls
 from fedsock.errors import AuthenticationError, ConnectError, PeerError, RemoteProtocolError
 from fedsock.protocol import (
     NEED_DATA,
@@ -64,7 +64,8 @@ def query_status(address: str, token: str | None = None, name: str | None = None
         with tls.client_context().wrap_socket(raw, server_hostname=host) as sock:
             tls.check_pinned(sock, tok.fingerprint)
             conn = Connection(Role.WORKER)
-            sock.sendall(conn.send(Hello(name=name, capabilities=(STATUS_CAPABILITY,))))
+            sock.sendall(conn.send(Hello(name=name, capabilities=(STATUS_CAPABILITY,),
+                                         instance=os.urandom(limits.INSTANCE_ID_BYTES))))
             challenge = _next(sock, conn)
             if not isinstance(challenge, Challenge):
                 raise RemoteProtocolError(f"expected Challenge, got {type(challenge).__name__}")

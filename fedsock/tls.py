@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import ipaddress
 import os
-import re
 import secrets
 import socket
 import ssl
@@ -22,23 +21,23 @@ from pathlib import Path
 
 from fedsock import limits
 from fedsock.errors import AuthenticationError, ConfigError
+from fedsock.protocol.identity import NAME_RULE, is_valid_name
 
 TOKEN_PREFIX = "fs1"
 AUTH_LABEL = b"fedsock-auth-v1\x00"
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-
-
 def check_name(name: str) -> str:
-    """A worker identity usable in per-worker tokens.
+    """A worker name given by the user (``--name``, per-worker tokens, certificates).
+
+    The rule is Hello's (``fedsock.protocol.identity``), with a ``ConfigError``.
 
     Raises:
         ConfigError: empty, too long, or with characters other than letters,
             digits and ``_ . @ -``.
     """
-    if not NAME_RE.match(name):
-        raise ConfigError(f"bad worker name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-'")
+    if not is_valid_name(name):
+        raise ConfigError(f"bad worker name {name!r}: use {NAME_RULE}")
     return name
 
 

@@ -32,7 +32,7 @@ with atheris.instrument_imports(include=["fedsock", "msgpack"]):
     )
     from fedsock.protocol.messages import Chunk, Done, Global, Update
 
-WELCOME = Welcome(1, 0, Plan(3, 1, 1), tensors=(), has_weights=False)
+WELCOME = Welcome(1, 0, Plan(3, 1, 1), tensors=(), has_weights=False, reconnect_secret=bytes(32))
 
 
 def run(data: bytes) -> None:
@@ -44,7 +44,7 @@ def run(data: bytes) -> None:
     stream = data[2:]
     conn = Connection(role)
     if role is Role.WORKER:
-        conn.send(Hello(name="fuzz"))
+        conn.send(Hello(name="fuzz", instance=bytes(16)))
     assembler: TensorAssembler | None = None
     try:
         for i in range(0, len(stream) + 1, piece):

@@ -41,10 +41,10 @@ def conversation() -> tuple[bytes, bytes]:
     arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float16), np.zeros((0,), np.float32)]
     specs = specs_of(arrays)
     for sender, dst, msg, chunks in [
-        (w, c, Hello(name="corpus"), ()),
+        (w, c, Hello(name="corpus", instance=bytes(range(16))), ()),
         (c, w, Challenge(b"n" * 32), ()),
         (w, c, Auth(b"m" * 32), ()),
-        (c, w, Welcome(1, 0, Plan(2, 5, 8), tensors=specs, has_weights=True), arrays),
+        (c, w, Welcome(1, 0, Plan(2, 5, 8), tensors=specs, has_weights=True, reconnect_secret=bytes(32)), arrays),
         (w, c, Update(1, 10, specs, {"loss": 0.5}), arrays),
         (w, c, Heartbeat(), ()),
         (c, w, Global(1, specs), arrays),
@@ -81,10 +81,10 @@ def secagg_conversation() -> tuple[bytes, bytes]:
     mspecs = specs_of(masked)
     key = bytes(range(32))
     for sender, dst, msg, chunks in [
-        (w, c, Hello(name="corpus"), ()),
+        (w, c, Hello(name="corpus", instance=bytes(range(16))), ()),
         (c, w, Challenge(b"n" * 32), ()),
         (w, c, Auth(b"m" * 32), ()),
-        (c, w, Welcome(1, 0, Plan(2, 5, 8, secure_agg=True)), ()),
+        (c, w, Welcome(1, 0, Plan(2, 5, 8, secure_agg=True), reconnect_secret=bytes(32)), ()),
         (w, c, SecAggKeys(1, key, key[::-1]), ()),
         (c, w, SecAggRoster(1, 1, 1, 2, 2, 2, (Peer(1, key, key[::-1]), Peer(2, key[::-1], key))), ()),
         (w, c, SecAggShares(1, 1, ((2, b"s" * 160),)), ()),

@@ -32,8 +32,9 @@ from fedsock.protocol import (
 def handshaken() -> tuple[Connection, Connection]:
     """A worker and a chief Connection past the handshake, the chief waiting for an Update."""
     w, c = Connection(Role.WORKER), Connection(Role.CHIEF)
-    for sender, dst, msg in [(w, c, Hello(name="t")), (c, w, Challenge(b"n" * 32)), (w, c, Auth(b"m" * 32)),
-                             (c, w, Welcome(1, 0, Plan(2, 5, 8)))]:
+    for sender, dst, msg in [(w, c, Hello(name="t", instance=bytes(16))),
+                             (c, w, Challenge(b"n" * 32)), (w, c, Auth(b"m" * 32)),
+                             (c, w, Welcome(1, 0, Plan(2, 5, 8), reconnect_secret=bytes(32)))]:
         dst.receive_data(sender.send(msg))
         while dst.next_event() is not NEED_DATA:
             pass

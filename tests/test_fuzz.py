@@ -28,6 +28,8 @@ from fedsock.protocol import (
 )
 from fedsock.protocol.messages import Chunk, Done
 
+INSTANCE = bytes(16)
+SECRET = bytes(32)
 MESSAGE_TYPES = (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, EndOfMessage)
 
 
@@ -37,7 +39,7 @@ def drain(conn: Connection, data: bytes, eof: bool = True) -> list:
     says Hello first and answers Challenge with Auth). Returns the events, or
     raises RemoteProtocolError."""
     if conn.role is Role.WORKER:
-        conn.send(Hello(name="fuzz"))
+        conn.send(Hello(name="fuzz", instance=INSTANCE))
     conn.receive_data(data)
     if eof:
         conn.receive_data(b"")
@@ -51,7 +53,7 @@ def drain(conn: Connection, data: bytes, eof: bool = True) -> list:
         if isinstance(ev, Hello):
             conn.send(Challenge(b"c" * 32))
         elif isinstance(ev, Auth):
-            conn.send(Welcome(1, 0, Plan(1, 1, 1), tensors=(), has_weights=False))
+            conn.send(Welcome(1, 0, Plan(1, 1, 1), tensors=(), has_weights=False, reconnect_secret=SECRET))
         elif isinstance(ev, Challenge):
             conn.send(Auth(b"a" * 32))
     return events
@@ -75,10 +77,10 @@ def real_worker_stream() -> bytes:
         out += data
         _deliver(data, c)
 
-    worker_sends(Hello(name="fuzz"))
+    worker_sends(Hello(name="fuzz", instance=INSTANCE))
     _deliver(c.send(Challenge(b"c" * 32)), w)
     worker_sends(Auth(b"a" * 32))
-    _deliver(c.send(Welcome(1, 0, Plan(1, 1, 1), tensors=(), has_weights=False)), w)
+    _deliver(c.send(Welcome(1, 0, Plan(1, 1, 1), tensors=(), has_weights=False, reconnect_secret=SECRET)), w)
     worker_sends(Update(1, 3, specs_of(arrays), {"loss": 1.0}))
     global CHUNKS_START
     CHUNKS_START = len(out)
@@ -143,7 +145,7 @@ def _frame(i: int) -> bytes:
     from fedsock.protocol import frames
 
     msgs = [
-        Hello(name="x"), Auth(b"a" * 32), Update(1, 1, specs_of([np.zeros(2, np.float32)])),
+        Hello(name="x", instance=INSTANCE), Auth(b"a" * 32), Update(1, 1, specs_of([np.zeros(2, np.float32)])),
         Heartbeat(), Error("internal", "x"), Global(1, ()),
     ]
     m = msgs[i]

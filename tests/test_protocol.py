@@ -33,6 +33,8 @@ from fedsock.protocol import (
 )
 
 PLAN = Plan(rounds=3, sync_every=5, batch_size=8)
+INSTANCE = bytes(range(16))
+SECRET = bytes(range(32))
 
 
 def pump(src_bytes: bytes, dst: Connection) -> list:
@@ -53,13 +55,13 @@ def send_weights(conn: Connection, msg, arrays, chunk_bytes=limits.CHUNK_BYTES) 
 
 def handshake(weights=None):
     worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
-    assert pump(worker.send(Hello(name="w1")), chief) == [Hello(name="w1")]
+    assert pump(worker.send(Hello(name="w1", instance=INSTANCE)), chief) == [Hello(name="w1", instance=INSTANCE)]
     nonce = b"n" * 32
     assert pump(chief.send(Challenge(nonce)), worker) == [Challenge(nonce)]
     assert pump(worker.send(Auth(b"m" * 32)), chief) == [Auth(b"m" * 32)]
     arrays = weights if weights is not None else [np.arange(6, dtype=np.float32).reshape(2, 3)]
     specs = specs_of(arrays)
-    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=specs, has_weights=True)
+    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=specs, has_weights=True, reconnect_secret=SECRET)
     events = pump(send_weights(chief, welcome, arrays), worker)
     assert events[0] == welcome and events[-1] == EndOfMessage(Kind.WELCOME)
     assert worker.phase is Phase.ESTABLISHED and chief.phase is Phase.ESTABLISHED
@@ -150,7 +152,7 @@ def test_other_protocols_rejected(data):
 
 
 def test_wrong_version_rejected():
-    body = frames.pack_body(Hello(name="x").to_body())
+    body = frames.pack_body(Hello(name="x", instance=INSTANCE).to_body())
     header = frames.HEADER.pack(frames.MAGIC, 2, Kind.HELLO, len(body))
     with pytest.raises(RemoteProtocolError) as ei:
         pump(header + body, Connection(Role.CHIEF))
@@ -221,12 +223,9 @@ def test_tensor_limits_checked_before_allocation():
     assert ei.value.code == "limit_exceeded"
 
 
-def test_ext_types_and_deep_nesting_rejected():
+def test_deep_nesting_rejected():
     import msgpack
 
-    body = msgpack.packb({"version": 1, "name": "x", "capabilities": [msgpack.ExtType(5, b"zz")]})
-    with pytest.raises(RemoteProtocolError):
-        pump(frames.encode_header(Kind.HELLO, len(body)) + body, Connection(Role.CHIEF))
     nested: object = []
     for _ in range(limits.MAX_NESTING + 2):
         nested = [nested]
@@ -301,7 +300,7 @@ def test_direct_chunk_reception_equals_decoding(piece):
 
 
 def test_direct_chunk_leaves_other_layouts_and_bad_chunks_to_next_event():
-    from fedsock.protocol.connection import _chunk_prefix
+    from fedsock.protocol.chunking import chunk_prefix
 
     worker, chief, arrays = handshake()
     raw = arrays[0].tobytes()
@@ -312,7 +311,7 @@ def test_direct_chunk_leaves_other_layouts_and_bad_chunks_to_next_event():
     assert chief.direct_chunk() is None
     assert chief.next_event() == Chunk(0, 0, raw[:8])
     # a canonical chunk at the wrong offset is not taken directly; next_event rejects it
-    body = _chunk_prefix(0, 12, 4) + raw[12:16]
+    body = chunk_prefix(0, 12, 4) + raw[12:16]
     chief.receive_data(frames.encode_header(Kind.CHUNK, len(body)) + body)
     assert chief.direct_chunk() is None
     with pytest.raises(RemoteProtocolError, match="offset 8"):
@@ -334,3 +333,87 @@ def test_eof_inside_direct_chunk_data_is_a_truncation():
     chief.receive_data(b"")
     with pytest.raises(ConnectionTruncated):
         chief.next_event()
+
+
+# --- errors the h11 way --------------------------------------------------------
+
+
+def test_a_kind_not_allowed_now_is_out_of_order_on_its_header_alone():
+    for kind in (Kind.SECAGG_KEYS, Kind.UPDATE, Kind.CHUNK, Kind.WELCOME):
+        chief = Connection(Role.CHIEF)
+        chief.receive_data(frames.encode_header(kind, 0))  # an empty body would be bad_frame
+        with pytest.raises(RemoteProtocolError) as ei:
+            chief.next_event()
+        assert ei.value.code == "out_of_order", kind
+
+
+def test_received_misuse_is_remote_and_own_misuse_is_local():
+    worker, chief, arrays = handshake()
+    with pytest.raises(LocalProtocolError, match="may not send GLOBAL"):
+        worker.send(Global(1, ()))
+    rogue = Connection(Role.CHIEF, phase=Phase.ESTABLISHED)
+    with pytest.raises(RemoteProtocolError, match="may not send UPDATE") as ei:
+        pump(rogue.send(Global(1, ())).replace(bytes([Kind.GLOBAL]), bytes([Kind.UPDATE]), 1), worker)
+    assert not isinstance(ei.value, LocalProtocolError) and ei.value.code == "out_of_order"
+
+
+@pytest.mark.parametrize("where", ["top", "nested", "empty"])
+def test_ext_types_are_bad_frame_at_any_depth(where):
+    import msgpack
+
+    ext = msgpack.ExtType(5, b"" if where == "empty" else b"zz")
+    body = {"version": 1, "name": "x", "capabilities": [], "instance": bytes(16)}
+    body["capabilities" if where != "top" else "extra"] = [ext] if where != "top" else ext
+    packed = msgpack.packb(body)
+    with pytest.raises(RemoteProtocolError, match="ext") as ei:
+        pump(frames.encode_header(Kind.HELLO, len(packed)) + packed, Connection(Role.CHIEF))
+    assert ei.value.code == "bad_frame"
+
+
+def test_a_timestamp_ext_is_bad_frame_too():
+    body = b"\x82\xa1a\x01\xa1b\xd6\xff\x00\x00\x00\x00"  # {"a": 1, "b": Timestamp(0)}
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(frames.encode_header(Kind.HELLO, len(body)) + body, Connection(Role.CHIEF))
+    assert ei.value.code == "bad_frame"
+
+
+def test_a_decoder_bug_propagates_instead_of_becoming_a_protocol_error(monkeypatch):
+    from fedsock.protocol import connection
+
+    def broken(body):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setitem(connection.CLASSES, Kind.HELLO, broken)
+    data = Connection(Role.WORKER).send(Hello(name="w1", instance=INSTANCE))
+    with pytest.raises(ZeroDivisionError, match="planted"):
+        pump(data, Connection(Role.CHIEF))
+
+
+def test_send_and_send_parts_write_the_same_bytes():
+    worker, chief, arrays = handshake()
+    twin_w, twin_c, _ = handshake()
+    upd = Update(1, 1, specs_of(arrays))
+    assert worker.send(upd) == b"".join(twin_w.send_parts(upd))
+    for c in iter_chunks(arrays, 8):
+        assert worker.send(c) == b"".join(bytes(p) for p in twin_w.send_parts(c))
+    # and both refuse the same misuse
+    for conn in (worker, twin_w):
+        with pytest.raises(LocalProtocolError):
+            conn.send_parts(Chunk(0, 0, b"x"))
+
+
+def test_every_message_class_is_exported():
+    import fedsock.protocol as protocol
+    from fedsock.protocol.connection import CLASSES
+
+    for decoder in CLASSES.values():
+        cls = decoder.__self__  # type: ignore[attr-defined]
+        assert getattr(protocol, cls.__name__) is cls
+
+
+def test_remote_protocol_error_codes_are_error_codes():
+    from fedsock.errors import ErrorCode
+
+    with pytest.raises(RemoteProtocolError) as ei:
+        pump(b"garbage!", Connection(Role.CHIEF))
+    assert ei.value.code is ErrorCode.BAD_FRAME

@@ -8,6 +8,7 @@ connection within a bound, and the honest workers must keep finishing rounds.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import socket
 import ssl
@@ -104,7 +105,7 @@ class Raw:
                 return ev
 
     def join(self, name: str, mac: bytes | None = None) -> tuple[bytes, bytes]:
-        self.send(Hello(name=name))
+        self.send(Hello(name=name, instance=os.urandom(16)))
         nonce = self.until(Challenge).nonce
         mac = mac or tls.auth_mac(self.token.secret, nonce, self.token.fingerprint, name)
         self.send(Auth(mac))
@@ -197,7 +198,7 @@ def test_replayed_auth_is_refused(live):
     _, mac = first.join("replayer")
     first.sock.close()
     second = Raw(chief.address, chief.token)
-    second.send(Hello(name="replayer"))
+    second.send(Hello(name="replayer", instance=os.urandom(16)))
     second.until(Challenge)
     second.send(Auth(mac))  # valid for the first connection's nonce only
     err = second.error()

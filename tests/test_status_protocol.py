@@ -33,7 +33,7 @@ def handshake(capabilities: tuple[str, ...]) -> tuple[Connection, Connection]:
     from fedsock.protocol import Hello
 
     worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
-    pump(worker.send(Hello(name="q", capabilities=capabilities)), chief)
+    pump(worker.send(Hello(name="q", capabilities=capabilities, instance=bytes(16))), chief)
     pump(chief.send(Challenge(b"n" * 32)), worker)
     pump(worker.send(Auth(b"m" * 32)), chief)
     return worker, chief
@@ -53,10 +53,10 @@ def test_status_query_gets_status_and_the_chief_side_ends():
 def test_status_query_never_gets_welcome():
     worker, chief = handshake((STATUS_CAPABILITY,))
     with pytest.raises(LocalProtocolError):
-        chief.send(Welcome(1, 0, Plan(1, 1, 1)))
+        chief.send(Welcome(1, 0, Plan(1, 1, 1), reconnect_secret=bytes(32)))
     # and a chief that sends one anyway is refused by the querying side
     rogue = Connection(Role.CHIEF, phase=Phase.WELCOME)
-    frame = rogue.send(Welcome(1, 0, Plan(1, 1, 1)))
+    frame = rogue.send(Welcome(1, 0, Plan(1, 1, 1), reconnect_secret=bytes(32)))
     with pytest.raises(RemoteProtocolError) as exc:
         pump(frame, worker)
     assert exc.value.code == "out_of_order"

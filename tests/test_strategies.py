@@ -129,11 +129,12 @@ def test_chief_help_documents_every_strategy(capsys):
 
 def roundtrip(plan: Plan) -> Plan:
     chief, worker = Connection(Role.CHIEF), Connection(Role.WORKER)
-    for sender, receiver, msg in ((worker, chief, Hello(name="w")), (chief, worker, Challenge(b"n" * 32)),
+    for sender, receiver, msg in ((worker, chief, Hello(name="w", instance=bytes(16))),
+                                  (chief, worker, Challenge(b"n" * 32)),
                                   (worker, chief, Auth(b"m" * 32))):
         receiver.receive_data(sender.send(msg))
         assert receiver.next_event() == msg
-    worker.receive_data(chief.send(Welcome(1, 0, plan)))
+    worker.receive_data(chief.send(Welcome(1, 0, plan, reconnect_secret=bytes(32))))
     ev = worker.next_event()
     assert isinstance(ev, Welcome)
     return ev.plan

@@ -39,8 +39,9 @@ def _established() -> tuple[Connection, Connection]:
     from fedsock.protocol import Auth, Challenge, Hello
 
     w, c = Connection(Role.WORKER), Connection(Role.CHIEF)
-    for sender, receiver, msg in ((w, c, Hello("w")), (c, w, Challenge(bytes(32))), (w, c, Auth(bytes(32))),
-                                  (c, w, Welcome(1, 0, Plan(1, 1, 1)))):
+    for sender, receiver, msg in ((w, c, Hello("w", instance=bytes(16))),
+                                  (c, w, Challenge(bytes(32))), (w, c, Auth(bytes(32))),
+                                  (c, w, Welcome(1, 0, Plan(1, 1, 1), reconnect_secret=bytes(32)))):
         receiver.receive_data(sender.send(msg))
         while receiver.next_event() is not NEED_DATA:
             pass

@@ -40,9 +40,11 @@ from fedsock.protocol import (
     frames,
     iter_chunks,
     make_error,
+    reconnect_proof,
     specs_of,
 )
 from fedsock.protocol.compression import parse_compression
+from fedsock.protocol.identity import RESUME_LABEL
 from fedsock.protocol.messages import TensorSpec
 from fedsock.protocol.secagg import (
     Peer,
@@ -61,8 +63,11 @@ from fedsock.worker.compress import UpdateEncoder
 # --- fixed example values ---------------------------------------------------
 SECRET = bytes(range(0x00, 0x20))  # the join secret (never sent)
 NONCE = bytes(range(0x20, 0x40))  # the chief's challenge
+NONCE2 = bytes(range(0x90, 0xB0))  # the challenge of a later connection
 FINGERPRINT = bytes(range(0x40, 0x60))  # SHA-256 of the chief's DER certificate
 NAME = "worker-1"
+INSTANCE = bytes(range(0x60, 0x70))  # the worker process's instance id (random in real use)
+RECONNECT_SECRET = bytes(range(0x70, 0x90))  # issued in the Welcome (random in real use)
 NAMES = ["dense/kernel", "dense/bias"]
 PLAN = Plan(rounds=3, sync_every=50, batch_size=32)
 
@@ -152,11 +157,12 @@ def send(title: str, sender: Connection, receiver: Connection, msg: Any,
 
 
 def handshake(worker: Connection, chief: Connection, quiet: bool, compress: str = "none") -> None:
-    send("Hello (worker -> chief)", worker, chief, Hello(name=NAME), quiet=quiet)
+    send("Hello (worker -> chief)", worker, chief, Hello(name=NAME, instance=INSTANCE), quiet=quiet)
     send("Challenge (chief -> worker)", chief, worker, Challenge(NONCE), quiet=quiet)
     mac = tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)
     send("Auth (worker -> chief)", worker, chief, Auth(mac), quiet=quiet)
-    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True, compress=compress)
+    welcome = Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True, compress=compress,
+                      reconnect_secret=RECONNECT_SECRET)
     title = "Welcome (chief -> worker)" + ("" if compress == "none" else f", compress {compress!r}")
     send(title, chief, worker, welcome, INITIAL, quiet=quiet)
 
@@ -168,7 +174,8 @@ def compressed(mode: str, show_welcome: bool) -> None:
     if show_welcome:
         dump(f"Welcome (chief -> worker), compress {mode!r} (its weights' Chunks as above)",
              Connection(Role.CHIEF, phase=Phase.WELCOME).send(
-                 Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True, compress=mode)))
+                 Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True, compress=mode,
+                         reconnect_secret=RECONNECT_SECRET)))
     specs, payloads = UpdateEncoder(parse_compression(mode)).encode(TRAINED, INITIAL, SPECS)
     update = Update(round=1, num_examples=100, tensors=specs, metrics={"loss": 0.125})
     send(f"Update (worker -> chief), {mode}: deltas from the round-0 weights", worker, chief, update, payloads)
@@ -187,6 +194,15 @@ def auth_example() -> None:
     print(f"HMAC input ({len(label_nonce_fp_name)} bytes):")
     print(hexdump(label_nonce_fp_name))
     print(f"mac          {mac.hex()}")
+    print()
+    resume_input = RESUME_LABEL + NONCE2 + NAME.encode()
+    print("=== Reconnect proof example (fedsock.protocol.reconnect_proof)")
+    print(f"reconnect secret  {RECONNECT_SECRET.hex()}")
+    print(f"nonce             {NONCE2.hex()}")
+    print(f"name              {NAME!r} = {NAME.encode().hex()}")
+    print(f"HMAC input ({len(resume_input)} bytes):")
+    print(hexdump(resume_input))
+    print(f"resume            {reconnect_proof(RECONNECT_SECRET, NONCE2, NAME).hex()}")
     print()
 
 
@@ -287,14 +303,23 @@ def main() -> None:
     assert isinstance(error, Error)
     send("Error (chief -> worker)", chief, worker, error)
 
+    # The same worker reconnecting: its Auth proves it holds the first Welcome's reconnect secret.
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    send("Hello", worker, chief, Hello(name=NAME, instance=INSTANCE), quiet=True)
+    send("Challenge", chief, worker, Challenge(NONCE2), quiet=True)
+    resume = Auth(tls.auth_mac(SECRET, NONCE2, FINGERPRINT, NAME),
+                  resume=reconnect_proof(RECONNECT_SECRET, NONCE2, NAME))
+    send("Auth with resume (worker -> chief), on a reconnection", worker, chief, resume)
+
     # A third: the Welcome of a FedProx chief (--strategy fedprox --mu 0.01), the
     # only case in which the plan carries "mu".
     worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
-    send("Hello", worker, chief, Hello(name=NAME), quiet=True)
+    send("Hello", worker, chief, Hello(name=NAME, instance=INSTANCE), quiet=True)
     send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
     send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
     prox = Plan(rounds=3, sync_every=50, batch_size=32, mu=0.01)
-    welcome = Welcome(worker_id=1, round=0, plan=prox, tensors=SPECS, has_weights=True)
+    welcome = Welcome(worker_id=1, round=0, plan=prox, tensors=SPECS, has_weights=True,
+                      reconnect_secret=RECONNECT_SECRET)
     frame = chief.send(welcome)
     assert deliver(frame, worker) == [welcome]
     dump("Welcome with a FedProx plan (chief -> worker)", frame)
@@ -310,7 +335,7 @@ def main() -> None:
     print()
     query, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
     send("Hello with the status capability (query -> chief)", query, chief,
-         Hello(name="status-1", capabilities=("status",)))
+         Hello(name="status-1", capabilities=("status",), instance=INSTANCE))
     send("Challenge", chief, query, Challenge(NONCE), quiet=True)
     send("Auth", query, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, "status-1")), quiet=True)
     status = Status(

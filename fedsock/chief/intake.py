@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol import TensorSpec
 
 
@@ -32,10 +32,10 @@ def check_update(specs: Sequence[TensorSpec], num_examples: int, compress: str, 
             continue
         if mode == "none":
             raise RemoteProtocolError(f"tensor {spec.name!r} is encoded ({spec.enc.kind}), but this chief did "
-                                      "not ask for compression", code="bad_message")
+                                      "not ask for compression", code=ErrorCode.BAD_MESSAGE)
         if spec.enc.kind != mode:
             raise RemoteProtocolError(f"tensor {spec.name!r} is encoded as {spec.enc.kind}, but this chief asked "
-                                      f"for {compress}", code="bad_message")
+                                      f"for {compress}", code=ErrorCode.BAD_MESSAGE)
     if num_examples > max_examples:
         raise RemoteProtocolError(f"num_examples {num_examples} is over this chief's limit of {max_examples} "
-                                  "(its --max-examples)", code="limit_exceeded")
+                                  "(its --max-examples)", code=ErrorCode.LIMIT_EXCEEDED)

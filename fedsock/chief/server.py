@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import itertools
 import logging
 import os
@@ -41,7 +40,7 @@ from fedsock.chief.sendslots import SendSlots
 from fedsock.chief.session import Session
 from fedsock.chief.staging import StagingBudget
 from fedsock.chief.tokens import TokenStore
-from fedsock.errors import ConfigError, RemoteProtocolError
+from fedsock.errors import ConfigError, ErrorCode, RemoteProtocolError
 from fedsock.protocol import (
     Auth,
     ConnectionClosed,
@@ -53,6 +52,8 @@ from fedsock.protocol import (
     Plan,
     Update,
     Welcome,
+    check_name,
+    verify_reconnect_proof,
 )
 from fedsock.protocol.connection import message_bytes
 from fedsock.protocol.messages import Challenge
@@ -61,8 +62,6 @@ from fedsock.protocol.tensors import check_signature
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")
-#: Whether the protocol's Welcome carries a reconnect secret yet.
-_WELCOME_HAS_SECRET = "reconnect_secret" in {f.name for f in dataclasses.fields(Welcome)}
 #: Most weights messages (Global, Done) being written at once. Each takes an
 #: I/O thread and the kernel buffers of its connection, so this bounds the
 #: chief's threads and memory when a round ends for a thousand workers at once.
@@ -393,11 +392,7 @@ class Chief:
         hello = await self._handshake_event(s, Hello)
         if hello is None:
             return False
-        try:  # before the name reaches a log: it may hold newlines or terminal escapes
-            s.name = tls.check_name(hello.name)
-        except ConfigError:
-            raise RemoteProtocolError("Hello: bad worker name: use 1-64 letters, digits, '_', '.', '@' or '-'",
-                                      code="bad_message") from None
+        s.name = check_name(hello.name)  # Hello's decoder checked it too: a name reaches logs only checked
         nonce = secrets.token_bytes(limits.NONCE_BYTES)
         await s.send(Challenge(nonce), timeout=self.config.handshake_timeout)
         auth = await self._handshake_event(s, Auth)
@@ -413,19 +408,15 @@ class Chief:
             await s.send(self.monitor.status(self.controller, self._sessions), timeout=self.config.handshake_timeout)
             log.info("answered a status query from %r (%s)", s.name, s.peer)
             return False
-        resume: bytes | None = getattr(auth, "resume", None)  # Auth.resume, once the protocol carries it
         secret = self.registry.reconnect_secret(s.name)
-        proven = False
-        if resume is not None and secret is not None:
-            from fedsock.protocol import verify_reconnect_proof
-
-            proven = verify_reconnect_proof(secret, nonce, s.name, resume)
+        proven = (auth.resume is not None and secret is not None
+                  and verify_reconnect_proof(secret, nonce, s.name, auth.resume))
         s.conn_id = next(self._conn_ids)
-        verdict = self.registry.join(s.name, getattr(hello, "instance", b""), s, proven, time.monotonic())
+        verdict = self.registry.join(s.name, hello.instance, s, proven, time.monotonic())
         if isinstance(verdict, NameInUse):  # not the address's fault: it counts as nothing against it
             log.info("refused %r from %s: the name is held by a running worker for %.0f s more",
                      s.name, s.peer, verdict.wait_s)
-            await s.send_error("name_in_use", verdict.message)
+            await s.send_error(ErrorCode.NAME_IN_USE, verdict.message)
             return False
         if isinstance(verdict, Full):
             await s.send_error("busy", verdict.message)
@@ -492,14 +483,12 @@ class Chief:
         plan = Plan(self.config.rounds, self.config.sync_every, self.config.batch_size, mu,
                     secure_agg=self.config.secure_agg, dp_clip=self.config.dp_clip,
                     dp_noise=self.config.dp_noise)
-        extra: dict[str, Any] = {}
-        if _WELCOME_HAS_SECRET:
-            extra["reconnect_secret"] = s.reconnect_secret
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
-            has_weights=ctrl.has_model, compress=self.config.compress, **extra,
+            has_weights=ctrl.has_model, compress=self.config.compress,
+            reconnect_secret=s.reconnect_secret,
         )
         weights = ctrl.weights if ctrl.weights is not None else []
         await self._send_weights(s, welcome, weights)
@@ -515,7 +504,7 @@ class Chief:
             self._wake.set()
 
     async def _evict(self, old: Session) -> None:
-        await old.send_error("name_in_use", "replaced by a newer connection of this worker")
+        await old.send_error(ErrorCode.NAME_IN_USE, "replaced by a newer connection of this worker")
         old.abort()
 
     def _spawn(self, coro: Any) -> None:

@@ -1,34 +1,51 @@
 """Protocol v1, sans-I/O: frames, messages, tensor codec, connection state.
 
-This package imports no socket, ssl, asyncio or tensorflow.
+This package imports no socket, ssl, asyncio or tensorflow. Every message
+class, the connection state machine, the error codes and the identity helpers
+(worker names, reconnect proofs) are importable from here.
 """
 
+from fedsock.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from fedsock.protocol import frames
+from fedsock.protocol.chunking import message_bytes
+from fedsock.protocol.compression import Compression, Encoding, parse_compression
 from fedsock.protocol.connection import (
     NEED_DATA,
+    AnyMessage,
     Connection,
     ConnectionClosed,
     Event,
-    Phase,
-    Role,
+    NeedData,
     make_error,
 )
 from fedsock.protocol.frames import Kind
+from fedsock.protocol.handshake import Auth, Challenge, Hello, Plan, Welcome
+from fedsock.protocol.identity import check_name, is_valid_name, reconnect_proof, verify_reconnect_proof
 from fedsock.protocol.messages import (
-    Auth,
-    Challenge,
+    ERROR_CODES,
     Chunk,
     Done,
     EndOfMessage,
     Error,
     Global,
     Heartbeat,
-    Hello,
     Message,
-    Plan,
-    TensorSpec,
     Update,
-    Welcome,
 )
+from fedsock.protocol.secagg import (
+    Peer,
+    SecAggAbort,
+    SecAggInbox,
+    SecAggKeys,
+    SecAggMasked,
+    SecAggMessage,
+    SecAggReveal,
+    SecAggRoster,
+    SecAggShares,
+    SecAggUnmask,
+)
+from fedsock.protocol.specs import TensorSpec
+from fedsock.protocol.states import Phase, Role
 from fedsock.protocol.status import STATUS_CAPABILITY, Status, WorkerStatus
 from fedsock.protocol.tensors import (
     TensorAssembler,
@@ -39,9 +56,14 @@ from fedsock.protocol.tensors import (
 )
 
 __all__ = [
-    "NEED_DATA", "Auth", "Challenge", "Chunk", "Connection", "ConnectionClosed", "Done",
-    "EndOfMessage", "Error", "Event", "Global", "Heartbeat", "Hello", "Kind", "Message",
-    "Phase", "Plan", "Role", "STATUS_CAPABILITY", "Status", "TensorAssembler", "TensorSpec", "Update",
+    "ERROR_CODES", "NEED_DATA", "STATUS_CAPABILITY",
+    "AnyMessage", "Auth", "Challenge", "Chunk", "Compression", "Connection", "ConnectionClosed", "Done",
+    "Encoding", "EndOfMessage", "Error", "ErrorCode", "Event", "Global", "Heartbeat", "Hello", "Kind",
+    "LocalProtocolError", "Message", "NeedData", "Peer", "Phase", "Plan", "RemoteProtocolError", "Role",
+    "SecAggAbort", "SecAggInbox", "SecAggKeys", "SecAggMasked", "SecAggMessage", "SecAggReveal",
+    "SecAggRoster", "SecAggShares", "SecAggUnmask", "Status", "TensorAssembler", "TensorSpec", "Update",
     "Welcome", "WorkerStatus",
-    "check_signature", "first_nonfinite", "iter_chunks", "make_error", "specs_of",
+    "check_name", "check_signature", "first_nonfinite", "frames", "is_valid_name", "iter_chunks",
+    "make_error", "message_bytes", "parse_compression", "reconnect_proof", "specs_of",
+    "verify_reconnect_proof",
 ]

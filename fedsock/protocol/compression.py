@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsock.errors import ConfigError, RemoteProtocolError
+from fedsock.errors import ConfigError, ErrorCode, RemoteProtocolError
 
 MODES = ("none", "fp16", "int8", "topk")
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
@@ -82,7 +82,7 @@ class Encoding:
     def from_wire(cls, obj: Any, size: int) -> Encoding:
         """Validate a peer's ``enc`` map for a tensor of ``size`` elements."""
         if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
-            raise RemoteProtocolError("tensor spec: enc must be a map with a string kind", code="bad_message")
+            raise RemoteProtocolError("tensor spec: enc must be a map with a string kind", code=ErrorCode.BAD_MESSAGE)
         kind = obj["kind"]
         if kind == "fp16":
             return cls("fp16")
@@ -90,14 +90,15 @@ class Encoding:
             scale, offset = obj.get("scale"), obj.get("offset")
             if not all(isinstance(v, float) and math.isfinite(v) for v in (scale, offset)) or scale < 0:  # type: ignore[operator]
                 raise RemoteProtocolError("tensor spec: int8 needs finite float scale >= 0 and offset",
-                                          code="bad_message")
+                                          code=ErrorCode.BAD_MESSAGE)
             return cls("int8", scale=scale, offset=offset)  # type: ignore[arg-type]
         if kind == "topk":
             k = obj.get("k")
             if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= size:
-                raise RemoteProtocolError(f"tensor spec: topk k must be an int in 0..{size}", code="bad_message")
+                raise RemoteProtocolError(f"tensor spec: topk k must be an int in 0..{size}",
+                                          code=ErrorCode.BAD_MESSAGE)
             return cls("topk", k=k)
-        raise RemoteProtocolError(f"tensor spec: unknown encoding {kind!r}", code="bad_message")
+        raise RemoteProtocolError(f"tensor spec: unknown encoding {kind!r}", code=ErrorCode.BAD_MESSAGE)
 
     def wire_nbytes(self, size: int) -> int:
         """Bytes of the encoded data of a tensor of ``size`` elements."""
@@ -147,7 +148,7 @@ def decode(data: np.ndarray | bytes | memoryview, enc: Encoding, size: int) -> n
     raw = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     if raw.size != enc.wire_nbytes(size):
         raise RemoteProtocolError(f"encoded tensor of {raw.size} bytes, expected {enc.wire_nbytes(size)}",
-                                  code="bad_message")
+                                  code=ErrorCode.BAD_MESSAGE)
     if enc.kind == "fp16":
         out = raw.view("<f2").astype(np.float32)
     elif enc.kind == "int8":
@@ -159,11 +160,11 @@ def decode(data: np.ndarray | bytes | memoryview, enc: Encoding, size: int) -> n
         words = raw.view("<u4")
         idx, vals = words[:k], words[k:].view("<f4")
         if k and (int(idx[-1]) >= size or (k > 1 and not bool(np.all(idx[1:] > idx[:-1])))):
-            raise RemoteProtocolError("topk indices out of range or not ascending", code="bad_message")
+            raise RemoteProtocolError("topk indices out of range or not ascending", code=ErrorCode.BAD_MESSAGE)
         out = np.zeros(size, np.float32)
         out[idx] = vals
     if not np.isfinite(out).all():
-        raise RemoteProtocolError("encoded tensor holds NaN or Inf", code="invalid_weights")
+        raise RemoteProtocolError("encoded tensor holds NaN or Inf", code=ErrorCode.INVALID_WEIGHTS)
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ErrorCode, RemoteProtocolError
 
 
 def require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -15,16 +15,16 @@ def require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what
             (``bool`` never passes for ``int``).
     """
     if name not in body:
-        raise RemoteProtocolError(f"{what}: missing field {name!r}", code="bad_message")
+        raise RemoteProtocolError(f"{what}: missing field {name!r}", code=ErrorCode.BAD_MESSAGE)
     value = body[name]
     # bool is a subclass of int; never accept it where an int is wanted.
     if kind is int and isinstance(value, bool):
-        raise RemoteProtocolError(f"{what}: field {name!r} must be int", code="bad_message")
+        raise RemoteProtocolError(f"{what}: field {name!r} must be int", code=ErrorCode.BAD_MESSAGE)
     if not isinstance(value, kind):
         tname = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise RemoteProtocolError(
             f"{what}: field {name!r} must be {tname}, got {type(value).__name__}",
-            code="bad_message",
+            code=ErrorCode.BAD_MESSAGE,
         )
     return value
 
@@ -32,7 +32,7 @@ def require(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what
 def nonneg(value: int, name: str, what: str) -> int:
     """``value`` if it is in 0 .. 2**63 - 1 (uint63)."""
     if value < 0 or value > 2**63 - 1:
-        raise RemoteProtocolError(f"{what}: field {name!r} out of range", code="bad_message")
+        raise RemoteProtocolError(f"{what}: field {name!r} out of range", code=ErrorCode.BAD_MESSAGE)
     return value
 
 
@@ -41,8 +41,8 @@ def number(body: dict[str, Any], name: str, what: str) -> float:
     value = body.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         if name not in body:
-            raise RemoteProtocolError(f"{what}: missing field {name!r}", code="bad_message")
-        raise RemoteProtocolError(f"{what}: field {name!r} must be a number", code="bad_message")
+            raise RemoteProtocolError(f"{what}: missing field {name!r}", code=ErrorCode.BAD_MESSAGE)
+        raise RemoteProtocolError(f"{what}: field {name!r} must be a number", code=ErrorCode.BAD_MESSAGE)
     return float(value)
 
 
@@ -51,5 +51,5 @@ def metrics_map(body: dict[str, Any], name: str, what: str) -> dict[str, float]:
     raw = require(body, name, dict, what)
     for k, v in raw.items():
         if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise RemoteProtocolError(f"{what}: {name} must map str to number", code="bad_message")
+            raise RemoteProtocolError(f"{what}: {name} must map str to number", code=ErrorCode.BAD_MESSAGE)
     return {k: float(v) for k, v in raw.items()}

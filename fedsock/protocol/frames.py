@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from fedsock import limits
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ErrorCode, RemoteProtocolError
 
 MAGIC = b"FS"
 VERSION = 1
@@ -77,21 +77,23 @@ def decode_header(header: bytes | bytearray | memoryview, max_body: int) -> tupl
         raise RemoteProtocolError(
             f"not a fedsock frame (magic {magic!r}, expected {MAGIC!r}); "
             "is the peer speaking another protocol?",
-            code="bad_frame",
+            code=ErrorCode.BAD_FRAME,
         )
     if version != VERSION:
         raise RemoteProtocolError(
             f"unsupported protocol version {version}; this side speaks {VERSION}",
-            code="unsupported_version",
+            code=ErrorCode.UNSUPPORTED_VERSION,
         )
     try:
         k = Kind(kind)
     except ValueError:
-        raise RemoteProtocolError(f"unknown message kind {kind}", code="bad_frame") from None
+        raise RemoteProtocolError(
+            f"unknown message kind {kind} (kinds are {min(Kind)}-{max(Kind)})", code=ErrorCode.BAD_FRAME
+        ) from None
     if length > max_body:
         raise RemoteProtocolError(
             f"frame body of {length} bytes exceeds the limit of {max_body} bytes",
-            code="frame_too_large",
+            code=ErrorCode.FRAME_TOO_LARGE,
         )
     return k, length
 
@@ -110,8 +112,10 @@ def unpack_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode a message body with explicit limits.
 
     Raises:
-        RemoteProtocolError: for any malformed, oversized, too deeply nested or
-            non-map body, or an ext type. Never any other exception.
+        RemoteProtocolError: ``limit_exceeded`` for a msgpack size limit (or
+            nesting deeper than ``MAX_NESTING``), ``bad_frame`` for anything
+            else msgpack refuses (malformed, trailing bytes, invalid UTF-8, a
+            key neither str nor bin, any ext type) and for a body that is not a map.
     """
     try:
         obj = msgpack.unpackb(
@@ -123,14 +127,21 @@ def unpack_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
             max_bin_len=limits.MAX_FRAME_BYTES,
             max_array_len=limits.MAX_ARRAY_ITEMS,
             max_map_len=limits.MAX_MAP_ITEMS,
-            max_ext_len=0,
+            max_ext_len=0,  # every ext is refused, before its data is copied
             ext_hook=_reject_ext,
         )
-    except Exception as exc:  # msgpack may raise many types; all are the peer's fault
-        code = "limit_exceeded" if "exceeds max" in str(exc) else "bad_frame"
-        raise RemoteProtocolError(f"malformed message body: {exc}", code=code) from None
+    except (ValueError, msgpack.UnpackException) as exc:
+        # msgpack's documented errors: ValueError (ExtraData, FormatError, StackError,
+        # limits, UTF-8, map keys, ext) and UnpackException. Size limits say "exceeds max_...";
+        # an ext type is bad_frame whether its length or our ext_hook refused it.
+        text = str(exc)
+        over = "exceeds max_" in text and "max_ext_len" not in text
+        raise RemoteProtocolError(
+            f"malformed message body: {text}",
+            code=ErrorCode.LIMIT_EXCEEDED if over else ErrorCode.BAD_FRAME,
+        ) from None
     if not isinstance(obj, dict):
-        raise RemoteProtocolError("message body is not a map", code="bad_frame")
+        raise RemoteProtocolError("message body is not a map", code=ErrorCode.BAD_FRAME)
     _check_depth(obj, limits.MAX_NESTING)
     return obj
 
@@ -141,7 +152,7 @@ def _check_depth(obj: Any, budget: int) -> None:
         item, depth = stack.pop()
         if depth > budget:
             raise RemoteProtocolError(
-                f"message nested deeper than {budget} levels", code="limit_exceeded"
+                f"message nested deeper than {budget} levels", code=ErrorCode.LIMIT_EXCEEDED
             )
         if isinstance(item, dict):
             stack.extend((v, depth + 1) for v in item.values())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from fedsock import limits
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol.fields import nonneg, require
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.messages import TensorSpec, specs_from_wire, specs_to_wire
@@ -33,21 +33,21 @@ PUBLIC_KEY_BYTES = 32
 def _key(b: dict[str, Any], name: str, what: str) -> bytes:
     key: bytes = require(b, name, bytes, what)
     if len(key) != PUBLIC_KEY_BYTES:
-        raise RemoteProtocolError(f"{what}: {name} must be {PUBLIC_KEY_BYTES} bytes", code="bad_message")
+        raise RemoteProtocolError(f"{what}: {name} must be {PUBLIC_KEY_BYTES} bytes", code=ErrorCode.BAD_MESSAGE)
     return key
 
 
 def _ids(b: dict[str, Any], name: str, what: str) -> tuple[int, ...]:
     raw = require(b, name, list, what)
     if len(raw) > limits.MAX_WORKERS:
-        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} ids", code="limit_exceeded")
+        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} ids", code=ErrorCode.LIMIT_EXCEEDED)
     ids = []
     for x in raw:
         if isinstance(x, bool) or not isinstance(x, int) or not 0 < x < 2**63:
-            raise RemoteProtocolError(f"{what}: {name} must hold worker ids >= 1", code="bad_message")
+            raise RemoteProtocolError(f"{what}: {name} must hold worker ids >= 1", code=ErrorCode.BAD_MESSAGE)
         ids.append(x)
     if len(set(ids)) != len(ids):
-        raise RemoteProtocolError(f"{what}: {name} repeats an id", code="bad_message")
+        raise RemoteProtocolError(f"{what}: {name} repeats an id", code=ErrorCode.BAD_MESSAGE)
     return tuple(ids)
 
 
@@ -55,17 +55,17 @@ def _pairs(b: dict[str, Any], name: str, what: str, max_bytes: int) -> tuple[tup
     """A list of [worker id, bytes] pairs (ids distinct)."""
     raw = require(b, name, list, what)
     if len(raw) > limits.MAX_WORKERS:
-        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} entries", code="limit_exceeded")
+        raise RemoteProtocolError(f"{what}: more than {limits.MAX_WORKERS} entries", code=ErrorCode.LIMIT_EXCEEDED)
     out = []
     for item in raw:
         if (not isinstance(item, list) or len(item) != 2 or isinstance(item[0], bool)
                 or not isinstance(item[0], int) or not isinstance(item[1], bytes)):
-            raise RemoteProtocolError(f"{what}: {name} entries must be [id, bytes]", code="bad_message")
+            raise RemoteProtocolError(f"{what}: {name} entries must be [id, bytes]", code=ErrorCode.BAD_MESSAGE)
         if not 0 < item[0] < 2**63 or len(item[1]) > max_bytes:
-            raise RemoteProtocolError(f"{what}: bad {name} entry", code="bad_message")
+            raise RemoteProtocolError(f"{what}: bad {name} entry", code=ErrorCode.BAD_MESSAGE)
         out.append((item[0], item[1]))
     if len({i for i, _ in out}) != len(out):
-        raise RemoteProtocolError(f"{what}: {name} repeats an id", code="bad_message")
+        raise RemoteProtocolError(f"{what}: {name} repeats an id", code=ErrorCode.BAD_MESSAGE)
     return tuple(out)
 
 
@@ -131,30 +131,30 @@ class SecAggRoster:
         round_, attempt = _attempt(b, w)
         raw = require(b, "peers", list, w)
         if len(raw) > limits.MAX_WORKERS:
-            raise RemoteProtocolError(f"{w}: more than {limits.MAX_WORKERS} peers", code="limit_exceeded")
+            raise RemoteProtocolError(f"{w}: more than {limits.MAX_WORKERS} peers", code=ErrorCode.LIMIT_EXCEEDED)
         peers = []
         for item in raw:
             if not isinstance(item, list) or len(item) != 3:
                 raise RemoteProtocolError(f"{w}: peers entries must be [id, share_key, mask_key]",
-                                          code="bad_message")
+                                          code=ErrorCode.BAD_MESSAGE)
             entry = {"id": item[0], "share_key": item[1], "mask_key": item[2]}
             pid = require(entry, "id", int, w)
             if not 0 < pid < 2**63:
-                raise RemoteProtocolError(f"{w}: peer id out of range", code="bad_message")
+                raise RemoteProtocolError(f"{w}: peer id out of range", code=ErrorCode.BAD_MESSAGE)
             peers.append(Peer(pid, _key(entry, "share_key", w), _key(entry, "mask_key", w)))
         if len({p.id for p in peers}) != len(peers):
-            raise RemoteProtocolError(f"{w}: peers repeat an id", code="bad_message")
+            raise RemoteProtocolError(f"{w}: peers repeat an id", code=ErrorCode.BAD_MESSAGE)
         you = require(b, "you", int, w)
         threshold = require(b, "threshold", int, w)
         min_survivors = require(b, "min_survivors", int, w)
         workers = require(b, "workers", int, w)
         if not len(peers) <= workers <= limits.MAX_WORKERS:
-            raise RemoteProtocolError(f"{w}: {workers} workers but {len(peers)} peers", code="bad_message")
+            raise RemoteProtocolError(f"{w}: {workers} workers but {len(peers)} peers", code=ErrorCode.BAD_MESSAGE)
         if you not in {p.id for p in peers}:
-            raise RemoteProtocolError(f"{w}: the receiver is not among the peers", code="bad_message")
+            raise RemoteProtocolError(f"{w}: the receiver is not among the peers", code=ErrorCode.BAD_MESSAGE)
         if not 2 <= threshold <= len(peers) or not threshold <= min_survivors <= limits.MAX_WORKERS:
             raise RemoteProtocolError(f"{w}: threshold {threshold} / min_survivors {min_survivors} out of range "
-                                      f"for {len(peers)} peers", code="bad_message")
+                                      f"for {len(peers)} peers", code=ErrorCode.BAD_MESSAGE)
         return cls(round_, attempt, you, threshold, min_survivors, workers, tuple(peers))
 
 
@@ -213,7 +213,7 @@ class SecAggMasked:
         w = "SecAggMasked"
         specs = specs_from_wire(b, w)
         if any(s.dtype != "uint64" for s in specs):
-            raise RemoteProtocolError(f"{w}: masked tensors must be uint64", code="bad_message")
+            raise RemoteProtocolError(f"{w}: masked tensors must be uint64", code=ErrorCode.BAD_MESSAGE)
         return cls(*_attempt(b, w), specs)
 
 
@@ -236,7 +236,7 @@ class SecAggUnmask:
         w = "SecAggUnmask"
         survivors, dropped = _ids(b, "survivors", w), _ids(b, "dropped", w)
         if set(survivors) & set(dropped):
-            raise RemoteProtocolError(f"{w}: a worker is both a survivor and dropped", code="bad_message")
+            raise RemoteProtocolError(f"{w}: a worker is both a survivor and dropped", code=ErrorCode.BAD_MESSAGE)
         return cls(*_attempt(b, w), survivors, dropped)
 
 

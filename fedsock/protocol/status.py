@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fedsock import limits
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol.fields import metrics_map, nonneg, number, require
 from fedsock.protocol.frames import Kind
+from fedsock.protocol.identity import check_name
 
 #: The Hello capability that asks for a Status instead of a Welcome.
 STATUS_CAPABILITY = "status"
@@ -24,7 +25,7 @@ STATUS_CAPABILITY = "status"
 def _seconds(body: dict[str, Any], name: str, what: str) -> float:
     value = number(body, name, what)
     if not (math.isfinite(value) and value >= 0):
-        raise RemoteProtocolError(f"{what}: field {name!r} must be finite and >= 0", code="bad_message")
+        raise RemoteProtocolError(f"{what}: field {name!r} must be finite and >= 0", code=ErrorCode.BAD_MESSAGE)
     return value
 
 
@@ -51,11 +52,12 @@ class WorkerStatus:
     def from_wire(cls, obj: Any) -> WorkerStatus:
         w = "Status worker"
         if not isinstance(obj, dict):
-            raise RemoteProtocolError(f"{w} must be a map", code="bad_message")
+            raise RemoteProtocolError(f"{w} must be a map", code=ErrorCode.BAD_MESSAGE)
         name = require(obj, "name", str, w)
         if len(name.encode()) > limits.MAX_NAME_BYTES:
             raise RemoteProtocolError(f"{w}: name longer than {limits.MAX_NAME_BYTES} bytes",
-                                      code="limit_exceeded")
+                                      code=ErrorCode.LIMIT_EXCEEDED)
+        check_name(name)  # the names a status client prints follow the rule of Hello
         return cls(
             name=name,
             worker_id=nonneg(require(obj, "worker_id", int, w), "worker_id", w),
@@ -110,7 +112,7 @@ class Status:
         if len(workers) > limits.MAX_STATUS_WORKERS:
             raise RemoteProtocolError(
                 f"{w}: {len(workers)} workers exceed the limit of {limits.MAX_STATUS_WORKERS}",
-                code="limit_exceeded",
+                code=ErrorCode.LIMIT_EXCEEDED,
             )
         return cls(
             round=nonneg(require(b, "round", int, w), "round", w),

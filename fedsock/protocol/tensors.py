@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from fedsock import limits
-from fedsock.errors import FedsockError, RemoteProtocolError
+from fedsock.errors import ErrorCode, FedsockError, RemoteProtocolError
 from fedsock.protocol.messages import DTYPES, Chunk, TensorSpec
 
 
@@ -67,13 +67,13 @@ def check_signature(expected: Sequence[TensorSpec], got: Sequence[TensorSpec]) -
     """
     if len(expected) != len(got):
         raise RemoteProtocolError(
-            f"model has {len(expected)} tensors, update has {len(got)}", code="signature_mismatch"
+            f"model has {len(expected)} tensors, update has {len(got)}", code=ErrorCode.SIGNATURE_MISMATCH
         )
     for i, (e, g) in enumerate(zip(expected, got)):
         if e.shape != g.shape or e.dtype != g.dtype:
             raise RemoteProtocolError(
                 f"tensor {i} does not match the model: expected {e.describe()}, got {g.describe()}",
-                code="signature_mismatch",
+                code=ErrorCode.SIGNATURE_MISMATCH,
             )
 
 

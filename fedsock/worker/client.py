@@ -209,6 +209,8 @@ class Client:
             raise ConfigError(f"the {'token' if self._token and self._token.name else 'certificate'} is for "
                               f"worker {own!r}, not {name!r}; drop --name or use the matching credentials")
         self.name = name or own or f"{socket.gethostname()}-{os.getpid()}"
+        #: Sent in every Hello of this Client: the chief tells its reconnects from another worker's.
+        self.instance = os.urandom(limits.INSTANCE_ID_BYTES)
         self._names = list(names) if names is not None else None
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
@@ -370,7 +372,7 @@ class Client:
         return sock
 
     def _handshake_locked(self) -> Welcome:
-        self._send(Hello(name=self.name))
+        self._send(Hello(name=self.name, instance=self.instance))
         ev = self._expect(Challenge)
         assert isinstance(ev, Challenge)
         if self._token is not None:
