@@ -222,7 +222,8 @@ class Chief:
                     work.cancel()
                     log.warning("stopping on a signal after round %d; starting again on %s resumes there",
                                 ctrl.round, cfg.state_dir)
-                    await asyncio.gather(*(s.send_error("shutdown", "the chief is stopping; reconnect later")
+                    await asyncio.gather(*(s.send_error(ErrorCode.SHUTDOWN, "the chief is stopping; reconnect later",
+                                                        timeout=1.0)
                                            for s in list(self._sessions.values())))
                 else:
                     work.result()

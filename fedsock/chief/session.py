@@ -306,12 +306,13 @@ class Session:
         self.last_sent = time.monotonic()
         return n
 
-    async def send_error(self, code: str, message: str) -> None:
-        """Send ``Error`` if still allowed; never raises."""
+    async def send_error(self, code: str, message: str, timeout: float = 5.0) -> None:
+        """Send ``Error`` if still allowed, within ``timeout`` (behind a message still being sent);
+        never raises."""
         if self.conn.we_finished:
             return
         try:
-            await self.send(Error(code=code, message=message), timeout=5.0)
+            await self.send(Error(code=code, message=message), timeout=timeout)
         except Exception:  # noqa: BLE001 - the peer may be gone already
             pass
 
