@@ -121,7 +121,7 @@ def test_stale_updates_are_answered_once_per_round(live):
             ev = r.next()
             if isinstance(ev, Global):
                 globals_ += 1
-    except (TimeoutError, socket.timeout, OSError):
+    except (TimeoutError, OSError):
         pass
     assert globals_ <= max(1, int((time.monotonic() - t0) / 0.5) + 1)
     still_training(honest)
