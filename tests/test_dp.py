@@ -27,6 +27,7 @@ from fedsock.aggregation.dp import (
 )
 from fedsock.chief import ChiefConfig
 from fedsock.chief.display import format_header, format_row
+from fedsock.chief.intake import norm_bound
 from fedsock.chief.outputs import privacy_fields
 from fedsock.chief.rounds import Accepted, RoundController
 from fedsock.errors import ConfigError, RemoteProtocolError
@@ -148,7 +149,7 @@ def test_the_chief_refuses_a_longer_update_and_rescales_one_within_the_tolerance
 
 def test_round_controller_refuses_an_unclipped_update_as_invalid_weights():
     c = RoundController(rounds=2, min_workers=1, round_timeout=5.0, transform=fedavg(),
-                        reducer=dp_mean(1.0, 0.0), dp_clip=1.0)
+                        reducer=dp_mean(1.0, 0.0), prefold=norm_bound(1.0))
     w0 = model(0)
     c.set_model(specs_of(w0), w0)
     c.join(1), c.join(2)
@@ -287,7 +288,7 @@ def test_a_chief_with_dp_refuses_a_strategy_object(tmp_path):
     with pytest.raises(ConfigError, match="give the strategy as its --strategy text"):
         Chief(ChiefConfig(state_dir=tmp_path, dp_clip=1.0), strategy=Strategy(median(), fedavg()))
     chief = Chief(ChiefConfig(state_dir=tmp_path, dp_clip=1.0, dp_noise=1.0), strategy="fedadam")
-    assert chief.controller.dp_clip == 1.0
+    assert chief.config.dp_clip == 1.0 and chief.controller.prefold is not None  # the norm bound
 
 
 def test_privacy_flags_reach_the_config(monkeypatch):

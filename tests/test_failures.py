@@ -281,7 +281,8 @@ def test_a_metrics_line_lost_after_its_checkpoint_comes_back_from_it(tmp_path):
     if it never reached the disk, resuming restores it from the checkpoint."""
     from fedsock.aggregation import identity
     from fedsock.chief.config import ChiefConfig
-    from fedsock.chief.outputs import Outputs
+    from fedsock.chief.publish import round_record
+    from fedsock.chief.records import Checkpoints, MetricsLog
     from fedsock.chief.rounds import RoundController
     from fedsock.protocol import specs_of
 
@@ -292,22 +293,25 @@ def test_a_metrics_line_lost_after_its_checkpoint_comes_back_from_it(tmp_path):
     def controller() -> RoundController:
         return RoundController(rounds=5, min_workers=1, round_timeout=60, transform=identity())
 
-    out, ctrl = Outputs(cfg), controller()
+    metrics, ctrl = MetricsLog(tmp_path), controller()
+    callbacks = [metrics, Checkpoints(tmp_path, cfg.keep_checkpoints, metrics)]
     ctrl.set_model(specs, weights)
     ctrl.join(1)
     for r in (1, 2, 3):
         ctrl.open_if_ready(time.monotonic())
         ctrl.submit(1, r, 10, specs, [np.full(3, r, np.float32)], connection=r)
         result = ctrl.close(time.monotonic())
-        row = out.record_round(result, 0.1, 1, 1, {}, ["w"], checkpointed=True)
-        out.checkpoint(ctrl.snapshot(), ["w"], row)
-    out.sync_metrics()
+        record = round_record(result, 1, 1, {}, seconds=0.1, names=["w"], members=["w"], snapshot=ctrl.snapshot(),
+                              final=False, fraction=1.0, privacy={})
+        for cb in callbacks:
+            cb.on_round_end(record)
+    metrics.on_run_end(3)
     path = tmp_path / "metrics.jsonl"
     lines = path.read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == [1, 2, 3]
     path.write_text("\n".join(lines[:2]) + "\n")  # round 3's line never reached the disk
 
     again = controller()
-    assert Outputs(cfg).resume(again, specs) == ["w"]
+    assert Checkpoints(tmp_path, cfg.keep_checkpoints, MetricsLog(tmp_path)).resume(again, specs) == ["w"]
     assert again.round == 3
     assert path.read_text().splitlines() == lines

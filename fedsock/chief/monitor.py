@@ -1,8 +1,9 @@
 """Counters about the run and each worker, for the live display and ``fedsock status``.
 
-The chief reports what happens (a connection ended, a round closed, a late
-update); ``Monitor`` keeps the numbers and turns them into a display
-``Snapshot`` or a wire ``Status``. It does no I/O.
+``Monitor`` is a chief callback: it hears of workers joining and leaving and
+of rounds closing (and, from the chief, of late updates), keeps the numbers,
+and turns them into a display ``Snapshot`` or a wire ``Status``. It does no
+I/O.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsock import limits
+from fedsock.chief.callbacks import ChiefCallback, RoundRecord, WorkerJoined, WorkerLeft
 from fedsock.chief.display import Snapshot
-from fedsock.chief.rounds import RoundController, RoundResult
+from fedsock.chief.rounds import RoundController
 from fedsock.chief.session import Session
 from fedsock.protocol import Status, WorkerStatus
 
@@ -36,7 +38,7 @@ class WorkerStats:
     last_seen: float = 0.0  # time.monotonic() of the last byte received
 
 
-class Monitor:
+class Monitor(ChiefCallback):
     """Run and per-worker counters.
 
     Args:
@@ -62,26 +64,23 @@ class Monitor:
         st.name = name
         return st
 
-    def joined(self, wid: int, name: str) -> None:
-        """A worker authenticated (first time or again)."""
-        self._stats(wid, name).last_seen = time.monotonic()
+    def on_worker_joined(self, event: WorkerJoined) -> None:
+        self._stats(event.worker, event.name).last_seen = time.monotonic()
 
-    def connection_ended(self, s: Session) -> None:
-        """Fold a finished connection's byte counts into its worker's totals."""
-        if s.worker_id is None:
-            return
-        st = self._stats(s.worker_id, s.name)
-        st.bytes_in += s.bytes_in
-        st.bytes_out += s.bytes_out
-        st.last_seen = max(st.last_seen, s.last_received)
+    def on_worker_left(self, event: WorkerLeft) -> None:
+        """Fold the finished connection's byte counts into its worker's totals."""
+        st = self._stats(event.worker, event.name)
+        st.bytes_in += event.bytes_in
+        st.bytes_out += event.bytes_out
+        st.last_seen = max(st.last_seen, event.last_received)
 
     def late_update(self) -> None:
         """An update for a closed round was dropped."""
         self.late += 1
 
-    def round_done(self, result: RoundResult, row: Mapping[str, Any]) -> None:
-        """A round closed; ``row`` is its metrics.jsonl line."""
-        for wid in result.workers:
+    def on_round_end(self, record: RoundRecord) -> None:
+        row = record.row()
+        for wid in record.workers:
             if wid in self.workers:
                 self.workers[wid].rounds += 1
         self.bytes_in += int(row.get("bytes_in", 0))

@@ -77,15 +77,11 @@ class Session:
         self.sock, self.peer, self._io = sock, peer, io
         self.address = peer.rsplit(":", 1)[0]  # the IP address, for per-address limits
         self.conn = Connection(Role.CHIEF)
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.last_sent = time.monotonic()
-        self.last_received = time.monotonic()
+        self.bytes_in = self.bytes_out = 0
+        self.last_sent = self.last_received = time.monotonic()
         self.worker_id: int | None = None
-        self.conn_id = 0
-        self.name = "?"
-        self.reconnect_secret = b""  # issued in this connection's Welcome
-        self.replaced = False  # a newer connection of the same worker took over
+        self.conn_id, self.name = 0, "?"
+        self.reconnect_secret, self.replaced = b"", False  # issued in its Welcome; a newer connection took over
         self._lock = asyncio.Lock()  # one message written at a time
         self._tls_lock = threading.Lock()  # one call into the TLS object at a time
         self._closed = False  # aborted or closing: no more calls into TLS
@@ -219,17 +215,12 @@ class Session:
         """Send a message and, for weights messages, its chunks. Returns bytes sent.
 
         Chunks go out from an I/O thread, straight from ``arrays`` (no copy);
-        if this is cancelled midway, or ``timeout`` passes first (waiting for
-        an earlier message included), the connection is aborted (a half-sent
-        message leaves it unusable). ``timeout`` None is only for a caller
-        that bounds the send itself (the wait for ``release`` is not the
-        peer's time). With ``release``, the message's last bytes wait until
-        it is set: the peer has the message only once they arrive. Meanwhile
-        one byte of them goes out every ``keepalive_s``, so the peer does not
-        take the wait for silence.
-
-        Raises:
-            TimeoutError: not sent within ``timeout``.
+        if cancelled midway, or past ``timeout`` (TimeoutError; waiting for an
+        earlier message included), the connection is aborted: a half-sent
+        message leaves it unusable. ``timeout`` None: the caller bounds the
+        send (the wait for ``release`` is not the peer's time). With
+        ``release``, the last bytes wait until it is set (the peer has the
+        message only then), trickling a byte every ``keepalive_s``.
         """
         if timeout is None:
             return await self._send(msg, arrays, release)
@@ -307,8 +298,7 @@ class Session:
         return n
 
     async def send_error(self, code: str, message: str, timeout: float = 5.0) -> None:
-        """Send ``Error`` if still allowed, within ``timeout`` (behind a message still being sent);
-        never raises."""
+        """Send ``Error`` if still allowed, within ``timeout`` (queueing included); never raises."""
         if self.conn.we_finished:
             return
         try:
