@@ -76,6 +76,10 @@ class AuthenticationError(FedsockError):
     """Authentication failed: wrong token, wrong chief certificate."""
 
 
+class ConnectionLost(FedsockError):
+    """The connection to the chief broke (EOF, reset, silence, or the chief stopping)."""
+
+
 class ConnectError(FedsockError):
     """The chief could not be reached within the retry budget."""
 
@@ -91,3 +95,19 @@ class AggregationError(FedsockError):
     updates. Nothing is consumed when this is raised: the round's updates
     are still there once more arrive.
     """
+
+
+class TooFewWorkers(FedsockError):
+    """A secure-aggregation attempt cannot go on: fewer workers than it needs are left."""
+
+
+class CryptoError(FedsockError, ValueError):
+    """A secure-aggregation key or ciphertext that does not check out."""
+
+
+class ShamirError(FedsockError, ValueError):
+    """Not enough or inconsistent Shamir shares."""
+
+
+class RangeError(FedsockError, ValueError):
+    """An update too large (or not finite) for secure aggregation's fixed-point range."""

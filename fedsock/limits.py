@@ -1,7 +1,10 @@
-"""Every limit fedsock enforces, in one place.
+"""Every limit fedsock enforces, and its tuning constants, in one place.
 
-protocol.md lists the same numbers; a test checks that the two agree.
-Limits on peer input are checked *before* memory is allocated for it.
+protocol.md lists the same numbers (section 9); a test checks that the two agree.
+Limits on peer input are checked *before* memory is allocated for it. The
+tuning constants at the end are no part of the protocol: they set how fedsock
+itself behaves (chunk size, heartbeats, reconnection, I/O), and a peer must
+not rely on them.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 #: Largest frame body a peer may announce, in bytes. Checked on the 8-byte
 #: header, before a single byte of the body is buffered.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
-#: Tensor data is sent in chunks of at most this many bytes (< MAX_FRAME_BYTES,
-#: leaving room for the chunk's msgpack envelope).
-CHUNK_BYTES = 1024 * 1024
+#: Frames a peer sends before the chief has received its Auth (Hello, Auth) are
+#: at most this many bytes; a larger header is refused before its body is buffered.
+MAX_PREAUTH_FRAME_BYTES = 4096
 
 # --- message bodies (msgpack) -------------------------------------------
 #: Longest string in any message body (names, messages, JSON model configs).
@@ -26,9 +29,6 @@ MAX_NESTING = 32
 #: Longest worker name in Hello. Names are 1-64 characters of letters, digits
 #: and ``_ . @ -`` (no spaces, newlines or escapes: they appear in logs).
 MAX_NAME_BYTES = 64
-#: Frames a peer sends before it has authenticated (Hello, Auth) are at most
-#: this many bytes; a larger header is refused before its body is buffered.
-MAX_PREAUTH_FRAME_BYTES = 4096
 #: Longest tensor name in a tensor spec.
 MAX_TENSOR_NAME_BYTES = 512
 #: Most workers listed in one Status message (connected ones first).
@@ -44,23 +44,27 @@ MAX_TENSOR_RANK = 8
 #: Most bytes in one set of weights (all tensors together).
 MAX_MODEL_BYTES = 64 * 1024**3
 
+# --- secure aggregation --------------------------------------------------
+#: Bytes of each X25519 public key in SecAggKeys and SecAggRoster.
+SECAGG_PUBLIC_KEY_BYTES = 32
+#: Longest sealed share (nonce + two Shamir shares + GCM tag, with room to spare)
+#: in SecAggShares and SecAggInbox.
+SECAGG_MAX_SEALED_BYTES = 512
+#: Bytes of one Shamir share value (a big-endian integer below 2**521 - 1).
+SECAGG_SHARE_BYTES = 66
+#: Longest share in SecAggReveal (exactly SECAGG_SHARE_BYTES is checked when it is used).
+SECAGG_MAX_SHARE_BYTES = 128
+
 # --- time ----------------------------------------------------------------
 #: Seconds a new connection has for the TLS handshake, and then again for
 #: Hello/Challenge/Auth (sending Welcome's weights is bounded by IDLE_TIMEOUT_S).
 HANDSHAKE_TIMEOUT_S = 10.0
-#: Seconds of silence after which a peer is considered gone. Both sides send
-#: a Heartbeat every HEARTBEAT_INTERVAL_S while they have nothing else to say.
+#: Seconds of silence after which a peer is considered gone (both sides send a
+#: Heartbeat every HEARTBEAT_INTERVAL_S while they have nothing else to say).
 IDLE_TIMEOUT_S = 60.0
-HEARTBEAT_INTERVAL_S = 10.0
-
 #: Seconds each secure-aggregation phase (shares, masked updates, reveals)
 #: waits for the workers it expects before going on without them.
 SECAGG_PHASE_TIMEOUT_S = 60.0
-
-#: Longest pause between a worker's reconnection attempts (before +-20% jitter);
-#: attempts start 0.25 s apart and double.
-RECONNECT_BACKOFF_MAX_S = 5.0
-
 #: Seconds any single send (one message, with its chunks) may take before the
 #: connection is dropped; a peer that stops reading costs one send slot for
 #: at most this long.
@@ -103,3 +107,23 @@ MAC_BYTES = 32
 INSTANCE_ID_BYTES = 16
 #: Bytes of the reconnect secret the chief issues in Welcome.
 RECONNECT_SECRET_BYTES = 32
+
+# === tuning constants (fedsock's own behaviour, not limits of the protocol) ===
+#: Tensor data is sent in chunks of at most this many bytes (< MAX_FRAME_BYTES,
+#: leaving room for the chunk's msgpack envelope; small enough to stay in cache).
+CHUNK_BYTES = 1024 * 1024
+#: Seconds without sending after which a side sends a Heartbeat.
+HEARTBEAT_INTERVAL_S = 10.0
+#: First pause between a worker's reconnection attempts; it doubles after each.
+RECONNECT_BACKOFF_START_S = 0.25
+#: Longest pause between a worker's reconnection attempts (before +-20% jitter).
+RECONNECT_BACKOFF_MAX_S = 5.0
+#: Bytes asked of the socket per read (chief sessions and the worker's Client).
+READ_BYTES = 256 * 1024
+#: Most bytes of a weights message the chief reads without letting other tasks run.
+YIELD_BYTES = 16 * 1024 * 1024
+#: Most weights messages (Global, Done) the chief writes at once; each takes an I/O
+#: thread and its connection's kernel buffers, bounding threads and memory.
+MAX_CONCURRENT_SENDS = 16
+#: The chief's threads that send weights messages (TLS and copies, off the event loop).
+IO_THREADS = 64

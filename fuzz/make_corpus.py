@@ -109,9 +109,10 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "corpus"
     out.mkdir(exist_ok=True)
     up, down = conversation()
-    # first byte: role of the receiving Connection (odd = chief); second: piece size - 1
+    # first byte: bit 0 the receiving Connection is the chief, bit 1 direct_chunk; second: piece size - 1
     (out / "to-chief-whole").write_bytes(b"\x01\xff" + up)
     (out / "to-chief-bytewise").write_bytes(b"\x01\x00" + up)
+    (out / "to-chief-direct-5").write_bytes(b"\x03\x04" + up)
     (out / "to-worker-whole").write_bytes(b"\x00\xff" + down)
     (out / "to-worker-7").write_bytes(b"\x00\x06" + down)
     up, down = secagg_conversation()

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from fedsock import limits
-from fedsock.protocol.messages import ERROR_CODES
+from fedsock.protocol import ERROR_CODES
 
 DOC = (Path(__file__).resolve().parent.parent / "protocol.md").read_text()
 
@@ -17,6 +17,17 @@ def test_limits_table_matches_limits_py():
     assert set(rows) == set(code), set(rows) ^ set(code)
     for name, value in code.items():
         assert type(value)(rows[name]) == value and ("." in rows[name]) == isinstance(value, float), name
+
+
+def test_tuning_constants_are_apart_in_both():
+    """limits.py's tuning section and protocol.md's 9.2 list the same names; no limit is among them."""
+    source = (Path(limits.__file__)).read_text()
+    tuning_src = set(re.findall(r"^([A-Z_0-9]+) = ", source.split("# === tuning constants")[1], flags=re.M))
+    section = DOC.split("### 9.2 Tuning constants")[1].split("## 10.")[0]
+    tuning_doc = set(re.findall(r"^\| `([A-Z_0-9]+)` \|", section, flags=re.M))
+    assert tuning_src == tuning_doc and {"CHUNK_BYTES", "HEARTBEAT_INTERVAL_S"} <= tuning_src
+    peer = DOC.split("### 9.1 Limits on peer input")[1].split("### 9.2")[0]
+    assert not tuning_doc & set(re.findall(r"^\| `([A-Z_0-9]+)` \|", peer, flags=re.M))
 
 
 def test_every_error_code_is_documented():
@@ -35,3 +46,31 @@ def test_hex_dumps_are_current():
     assert len(hexlines) > 20
     missing = [ln for ln in hexlines if ln not in DOC]
     assert not missing, missing[:5]
+
+
+def test_every_exception_class_is_defined_in_errors_py():
+    import importlib
+    import pkgutil
+
+    import fedsock
+    from fedsock import errors
+
+    skip = {"fedsock.keras", "fedsock.kerasutil", "fedsock.models", "fedsock.worker.keras", "fedsock.plot"}
+    for mod in pkgutil.walk_packages(fedsock.__path__, "fedsock."):
+        if mod.name in skip or mod.name.endswith("__main__"):
+            continue  # TensorFlow or matplotlib at import time, or a command line
+        module = importlib.import_module(mod.name)
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__.startswith("fedsock"):
+                assert value.__module__ == "fedsock.errors" and getattr(errors, value.__name__) is value, value
+
+
+def test_every_hex_dump_is_inside_a_code_fence():
+    """An unclosed fence swaps code and prose from there on when the page is rendered."""
+    inside, outside = False, []
+    for number, line in enumerate(DOC.splitlines(), 1):
+        if line.startswith("```"):
+            inside = not inside
+        elif not inside and (re.match(r"^[0-9a-f]{8}  ", line) or re.match(r"^--- .*: \d+ bytes$", line)):
+            outside.append(number)
+    assert not inside and not outside, outside[:5]

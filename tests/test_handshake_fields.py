@@ -172,3 +172,15 @@ def test_error_code_is_a_str_enum_with_name_in_use():
     assert err == Error("out_of_order", "x") and type(err.code) is str
     with pytest.raises(ValueError):
         RemoteProtocolError("x", code="no_such_code")
+
+
+@pytest.mark.parametrize("text,ok", [("topk:0.01", True), ("topk:.5", True), ("topk:1e-05", True), ("topk:1", True),
+                                     ("topk:0.0_1", False), ("topk:inf", False), ("topk:nan", False),
+                                     ("topk:+0.5", False), ("topk: 0.5", False), ("topk:2", False)])
+def test_welcome_compress_topk_takes_a_plain_decimal(text, ok):
+    body = {**Welcome(1, 0, Plan(1, 1, 1), reconnect_secret=SECRET).to_body(), "compress": text}
+    if ok:
+        assert Welcome.from_body(body).compress == text
+    else:
+        with pytest.raises(RemoteProtocolError, match="compression"):
+            Welcome.from_body(body)

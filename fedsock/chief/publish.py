@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsock import limits
 from fedsock.chief.callbacks import ChiefCallback, RoundRecord
 from fedsock.chief.outcomes import RoundResult, Snapshot
 from fedsock.chief.sendslots import SendSlots
@@ -28,10 +29,7 @@ from fedsock.protocol import Done, Global, Welcome
 from fedsock.protocol.connection import message_bytes
 
 log = logging.getLogger("fedsock.chief")
-#: Most weights messages (Welcome, Global, Done) being written at once. Each takes an
-#: I/O thread and the kernel buffers of its connection, so this bounds the
-#: chief's threads and memory when a round ends for a thousand workers at once.
-MAX_CONCURRENT_SENDS = 16
+MAX_CONCURRENT_SENDS = limits.MAX_CONCURRENT_SENDS
 
 
 class Publisher:

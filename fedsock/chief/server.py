@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fedsock import tls
+from fedsock import limits, tls
 from fedsock.aggregation import Strategy, Transform
 from fedsock.checkpoint import atomic_write
 from fedsock.chief.callbacks import CallbackList, ChiefCallback, RunInfo
@@ -45,8 +45,7 @@ from fedsock.errors import ConfigError, ErrorCode
 from fedsock.protocol import Done, Global
 
 log = logging.getLogger("fedsock.chief")
-#: Threads that send weights messages (TLS and copies, off the event loop; updates are read on it).
-IO_THREADS = 64
+IO_THREADS = limits.IO_THREADS
 
 
 @dataclass(frozen=True)

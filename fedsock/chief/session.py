@@ -45,9 +45,8 @@ from fedsock.protocol import (
 )
 
 T = TypeVar("T")
-READ_BYTES = 256 * 1024
-#: Most bytes of a weights message read without letting other tasks run (a few ms of TLS).
-YIELD_BYTES = 16 * 1024 * 1024
+READ_BYTES = limits.READ_BYTES
+YIELD_BYTES = limits.YIELD_BYTES
 #: Largest piece handed to one TLS write (one chunk's data: fewer, larger writes cost less
 #: than 256 KiB slices did), so the TLS lock is held for a millisecond at most.
 SEND_SLICE = limits.CHUNK_BYTES

@@ -1,7 +1,7 @@
 """Protocol v1, sans-I/O: frames, messages, tensor codec, connection state.
 
 This package imports no socket, ssl, asyncio or tensorflow. Every message
-class, the connection state machine, the error codes and the identity helpers
+class, the connection state machine, the error codes and the identity functions
 (worker names, reconnect proofs) are importable from here.
 """
 

@@ -87,7 +87,7 @@ def parse_chunk_envelope(buf: bytearray, start: int, end: int) -> tuple[int, int
     """(tensor, offset, data length, envelope length) of a chunk body laid out as
     ``chunk_prefix`` writes it, starting at ``buf[start]``; None for any other layout."""
     pos = start
-    if buf[pos] != 0x83:
+    if pos >= end or buf[pos] != 0x83:  # a frame announcing an empty body has no envelope at all
         return None
     pos += 1
     values = []

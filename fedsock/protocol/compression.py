@@ -19,6 +19,7 @@ A tensor without ``enc`` carries plain weights, as without compression.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ import numpy as np
 from fedsock.errors import ConfigError, ErrorCode, RemoteProtocolError
 
 MODES = ("none", "fp16", "int8", "topk")
+#: The R of ``topk:R`` (protocol.md 3.2): a plain decimal, no sign, no "inf", "nan" or "_".
+_DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
 
 
@@ -50,10 +53,7 @@ def parse_compression(text: str) -> Compression:
     """
     mode, _, arg = text.strip().partition(":")
     if mode == "topk":
-        try:
-            ratio = float(arg)
-        except ValueError:
-            ratio = -1.0
+        ratio = float(arg) if _DECIMAL.fullmatch(arg) else -1.0
         if not 0 < ratio <= 1:
             raise ConfigError(f"bad compression {text!r}: use topk:R with R in (0, 1], e.g. topk:0.01")
         return Compression("topk", ratio)

@@ -18,9 +18,7 @@ only; nothing here catches other exceptions, so a decoder bug propagates.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from fedsock import limits
 from fedsock.errors import ConnectionTruncated, ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -62,8 +60,8 @@ class ConnectionClosed:
 
 AnyMessage = Message | SecAggMessage
 Event = AnyMessage | EndOfMessage | ConnectionClosed
-CLASSES: dict[Kind, Callable[[dict[str, Any]], AnyMessage]] = {
-    **PLAIN_CLASSES, **{c.kind: c.from_body for c in SECAGG_CLASSES}}
+#: The class of each kind (``from_body`` decodes a body).
+CLASSES: dict[Kind, type[AnyMessage]] = {**PLAIN_CLASSES, **{c.kind: c for c in SECAGG_CLASSES}}
 #: Messages whose fields are checked on send as on receive (small, once per connection):
 #: sending one that its receiver would refuse is a ``LocalProtocolError``.
 _CHECKED_ON_SEND = (Hello, Challenge, Auth)
@@ -290,7 +288,7 @@ class Connection:
             return self._at_eof(partial=True)
         body = memoryview(self._buf)[frames.HEADER_BYTES : end]
         try:
-            msg = CLASSES[kind](frames.unpack_body(body))
+            msg = CLASSES[kind].from_body(frames.unpack_body(body))
         finally:
             body.release()
         del self._buf[:end]

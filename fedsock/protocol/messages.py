@@ -9,7 +9,6 @@ secure aggregation in ``secagg``, Status in ``status``; they are re-exported her
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -158,7 +157,8 @@ class EndOfMessage:
 
 Message = Hello | Challenge | Auth | Welcome | Update | Global | Done | Heartbeat | Error | Chunk | Status
 WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE})
-CLASSES: dict[Kind, Callable[[dict[str, Any]], Message]] = {
-    c.kind: c.from_body
-    for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, Status)
+#: The class of each kind; a receiver calls ``CLASSES[kind].from_body(body)`` (looked up at
+#: decode time, so a test can replace a decoder).
+CLASSES: dict[Kind, type[Message]] = {
+    c.kind: c for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, Status)
 }

@@ -27,13 +27,12 @@ from fedsock.protocol.fields import nonneg, require
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.messages import TensorSpec, specs_from_wire, specs_to_wire
 
-PUBLIC_KEY_BYTES = 32
-
 
 def _key(b: dict[str, Any], name: str, what: str) -> bytes:
     key: bytes = require(b, name, bytes, what)
-    if len(key) != PUBLIC_KEY_BYTES:
-        raise RemoteProtocolError(f"{what}: {name} must be {PUBLIC_KEY_BYTES} bytes", code=ErrorCode.BAD_MESSAGE)
+    if len(key) != limits.SECAGG_PUBLIC_KEY_BYTES:
+        raise RemoteProtocolError(f"{what}: {name} must be {limits.SECAGG_PUBLIC_KEY_BYTES} bytes",
+                                  code=ErrorCode.BAD_MESSAGE)
     return key
 
 
@@ -158,11 +157,6 @@ class SecAggRoster:
         return cls(round_, attempt, you, threshold, min_survivors, workers, tuple(peers))
 
 
-#: Largest sealed share message: nonce + two shares + tag, with room to spare.
-MAX_SEALED_BYTES = 512
-MAX_SHARE_BYTES = 128
-
-
 _Sealed = TypeVar("_Sealed", bound="_SealedShares")
 
 
@@ -179,7 +173,7 @@ class _SealedShares:
 
     @classmethod
     def from_body(cls: type[_Sealed], b: dict[str, Any]) -> _Sealed:
-        return cls(*_attempt(b, cls.__name__), _pairs(b, "shares", cls.__name__, MAX_SEALED_BYTES))
+        return cls(*_attempt(b, cls.__name__), _pairs(b, "shares", cls.__name__, limits.SECAGG_MAX_SEALED_BYTES))
 
 
 @dataclass(frozen=True)
@@ -258,8 +252,8 @@ class SecAggReveal:
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> SecAggReveal:
         w = "SecAggReveal"
-        return cls(*_attempt(b, w), _pairs(b, "seed_shares", w, MAX_SHARE_BYTES),
-                   _pairs(b, "key_shares", w, MAX_SHARE_BYTES))
+        return cls(*_attempt(b, w), _pairs(b, "seed_shares", w, limits.SECAGG_MAX_SHARE_BYTES),
+                   _pairs(b, "key_shares", w, limits.SECAGG_MAX_SHARE_BYTES))
 
 
 @dataclass(frozen=True)

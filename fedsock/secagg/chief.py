@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsock.errors import RemoteProtocolError
+from fedsock.errors import TooFewWorkers as TooFewWorkers  # defined with the others, importable from here
 from fedsock.protocol.messages import TensorSpec
 from fedsock.protocol.secagg import (
     Peer,
@@ -30,10 +31,6 @@ from fedsock.protocol.secagg import (
     SecAggUnmask,
 )
 from fedsock.secagg import crypto, graph, shamir
-
-
-class TooFewWorkers(Exception):
-    """The attempt cannot go on: fewer workers than it needs are left."""
 
 
 def _bad(why: str) -> RemoteProtocolError:

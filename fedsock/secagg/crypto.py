@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from fedsock.errors import CryptoError as CryptoError  # defined with the others, importable from here
+
 KEY_BYTES = 32
 NONCE_BYTES = 12
 #: Mask words generated per block (8 MiB of keystream).
@@ -31,10 +33,6 @@ BLOCK_WORDS = 1 << 20
 
 MASK_LABEL = b"fedsock secagg v1 mask"
 SHARE_LABEL = b"fedsock secagg v1 share"
-
-
-class CryptoError(ValueError):
-    """A key or ciphertext that does not check out."""
 
 
 def new_private_key() -> X25519PrivateKey:

@@ -18,16 +18,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedsock.errors import RangeError as RangeError  # defined with the others, importable from here
+
 #: Fractional bits of the encoding: 2**-24 resolution.
 FRACTION_BITS = 24
 #: Largest |weight * w| a single worker may encode, with n workers summing: LIMIT / n.
 LIMIT = 2.0 ** (63 - FRACTION_BITS)
 #: Bound on the decoded average's error from the encoding (before the dtype cast).
 MAX_ERROR = 2.0 ** -(FRACTION_BITS + 1)
-
-
-class RangeError(ValueError):
-    """An update too large (or not finite) for the fixed-point range."""
 
 
 def encode(weights: Sequence[np.ndarray], weight: int, participants: int) -> np.ndarray:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 
+from fedsock import limits
+from fedsock.errors import ShamirError as ShamirError  # defined with the others, importable from here
+
 #: The field's prime: the Mersenne prime 2**521 - 1 (any 32-byte secret fits).
 PRIME = 2**521 - 1
 #: Bytes of one serialized share value (big-endian, fixed width).
-SHARE_BYTES = (PRIME.bit_length() + 7) // 8  # 66
-
-
-class ShamirError(ValueError):
-    """Not enough or inconsistent shares."""
+SHARE_BYTES = limits.SECAGG_SHARE_BYTES
+assert SHARE_BYTES == (PRIME.bit_length() + 7) // 8  # every value below PRIME fits, and no more
 
 
 def split(secret: int, xs: Iterable[int], threshold: int) -> dict[int, int]:

@@ -29,6 +29,7 @@ from fedsock.errors import (
     AuthenticationError,
     ConfigError,
     ConnectError,
+    ConnectionLost,  # defined in fedsock.errors, still importable from here
     ConnectionTruncated,
     FedsockError,
     PeerError,
@@ -111,9 +112,7 @@ def _common_name(cert: Path) -> str | None:
     return str(names[0].value) if names else None
 
 
-class ConnectionLost(FedsockError):
-    """The connection to the chief broke (EOF, reset, silence, or the chief stopping)."""
-READ_BYTES = 256 * 1024
+READ_BYTES = limits.READ_BYTES
 
 
 def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
@@ -328,7 +327,7 @@ class Client:
         """
         host, port = self.address
         deadline = time.monotonic() + timeout
-        delay, last = 0.25, "no attempt"
+        delay, last = limits.RECONNECT_BACKOFF_START_S, "no attempt"
         ctx = tls.mutual_client_context(*self._tls) if self._tls else tls.client_context()
         while True:
             try:
