@@ -86,3 +86,15 @@ def test_user_callbacks_see_the_run(tmp_path):
     assert left and left[0].name == "cb" and left[0].bytes_in > 0
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # the built-in callbacks ran too
+
+
+def test_the_monitor_keeps_totals_of_a_bounded_number_of_workers():
+    from fedsock.chief.monitor import Monitor
+
+    m = Monitor(min_workers=1, max_workers=4)
+    m.on_worker_joined(WorkerJoined(1, "stays", "h:1"))
+    for w in range(2, 20):
+        m.on_worker_joined(WorkerJoined(w, f"w{w}", "h:1"))
+        m.on_worker_left(WorkerLeft(w, f"w{w}", 10, 20, last_received=float(w)))
+    assert len(m.workers) <= 4 and 1 in m.workers and 19 in m.workers
+    assert (m.workers[19].bytes_in, m.workers[19].bytes_out) == (10, 20)

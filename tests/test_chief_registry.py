@@ -111,3 +111,17 @@ def test_done_workers_are_not_owed_the_final_model():
     assert reg.owed_done(since=0.0) == {wid}
     reg.done(wid)
     assert reg.owed_done(since=0.0) == set()
+
+
+def test_names_are_forgotten_beyond_the_cap_but_never_live_or_held_ones():
+    reg: WorkerRegistry[Conn] = WorkerRegistry(IDLE, max_names=8)
+    keep = joined(reg.join("live", b"", Conn(0.0), proven=False, now=0.0)).worker
+    for i in range(40):  # each joins and leaves; long silent by the time the next comes
+        now = 100.0 * (i + 1)
+        c = Conn(now)
+        wid = joined(reg.join(f"n{i}", b"", c, proven=False, now=now)).worker
+        reg.leave(wid, c)
+        reg.live[keep].last_received = now  # the live worker keeps talking
+    assert len(reg._names) <= 8
+    assert reg.worker_of("live") == keep and reg.name_of(keep) == "live"
+    assert reg.worker_of("n39") is not None and reg.worker_of("n0") is None  # the least recently seen went

@@ -44,13 +44,18 @@ class Monitor(ChiefCallback):
     Args:
         min_workers: the chief's ``min_workers`` (shown while waiting).
         upstream: a relay's upstream ``host:port``, for Status.
+        max_workers: most worker identities with totals; beyond it, those of
+            disconnected workers are dropped, least recently seen first.
     """
 
-    def __init__(self, min_workers: int, upstream: str | None = None) -> None:
+    def __init__(self, min_workers: int, upstream: str | None = None,
+                 max_workers: int = 4 * limits.MAX_WORKERS) -> None:
         self.min_workers = min_workers
         self.upstream = upstream
+        self.max_workers = max_workers
         self.started = time.monotonic()
         self.workers: dict[int, WorkerStats] = {}
+        self._connected: set[int] = set()
         self.bytes_in = 0
         self.bytes_out = 0
         self.late = 0
@@ -65,10 +70,17 @@ class Monitor(ChiefCallback):
         return st
 
     def on_worker_joined(self, event: WorkerJoined) -> None:
+        if event.worker not in self.workers and len(self.workers) >= self.max_workers:
+            gone = sorted((st.last_seen, w) for w, st in self.workers.items() if w not in self._connected)
+            for _, w in gone[: len(self.workers) - self.max_workers * 3 // 4]:
+                del self.workers[w]
+        self._connected.add(event.worker)
         self._stats(event.worker, event.name).last_seen = time.monotonic()
 
     def on_worker_left(self, event: WorkerLeft) -> None:
         """Fold the finished connection's byte counts into its worker's totals."""
+        if not event.replaced:
+            self._connected.discard(event.worker)
         st = self._stats(event.worker, event.name)
         st.bytes_in += event.bytes_in
         st.bytes_out += event.bytes_out

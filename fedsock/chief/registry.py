@@ -84,10 +84,15 @@ class WorkerRegistry(Generic[C]):
     Args:
         idle_timeout: seconds of silence after which a name is free again.
         max_workers: most live workers at once.
+        max_names: most names remembered; beyond it, names neither live nor
+            held nor waiting are forgotten, least recently seen first (a
+            shared-token holder inventing names costs a bounded amount of
+            memory). A forgotten name that comes back gets a new worker id.
     """
 
     idle_timeout: float
     max_workers: int = limits.MAX_WORKERS
+    max_names: int = 4 * limits.MAX_WORKERS
     live: dict[int, C] = field(default_factory=dict)  # worker id -> its live connection
     held: set[int] = field(default_factory=set)  # submitted, waiting for a model they are sampled for
     given_done: set[int] = field(default_factory=set)
@@ -98,9 +103,11 @@ class WorkerRegistry(Generic[C]):
 
     # --- names and identities ---------------------------------------------
 
-    def _entry(self, name: str) -> _Name:
+    def _entry(self, name: str, now: float) -> _Name:
         entry = self._names.get(name)
         if entry is None:
+            if len(self._names) >= self.max_names:
+                self._forget(now)
             entry = self._names[name] = _Name(self._next_id)
             self._by_id[self._next_id] = name
             self._next_id += 1
@@ -109,7 +116,17 @@ class WorkerRegistry(Generic[C]):
     def expect(self, names: Iterable[str], now: float) -> None:
         """Names that took part before a restart: they keep ids and are owed a Done, but hold nothing."""
         for name in names:
-            self._entry(name).last_seen = now
+            self._entry(name, now).last_seen = now
+
+    def _forget(self, now: float) -> None:
+        """Forget free names, least recently seen first, down to three quarters of ``max_names``."""
+        free = [(e.last_seen, n) for n, e in self._names.items()
+                if e.worker not in self.live and e.worker not in self.held and self.held_for(n, now) == 0]
+        for _, name in sorted(free)[: len(self._names) - self.max_names * 3 // 4]:
+            entry = self._names.pop(name)
+            del self._by_id[entry.worker]
+            self._stale.pop(entry.worker, None)
+            self.given_done.discard(entry.worker)
 
     def name_of(self, worker: int) -> str:
         return self._by_id.get(worker, str(worker))
@@ -162,7 +179,7 @@ class WorkerRegistry(Generic[C]):
         known = self._names.get(name)
         if (known is None or known.worker not in self.live) and len(self.live) >= self.max_workers:
             return Full()
-        entry = self._entry(name)
+        entry = self._entry(name, now)
         replaced = self.live.get(entry.worker)
         entry.instance = instance
         entry.secret = secrets.token_bytes(limits.RECONNECT_SECRET_BYTES)
