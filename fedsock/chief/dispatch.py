@@ -34,12 +34,12 @@ from fedsock.chief.registry import Full, Joined, NameInUse, WorkerRegistry
 from fedsock.chief.relay import Relay
 from fedsock.chief.rounds import RoundController
 from fedsock.chief.secure import SecureAggregation
-from fedsock.chief.session import Session
 from fedsock.chief.staging import StagingBudget
 from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol import ConnectionClosed, Done, Error, Global, Heartbeat, Plan, Update, Welcome
 from fedsock.protocol.secagg import SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
 from fedsock.protocol.tensors import check_signature
+from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
 SecAggMessage = SecAggKeys | SecAggShares | SecAggReveal | SecAggMasked

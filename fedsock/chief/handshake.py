@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from fedsock import limits, tls
-from fedsock.chief.session import Session
 from fedsock.chief.tokens import TokenStore
 from fedsock.errors import ErrorCode
 from fedsock.protocol import Auth, Challenge, ConnectionClosed, Error, Hello, check_name, verify_reconnect_proof
+from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
 T = TypeVar("T")

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from fedsock import limits, tls
 from fedsock.chief.admission import FailureLimiter, PreAuthCounts
-from fedsock.chief.session import Session
+from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
 

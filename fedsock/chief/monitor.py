@@ -17,8 +17,8 @@ from fedsock import limits
 from fedsock.chief.callbacks import ChiefCallback, RoundRecord, WorkerJoined, WorkerLeft
 from fedsock.chief.display import Snapshot
 from fedsock.chief.rounds import RoundController
-from fedsock.chief.session import Session
 from fedsock.protocol import Status, WorkerStatus
+from fedsock.transport.aio import Session
 
 #: Fields of a metrics.jsonl row that are not "metrics" in Status.
 _NOT_METRICS = {"round", "time", "participants", "fraction"}

@@ -24,9 +24,9 @@ from fedsock import limits
 from fedsock.chief.callbacks import ChiefCallback, RoundRecord
 from fedsock.chief.outcomes import RoundResult, Snapshot
 from fedsock.chief.sendslots import SendSlots
-from fedsock.chief.session import Session
 from fedsock.protocol import Done, Global, Welcome
 from fedsock.protocol.connection import message_bytes
+from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
 MAX_CONCURRENT_SENDS = limits.MAX_CONCURRENT_SENDS

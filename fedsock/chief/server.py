@@ -39,10 +39,10 @@ from fedsock.chief.registry import WorkerRegistry
 from fedsock.chief.relay import Relay
 from fedsock.chief.rounds import RoundController
 from fedsock.chief.secure import SecureAggregation
-from fedsock.chief.session import Session
 from fedsock.chief.tensorboard import TensorBoard
 from fedsock.errors import ConfigError, ErrorCode
 from fedsock.protocol import Done, Global
+from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
 IO_THREADS = limits.IO_THREADS

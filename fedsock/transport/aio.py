@@ -1,4 +1,4 @@
-"""One worker connection on the chief: a TLS socket around a ``Connection``.
+"""The chief's asyncio channel: one worker connection, a TLS socket around a ``Connection``.
 
 The event loop runs the conversation (handshake messages, heartbeats, round
 logic, timeouts), reads everything the worker sends, updates included, and
