@@ -148,8 +148,8 @@ def test_round_closes_when_everyone_submitted():
 
 
 @pytest.mark.parametrize("acc_dtype", [np.float64, np.float32])
-def test_combined_then_close_with_or_without_adopt(acc_dtype):
-    """A relay's combined() spends the streaming accumulator once; close() after it still works."""
+def test_combined_then_close_or_adopt(acc_dtype):
+    """A relay's combined() spends the streaming accumulator once; close() or adopt() after it still works."""
     for adopt in (False, True):
         c = RoundController(rounds=3, min_workers=2, round_timeout=10.0, transform=fedavg(),
                             reducer=weighted_mean(acc_dtype))
@@ -162,7 +162,7 @@ def test_combined_then_close_with_or_without_adopt(acc_dtype):
         mean, examples = c.combined()
         assert examples == 40 and all(m.dtype == np.float32 for m in mean)
         np.testing.assert_allclose(mean[0], np.full((2, 2), 2.5))
-        r = c.close(1.0, adopt=(7, [m * 2 for m in mean]) if adopt else None)
+        r = c.adopt(1.0, 7, [m * 2 for m in mean]) if adopt else c.close(1.0)
         assert r.round == (7 if adopt else 1) and r.examples == 40
         np.testing.assert_allclose(r.weights[0], np.full((2, 2), 5.0 if adopt else 2.5))
         assert all(x.dtype == np.float32 for x in r.weights)

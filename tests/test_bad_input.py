@@ -172,7 +172,7 @@ def test_join_with_a_different_local_model_fails_clearly(live):
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
 def test_nan_or_inf_update_is_rejected(live, bad_value):
     chief, honest = live
-    with fedsock.Client(chief.address, token=chief.token, name="nan") as c:
+    with fedsock.Client(chief.address, token=chief.token, name=f"poison-{bad_value}") as c:
         w = c.join()
         poisoned = [w[0].copy(), w[1].copy()]
         poisoned[1][2] = bad_value

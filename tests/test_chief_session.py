@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 from fedsock import tls
-from fedsock.chief import session as session_mod
-from fedsock.chief.session import Session
 from fedsock.protocol import (
     NEED_DATA,
     Auth,
@@ -27,6 +25,8 @@ from fedsock.protocol import (
     iter_chunks,
     specs_of,
 )
+from fedsock.transport import aio as session_mod
+from fedsock.transport.aio import Session
 
 
 def handshaken() -> tuple[Connection, Connection]:

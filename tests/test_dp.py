@@ -27,6 +27,7 @@ from fedsock.aggregation.dp import (
 )
 from fedsock.chief import ChiefConfig
 from fedsock.chief.display import format_header, format_row
+from fedsock.chief.intake import norm_bound
 from fedsock.chief.outputs import privacy_fields
 from fedsock.chief.rounds import Accepted, RoundController
 from fedsock.errors import ConfigError, RemoteProtocolError
@@ -148,7 +149,7 @@ def test_the_chief_refuses_a_longer_update_and_rescales_one_within_the_tolerance
 
 def test_round_controller_refuses_an_unclipped_update_as_invalid_weights():
     c = RoundController(rounds=2, min_workers=1, round_timeout=5.0, transform=fedavg(),
-                        reducer=dp_mean(1.0, 0.0), dp_clip=1.0)
+                        reducer=dp_mean(1.0, 0.0), prefold=norm_bound(1.0))
     w0 = model(0)
     c.set_model(specs_of(w0), w0)
     c.join(1), c.join(2)
@@ -281,13 +282,30 @@ def test_sound_privacy_settings_build_the_dp_reducer():
     ChiefConfig(strategy="median").validate()  # without DP robust reducers are fine
 
 
-def test_a_chief_with_dp_refuses_a_strategy_object(tmp_path):
+def test_a_chief_with_dp_takes_a_composed_mean_and_refuses_a_robust_one(tmp_path):
+    from fedsock.aggregation import fedadam, weighted_mean
     from fedsock.chief import Chief
 
-    with pytest.raises(ConfigError, match="give the strategy as its --strategy text"):
+    with pytest.raises(ConfigError, match="median, picks or drops individual updates.*drop --dp-clip"):
         Chief(ChiefConfig(state_dir=tmp_path, dp_clip=1.0), strategy=Strategy(median(), fedavg()))
+    transform = fedadam()
+    chief = Chief(ChiefConfig(state_dir=tmp_path, dp_clip=1.0, dp_noise=1.0),
+                  strategy=Strategy(weighted_mean(), transform))
+    assert chief.strategy.transform is transform and not chief.strategy.weighted_by_examples  # dp_mean
     chief = Chief(ChiefConfig(state_dir=tmp_path, dp_clip=1.0, dp_noise=1.0), strategy="fedadam")
-    assert chief.controller.dp_clip == 1.0
+    assert chief.config.dp_clip == 1.0 and chief.controller.prefold is not None  # the norm bound
+
+
+def test_a_secure_chief_judges_a_strategy_by_what_its_reducer_declares(tmp_path):
+    from fedsock.aggregation import fedadam, weighted_mean
+    from fedsock.chief import Chief
+
+    cfg = ChiefConfig(state_dir=tmp_path, secure_agg=True, min_workers=3)
+    with pytest.raises(ConfigError, match="needs every worker's own update"):
+        Chief(cfg, strategy=Strategy(median(), fedavg(), name="fedavg"))  # the name does not fool it
+    assert Chief(cfg, strategy=Strategy(weighted_mean(), fedadam())).strategy.linear
+    both = ChiefConfig(state_dir=tmp_path, secure_agg=True, min_workers=3, dp_clip=1.0, dp_noise=1.0)
+    assert Chief(both, strategy=Strategy(weighted_mean(), fedadam())).strategy.linear
 
 
 def test_privacy_flags_reach_the_config(monkeypatch):

@@ -44,8 +44,9 @@ def test_chief_without_model_starts_without_tensorflow(tmp_path):
         "from fedsock import cli, settings, status\n"
         "from fedsock.chief import Chief\n"
         f"c = Chief(progress='plain', rounds=1, state_dir={str(tmp_path)!r})\n"
-        "c.outputs.start_tensorboard()\n"  # off by default without --model
-        "print(c.outputs.tensorboard, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+        "from fedsock.chief.tensorboard import TensorBoard\n"  # off by default without --model
+        "tb = [cb for cb in c.callbacks.callbacks if isinstance(cb, TensorBoard)]\n"
+        "print(tb or None, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["None", "False", "False"], out.stdout + out.stderr

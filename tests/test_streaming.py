@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedsock.aggregation import fedavg, weighted_mean
+from fedsock.chief.intake import decode_update
 from fedsock.chief.rounds import Accepted, RoundController
 from fedsock.chief.staging import StagingBudget
 from fedsock.errors import ConfigError, RemoteProtocolError
@@ -67,7 +68,7 @@ def _through_wire(upd: Update, arrays: list[np.ndarray], chunk_bytes: int = 4096
 
 def _controller(base: list[np.ndarray], acc_dtype: type = np.float64) -> RoundController:
     c = RoundController(rounds=3, min_workers=1, round_timeout=60, transform=fedavg(),
-                        reducer=weighted_mean(acc_dtype))
+                        reducer=weighted_mean(acc_dtype), decode=decode_update)
     c.set_model(specs_of(base), base)
     c.join(1)
     assert c.open_if_ready(0.0)
@@ -227,10 +228,10 @@ def test_model_streams_during_checkpoint_but_completes_only_after_it(tmp_path, m
 
     import fedsock
     from fedsock.chief import Chief
-    from fedsock.chief.outputs import Outputs
+    from fedsock.chief.records import Checkpoints
 
     done_at: list[float] = []
-    real = Outputs.checkpoint
+    real = Checkpoints.checkpoint
 
     def slow_checkpoint(self, snap, members=(), row=None):
         if snap.round >= 1:  # the round's checkpoint, not the initial model's
@@ -238,7 +239,7 @@ def test_model_streams_during_checkpoint_but_completes_only_after_it(tmp_path, m
         real(self, snap, members, row)
         done_at.append(time.monotonic())
 
-    monkeypatch.setattr(Outputs, "checkpoint", slow_checkpoint)
+    monkeypatch.setattr(Checkpoints, "checkpoint", slow_checkpoint)
     chief = Chief(state_dir=tmp_path, host="127.0.0.1", port=0, rounds=1, min_workers=1,
                   heartbeat_interval=0.2, idle_timeout=5.0, done_grace=0.5)
     t = threading.Thread(target=chief.run, daemon=True)

@@ -1,4 +1,5 @@
-"""Admission control without I/O: failed authentications per address per minute."""
+"""Admission control without I/O: failed authentications per address, connections not yet
+authenticated, weights messages in flight (all plain counters; the chief does the I/O)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,78 @@ class FailureLimiter:
         # Bound memory under a flood from many addresses: forget the oldest.
         while len(self._failures) > limits.MAX_TRACKED_ADDRESSES:
             self._failures.pop(next(iter(self._failures)))
+
+
+@dataclass
+class PreAuthCounts:
+    """Connections not yet authenticated (TLS handshake included), in all and per address.
+
+    ``refusal`` says why a new connection must be closed before TLS, or
+    None; ``enter``/``leave`` bracket each admitted one.
+    """
+
+    limit: int = limits.MAX_UNAUTHENTICATED
+    per_address: int = limits.MAX_UNAUTHENTICATED_PER_ADDRESS
+    total: int = 0
+    _by_address: dict[str, int] = field(default_factory=dict)
+
+    def refusal(self, address: str) -> str | None:
+        if self.total >= self.limit:
+            return "too many connections still in the handshake"
+        if self._by_address.get(address, 0) >= self.per_address:
+            return f"too many connections still in the handshake from this address (at most {self.per_address})"
+        return None
+
+    def enter(self, address: str) -> None:
+        self.total += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+
+    def leave(self, address: str) -> None:
+        self.total -= 1
+        left = self._by_address[address] - 1
+        if left:
+            self._by_address[address] = left
+        else:
+            del self._by_address[address]  # memory follows the connections, not the addresses ever seen
+
+    def of(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+
+@dataclass
+class SendCounts:
+    """Weights messages in flight: in all, per address and per worker identity.
+
+    Plain counters; ``fedsock.chief.publish.SendSlots`` makes senders wait on them.
+    """
+
+    limit: int
+    per_address: int = limits.MAX_SENDS_PER_ADDRESS
+    per_worker: int = limits.MAX_SENDS_PER_WORKER
+    total: int = 0
+    _by_address: dict[str, int] = field(default_factory=dict)
+    _by_worker: dict[int, int] = field(default_factory=dict)
+
+    def fits(self, address: str, worker: int | None) -> bool:
+        return (self.total < self.limit and self._by_address.get(address, 0) < self.per_address
+                and (worker is None or self._by_worker.get(worker, 0) < self.per_worker))
+
+    def start(self, address: str, worker: int | None) -> None:
+        self.total += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+        if worker is not None:
+            self._by_worker[worker] = self._by_worker.get(worker, 0) + 1
+
+    def finish(self, address: str, worker: int | None) -> None:
+        self.total -= 1
+        _decrement(self._by_address, address)
+        if worker is not None:
+            _decrement(self._by_worker, worker)
+
+
+def _decrement(counts: dict, key: object) -> None:  # type: ignore[type-arg]
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

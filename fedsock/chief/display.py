@@ -1,8 +1,8 @@
 """What the chief shows while it runs: a live ``rich`` panel on a terminal, plain lines otherwise.
 
 The chief hands a display immutable ``Snapshot``s (``update``) and one row
-per finished round (``round_done``); the display never reads the chief's
-state itself. ``PlainDisplay`` prints one line per round, for CI logs and
+per finished round (``round_done``, through ``DisplayCallback``); the display
+never reads the chief's state itself. ``PlainDisplay`` prints one line per round, for CI logs and
 files; ``LiveDisplay`` redraws a small panel a few times a second and prints
 the same per-round lines above it.
 """
@@ -15,6 +15,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from fedsock.chief.callbacks import ChiefCallback, RoundRecord, RunInfo
 
 MODES = ("auto", "live", "plain")
 
@@ -58,7 +60,8 @@ class Snapshot:
 
 
 class Display(Protocol):
-    """What the chief calls; all calls come from its event loop."""
+    """What the chief calls: ``update`` from its event loop, ``round_done`` from the thread that
+    records the round (both may run at once: implementations swap immutable values only)."""
 
     def start(self) -> None: ...
     def update(self, snap: Snapshot) -> None: ...
@@ -208,3 +211,25 @@ def make_display(mode: str = "auto") -> Display:
         terminal = sys.stdout.isatty() and os.environ.get("TERM", "") not in ("", "dumb")
         mode = "live" if terminal else "plain"
     return LiveDisplay() if mode == "live" else PlainDisplay()
+
+
+class DisplayCallback(ChiefCallback):
+    """The display as a chief callback: started with the run, a line per round, stopped at its end.
+
+    The chief also hands it a fresh ``Snapshot`` now and then (``update``).
+    """
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+
+    def on_run_begin(self, run: RunInfo) -> None:
+        self.display.start()
+
+    def update(self, snap: Snapshot) -> None:
+        self.display.update(snap)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.display.round_done(record.row())
+
+    def on_run_end(self, rounds: int) -> None:
+        self.display.stop()

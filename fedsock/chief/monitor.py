@@ -1,8 +1,9 @@
 """Counters about the run and each worker, for the live display and ``fedsock status``.
 
-The chief reports what happens (a connection ended, a round closed, a late
-update); ``Monitor`` keeps the numbers and turns them into a display
-``Snapshot`` or a wire ``Status``. It does no I/O.
+``Monitor`` is a chief callback: it hears of workers joining and leaving and
+of rounds closing (and, from the chief, of late updates), keeps the numbers,
+and turns them into a display ``Snapshot`` or a wire ``Status``. It does no
+I/O.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsock import limits
+from fedsock.chief.callbacks import ChiefCallback, RoundRecord, WorkerJoined, WorkerLeft
 from fedsock.chief.display import Snapshot
-from fedsock.chief.rounds import RoundController, RoundResult
-from fedsock.chief.session import Session
+from fedsock.chief.rounds import RoundController
 from fedsock.protocol import Status, WorkerStatus
+from fedsock.transport.aio import Session
 
 #: Fields of a metrics.jsonl row that are not "metrics" in Status.
 _NOT_METRICS = {"round", "time", "participants", "fraction"}
@@ -36,19 +38,24 @@ class WorkerStats:
     last_seen: float = 0.0  # time.monotonic() of the last byte received
 
 
-class Monitor:
+class Monitor(ChiefCallback):
     """Run and per-worker counters.
 
     Args:
         min_workers: the chief's ``min_workers`` (shown while waiting).
         upstream: a relay's upstream ``host:port``, for Status.
+        max_workers: most worker identities with totals; beyond it, those of
+            disconnected workers are dropped, least recently seen first.
     """
 
-    def __init__(self, min_workers: int, upstream: str | None = None) -> None:
+    def __init__(self, min_workers: int, upstream: str | None = None,
+                 max_workers: int = 4 * limits.MAX_WORKERS) -> None:
         self.min_workers = min_workers
         self.upstream = upstream
+        self.max_workers = max_workers
         self.started = time.monotonic()
         self.workers: dict[int, WorkerStats] = {}
+        self._connected: set[int] = set()
         self.bytes_in = 0
         self.bytes_out = 0
         self.late = 0
@@ -62,26 +69,30 @@ class Monitor:
         st.name = name
         return st
 
-    def joined(self, wid: int, name: str) -> None:
-        """A worker authenticated (first time or again)."""
-        self._stats(wid, name).last_seen = time.monotonic()
+    def on_worker_joined(self, event: WorkerJoined) -> None:
+        if event.worker not in self.workers and len(self.workers) >= self.max_workers:
+            gone = sorted((st.last_seen, w) for w, st in self.workers.items() if w not in self._connected)
+            for _, w in gone[: len(self.workers) - self.max_workers * 3 // 4]:
+                del self.workers[w]
+        self._connected.add(event.worker)
+        self._stats(event.worker, event.name).last_seen = time.monotonic()
 
-    def connection_ended(self, s: Session) -> None:
-        """Fold a finished connection's byte counts into its worker's totals."""
-        if s.worker_id is None:
-            return
-        st = self._stats(s.worker_id, s.name)
-        st.bytes_in += s.bytes_in
-        st.bytes_out += s.bytes_out
-        st.last_seen = max(st.last_seen, s.last_received)
+    def on_worker_left(self, event: WorkerLeft) -> None:
+        """Fold the finished connection's byte counts into its worker's totals."""
+        if not event.replaced:
+            self._connected.discard(event.worker)
+        st = self._stats(event.worker, event.name)
+        st.bytes_in += event.bytes_in
+        st.bytes_out += event.bytes_out
+        st.last_seen = max(st.last_seen, event.last_received)
 
     def late_update(self) -> None:
         """An update for a closed round was dropped."""
         self.late += 1
 
-    def round_done(self, result: RoundResult, row: Mapping[str, Any]) -> None:
-        """A round closed; ``row`` is its metrics.jsonl line."""
-        for wid in result.workers:
+    def on_round_end(self, record: RoundRecord) -> None:
+        row = record.row()
+        for wid in record.workers:
             if wid in self.workers:
                 self.workers[wid].rounds += 1
         self.bytes_in += int(row.get("bytes_in", 0))

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -28,8 +27,7 @@ import numpy as np
 
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.outputs import ModelInfo, Outputs
-from fedsock.chief.rounds import RoundController, RoundResult
-from fedsock.errors import RemoteProtocolError
+from fedsock.chief.rounds import RoundController
 from fedsock.protocol import TensorSpec
 from fedsock.worker.client import Client
 
@@ -40,8 +38,8 @@ class Relay:
     """The upstream side of a relay chief: what the chief calls instead of aggregating itself.
 
     Create with ``await Relay.connect(...)``, then ``start`` once; the chief
-    calls ``propose_initial`` for its workers' round-0 proposals and
-    ``close_round`` to end each round.
+    calls ``propose_initial`` for its workers' round-0 proposals, and its
+    rounds end through ``fedsock.chief.closers.RelayCloser``.
     """
 
     def __init__(self, client: Client, address: str) -> None:
@@ -89,29 +87,15 @@ class Relay:
         """No model yet: a worker's round-0 proposal goes upstream; the upstream's answer is the model.
 
         Raises:
-            RemoteProtocolError: the proposal is encoded or holds NaN/Inf (checked before it leaves).
+            RemoteProtocolError: the proposal holds NaN/Inf (checked before it leaves).
         """
         async with self._lock:  # one proposal upstream at a time; later ones find the model
             if ctrl.has_model:
                 return
-            if any(s.enc is not None for s in specs):
-                raise RemoteProtocolError("an initial model proposal (round 0) cannot be encoded",
-                                          code="bad_message")
             ctrl.check(specs, weights)
             model = await asyncio.to_thread(self.client.join, list(weights))
             log.info("relay: the upstream chief holds the initial model (round %d)", self.client.round)
             self._adopt(ctrl, outputs, specs, self.client.round, model)
-
-    async def close_round(self, ctrl: RoundController) -> RoundResult:
-        """Send the open round's weighted mean upstream, weighted by its total examples; the
-        upstream's answer becomes the global model (and its Done ends this relay's run)."""
-        mean, examples = ctrl.combined()
-        log.info("relay: round %d: sending the mean of %d updates (%d examples) upstream",
-                 ctrl.collecting, len(ctrl.submitted), examples)
-        model = await asyncio.to_thread(self.client.sync, mean, examples)
-        if self.client.finished:
-            ctrl.rounds = self.client.round
-        return ctrl.close(time.monotonic(), adopt=(self.client.round, model))
 
     def close(self) -> None:
         self.client.close()

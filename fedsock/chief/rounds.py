@@ -1,7 +1,12 @@
 """Round bookkeeping without I/O: who is in, who submitted, when a round closes.
 
 The chief's network code asks ``RoundController`` what to do and does it;
-nothing here touches a socket or a clock of its own (``now`` is passed in).
+nothing here touches a socket or a clock of its own (``now`` is passed in),
+and nothing knows the wire, differential privacy or secure aggregation:
+updates arrive decoded, a norm bound comes in as the ``prefold`` hook, and a
+contribution combined elsewhere is ``reserve``d and closed with
+``close_with``. How a round is closed is the job of a closer
+(``fedsock.chief.closers``).
 Rounds are numbered from 1; round 0 is the initial global model.
 
 Worker ids are stable identities: a worker that reconnects keeps its id, so
@@ -13,66 +18,23 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fedsock.aggregation import Reducer, Transform, apply_delta, weighted_mean
-from fedsock.aggregation.dp import bound_update
+from fedsock.chief.outcomes import Accepted, Duplicate, NotSelected, RoundResult, Snapshot, Stale, Verdict
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature, first_nonfinite
-from fedsock.protocol.compression import DecodedUpdate
 
+__all__ = ["Accepted", "Duplicate", "NotSelected", "RoundController", "RoundResult", "Snapshot", "Stale", "Verdict"]
 
-@dataclass(frozen=True)
-class Accepted:
-    """The update was folded into the current round."""
-
-
-@dataclass(frozen=True)
-class Stale:
-    """The update is for a round that is already closed; it was dropped."""
-
-    round: int
-    current: int
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """The same worker re-sent its update after reconnecting; the first copy counts."""
-
-
-@dataclass(frozen=True)
-class NotSelected:
-    """The worker is not sampled for this round (``--fraction``); it waits."""
-
-
-Verdict = Accepted | Stale | Duplicate | NotSelected
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The global state after a round, for a checkpoint."""
-
-    round: int
-    specs: tuple[TensorSpec, ...]
-    weights: list[np.ndarray]
-    transform_state: Any
-    rng_state: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    """What closing a round produced."""
-
-    round: int
-    weights: list[np.ndarray]
-    workers: tuple[int, ...]
-    examples: int
-    opened_at: float
-    selected: tuple[int, ...] | None
+#: Applied to an accepted update before it is folded: (weights, global weights) -> weights to fold.
+Prefold = Callable[[Sequence[np.ndarray], list[np.ndarray]], Sequence[np.ndarray]]
+#: Turns an update as received into full weights (checking them): (specs, arrays, global weights) -> weights.
+Decode = Callable[[Sequence[TensorSpec], Sequence[np.ndarray], list[np.ndarray]], Sequence[np.ndarray]]
 
 
 @dataclass
@@ -90,9 +52,11 @@ class RoundController:
         reducer: how updates are combined within a round.
         fraction: share of the connected workers sampled per round (1.0 = all).
         seed: seed of the sampling generator.
-        dp_clip: differential privacy's clip norm C (0 = off): an update
-            whose delta from the global model is longer than C (beyond
-            ``dp.NORM_TOLERANCE``) is refused as ``invalid_weights``.
+        decode: turns each update as received into full weights (compressed
+            deltas), raising RemoteProtocolError for bad ones.
+        prefold: applied to each accepted update before it is folded, e.g.
+            differential privacy's norm bound; it raises
+            RemoteProtocolError to refuse the update.
     """
 
     rounds: int
@@ -102,7 +66,8 @@ class RoundController:
     reducer: Reducer = field(default_factory=weighted_mean)
     fraction: float = 1.0
     seed: int = 0
-    dp_clip: float = 0.0
+    decode: Decode | None = None
+    prefold: Prefold | None = None
     specs: tuple[TensorSpec, ...] | None = None
     weights: list[np.ndarray] | None = None
     round: int = 0
@@ -119,7 +84,6 @@ class RoundController:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
-    # --- model ------------------------------------------------------------
 
     @property
     def has_model(self) -> bool:
@@ -158,8 +122,6 @@ class RoundController:
             RemoteProtocolError: they do not match the existing model, or
                 hold NaN/Inf.
         """
-        if any(s.enc is not None for s in specs):
-            raise RemoteProtocolError("an initial model proposal (round 0) cannot be encoded", code="bad_message")
         self.check(specs, weights)
         if self.has_model:
             return False
@@ -177,7 +139,6 @@ class RoundController:
                 code="invalid_weights",
             )
 
-    # --- membership ------------------------------------------------------
 
     def join(self, worker: int) -> None:
         """``worker`` holds the global model and may submit from now on."""
@@ -187,7 +148,6 @@ class RoundController:
         """``worker`` disconnected; an update it already submitted still counts."""
         self.members.discard(worker)
 
-    # --- rounds -----------------------------------------------------------
 
     @property
     def finished(self) -> bool:
@@ -217,13 +177,10 @@ class RoundController:
         return self.selected is None or worker in self.selected
 
     def open_if_ready(self, now: float) -> bool:
-        """Open the next round once ``min_workers`` hold the model.
+        """Open the next round once ``min_workers`` hold the model; True if it is open.
 
         Updates are accepted before that (a fast worker may finish its local
         steps while others are still joining); the round just cannot close.
-
-        Returns:
-            True if the round being collected is open.
         """
         if self._opened_at is None and self.has_model and not self.finished:
             if len(self.members) >= self.min_workers:
@@ -241,21 +198,22 @@ class RoundController:
         else:
             self.selected = None
 
-    def submit(
-        self, worker: int, round_: int, num_examples: int, specs: Sequence[TensorSpec],
-        weights: Sequence[np.ndarray], connection: int = 0,
-    ) -> Verdict:
+    def submit(self, worker: int, round_: int, num_examples: int, specs: Sequence[TensorSpec],
+               weights: Sequence[np.ndarray], connection: int = 0) -> Verdict:
         """Fold a worker's update into the round being collected.
 
         Args:
+            specs, weights: the update as received; ``decode`` (if given)
+                turns encoded ones into full weights.
             connection: identifies the connection it came on; a re-send on a
                 new connection is a ``Duplicate``, a second send on the same
                 one is an error.
 
         Raises:
             RemoteProtocolError: no model yet, wrong signature, NaN/Inf, zero
-                examples, an update for a future round, or a second update in
-                one round on the same connection.
+                examples, an update for a future round, a second update in
+                one round on the same connection, or one that ``decode`` or
+                ``prefold`` refuses.
         """
         if not self.has_model:
             raise RemoteProtocolError(
@@ -268,8 +226,9 @@ class RoundController:
                 code="bad_message",
             )
         self.check(specs, weights)  # bad weights are an error even when they arrive late
-        if any(s.enc is not None for s in specs):  # an encoded delta: its decoded values must be finite too
-            DecodedUpdate(weights, [s.enc for s in specs], self.weights).check()  # type: ignore[arg-type]
+        if self.decode is not None:
+            assert self.weights is not None
+            weights = self.decode(specs, weights, self.weights)
         if round_ <= self.round or self.finished:
             return Stale(round_, self.collecting)
         if worker in self._submitted:
@@ -280,39 +239,29 @@ class RoundController:
             )
         if num_examples <= 0:
             raise RemoteProtocolError("update with num_examples = 0", code="bad_message")
-        if any(s.enc is not None for s in specs):  # deltas from the global model, decoded tensor by tensor
-            weights = DecodedUpdate(weights, [s.enc for s in specs], self.weights)  # type: ignore[arg-type]
         if self._opened_at is not None and not self.is_selected(worker):
             return NotSelected()
-        if self.dp_clip > 0:
-            weights = self._bounded(weights)
+        if self.prefold is not None:
+            assert self.weights is not None
+            weights = self.prefold(weights, self.weights)
         self._acc = self.reducer.add(self._ensure_acc(), weights, num_examples)
         self._submitted[worker] = (num_examples, connection)
         return Accepted()
 
-    def _bounded(self, weights: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
-        """``weights`` with their delta norm enforced to ``dp_clip`` (see ``dp.bound_update``)."""
-        assert self.weights is not None
-        try:
-            bounded, _ = bound_update(weights, self.weights, self.dp_clip)
-        except ValueError as exc:
-            raise RemoteProtocolError(f"{exc}; the update was not averaged in", code="invalid_weights") from None
-        return bounded
+    def reserve(self, worker: int, round_: int, connection: int = 0) -> Verdict:
+        """A worker takes part in the open round with a contribution combined elsewhere.
 
-    def mark_ready(self, worker: int, round_: int, connection: int = 0) -> Verdict:
-        """A worker is ready to take part in the open round's secure aggregation.
-
-        Like ``submit`` without weights: the update itself arrives masked and
-        is summed outside this controller (``close(combined=...)``).
+        Like ``submit`` without weights (secure aggregation sums the masked
+        updates itself; the round then closes with ``close_with``).
 
         Raises:
             RemoteProtocolError: no model yet, or a future round.
         """
         if not self.has_model:
-            raise RemoteProtocolError("there is no global model yet: with secure aggregation the chief "
+            raise RemoteProtocolError("there is no global model yet: a round combined outside the chief "
                                       "needs --model", code="out_of_order")
         if round_ > self.collecting and not self.finished:
-            raise RemoteProtocolError(f"keys for round {round_}, but round {self.collecting} is being collected",
+            raise RemoteProtocolError(f"round {round_}, but round {self.collecting} is being collected",
                                       code="bad_message")
         if round_ <= self.round or self.finished:
             return Stale(round_, self.collecting)
@@ -324,13 +273,13 @@ class RoundController:
         self._submitted[worker] = (0, connection)
         return Accepted()
 
-    def unready(self, worker: int) -> None:
-        """Forget that ``worker`` was ready (its connection broke before the attempt began)."""
+    def withdraw(self, worker: int) -> None:
+        """Forget ``worker``'s reservation (its connection broke before its contribution was taken)."""
         self._submitted.pop(worker, None)
 
-    def retry(self, now: float) -> None:
-        """Start the open round's collection again (a failed secure-aggregation attempt): a new
-        deadline, nobody ready."""
+    def restart(self, now: float) -> None:
+        """Start the open round's collection again (a failed attempt to combine it): a new
+        deadline, nobody reserved."""
         self._submitted = {}
         self._deadline = now + self.round_timeout
 
@@ -353,11 +302,8 @@ class RoundController:
         return not self.expected() or now >= self._deadline
 
     def past_deadline_without_quorum(self, now: float) -> bool:
-        """The deadline passed with fewer than ``min_workers`` updates.
-
-        The caller reports it; ``extend`` then gives the round another
-        ``round_timeout``. The updates received so far are kept.
-        """
+        """The deadline passed with fewer than ``min_workers`` updates (the caller reports it;
+        ``extend`` then gives the round another ``round_timeout``, keeping its updates)."""
         return (self._deadline is not None and now >= self._deadline
                 and len(self._submitted) < self.min_workers)
 
@@ -382,59 +328,62 @@ class RoundController:
         """The open round's combined updates (in the model's dtypes) and their total examples.
 
         A relay sends these upstream instead of applying them itself. They are
-        copies: a later ``close`` (with or without ``adopt``) still works.
+        copies: a later ``close`` or ``adopt`` still works.
         """
         assert self._acc is not None and self.weights is not None
         combined = self._result()
         examples = sum(n for n, _ in self._submitted.values())
         return [np.asarray(m).astype(w.dtype) for m, w in zip(combined, self.weights)], examples
 
-    def close(self, now: float, adopt: tuple[int, Sequence[np.ndarray]] | None = None,
-              combined: tuple[Sequence[np.ndarray], tuple[int, ...], int] | None = None) -> RoundResult:
-        """Combine the open round into the new global model; the next round opens at ``now``.
-
-        Args:
-            adopt: (round, weights) computed elsewhere from this round's
-                updates (a relay's upstream): they become the global model
-                instead of this chief's own aggregate, and the round number
-                follows the upstream's.
-            combined: (average, workers, examples) of updates summed outside
-                (secure aggregation): used instead of the accumulator, then
-                the server transform applies as usual.
-        """
-        assert self.weights is not None and self._opened_at is not None
-        assert self._acc is not None or combined is not None
+    def close(self, now: float) -> RoundResult:
+        """Combine the open round with the reducer into the new global model; the next round opens at ``now``."""
+        assert self.weights is not None and self._opened_at is not None and self._acc is not None
         workers = tuple(sorted(self._submitted))
         examples = sum(n for n, _ in self._submitted.values())
-        if combined is not None:
-            average, workers, examples = combined
-            delta = [np.asarray(m, dtype=np.float64) - w for m, w in zip(average, self.weights)]
-            delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
-            self.weights = [apply_delta([w], [d])[0] for w, d in zip(self.weights, delta)]
-            self.round += 1
-        elif adopt is None:
-            summed = self._result()
-            delta = [np.subtract(m, w, out=m) if m.dtype.kind == "f" and m.flags.writeable else m - w
-                     for m, w in zip(summed, self.weights)]
-            spent = {id(m) for m in summed}
-            delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
-            # A delta that is still the spent accumulator's buffer, in the model's dtype (a float32 accumulator),
-            # becomes the new weights in place; others (float64, or made by the transform) are copied.
-            # The old model's buffers take the new one if nothing else holds them or their list
-            # (no send pending or in flight, no result or transform state; the counts are this
-            # method's own references): fresh memory would cost a page fault per page every
-            # round, more than the arithmetic.
-            old = self.weights
-            alone = sys.getrefcount(old) == 3  # self.weights, old, the call's argument
-            unshared = [alone and sys.getrefcount(old[i]) == 2 for i in range(len(old))]  # the list, the argument
-            self.weights = [np.add(d, w, out=d) if id(d) in spent and d.dtype == w.dtype
-                            else apply_delta([w], [d], [w] if free else ())[0]
-                            for w, d, free in zip(old, delta, unshared)]
-            del old
-            self.round += 1
-        else:
-            self.weights = [np.asarray(a).astype(w.dtype) for a, w in zip(adopt[1], self.weights)]
-            self.round = adopt[0]
+        summed = self._result()
+        delta = [np.subtract(m, w, out=m) if m.dtype.kind == "f" and m.flags.writeable else m - w
+                 for m, w in zip(summed, self.weights)]
+        spent = {id(m) for m in summed}
+        delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
+        # A delta that is still the spent accumulator's buffer, in the model's dtype (a float32 accumulator),
+        # becomes the new weights in place; others (float64, or made by the transform) are copied.
+        # The old model's buffers take the new one if nothing else holds them or their list
+        # (no send pending or in flight, no result or transform state; the counts are this
+        # method's own references): fresh memory would cost a page fault per page every
+        # round, more than the arithmetic.
+        old = self.weights
+        alone = sys.getrefcount(old) == 3  # self.weights, old, the call's argument
+        unshared = [alone and sys.getrefcount(old[i]) == 2 for i in range(len(old))]  # the list, the argument
+        self.weights = [np.add(d, w, out=d) if id(d) in spent and d.dtype == w.dtype
+                        else apply_delta([w], [d], [w] if free else ())[0]
+                        for w, d, free in zip(old, delta, unshared)]
+        del old
+        self.round += 1
+        return self._next(now, workers, examples)
+
+    def close_with(self, now: float, average: Sequence[np.ndarray], workers: tuple[int, ...],
+                   examples: int) -> RoundResult:
+        """Close the open round with updates combined outside (secure aggregation): ``average`` replaces
+        the reducer's result, then the server transform applies as usual."""
+        assert self.weights is not None and self._opened_at is not None
+        delta = [np.asarray(m, dtype=np.float64) - w for m, w in zip(average, self.weights)]
+        delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
+        self.weights = [apply_delta([w], [d])[0] for w, d in zip(self.weights, delta)]
+        self.round += 1
+        return self._next(now, workers, examples)
+
+    def adopt(self, now: float, round_: int, weights: Sequence[np.ndarray]) -> RoundResult:
+        """Close the open round with a model computed elsewhere from its updates (a relay's
+        upstream): it becomes the global model, and the round number follows the upstream's."""
+        assert self.weights is not None and self._opened_at is not None
+        workers = tuple(sorted(self._submitted))
+        examples = sum(n for n, _ in self._submitted.values())
+        self.weights = [np.asarray(a).astype(w.dtype) for a, w in zip(weights, self.weights)]
+        self.round = round_
+        return self._next(now, workers, examples)
+
+    def _next(self, now: float, workers: tuple[int, ...], examples: int) -> RoundResult:
+        assert self.weights is not None and self._opened_at is not None
         result = RoundResult(
             self.round, self.weights, workers, examples, self._opened_at,
             tuple(sorted(self.selected)) if self.selected is not None else None,

@@ -80,7 +80,7 @@ class SecureAggregation:
 
     def on_keys(self, worker: int, msg: SecAggKeys, connection: int) -> Verdict:
         """A worker is ready: its keys join the attempt, or it waits for the next one."""
-        verdict = self.controller.mark_ready(worker, msg.round, connection)
+        verdict = self.controller.reserve(worker, msg.round, connection)
         if isinstance(verdict, Accepted | Duplicate):
             att = self.current()
             if att.phase == "keys":
@@ -121,7 +121,7 @@ class SecureAggregation:
         att = self.attempt
         if att is not None and att.phase == "keys" and worker in att.keys:
             att.drop_keys(worker)
-            self.controller.unready(worker)
+            self.controller.withdraw(worker)
         self.progress.set()
 
     # --- driving an attempt ---------------------------------------------
@@ -180,7 +180,7 @@ class SecureAggregation:
                     "starts over with fresh keys", att.round, att.attempt, reason)
         self.attempt = self._new(att.round, att.attempt + 1)
         self.late = set()
-        self.controller.retry(time.monotonic())
+        self.controller.restart(time.monotonic())
         msg = SecAggAbort(att.round, att.attempt, reason)
         await asyncio.gather(*(send(w, msg) for w in sorted(told)))
 

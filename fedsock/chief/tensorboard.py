@@ -9,9 +9,14 @@ without TensorFlow. Scalars are written with TensorFlow's own
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from fedsock.chief.callbacks import ChiefCallback, RoundRecord, RunInfo
+
+log = logging.getLogger("fedsock.chief")
 
 #: metrics.jsonl field -> TensorBoard tag.
 TAGS = {
@@ -75,3 +80,32 @@ class TensorBoardWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class TensorBoard(ChiefCallback):
+    """The TensorBoard callback: opens the writer when the run begins (importing TensorFlow then),
+    writes each round's metrics.jsonl row. A failing write turns it off for the rest of the run
+    (a monitoring side channel must not end the run)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.writer: TensorBoardWriter | None = None
+
+    def on_run_begin(self, run: RunInfo) -> None:
+        if self.writer is None:
+            self.writer = TensorBoardWriter(self.directory)
+            log.info("TensorBoard events in %s (tensorboard --logdir %s)", self.directory, self.directory)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.writer.write(record.row())
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            log.warning("TensorBoard events could not be written (%s); continuing without them", exc)
+            self.writer = None
+
+    def on_run_end(self, rounds: int) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

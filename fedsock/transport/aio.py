@@ -1,4 +1,4 @@
-"""One worker connection on the chief: a TLS socket around a ``Connection``.
+"""The chief's asyncio channel: one worker connection, a TLS socket around a ``Connection``.
 
 The event loop runs the conversation (handshake messages, heartbeats, round
 logic, timeouts), reads everything the worker sends, updates included, and
@@ -74,14 +74,13 @@ class Session:
 
     def __init__(self, sock: ssl.SSLSocket, peer: str, io: concurrent.futures.Executor) -> None:
         self.sock, self.peer, self._io = sock, peer, io
+        self.address = peer.rsplit(":", 1)[0]  # the IP address, for per-address limits
         self.conn = Connection(Role.CHIEF)
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.last_sent = time.monotonic()
-        self.last_received = time.monotonic()
+        self.bytes_in = self.bytes_out = 0
+        self.last_sent = self.last_received = time.monotonic()
         self.worker_id: int | None = None
-        self.conn_id = 0
-        self.name = "?"
+        self.conn_id, self.name = 0, "?"
+        self.reconnect_secret, self.replaced = b"", False  # issued in its Welcome; a newer connection took over
         self._lock = asyncio.Lock()  # one message written at a time
         self._tls_lock = threading.Lock()  # one call into the TLS object at a time
         self._closed = False  # aborted or closing: no more calls into TLS
@@ -211,16 +210,22 @@ class Session:
     # --- sending ----------------------------------------------------------
 
     async def send(self, msg: Message, arrays: Sequence[np.ndarray] = (),
-                   release: threading.Event | None = None) -> int:
+                   release: threading.Event | None = None, *, timeout: float | None) -> int:
         """Send a message and, for weights messages, its chunks. Returns bytes sent.
 
         Chunks go out from an I/O thread, straight from ``arrays`` (no copy);
-        if this is cancelled midway, the connection is aborted (a half-sent
-        message leaves it unusable). With ``release``, the message's last
-        bytes wait until it is set: the peer has the message only once they
-        arrive. Meanwhile one byte of them goes out every ``keepalive_s``, so
-        the peer does not take the wait for silence.
+        if cancelled midway, or past ``timeout`` (TimeoutError; waiting for an
+        earlier message included), the connection is aborted: a half-sent
+        message leaves it unusable. ``timeout`` None: the caller bounds the
+        send (the wait for ``release`` is not the peer's time). With
+        ``release``, the last bytes wait until it is set (the peer has the
+        message only then), trickling a byte every ``keepalive_s``.
         """
+        if timeout is None:
+            return await self._send(msg, arrays, release)
+        return await asyncio.wait_for(self._send(msg, arrays, release), timeout)
+
+    async def _send(self, msg: Message, arrays: Sequence[np.ndarray], release: threading.Event | None) -> int:
         async with self._lock:
             if any(np.asarray(a).size for a in arrays):
                 return await self._in_thread(self._send_blocking, msg, arrays, release)
@@ -291,12 +296,12 @@ class Session:
         self.last_sent = time.monotonic()
         return n
 
-    async def send_error(self, code: str, message: str) -> None:
-        """Send ``Error`` if still allowed; never raises."""
+    async def send_error(self, code: str, message: str, timeout: float = 5.0) -> None:
+        """Send ``Error`` if still allowed, within ``timeout`` (queueing included); never raises."""
         if self.conn.we_finished:
             return
         try:
-            await asyncio.wait_for(self.send(Error(code=code, message=message)), 5.0)
+            await self.send(Error(code=code, message=message), timeout=timeout)
         except Exception:  # noqa: BLE001 - the peer may be gone already
             pass
 

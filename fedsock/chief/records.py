@@ -1,0 +1,164 @@
+"""The run's record on disk, as callbacks: metrics.jsonl and checkpoints (and resuming from them).
+
+A round's metrics line is written, then its checkpoint (which carries the
+line), then the line is fsynced in the background, off the round's critical
+path; the next checkpoint waits for that fsync. A resumed chief keeps the
+lines of completed rounds and restores a last line that never reached the
+disk from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedsock import checkpoint
+from fedsock.aggregation import flatten_state, unflatten_state
+from fedsock.chief.callbacks import ChiefCallback, RoundRecord
+from fedsock.chief.outcomes import Snapshot
+from fedsock.chief.outputs import describe_budget
+from fedsock.chief.rounds import RoundController
+from fedsock.errors import ConfigError, RemoteProtocolError
+from fedsock.protocol import TensorSpec, check_signature
+
+log = logging.getLogger("fedsock.chief")
+
+
+class MetricsLog(ChiefCallback):
+    """Appends one JSON line per round to ``<state-dir>/metrics.jsonl``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "metrics.jsonl"
+        self._pending: concurrent.futures.Future[None] | None = None  # the newest line's fsync
+        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedsock-fsync")
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        """Write the round's line; fsync it now unless a checkpoint carrying it follows (``fsync_later``)."""
+        line = record.row()
+        if record.privacy:
+            log.info("round %d: privacy budget spent: %s", record.round, describe_budget(line))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            if record.snapshot is None:
+                os.fsync(f.fileno())
+
+    def fsync_later(self) -> None:
+        """Fsync the file in the background (after the checkpoint that carries its last line)."""
+        self._pending = self._syncer.submit(self._fsync)
+
+    def _fsync(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync(self) -> None:
+        """Wait until the file is on disk (raises what its fsync raised)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def on_run_end(self, rounds: int) -> None:
+        self.sync()
+
+    def truncate(self, lines: int, last_row: Any = None) -> None:
+        """Keep the first ``lines`` lines: rounds recorded after the checkpoint are redone.
+
+        The checkpoint's own round's line may be missing (it is fsynced only
+        after the checkpoint): it comes back from ``last_row``.
+        """
+        kept = self.path.read_text().splitlines(keepends=True)[:lines] if self.path.exists() else []
+        if len(kept) == lines - 1 and isinstance(last_row, str):
+            log.warning("metrics.jsonl lacked the line of round %d; restored it from the checkpoint", lines)
+            kept.append(last_row + "\n")
+        checkpoint.atomic_write(self.path, "".join(kept).encode())
+
+
+class Checkpoints(ChiefCallback):
+    """Checkpoints the global model after each round (keeping the newest ``keep``), and resumes from them.
+
+    Args:
+        state_dir: the chief's state dir (checkpoints in ``checkpoints/``).
+        keep: checkpoints kept.
+        metrics: the run's metrics log, whose lines the checkpoints account for.
+    """
+
+    def __init__(self, state_dir: Path, keep: int, metrics: MetricsLog) -> None:
+        self.directory = state_dir / "checkpoints"
+        self.keep = keep
+        self.metrics = metrics
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.snapshot is not None:
+            self.checkpoint(record.snapshot, record.members, record.row())
+
+    def checkpoint(self, snap: Snapshot, members: Sequence[str] = (), row: dict[str, Any] | None = None) -> None:
+        """Atomically checkpoint the global model after a round.
+
+        It records the round, the aggregation state, the sampling RNG and how
+        many metrics lines belong to completed rounds.
+        """
+        meta: dict[str, Any] = {"metrics_lines": snap.round, "rng": json.dumps(snap.rng_state),
+                                "members": list(members)}
+        if row is not None:  # its metrics line, fsynced only after this checkpoint
+            meta["last_row"] = json.dumps(row)
+        self.metrics.sync()  # the previous round's line is on disk before this checkpoint appears
+        ckpt = checkpoint.Checkpoint(
+            round=snap.round, specs=snap.specs, weights=snap.weights,
+            state=flatten_state(snap.transform_state), meta=meta,
+        )
+        # the checkpoint that this one pushes out is overwritten, not a new file written (much faster)
+        spare = checkpoint.prunable(self.directory, self.keep) if self.directory.is_dir() else None
+        checkpoint.save(checkpoint.round_path(self.directory, snap.round), ckpt, recycle=spare)
+        checkpoint.prune(self.directory, self.keep)
+        if row is not None:
+            self.metrics.fsync_later()
+
+    def resume(self, ctrl: RoundController, model_specs: tuple[TensorSpec, ...] | None) -> list[str] | None:
+        """Restore ``ctrl`` from the newest checkpoint, if any.
+
+        Returns:
+            The names of the workers taking part when it was written, or None
+            if there was no checkpoint.
+
+        Raises:
+            ConfigError: the newest checkpoint is corrupt, foreign, or does not
+                fit ``--model`` or the configured aggregation: never a silent
+                fresh start.
+        """
+        path = self.metrics.path
+        files = sorted(self.directory.glob("round-*.fsck")) if self.directory.is_dir() else []
+        if not files:
+            if path.exists() and path.stat().st_size:
+                log.warning("no checkpoint in %s: starting fresh; the old metrics.jsonl is "
+                            "kept as metrics.jsonl.old", self.directory)
+                path.replace(path.with_suffix(".jsonl.old"))
+            return None
+        hint = f"move {files[-1]} away to resume from an older checkpoint, or use another --state-dir"
+        try:
+            ckpt = checkpoint.load(files[-1])
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; {hint}") from None
+        if model_specs is not None:
+            try:
+                check_signature(model_specs, ckpt.specs)
+            except RemoteProtocolError as exc:
+                raise ConfigError(f"{files[-1]} was written for another model ({exc}); {hint}") from None
+        try:
+            state = unflatten_state(ctrl.transform.init(ckpt.weights), ckpt.state)
+            rng = json.loads(ckpt.meta["rng"]) if "rng" in ckpt.meta else None
+            lines = int(ckpt.meta.get("metrics_lines", ckpt.round))
+            members = [str(n) for n in ckpt.meta.get("members", [])]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{files[-1]} does not fit this chief's aggregation ({exc}); {hint}") from None
+        ctrl.restore(ckpt.round, ckpt.specs, ckpt.weights, state, rng)
+        self.metrics.truncate(lines, ckpt.meta.get("last_row"))
+        log.info("resuming after round %d of %d from %s", ckpt.round, ctrl.rounds, files[-1])
+        return members

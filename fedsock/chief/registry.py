@@ -1,0 +1,242 @@
+"""Who is in the federation: membership and its rules, as plain data.
+
+``WorkerRegistry`` alone decides who may hold a name, which connection is a
+worker's live one, who waits for a model and who got the final one. It
+touches no socket and reads no clock (``now`` is passed in); a connection is
+any object with a ``last_received`` time (the chief's ``Session``).
+
+The identity rules (protocol.md, "one live connection per name"):
+
+- A name is *held* by the connection that last joined under it, until
+  ``idle_timeout`` has passed since the last byte received on that
+  connection (live or ended).
+- A new connection for a name that is not held is admitted and gets a fresh
+  reconnect secret.
+- For a held name, a connection that proves the name's reconnect secret
+  replaces the old one; any other is refused (``name_in_use``).
+- A chief resumed from a checkpoint knows the names that took part but holds
+  none of them (reconnect secrets are never persisted).
+
+Worker ids are stable per name for the whole run, so an update re-sent
+after a reconnect is recognised as the same contribution.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from fedsock import limits
+
+
+class Connected(Protocol):
+    """What the registry reads of a connection."""
+
+    last_received: float
+
+
+C = TypeVar("C", bound=Connected)
+
+
+@dataclass(frozen=True)
+class Joined(Generic[C]):
+    """Admitted under ``worker``; ``replaced`` is the connection it takes over from (close it)."""
+
+    worker: int
+    secret: bytes
+    replaced: C | None = None
+
+
+@dataclass(frozen=True)
+class NameInUse:
+    """Refused: another running worker holds the name for ``wait_s`` more seconds at most."""
+
+    name: str
+    wait_s: float
+
+    @property
+    def message(self) -> str:
+        return (f"the name {self.name} is in use by another running worker; start this one with a "
+                f"different --name (or wait {self.wait_s:.0f} s if that worker has stopped)")
+
+
+@dataclass(frozen=True)
+class Full:
+    """Refused: the chief serves ``limits.MAX_WORKERS`` workers already."""
+
+    message: str = f"the chief already serves {limits.MAX_WORKERS} workers"
+
+
+@dataclass
+class _Name:
+    worker: int
+    instance: bytes = b""
+    secret: bytes | None = None  # None: not held (never joined in this run, or known from a checkpoint)
+    last_seen: float = float("-inf")  # last byte received on its latest connection, once that ended
+
+
+@dataclass
+class WorkerRegistry(Generic[C]):
+    """Membership of one chief run.
+
+    Args:
+        idle_timeout: seconds of silence after which a name is free again.
+        max_workers: most live workers at once.
+        max_names: most names remembered; beyond it, names neither live nor
+            held nor waiting are forgotten, least recently seen first (a
+            shared-token holder inventing names costs a bounded amount of
+            memory). A forgotten name that comes back gets a new worker id.
+    """
+
+    idle_timeout: float
+    max_workers: int = limits.MAX_WORKERS
+    max_names: int = 4 * limits.MAX_WORKERS
+    live: dict[int, C] = field(default_factory=dict)  # worker id -> its live connection
+    held: set[int] = field(default_factory=set)  # submitted, waiting for a model they are sampled for
+    given_done: set[int] = field(default_factory=set)
+    _names: dict[str, _Name] = field(default_factory=dict)
+    _by_id: dict[int, str] = field(default_factory=dict)
+    _stale: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> (round, replies)
+    _next_id: int = 1
+
+    # --- names and identities ---------------------------------------------
+
+    def _entry(self, name: str, now: float) -> _Name:
+        entry = self._names.get(name)
+        if entry is None:
+            if len(self._names) >= self.max_names:
+                self._forget(now)
+            entry = self._names[name] = _Name(self._next_id)
+            self._by_id[self._next_id] = name
+            self._next_id += 1
+        return entry
+
+    def expect(self, names: Iterable[str], now: float) -> None:
+        """Names that took part before a restart: they keep ids and are owed a Done, but hold nothing."""
+        for name in names:
+            self._entry(name, now).last_seen = now
+
+    def _forget(self, now: float) -> None:
+        """Forget free names, least recently seen first, down to three quarters of ``max_names``."""
+        free = [(e.last_seen, n) for n, e in self._names.items()
+                if e.worker not in self.live and e.worker not in self.held and self.held_for(n, now) == 0]
+        for _, name in sorted(free)[: len(self._names) - self.max_names * 3 // 4]:
+            entry = self._names.pop(name)
+            del self._by_id[entry.worker]
+            self._stale.pop(entry.worker, None)
+            self.given_done.discard(entry.worker)
+
+    def name_of(self, worker: int) -> str:
+        return self._by_id.get(worker, str(worker))
+
+    def worker_of(self, name: str) -> int | None:
+        entry = self._names.get(name)
+        return entry.worker if entry is not None else None
+
+    def label(self, worker: int) -> str:
+        """How logs name a worker."""
+        return f"worker {worker} ({self.name_of(worker)})"
+
+    def who(self, workers: Iterable[int]) -> str:
+        return ", ".join(self.name_of(w) for w in sorted(workers)) or "none"
+
+    def names(self, workers: Iterable[int]) -> list[str]:
+        """The names of ``workers``, sorted."""
+        return sorted(self.name_of(w) for w in workers if w in self._by_id)
+
+    def reconnect_secret(self, name: str) -> bytes | None:
+        """The secret a reconnect under ``name`` must prove (None: there is none to prove)."""
+        entry = self._names.get(name)
+        return entry.secret if entry is not None else None
+
+    def _last_heard(self, entry: _Name) -> float:
+        conn = self.live.get(entry.worker)
+        return max(entry.last_seen, conn.last_received) if conn is not None else entry.last_seen
+
+    def held_for(self, name: str, now: float) -> float:
+        """Seconds until ``name`` is free (0: free now)."""
+        entry = self._names.get(name)
+        if entry is None or entry.secret is None:
+            return 0.0
+        return max(0.0, self._last_heard(entry) + self.idle_timeout - now)
+
+    def join(self, name: str, instance: bytes, conn: C, proven: bool, now: float) -> Joined[C] | NameInUse | Full:
+        """A connection authenticated as ``name`` asks to join.
+
+        Args:
+            instance: the worker process's instance id (from Hello).
+            proven: it proved ``reconnect_secret(name)`` (Auth.resume).
+
+        Returns:
+            ``Joined`` (with a fresh reconnect secret for its Welcome), or
+            why not.
+        """
+        wait = self.held_for(name, now)
+        if wait > 0 and not proven:
+            return NameInUse(name, wait)
+        known = self._names.get(name)
+        if (known is None or known.worker not in self.live) and len(self.live) >= self.max_workers:
+            return Full()
+        entry = self._entry(name, now)
+        replaced = self.live.get(entry.worker)
+        entry.instance = instance
+        entry.secret = secrets.token_bytes(limits.RECONNECT_SECRET_BYTES)
+        self.live[entry.worker] = conn
+        return Joined(entry.worker, entry.secret, replaced)
+
+    def leave(self, worker: int, conn: C) -> bool:
+        """``conn`` ended. Returns True if it was ``worker``'s live connection (the worker left);
+        False if a newer connection had replaced it (nothing changes)."""
+        if self.live.get(worker) is not conn:
+            return False
+        del self.live[worker]
+        entry = self._names[self._by_id[worker]]
+        entry.last_seen = max(entry.last_seen, conn.last_received)
+        self.held.discard(worker)
+        return True
+
+    def instance_of(self, worker: int) -> bytes:
+        entry = self._names.get(self.name_of(worker))
+        return entry.instance if entry is not None else b""
+
+    # --- waiting for models -------------------------------------------------
+
+    def hold(self, worker: int) -> None:
+        """``worker`` submitted but is not sampled for the open round: it waits for a later model."""
+        self.held.add(worker)
+
+    def recipients(self, submitted: Iterable[int], selected: Callable[[int], bool], final: bool) -> list[int]:
+        """Who gets the model a round just produced; the others stay held.
+
+        At the end everyone live gets it; otherwise those who submitted or
+        wait, if sampled for the next round.
+        """
+        if final:
+            self.held = set()
+            return sorted(self.live)
+        waiting = set(submitted) | self.held
+        targets = {w for w in waiting if selected(w)}
+        self.held = (waiting - targets) & self.live.keys()
+        return sorted(targets & self.live.keys())
+
+    def allow_stale_reply(self, worker: int, round_: int) -> bool:
+        """Whether a stale update of ``worker`` while ``round_`` is collected still gets a Global
+        (at most ``limits.MAX_STALE_REPLIES_PER_ROUND`` per round)."""
+        seen_round, count = self._stale.get(worker, (round_, 0))
+        if seen_round != round_:
+            count = 0
+        if count >= limits.MAX_STALE_REPLIES_PER_ROUND:
+            return False
+        self._stale[worker] = (round_, count + 1)
+        return True
+
+    def done(self, worker: int) -> None:
+        """``worker`` received the final model."""
+        self.given_done.add(worker)
+
+    def owed_done(self, since: float) -> set[int]:
+        """Workers not connected now, seen since ``since``, that never got the final model."""
+        return {e.worker for e in self._names.values()
+                if e.worker not in self.given_done and e.worker not in self.live and e.last_seen > since}

@@ -1,0 +1,176 @@
+"""The round controller and each round closer, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fedsock.aggregation import fedavg, identity, weighted_mean
+from fedsock.chief.closers import LocalCloser, RelayCloser, SecureCloser
+from fedsock.chief.config import ChiefConfig
+from fedsock.chief.relay import Relay
+from fedsock.chief.rounds import Accepted, Duplicate, NotSelected, RoundController, Stale
+from fedsock.chief.secure import SecureAggregation
+from fedsock.errors import RemoteProtocolError
+from fedsock.protocol import TensorSpec, specs_of
+from fedsock.protocol.secagg import SecAggInbox, SecAggRoster, SecAggUnmask
+from fedsock.secagg import fixedpoint
+from fedsock.secagg.worker import WorkerRound
+
+SHAPES = [(3,), (2, 2)]
+
+
+def controller(min_workers: int = 2, **kw) -> RoundController:
+    c = RoundController(rounds=3, min_workers=min_workers, round_timeout=10.0, transform=kw.pop("transform", fedavg()),
+                        **kw)
+    w = [np.zeros(s, np.float32) for s in SHAPES]
+    c.set_model(specs_of(w), w)
+    for worker in (1, 2, 3):
+        c.join(worker)
+    assert c.open_if_ready(0.0)
+    return c
+
+
+def update(value: float) -> list[np.ndarray]:
+    return [np.full(s, value, np.float32) for s in SHAPES]
+
+
+def close(closer, c: RoundController):
+    return asyncio.run(closer.close(c, 1.0))
+
+
+def test_controller_verdicts_and_quorum():
+    c = controller()
+    assert isinstance(c.submit(1, 1, 10, specs_of(update(1)), update(1), connection=1), Accepted)
+    assert isinstance(c.submit(1, 1, 10, specs_of(update(1)), update(1), connection=2), Duplicate)
+    with pytest.raises(RemoteProtocolError, match="second update"):
+        c.submit(1, 1, 10, specs_of(update(1)), update(1), connection=1)
+    with pytest.raises(RemoteProtocolError, match="round 5"):
+        c.submit(2, 5, 10, specs_of(update(1)), update(1))
+    assert not c.should_close(1.0)  # one of two updates
+    assert isinstance(c.submit(2, 1, 30, specs_of(update(3)), update(3)), Accepted)
+    assert not c.should_close(1.0)  # worker 3 is still expected, before the deadline
+    assert c.should_close(10.0)
+    assert isinstance(c.submit(3, 0, 5, specs_of(update(1)), update(1)), Stale)
+
+
+def test_prefold_and_decode_hooks_see_each_accepted_update():
+    seen = []
+
+    def prefold(weights, base):
+        seen.append(float(weights[0][0]))
+        return [w / 2 for w in weights]
+
+    c = controller(decode=lambda specs, arrays, base: [a + 1 for a in arrays], prefold=prefold)
+    c.submit(1, 1, 1, specs_of(update(1)), update(1))
+    c.submit(2, 1, 1, specs_of(update(3)), update(3))
+    assert seen == [2.0, 4.0]
+    np.testing.assert_allclose(close(LocalCloser(), c).weights[0], np.full(3, 1.5))
+
+
+def test_local_closer_averages_by_examples_and_opens_the_next_round():
+    c = controller(min_workers=2, reducer=weighted_mean())
+    c.submit(1, 1, 10, specs_of(update(1)), update(1))
+    c.submit(2, 1, 30, specs_of(update(3)), update(3))
+    r = close(LocalCloser(), c)
+    assert (r.round, r.workers, r.examples, r.extra) == (1, (1, 2), 40, {})
+    np.testing.assert_allclose(r.weights[1], np.full((2, 2), 2.5))
+    assert c.round == 1 and c.is_open and c.submitted == {}
+
+
+def test_relay_closer_sends_the_mean_upstream_and_adopts_the_answer():
+    calls = []
+
+    def sync(mean, examples):
+        calls.append((np.array(mean[0]), examples))
+        client.round += 9
+        return [m * 2 for m in mean]
+
+    client = SimpleNamespace(sync=sync, round=0, finished=False)
+    c = controller()
+    c.rounds = 100
+    c.submit(1, 1, 10, specs_of(update(1)), update(1))
+    c.submit(2, 1, 30, specs_of(update(3)), update(3))
+    r = close(RelayCloser(Relay(client, "upstream:1")), c)  # type: ignore[arg-type]
+    assert calls[0][1] == 40
+    np.testing.assert_allclose(calls[0][0], np.full(3, 2.5))
+    assert r.round == 9 and c.round == 9 and r.examples == 40
+    np.testing.assert_allclose(r.weights[0], np.full(3, 5.0))
+    client.finished = True
+    c.submit(1, 10, 1, specs_of(update(1)), update(1))
+    c.submit(2, 10, 1, specs_of(update(1)), update(1))
+    close(RelayCloser(Relay(client, "upstream:1")), c)  # type: ignore[arg-type]
+    assert c.rounds == c.round == 18 and c.finished  # the upstream's Done ends the run
+
+
+class Workers:
+    """Workers' secure-aggregation state machines, answering the chief's messages at once."""
+
+    def __init__(self, sec: SecureAggregation, updates: dict[int, list[np.ndarray]], examples: dict[int, int],
+                 vanish: frozenset[int] = frozenset()) -> None:
+        self.sec, self.updates, self.examples, self.vanish = sec, updates, examples, vanish
+        self.states: dict[int, WorkerRound] = {}
+        self.sent: list[tuple[int, str]] = []
+        for w in updates:
+            self.states[w], keys = WorkerRound.start(1)
+            assert isinstance(sec.on_keys(w, keys, connection=w), Accepted)
+
+    async def send(self, w: int, msg: object) -> bool:
+        self.sent.append((w, type(msg).__name__))
+        st = self.states[w]
+        if isinstance(msg, SecAggRoster):
+            self.sec.on_shares(w, st.on_roster(msg))
+        elif isinstance(msg, SecAggInbox):
+            if w in self.vanish:
+                return True
+            st.on_inbox(msg)
+            masked = st.mask(fixedpoint.encode(self.updates[w], self.examples[w], len(self.updates)))
+            specs = [TensorSpec(f"t{i}", "uint64", s) for i, s in enumerate([*SHAPES, (1,)])]
+            assert self.sec.check_masked(w, 1, 1, specs)
+            self.sec.add_masked(w, 1, 1, [masked[:3], masked[3:7], masked[7:]])
+        elif isinstance(msg, SecAggUnmask):
+            self.sec.on_reveal(w, st.on_unmask(msg))
+        return True
+
+    def alive(self, w: int) -> bool:
+        return w not in self.vanish
+
+
+def test_secure_closer_closes_with_the_unmasked_average_and_holds_its_workers():
+    c = controller(min_workers=2, transform=identity())
+    sec = SecureAggregation(ChiefConfig(min_workers=2, secure_agg=True, secagg_timeout=1.0), c)
+    updates = {w: update(float(w)) for w in (1, 2, 3)}
+    workers = Workers(sec, updates, {1: 10, 2: 20, 3: 30})
+    held: list[int] = []
+    r = close(SecureCloser(sec, workers.send, workers.alive, held.append), c)
+    assert r is not None and r.round == 1 and r.workers == (1, 2, 3) and r.examples == 60
+    np.testing.assert_allclose(r.weights[0], np.full(3, (10 + 40 + 90) / 60), atol=1e-4)
+    assert r.extra["secure_agg"]["attempt"] == 1 and r.extra["secure_agg"]["dropped"] == 0
+    assert sorted(held) == [1, 2, 3]
+    assert {kind for _, kind in workers.sent} == {"SecAggRoster", "SecAggInbox", "SecAggUnmask"}
+
+
+def test_secure_closer_leaves_the_round_open_when_too_few_survive():
+    c = controller(min_workers=2, transform=identity())
+    sec = SecureAggregation(ChiefConfig(min_workers=2, secure_agg=True, secagg_threshold=3, secagg_timeout=0.2), c)
+    workers = Workers(sec, {w: update(1.0) for w in (1, 2, 3)}, {1: 1, 2: 1, 3: 1}, vanish=frozenset({3}))
+    held: list[int] = []
+    assert close(SecureCloser(sec, workers.send, workers.alive, held.append), c) is None
+    assert c.round == 0 and c.is_open and c.submitted == {}  # starts over with fresh keys
+    assert ("SecAggAbort" in {kind for _, kind in workers.sent}) and held == []
+    assert isinstance(c.submit(1, 1, 1, specs_of(update(1)), update(1)), Accepted)
+
+
+def test_a_worker_not_sampled_waits():
+    c = RoundController(rounds=3, min_workers=1, round_timeout=10.0, transform=fedavg(), fraction=0.5, seed=1)
+    w = update(0)
+    c.set_model(specs_of(w), w)
+    for worker in (1, 2, 3, 4):
+        c.join(worker)
+    c.open_if_ready(0.0)
+    assert c.selected is not None and len(c.selected) == 2
+    out = next(x for x in (1, 2, 3, 4) if x not in c.selected)
+    assert isinstance(c.submit(out, 1, 1, specs_of(w), w), NotSelected)
