@@ -266,7 +266,7 @@ class Hostile:
         return out
 
     def error(self, timeout: float = 10.0) -> Error | None:
-        """The chief's Error, or None if it closed without one within ``timeout`` seconds."""
+        """The chief's Error within ``timeout`` seconds; None if it closed without one or sent nothing."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
