@@ -313,11 +313,17 @@ def announce_frame(address: str, nbytes: int, source: str = "127.0.0.1",
 
 class IdleFlood(threading.Thread):
     """Holds ``count`` idle plain TCP connections to the chief from ``source``,
-    reopening each as soon as the chief drops it (at most ``max_rate`` reopenings a
-    second, to leave the machine's CPU to the processes under test).
+    reopening each as soon as the chief drops it.
+
+    A connection that held a slot (it lived more than ``HELD_S``) is replaced at
+    once, so that a slot the chief frees goes back to the flood; connections the
+    chief refuses at once are retried at most ``max_rate`` times a second, to
+    leave the machine's CPU to the processes under test.
 
     Use as a context manager, or ``start()`` and ``stop()``.
     """
+
+    HELD_S = 0.5
 
     def __init__(self, address: str, count: int, source: str = "127.0.0.2", max_rate: float = 200.0) -> None:
         super().__init__(daemon=True, name="idle-flood")
@@ -334,20 +340,18 @@ class IdleFlood(threading.Thread):
         except OSError:
             return
         s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ)
+        sel.register(s, selectors.EVENT_READ, data=time.monotonic())
         self.opened += 1
 
     def run(self) -> None:
         sel = selectors.DefaultSelector()
+        next_open = 0.0  # rate limit of the refill (a burst of up to max_rate, then max_rate a second)
         try:
             while not self._halt.is_set():
-                missing = self.count - len(sel.get_map())
-                for _ in range(missing):
-                    if self._halt.is_set():
-                        break
+                while len(sel.get_map()) < self.count and time.monotonic() >= next_open:
                     self._open(sel)
-                    time.sleep(1.0 / self.max_rate)
-                for key, _ in sel.select(timeout=0.01):
+                    next_open = max(next_open, time.monotonic() - 1.0) + 1.0 / self.max_rate
+                for key, _ in sel.select(timeout=0.005):
                     s = key.fileobj
                     assert isinstance(s, socket.socket)
                     try:
@@ -356,10 +360,12 @@ class IdleFlood(threading.Thread):
                         continue
                     except OSError:
                         data = b""
-                    if not data:  # dropped by the chief: reopen on the next pass
+                    if not data:  # dropped by the chief
                         sel.unregister(s)
                         s.close()
                         self.dropped += 1
+                        if time.monotonic() - key.data > self.HELD_S:
+                            self._open(sel)  # it held a slot: take the freed slot back at once
         finally:
             for key in list(sel.get_map().values()):
                 key.fileobj.close()  # type: ignore[union-attr]
