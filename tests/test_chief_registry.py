@@ -53,7 +53,7 @@ def test_a_proven_reconnect_replaces_the_old_connection_and_gets_a_new_secret():
     assert reg.live[a.worker] is new
 
 
-def test_a_name_is_free_once_silent_past_the_idle_timeout_live_or_ended():
+def test_a_live_name_is_free_once_silent_past_the_idle_timeout():
     reg: WorkerRegistry[Conn] = WorkerRegistry(IDLE)
     stuck = Conn(0.0)
     a = joined(reg.join("n", b"1" * 16, stuck, proven=False, now=0.0))
@@ -61,10 +61,20 @@ def test_a_name_is_free_once_silent_past_the_idle_timeout_live_or_ended():
     assert isinstance(reg.join("n", b"2" * 16, Conn(), proven=False, now=80.0), NameInUse)
     b = joined(reg.join("n", b"2" * 16, Conn(91.0), proven=False, now=91.0))  # 61 s of silence: free
     assert b.worker == a.worker and b.replaced is stuck
-    ended = reg.live[b.worker]
-    assert reg.leave(b.worker, ended) and b.worker not in reg.live
-    assert isinstance(reg.join("n", b"3" * 16, Conn(), proven=False, now=91.0 + IDLE - 1), NameInUse)
-    assert isinstance(reg.join("n", b"3" * 16, Conn(), proven=False, now=91.0 + IDLE + 1), Joined)
+
+
+def test_a_name_whose_connection_ended_is_free_at_once_for_a_new_instance():
+    reg: WorkerRegistry[Conn] = WorkerRegistry(IDLE)
+    old = Conn(10.0)
+    a = joined(reg.join("n", b"1" * 16, old, proven=False, now=10.0))
+    reg.hold(a.worker)
+    assert reg.leave(a.worker, old) and reg.held_for("n", 10.5) == 0.0
+    # a restarted process: another instance id, no reconnect proof, well within the idle timeout
+    b = joined(reg.join("n", b"2" * 16, Conn(11.0), proven=False, now=11.0))
+    assert b.worker == a.worker and b.replaced is None and b.secret != a.secret  # the same stable id
+    assert reg.instance_of(b.worker) == b"2" * 16 and reg.reconnect_secret("n") == b.secret
+    # and now it is live again, so a third instance is refused
+    assert isinstance(reg.join("n", b"3" * 16, Conn(12.0), proven=False, now=12.0), NameInUse)
 
 
 def test_names_from_a_checkpoint_keep_their_ids_but_are_not_held():

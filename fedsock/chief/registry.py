@@ -5,15 +5,17 @@ worker's live one, who waits for a model and who got the final one. It
 touches no socket and reads no clock (``now`` is passed in); a connection is
 any object with a ``last_received`` time (the chief's ``Session``).
 
-The identity rules (protocol.md, "one live connection per name"):
+The identity rules (protocol.md 7.2, "one live connection per name"):
 
-- A name is *held* by the connection that last joined under it, until
-  ``idle_timeout`` has passed since the last byte received on that
-  connection (live or ended).
+- A name is *held* while its latest connection is live (the chief has not
+  seen it end) and has received a byte within ``idle_timeout``.
 - A new connection for a name that is not held is admitted and gets a fresh
-  reconnect secret.
+  reconnect secret; if the name's old connection is still open but silent
+  past the idle timeout, it is replaced. A name whose connection ended (EOF,
+  reset, timeout) is free at once, for any instance.
 - For a held name, a connection that proves the name's reconnect secret
-  replaces the old one; any other is refused (``name_in_use``).
+  (the same instance reconnecting) replaces the old one; any other is
+  refused (``name_in_use``).
 - A chief resumed from a checkpoint knows the names that took part but holds
   none of them (reconnect secrets are never persisted).
 
@@ -73,7 +75,7 @@ class Full:
 class _Name:
     worker: int
     instance: bytes = b""
-    secret: bytes | None = None  # None: not held (never joined in this run, or known from a checkpoint)
+    secret: bytes | None = None  # issued to its latest connection (None: none joined in this run)
     last_seen: float = float("-inf")  # last byte received on its latest connection, once that ended
 
 
@@ -82,7 +84,7 @@ class WorkerRegistry(Generic[C]):
     """Membership of one chief run.
 
     Args:
-        idle_timeout: seconds of silence after which a name is free again.
+        idle_timeout: seconds of silence after which a live connection no longer holds its name.
         max_workers: most live workers at once.
         max_names: most names remembered; beyond it, names neither live nor
             held nor waiting are forgotten, least recently seen first (a
@@ -121,7 +123,7 @@ class WorkerRegistry(Generic[C]):
     def _forget(self, now: float) -> None:
         """Forget free names, least recently seen first, down to three quarters of ``max_names``."""
         free = [(e.last_seen, n) for n, e in self._names.items()
-                if e.worker not in self.live and e.worker not in self.held and self.held_for(n, now) == 0]
+                if e.worker not in self.live and e.worker not in self.held]
         for _, name in sorted(free)[: len(self._names) - self.max_names * 3 // 4]:
             entry = self._names.pop(name)
             del self._by_id[entry.worker]
@@ -151,16 +153,14 @@ class WorkerRegistry(Generic[C]):
         entry = self._names.get(name)
         return entry.secret if entry is not None else None
 
-    def _last_heard(self, entry: _Name) -> float:
-        conn = self.live.get(entry.worker)
-        return max(entry.last_seen, conn.last_received) if conn is not None else entry.last_seen
-
     def held_for(self, name: str, now: float) -> float:
-        """Seconds until ``name`` is free (0: free now)."""
+        """Seconds until ``name`` is free (0: free now): its live connection's silence reaching
+        the idle timeout. A name whose connection ended is free."""
         entry = self._names.get(name)
-        if entry is None or entry.secret is None:
+        conn = self.live.get(entry.worker) if entry is not None else None
+        if conn is None:
             return 0.0
-        return max(0.0, self._last_heard(entry) + self.idle_timeout - now)
+        return max(0.0, conn.last_received + self.idle_timeout - now)
 
     def join(self, name: str, instance: bytes, conn: C, proven: bool, now: float) -> Joined[C] | NameInUse | Full:
         """A connection authenticated as ``name`` asks to join.
