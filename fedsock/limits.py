@@ -17,6 +17,18 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 #: at most this many bytes; a larger header is refused before its body is buffered.
 MAX_PREAUTH_FRAME_BYTES = 4096
 
+#: Largest frame body other than a Chunk that the chief accepts from a worker after Auth,
+#: in bytes: the largest legitimate one is an Update header with MAX_TENSORS specs, each
+#: with a name of MAX_TENSOR_NAME_BYTES, rank MAX_TENSOR_RANK and an int8 encoding
+#: (6,000,058 bytes), leaving 2 MiB for its metrics; secure aggregation's are smaller
+#: (SecAggMasked 5,540,044, SecAggShares with MAX_WORKERS sealed shares 537,643).
+MAX_WORKER_MESSAGE_BYTES = 8 * 1024 * 1024
+#: Bytes of frames the chief holds partly received (announced, body not complete) from all
+#: connections together, and from the connections of one IP address. A frame of at most
+#: BUFFERED_FRAME_FREE_BYTES needs none of it; a larger one waits, unread, until it fits.
+MAX_BUFFERED_FRAME_BYTES = 64 * 1024 * 1024
+MAX_BUFFERED_FRAME_BYTES_PER_ADDRESS = 16 * 1024 * 1024
+
 # --- message bodies (msgpack) -------------------------------------------
 #: Longest string in any message body (names, messages, JSON model configs).
 MAX_STR_BYTES = 4 * 1024 * 1024
@@ -57,7 +69,7 @@ SECAGG_MAX_SHARE_BYTES = 128
 
 # --- time ----------------------------------------------------------------
 #: Seconds a new connection has for the TLS handshake, and then again for
-#: Hello/Challenge/Auth (sending Welcome's weights is bounded by IDLE_TIMEOUT_S).
+#: Hello/Challenge/Auth (sending Welcome's weights is bounded by SEND_TIMEOUT_S).
 HANDSHAKE_TIMEOUT_S = 10.0
 #: Seconds of silence after which a peer is considered gone (both sides send a
 #: Heartbeat every HEARTBEAT_INTERVAL_S while they have nothing else to say).
@@ -67,7 +79,7 @@ IDLE_TIMEOUT_S = 60.0
 SECAGG_PHASE_TIMEOUT_S = 60.0
 #: Seconds any single send (one message, with its chunks) may take before the
 #: connection is dropped; a peer that stops reading costs one send slot for
-#: at most this long.
+#: at most this long. The default of the chief's ``--send-timeout``.
 SEND_TIMEOUT_S = 60.0
 
 # --- admission -----------------------------------------------------------
@@ -125,5 +137,8 @@ YIELD_BYTES = 16 * 1024 * 1024
 #: Most weights messages (Global, Done) the chief writes at once; each takes an I/O
 #: thread and its connection's kernel buffers, bounding threads and memory.
 MAX_CONCURRENT_SENDS = 16
+#: Frames up to this many bytes are buffered without taking from MAX_BUFFERED_FRAME_BYTES
+#: (every Heartbeat and small message; an Update header of about 1,000 tensors).
+BUFFERED_FRAME_FREE_BYTES = 64 * 1024
 #: The chief's threads that send weights messages (TLS and copies, off the event loop).
 IO_THREADS = 64

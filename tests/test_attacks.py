@@ -29,7 +29,7 @@ import pytest
 
 from fedsock import limits
 from fedsock.errors import FedsockError
-from fedsock.protocol import Error, Global, Update, Welcome, message_bytes, specs_of
+from fedsock.protocol import Error, Global, Kind, Update, Welcome, message_bytes, specs_of
 from fedsock.testing.attacker import Hostile, IdleFlood, announce_frame, stale_update
 from tests.conftest import ROOT, env
 
@@ -292,6 +292,101 @@ def test_big_frames_before_auth_refused_at_the_header(chiefs, procs):
     assert peak <= RSS_BASE_MIB, f"chief peak RSS {peak:.0f} MiB with {PREAUTH_CONNECTIONS} big frames announced"
     assert codes == ["frame_too_large"] * PREAUTH_CONNECTIONS, codes
     wait_rounds(chief, 3, ("steady",))
+
+
+POSTAUTH_CONNECTIONS = 24  # all from one address, each under its own name (the shared token)
+
+
+def _announce_all(hostiles: list[Hostile], kind: Kind, nbytes: int) -> list[Error | None]:
+    with ThreadPoolExecutor(len(hostiles)) as pool:
+        return list(pool.map(lambda h: h.announce(kind, nbytes, answer_within=1.0), hostiles))
+
+
+def _joined(chief, count: int, prefix: str, sources: tuple[str, ...]) -> list[Hostile]:
+    out = []
+    for i in range(count):
+        h = Hostile(chief.address, chief.token, source=sources[i % len(sources)], timeout=10.0)
+        assert isinstance(h.join(f"{prefix}-{i}"), Welcome)
+        out.append(h)
+    return out
+
+
+def test_big_frames_after_auth_refused_at_the_header(chiefs, procs):
+    chief = chiefs(*FAST, "--min-workers", "1")
+    honest(procs, chief, "steady", "--work", "0.05")
+    wait_rounds(chief, 3, ("steady",))
+    hostiles = _joined(chief, POSTAUTH_CONNECTIONS, "big", ("127.0.0.20",))
+    # a Heartbeat of 16 MiB, and an Update header larger than any legitimate one
+    errors = (_announce_all(hostiles[::2], Kind.HEARTBEAT, limits.MAX_FRAME_BYTES)
+              + _announce_all(hostiles[1::2], Kind.UPDATE, limits.MAX_WORKER_MESSAGE_BYTES + 1))
+    peak = peak_rss_mib(chief.proc.pid)
+    for h in hostiles:
+        h.close()
+    assert peak <= RSS_BASE_MIB, f"chief peak RSS {peak:.0f} MiB with {POSTAUTH_CONNECTIONS} big frames announced"
+    codes = [err.code if err is not None else None for err in errors]
+    assert codes == ["frame_too_large"] * POSTAUTH_CONNECTIONS, codes
+    wait_rounds(chief, 3, ("steady",))
+
+
+#: Frames as large as a worker's message may be, from more connections than the budget for
+#: partly received frames can hold: 40 x 8 MiB would be 320 MiB buffered.
+BUDGET_CONNECTIONS = 40
+
+
+def test_partly_received_frames_share_a_byte_budget(chiefs, procs):
+    chief = chiefs(*FAST, "--min-workers", "1")
+    honest(procs, chief, "steady", "--work", "0.05")
+    wait_rounds(chief, 3, ("steady",))
+    hostiles = _joined(chief, BUDGET_CONNECTIONS, "fat", ("127.0.0.21", "127.0.0.22"))
+    errors = _announce_all(hostiles, Kind.UPDATE, limits.MAX_WORKER_MESSAGE_BYTES)
+    during = rounds_in(chief, 3)  # all of them are still open, their frames unfinished
+    peak = peak_rss_mib(chief.proc.pid)
+    for h in hostiles:
+        h.close()
+    assert all(err is None for err in errors), errors  # within the cap: not refused, just not buffered at once
+    assert peak <= RSS_BASE_MIB, f"chief peak RSS {peak:.0f} MiB with {BUDGET_CONNECTIONS} frames held open"
+    assert len([r for r in during if "steady" in r["participants"]]) >= 3, during
+    wait_rounds(chief, 3, ("steady",))
+
+
+#: An 8 MiB float32 model: a Welcome a connection does not read blocks its send.
+STALL_SHAPE = "2048,1024"
+
+
+def test_stuck_connections_from_a_workers_address_do_not_stall_its_rounds(chiefs, procs):
+    # A shared NAT: the attacker's connections come from the honest worker's own address.
+    chief = chiefs(*FAST, "--min-workers", "1", "--idle-timeout", "30")
+    honest(procs, chief, "natted", "--shape", STALL_SHAPE, "--idle-timeout", "30")
+    wait_rounds(chief, 3, ("natted",))
+    before = rounds_in(chief, 5)
+    assert len(before) >= 5, f"only {len(before)} rounds in 5 s before the attack"
+    stuck = []
+    for i in range(limits.MAX_SENDS_PER_ADDRESS):  # every send slot of 127.0.0.1 for replies
+        h = Hostile(chief.address, chief.token, source="127.0.0.1", rcvbuf=64 * 1024)
+        assert h.authenticate(f"stuck-{i}") is None  # and never reads its Welcome
+        stuck.append(h)
+    time.sleep(1)
+    during = [r for r in rounds_in(chief, 10) if "natted" in r["participants"]]
+    for h in stuck:
+        h.close()
+    assert len(during) >= len(before), (f"{len(during)} rounds in 10 s with {len(stuck)} stuck connections "
+                                        f"from the worker's address (before: {len(before)} in 5 s)")
+    wait_rounds(chief, 3, ("natted",))
+
+
+def test_a_welcome_nobody_reads_is_dropped_at_the_send_timeout(chiefs, procs):
+    chief = chiefs(*FAST, "--min-workers", "1", "--idle-timeout", "60", "--send-timeout", "2")
+    honest(procs, chief, "reader", "--shape", STALL_SHAPE)
+    wait_rounds(chief, 2, ("reader",))
+    h = Hostile(chief.address, chief.token, rcvbuf=64 * 1024)
+    t0 = time.monotonic()
+    assert h.authenticate("nonreader") is None  # its 8 MiB Welcome is never read
+    while "(nonreader): Welcome not sent within the send timeout (2 s)" not in chief.output():
+        assert time.monotonic() - t0 < 20, chief.output()[-3000:]
+        time.sleep(0.1)
+    assert time.monotonic() - t0 < 10  # --send-timeout, not --idle-timeout (60 s)
+    h.close()
+    wait_rounds(chief, 2, ("reader",))
 
 
 # --- 4. names are identities -------------------------------------------------------

@@ -115,3 +115,35 @@ def _decrement(counts: dict, key: object) -> None:  # type: ignore[type-arg]
         counts[key] = left
     else:
         del counts[key]
+
+
+@dataclass
+class BufferedFrames:
+    """Bytes of frames partly received (announced, body incomplete), in all and per address.
+
+    Plain counters; ``fedsock.transport.aio.FrameBudget`` makes readers wait on them.
+    A frame as large as any a worker may send always fits once nothing else is held.
+    """
+
+    limit: int = limits.MAX_BUFFERED_FRAME_BYTES
+    per_address: int = limits.MAX_BUFFERED_FRAME_BYTES_PER_ADDRESS
+    total: int = 0
+    _by_address: dict[str, int] = field(default_factory=dict)
+
+    def fits(self, address: str, nbytes: int) -> bool:
+        return self.total + nbytes <= self.limit and self._by_address.get(address, 0) + nbytes <= self.per_address
+
+    def take(self, address: str, nbytes: int) -> None:
+        self.total += nbytes
+        self._by_address[address] = self._by_address.get(address, 0) + nbytes
+
+    def give(self, address: str, nbytes: int) -> None:
+        self.total -= nbytes
+        left = self._by_address[address] - nbytes
+        if left:
+            self._by_address[address] = left
+        else:
+            del self._by_address[address]
+
+    def of(self, address: str) -> int:
+        return self._by_address.get(address, 0)

@@ -73,6 +73,9 @@ class ChiefConfig:
                                        help="seconds for the TLS handshake, and again for Hello..Auth")
     idle_timeout: float = setting(limits.IDLE_TIMEOUT_S,
                                   help="seconds of silence after which a worker counts as gone")
+    send_timeout: float = setting(limits.SEND_TIMEOUT_S,
+                                  help="seconds one message to a worker (with its chunks: the Welcome, a "
+                                  "Global) may take to send before the connection is dropped")
     heartbeat_interval: float = setting(limits.HEARTBEAT_INTERVAL_S,
                                         help="seconds between heartbeats to a quiet worker")
     max_examples: int = setting(limits.MAX_EXAMPLES,
@@ -192,6 +195,8 @@ class ChiefConfig:
             raise ConfigError("--keep-checkpoints must be at least 1: a restarted chief resumes from the newest")
         if not self.handshake_timeout > 0 or not self.done_grace >= 0:
             raise ConfigError("--handshake-timeout must be positive and --done-grace at least 0")
+        if not self.send_timeout > 0:
+            raise ConfigError("--send-timeout must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is not a TCP port")
         if self.upstream is not None and (self.model is not None or self.eval_data is not None):

@@ -101,7 +101,7 @@ class WorkerService:
             log.warning("%s: %s [%s]", s.label, exc, exc.code)
             await s.send_error(exc.code, str(exc))
         elif isinstance(exc, TimeoutError):
-            log.warning("%s: silent for too long, dropping the connection", s.label)
+            log.warning("%s: %s, dropping the connection", s.label, exc or "silent for too long")
             await s.send_error(ErrorCode.TIMEOUT, "no message within the time limit")
         elif isinstance(exc, ConnectionError | OSError):
             log.info("%s: connection lost (%s)", s.label, exc or type(exc).__name__)
@@ -314,4 +314,4 @@ class WorkerService:
             await asyncio.sleep(interval / 2)
             if time.monotonic() - s.last_sent >= interval and not s.conn.we_finished:
                 with contextlib.suppress(Exception):
-                    await s.send(Heartbeat(), timeout=self.config.idle_timeout)
+                    await s.send(Heartbeat(), timeout=self.config.send_timeout)

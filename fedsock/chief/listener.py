@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from fedsock import limits, tls
 from fedsock.chief.admission import FailureLimiter, PreAuthCounts
+from fedsock.chief.framebudget import FrameBudget
 from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
@@ -63,6 +64,7 @@ class Listener:
         self.keepalive_s, self.handler = keepalive_s, handler
         self.preauth = PreAuthCounts()
         self.failures = FailureLimiter()
+        self.frames = FrameBudget()  # created on the event loop (its waiters are asyncio futures)
         self._refusal_logged: dict[str, float] = {}
 
     async def listen(self, host: str, port: int) -> asyncio.Server:
@@ -105,7 +107,7 @@ class Listener:
                 sock.close()
                 return
             s = Session(tsock, label, self.io)
-            s.keepalive_s = self.keepalive_s
+            s.keepalive_s, s.frames = self.keepalive_s, self.frames
             await self.handler(s, ticket)
         finally:
             ticket.authenticated()

@@ -115,7 +115,7 @@ class Chief:
         tensorboard = [TensorBoard(cfg.state_dir / "tensorboard")] if cfg.writes_tensorboard else []
         self.callbacks = CallbackList([self.metrics, self.checkpoints, *tensorboard, self.monitor, self.display,
                                        *callbacks])
-        self.publisher = Publisher(cfg.idle_timeout, self.callbacks, self.outputs.evaluate)
+        self.publisher = Publisher(cfg.send_timeout, self.callbacks, self.outputs.evaluate)
         secure = SecureAggregation(cfg, self.controller) if cfg.secure_agg else None
         self.service = WorkerService(cfg, self.controller, self.registry, self.publisher, self.monitor,
                                      self.callbacks, self.outputs, secure, self.strategy.mu, self._checkpoint)

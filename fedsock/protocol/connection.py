@@ -120,6 +120,12 @@ class Connection:
             return min(self.max_frame, limits.MAX_PREAUTH_FRAME_BYTES)
         return self.max_frame
 
+    @property
+    def buffering(self) -> int:
+        """Body bytes announced by the frame being received (its header decoded, its body not
+        yet complete); 0 between frames and for a chunk taken with ``direct_chunk``."""
+        return self._header[1] if self._header is not None else 0
+
     # --- state table ------------------------------------------------------
 
     def _check_kind(self, sender: Role, kind: Kind) -> Phase | None:
@@ -281,6 +287,10 @@ class Connection:
                 self._check_kind(sender, kind)  # before the body is buffered, let alone decoded
             except LocalProtocolError as exc:
                 raise RemoteProtocolError(str(exc), code=ErrorCode.OUT_OF_ORDER) from None
+            if self.role is Role.CHIEF and kind is not Kind.CHUNK and length > limits.MAX_WORKER_MESSAGE_BYTES:
+                raise RemoteProtocolError(
+                    f"a {kind.name} frame of {length} bytes; a worker's messages other than chunks are at "
+                    f"most {limits.MAX_WORKER_MESSAGE_BYTES} bytes", code=ErrorCode.FRAME_TOO_LARGE)
             self._header = kind, length
         kind, length = self._header
         end = frames.HEADER_BYTES + length

@@ -108,6 +108,7 @@ class Hostile:
         if self.token is not None:
             tls.check_pinned(self.sock, self.token.fingerprint)  # type: ignore[arg-type]
         self.conn = Connection(Role.WORKER)
+        self.timeout = timeout
         self.instance = instance if instance is not None else os.urandom(limits.INSTANCE_ID_BYTES)
         #: Application bytes received from / sent to the chief on this connection.
         self.received = 0
@@ -214,14 +215,9 @@ class Hostile:
             The Welcome (also in ``self.welcome``), or the chief's Error, or
             ``ConnectionClosed``.
         """
-        assert self.token is not None, "joining needs a token"
-        ch = self.hello(name)
-        if not isinstance(ch, Challenge):
-            return ch
-        mac = tls.auth_mac(self.token.secret, ch.nonce, self.token.fingerprint, name)
-        if resume is None and reconnect_secret is not None:
-            resume = reconnect_proof(reconnect_secret, ch.nonce, name)
-        self.send(Auth(mac, resume=resume))
+        refused = self.authenticate(name, reconnect_secret, resume)
+        if refused is not None:
+            return refused
         ev = self.until(Welcome)
         if isinstance(ev, Welcome):
             self.welcome = ev
@@ -230,6 +226,39 @@ class Hostile:
             else:
                 self.until(EndOfMessage)
         return ev  # type: ignore[return-value]
+
+    def authenticate(self, name: str, reconnect_secret: bytes | None = None,
+                     resume: bytes | None = None) -> Error | ConnectionClosed | None:
+        """Hello, Challenge, Auth (as ``join``) and nothing more: the Welcome is left unread
+        (with a small ``rcvbuf``, the chief's send of it blocks). None once Auth is sent."""
+        assert self.token is not None, "joining needs a token"
+        ch = self.hello(name)
+        if not isinstance(ch, Challenge):
+            return ch
+        mac = tls.auth_mac(self.token.secret, ch.nonce, self.token.fingerprint, name)
+        if resume is None and reconnect_secret is not None:
+            resume = reconnect_proof(reconnect_secret, ch.nonce, name)
+        self.send(Auth(mac, resume=resume))
+        return None
+
+    def announce(self, kind: Kind, nbytes: int, answer_within: float = 2.0) -> Error | None:
+        """Announce a ``kind`` frame of ``nbytes`` and, unless the chief refuses the header within
+        ``answer_within`` seconds, send all but the last byte of its body (a chief that buffers it
+        holds ``nbytes - 1`` bytes for this connection; one that stops reading makes this stop
+        after the socket's timeout). Returns the chief's Error (None: it sent none)."""
+        self.send_raw(frames.encode_header(kind, nbytes))
+        err = self.error(answer_within)
+        if err is not None:
+            return err
+        self.sock.settimeout(self.timeout)  # reading set a shorter one
+        piece = bytes(min(limits.CHUNK_BYTES, nbytes))
+        left = nbytes - 1
+        try:
+            while left > 0:
+                left -= self.send_raw(piece[:left])
+        except (OSError, ssl.SSLError):
+            pass
+        return self.error(answer_within)
 
     def answer(self, timeout: float | None = None) -> Global | Done | Error | ConnectionClosed:
         """Read until a Global, Done (its weights read), an Error or the end."""
@@ -297,18 +326,7 @@ def announce_frame(address: str, nbytes: int, source: str = "127.0.0.1",
         The connection and the chief's Error (None: it sent none).
     """
     h = Hostile(address, None, source=source)
-    h.send_raw(frames.encode_header(Kind.HELLO, nbytes))
-    err = h.error(answer_within)
-    if err is not None:
-        return h, err
-    piece = bytes(min(limits.CHUNK_BYTES, nbytes))
-    left = nbytes - 1
-    try:
-        while left > 0:
-            left -= h.send_raw(piece[:left])
-    except (OSError, ssl.SSLError):
-        pass
-    return h, h.error(answer_within)
+    return h, h.announce(Kind.HELLO, nbytes, answer_within)
 
 
 class IdleFlood(threading.Thread):

@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -59,6 +59,15 @@ HELD_BYTES = 4096
 _WANT_READ, _WANT_WRITE = -1, -2
 
 
+class FrameReservations(Protocol):
+    """Where a session takes room for a large frame before buffering its body (the chief's
+    ``FrameBudget``)."""
+
+    async def take(self, address: str, nbytes: int, deadline: float) -> None: ...
+
+    def give(self, address: str, nbytes: int) -> None: ...
+
+
 class Session:
     """Reads events from and writes messages to one peer.
 
@@ -88,6 +97,9 @@ class Session:
         self._rbuf = memoryview(bytearray(READ_BYTES))
         #: Longest silence while the end of a message is held back (see ``send``).
         self.keepalive_s = 10.0
+        #: Room for frames over ``limits.BUFFERED_FRAME_FREE_BYTES`` (None: not limited).
+        self.frames: FrameReservations | None = None
+        self._reserved = 0  # bytes taken from ``frames`` for the frame being received
 
     @property
     def label(self) -> str:
@@ -101,8 +113,10 @@ class Session:
         while True:
             ev = self.conn.next_event()
             if ev is not NEED_DATA:
+                self._settle()
                 return ev  # type: ignore[return-value]
             deadline = time.monotonic() + timeout
+            await self._reserve(deadline)
             while True:
                 n = self._recv(self._rbuf)
                 if n >= 0:
@@ -144,6 +158,7 @@ class Session:
                     asm.add(ev)
                     nbytes += self.conn.last_frame_bytes
                 elif isinstance(ev, EndOfMessage):
+                    self._settle()
                     return asm.arrays(), nbytes
                 elif isinstance(ev, Error):
                     raise ConnectionAbortedError(f"peer aborted: {ev.message} [{ev.code}]")
@@ -175,6 +190,7 @@ class Session:
         """Read what has arrived, up to ``limit`` bytes (at least one byte, or the end of
         the stream), and feed it to the Connection."""
         deadline = time.monotonic() + timeout
+        await self._reserve(deadline)
         limit, got = min(limit, READ_BYTES), 0
         while got < limit:
             n = self._recv(self._rbuf[got:limit])
@@ -188,6 +204,23 @@ class Session:
                 return
             await self._ready(n == _WANT_WRITE, deadline)
         self._received(got)
+
+    async def _reserve(self, deadline: float) -> None:
+        """Before buffering more of a frame: hold room for all of it if it is large (see ``frames``)."""
+        need = self.conn.buffering
+        if need == self._reserved:
+            return
+        self._settle(force=True)
+        if need > limits.BUFFERED_FRAME_FREE_BYTES and self.frames is not None:
+            await self.frames.take(self.address, need, deadline)
+            self._reserved = need
+
+    def _settle(self, force: bool = False) -> None:
+        """Give back the room of a frame that is no longer being received."""
+        if self._reserved and (force or self.conn.buffering != self._reserved):
+            assert self.frames is not None
+            self.frames.give(self.address, self._reserved)
+            self._reserved = 0
 
     def _recv(self, view: memoryview) -> int:
         """One TLS read into ``view``: bytes read, 0 at end of stream,
@@ -223,7 +256,11 @@ class Session:
         """
         if timeout is None:
             return await self._send(msg, arrays, release)
-        return await asyncio.wait_for(self._send(msg, arrays, release), timeout)
+        try:
+            return await asyncio.wait_for(self._send(msg, arrays, release), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{type(msg).__name__} not sent within the send timeout ({timeout:g} s): "
+                               "the peer does not read") from None
 
     async def _send(self, msg: Message, arrays: Sequence[np.ndarray], release: threading.Event | None) -> int:
         async with self._lock:
@@ -392,6 +429,7 @@ class Session:
             pass
         finally:
             self.abort()
+            self._settle(force=True)
             deadline = time.monotonic() + 2.0
             while self._busy and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
