@@ -89,8 +89,9 @@ MAX_UNAUTHENTICATED = 64
 #: Most connections from one IP address that have not yet authenticated; more
 #: from that address are closed before TLS (others are unaffected).
 MAX_UNAUTHENTICATED_PER_ADDRESS = 8
-#: Most weights messages (Welcome, Global, Done) in flight at once to the
-#: connections of one IP address; further replies to that address wait.
+#: Most replies (Welcome, a stale update's Global, Done to a late joiner) in flight at
+#: once to the connections of one IP address; further ones wait. A round's fan-out to
+#: the workers that took part has its own pool, without a per-address cap.
 MAX_SENDS_PER_ADDRESS = 8
 #: Most weights messages in flight at once to one worker identity.
 MAX_SENDS_PER_WORKER = 1

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from fedsock import limits
-from fedsock.chief.admission import FailureLimiter, PreAuthCounts, SendCounts
+from fedsock.chief.admission import BufferedFrames, FailureLimiter, PreAuthCounts, SendCounts
 from fedsock.chief.intake import check_update
 from fedsock.chief.sendslots import SendSlots
 from fedsock.errors import RemoteProtocolError
@@ -50,6 +50,27 @@ def test_send_counts_cap_in_all_per_address_and_per_worker():
     assert not c.fits("c", 4)
     c.finish("a", 1)
     assert c.fits("a", 4) and c.total == 2
+
+
+def test_fan_out_counts_have_no_per_address_cap_but_keep_the_per_worker_one():
+    c = SendCounts(limit=16, per_address=None, per_worker=1)
+    for w in range(16):  # sixteen workers behind one address, all at once
+        assert c.fits("10.0.0.1", w)
+        c.start("10.0.0.1", w)
+    assert not c.fits("10.0.0.1", 99)  # the global cap still holds
+    c.finish("10.0.0.1", 3)
+    assert c.fits("10.0.0.1", 99) and not c.fits("10.0.0.1", 4)
+
+
+def test_buffered_frames_share_a_budget_in_all_and_per_address():
+    b = BufferedFrames(limit=30, per_address=16)
+    assert b.fits("a", 16) and not b.fits("a", 17)
+    b.take("a", 10)
+    assert not b.fits("a", 7) and b.fits("b", 16)
+    b.take("b", 16)
+    assert not b.fits("c", 5) and b.fits("c", 4)
+    b.give("a", 10)
+    assert b.of("a") == 0 and b.fits("a", 14) and b.total == 16
 
 
 def test_send_slots_make_senders_wait_and_serve_them_as_slots_free():

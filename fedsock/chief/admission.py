@@ -80,20 +80,21 @@ class PreAuthCounts:
 
 @dataclass
 class SendCounts:
-    """Weights messages in flight: in all, per address and per worker identity.
+    """Weights messages in flight: in all, per address (None: no such cap) and per worker identity.
 
-    Plain counters; ``fedsock.chief.publish.SendSlots`` makes senders wait on them.
+    Plain counters; ``fedsock.chief.sendslots.SendSlots`` makes senders wait on them.
     """
 
     limit: int
-    per_address: int = limits.MAX_SENDS_PER_ADDRESS
+    per_address: int | None = limits.MAX_SENDS_PER_ADDRESS
     per_worker: int = limits.MAX_SENDS_PER_WORKER
     total: int = 0
     _by_address: dict[str, int] = field(default_factory=dict)
     _by_worker: dict[int, int] = field(default_factory=dict)
 
     def fits(self, address: str, worker: int | None) -> bool:
-        return (self.total < self.limit and self._by_address.get(address, 0) < self.per_address
+        return (self.total < self.limit
+                and (self.per_address is None or self._by_address.get(address, 0) < self.per_address)
                 and (worker is None or self._by_worker.get(worker, 0) < self.per_worker))
 
     def start(self, address: str, worker: int | None) -> None:

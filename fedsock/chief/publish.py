@@ -46,7 +46,8 @@ class Publisher:
         self.send_timeout = send_timeout
         self.callbacks = callbacks
         self.evaluate = evaluate
-        self.slots = SendSlots(MAX_CONCURRENT_SENDS)
+        self.slots = SendSlots(MAX_CONCURRENT_SENDS)  # replies: Welcome, a stale update's Global, a late Done
+        self.fanout = SendSlots(MAX_CONCURRENT_SENDS, per_address=None)  # a round's model (see sendslots.py)
         self.bytes_in = 0  # of the open round: updates and secure-aggregation messages received
         self.bytes_out = 0  # of the open round, besides the model fan-out (secure aggregation's messages)
 
@@ -101,7 +102,7 @@ class Publisher:
     async def _send_released(self, s: Session, msg: Global | Done, weights: list[np.ndarray],
                              release: threading.Event) -> int:
         try:
-            async with self.slots.hold(s.address, s.worker_id):
+            async with self.fanout.hold(s.address, s.worker_id):
                 send = asyncio.ensure_future(s.send(msg, weights, release, timeout=None))  # bounded below
                 try:
                     while not release.is_set() and not send.done():

@@ -3,8 +3,13 @@
 Each weights message (Welcome, Global, Done) takes an I/O thread and the
 kernel buffers of its connection until it is written or its deadline passes.
 Without a per-address and per-worker cap, connections that stop reading
-would hold every slot and starve honest workers. Waiters are served in
-arrival order among those that fit.
+would hold every slot and starve honest workers. The chief keeps two pools:
+replies (Welcome, a stale update's Global, Done to a late joiner) are capped
+per address; a round's fan-out to the workers that took part is not (16
+workers behind one address, a NAT or a benchmark on one host, get their
+model at once), and so it never waits behind replies stuck on connections
+that stop reading, from any address. Waiters are served in arrival order
+among those that fit.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 
+from fedsock import limits
 from fedsock.chief.admission import SendCounts
 
 
@@ -22,10 +28,11 @@ class SendSlots:
 
     Args:
         limit: most weights messages in flight at once in all.
+        per_address: most in flight to the connections of one address (None: no such cap).
     """
 
-    def __init__(self, limit: int) -> None:
-        self.counts = SendCounts(limit)
+    def __init__(self, limit: int, per_address: int | None = limits.MAX_SENDS_PER_ADDRESS) -> None:
+        self.counts = SendCounts(limit, per_address)
         self._waiting: deque[tuple[str, int | None, asyncio.Future[None]]] = deque()
 
     @contextlib.asynccontextmanager
