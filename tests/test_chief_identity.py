@@ -87,6 +87,23 @@ def test_a_second_worker_under_a_live_name_is_refused_and_a_proven_reconnect_rep
     still_training(honest)
 
 
+def test_a_name_whose_connection_ended_is_free_at_once_for_a_restarted_worker(live):
+    chief, honest = live
+    first = Raw(chief.address, chief.token)
+    welcome = hello_auth(first, "phoenix", os.urandom(16))
+    assert isinstance(welcome, Welcome)
+    first.sock.close()  # the process is killed: the chief sees the end of the connection
+    deadline = time.monotonic() + 10
+    while "(phoenix) disconnected" not in chief.output() and "(phoenix): connection lost" not in chief.output():
+        assert time.monotonic() < deadline, chief.output()[-2000:]
+        time.sleep(0.05)
+    # restarted: a new instance id and no reconnect secret, well within the idle timeout (60 s)
+    again = hello_auth(Raw(chief.address, chief.token), "phoenix", os.urandom(16))
+    assert isinstance(again, Welcome), again
+    assert again.worker_id == welcome.worker_id  # the name keeps its worker id
+    still_training(honest)
+
+
 def test_a_name_with_a_newline_or_escape_never_reaches_the_log(live):
     chief, _ = live
     r = Raw(chief.address, chief.token)

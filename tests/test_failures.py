@@ -103,22 +103,20 @@ def test_heartbeats_keep_a_slow_worker_and_a_vanished_one_is_dropped(tmp_path, c
 
 
 def test_killed_worker_rejoins_and_the_run_finishes(tmp_path, chiefs):
-    # A killed worker's name stays held for the idle timeout after its last byte: kept short here.
-    quick = ("--idle-timeout", "3", "--heartbeat-interval", "0.5")
-    chief = chiefs("--rounds", "24", "--min-workers", "2", "--round-timeout", "3", *quick)
-    workers = {n: numpy_worker(tmp_path, chief, n, "--work", "0.3", *quick) for n in ("w0", "w1", "w2")}
+    chief = chiefs("--rounds", "8", "--min-workers", "2", "--round-timeout", "3")
+    workers = {n: numpy_worker(tmp_path, chief, n, "--work", "0.3") for n in ("w0", "w1", "w2")}
     wait_for(lambda: len(metrics(chief)) >= 2, 60, "two rounds")
     workers["w2"].send_signal(signal.SIGKILL)  # mid-round: it is "training"
     workers["w2"].wait()
     killed_after = len(metrics(chief))
     wait_for(lambda: len(metrics(chief)) >= killed_after + 1, 30, "a round without w2")
-    workers["w2"] = numpy_worker(tmp_path, chief, "w2", "--work", "0.3", *quick)  # restarted: in once the name is free
+    workers["w2"] = numpy_worker(tmp_path, chief, "w2", "--work", "0.3")  # restarted
     for name, p in workers.items():
         code, out = finish(p, timeout=90)
         assert code == 0, (name, out)
     assert chief.wait(30) == 0, chief.output()
     rows = metrics(chief)
-    assert [r["round"] for r in rows] == list(range(1, 25))
+    assert [r["round"] for r in rows] == list(range(1, 9))
     assert any(r["workers"] == 2 and "w2" not in r["participants"] for r in rows)
     assert "w2" in rows[-1]["participants"]  # rejoined and contributed again
 
