@@ -166,7 +166,7 @@ def test_duplicate_names_refused_without_eviction_loop(tmp_path, chiefs, procs):
     out = cli.output()
     assert "in use" in out and "--name" in out, out[-2000:]
     assert waited >= float(idle) - 1, f"gave up after {waited:.1f} s, before the name could have been freed"
-    assert "in use" in second.output(), second.output()[-2000:]  # refused too, not admitted
+    assert "refused the name 'dup'" in second.output(), second.output()[-2000:]  # refused too, not admitted
     # the run went on meanwhile, with the first worker, and nobody was evicted over and over
     assert first.popen.poll() is None, first.output()[-2000:]
     during = [r for r in rows(chief)[progress_from:] if "dup" in r["participants"]]

@@ -101,7 +101,7 @@ class WorkerService:
             log.warning("%s: %s [%s]", s.label, exc, exc.code)
             await s.send_error(exc.code, str(exc))
         elif isinstance(exc, TimeoutError):
-            log.warning("%s: %s, dropping the connection", s.label, exc or "silent for too long")
+            log.warning("%s: %s, dropping the connection", s.label, str(exc) or "silent for too long")
             await s.send_error(ErrorCode.TIMEOUT, "no message within the time limit")
         elif isinstance(exc, ConnectionError | OSError):
             log.info("%s: connection lost (%s)", s.label, exc or type(exc).__name__)
