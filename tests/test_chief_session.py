@@ -126,3 +126,41 @@ def test_cancelling_a_read_aborts_the_connection(tmp_path):
     assert worker_sock.recv(1) == b""  # the peer sees the connection go
     chief_sock.close()
     worker_sock.close()
+
+
+def test_a_non_direct_chunk_waits_for_room_in_the_frame_budget(tmp_path):
+    from fedsock.chief.framebudget import FrameBudget
+    from fedsock.protocol import Kind, frames
+
+    arrays = [np.arange(300_000, dtype=np.float32)]  # one chunk of 1.2 MB
+    specs = specs_of(arrays)
+    w, c = handshaken()
+    chief_sock, worker_sock = tls_pair(tmp_path)
+    (chunk,) = list(iter_chunks(arrays, 2 << 20))
+    head = w.send(Update(1, 10, specs, {}))
+    # a valid chunk in another key order than the one direct_chunk reads in place: buffered whole
+    body = frames.pack_body({"o": chunk.offset, "t": chunk.tensor, "d": bytes(chunk.data)})
+    writer = threading.Thread(target=worker_sock.sendall,
+                              args=(head + frames.encode_header(Kind.CHUNK, len(body)) + body,))
+    writer.start()
+
+    async def main() -> tuple[list[np.ndarray], int, int]:
+        budget = FrameBudget(limit=2 << 20, per_address=2 << 20)
+        with concurrent.futures.ThreadPoolExecutor(1) as io:
+            s = Session(chief_sock, "peer:1", io)
+            s.conn, s.frames = c, budget
+            assert isinstance(await s.next_event(10), Update)
+            await budget.take("peer", 1 << 20, 0.0)  # another connection of that address holds 1 MiB
+            read = asyncio.ensure_future(s.read_weights(specs, 10))
+            await asyncio.sleep(0.3)
+            assert not read.done() and budget.counts.total == 1 << 20  # waiting for room, unread
+            budget.give("peer", 1 << 20)
+            got, _ = await read
+            return got, budget.peak, budget.counts.total
+
+    got, peak, left = asyncio.run(main())
+    writer.join(5)
+    np.testing.assert_array_equal(got[0], arrays[0])
+    assert peak == len(body) and left == 0  # the frame's room was taken, then given back
+    chief_sock.close()
+    worker_sock.close()
