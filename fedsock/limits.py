@@ -33,6 +33,8 @@ MAX_NAME_BYTES = 64
 MAX_TENSOR_NAME_BYTES = 512
 #: Most workers listed in one Status message (connected ones first).
 MAX_STATUS_WORKERS = 10_000
+#: Most validation metrics of one worker in a Status message.
+MAX_STATUS_METRICS = 8
 
 # --- tensors -------------------------------------------------------------
 #: Most tensors in one set of weights.

@@ -264,9 +264,10 @@ class Chief:
                   "members": reg.names(ctrl.members), "final": final, "fraction": cfg.fraction,
                   "snapshot": ctrl.snapshot() if self.relay is None else None,  # a relay resumes upstream
                   "privacy": privacy_fields(cfg, result.round) if cfg.dp else {}}
+        evals = {reg.name_of(w): ev for w, ev in self.service.evaluation.take(result.round, result.workers).items()}
         record, sent = await self.publisher.publish(
-            result, msg, sessions, lambda bytes_in, bytes_out, metrics: round_record(
-                result, bytes_in, bytes_out, metrics, **fields))
+            result, msg, sessions, lambda bytes_in, bytes_out, metrics: replace(round_record(
+                result, bytes_in, bytes_out, metrics, **fields), worker_metrics=evals))
         self._last_metrics = dict(record.metrics)
         self._show()
         if final:
