@@ -129,3 +129,5 @@ YIELD_BYTES = 16 * 1024 * 1024
 MAX_CONCURRENT_SENDS = 16
 #: The chief's threads that send weights messages (TLS and copies, off the event loop).
 IO_THREADS = 64
+#: Most workers given a TensorBoard run of their own (validation metrics); later ones are not written.
+TENSORBOARD_WORKER_RUNS = 100

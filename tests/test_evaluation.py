@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,85 @@ def test_metric_names_say_which_is_which():
     with pytest.raises(ConfigError, match="examples"):
         Evaluation(lambda w: {"accuracy": 1.0}).evaluate([np.ones(2)])
     assert Evaluation(None).outgoing({"loss": 1}) == {"train_loss": 1.0}
+
+
+def _evaluated_rows() -> list[dict]:
+    rows = []
+    for r in range(1, 4):
+        per = {f"w{i}": {"val_accuracy": 0.2 * r + 0.05 * i, "val_loss": 1.0 / r, "val_examples": 10.0 + i}
+               for i in range(3)}
+        rec = RoundRecord(round=r, workers=(1, 2, 3), names=tuple(per), examples=30, seconds=1.0, bytes_in=1,
+                          bytes_out=1, time=0.0, metrics={"accuracy": 0.21 * r, "loss": 1.0},
+                          worker_metrics={n: WorkerEval(m, 10) for n, m in per.items()})
+        rows.append(json.loads(json.dumps(rec.row())))
+    return rows
+
+
+def test_the_plot_has_a_federated_and_a_per_worker_panel_against_the_evaluated_model():
+    import matplotlib.pyplot as plt
+
+    from fedsock.plot import build_figure
+
+    rows = _evaluated_rows()
+    fig = build_figure(rows, "t")
+    try:
+        titles = {ax.get_title(): ax for ax in fig.axes}
+        per = titles["validation accuracy per worker"]
+        assert [line.get_label() for line in per.get_lines()] == ["w0", "w1", "w2"]
+        assert list(per.get_lines()[1].get_xdata()) == [0, 1, 2]  # models of rounds 0..2
+        assert list(per.get_lines()[1].get_ydata()) == pytest.approx([0.25, 0.45, 0.65])
+        fed = titles["federated validation accuracy"].get_lines()[0]
+        assert list(fed.get_ydata()) == pytest.approx([r["fed_val_accuracy"] for r in rows])
+        holdout = [line.get_label() for line in titles["holdout metrics"].get_lines()]
+        assert holdout == ["accuracy"]  # the federated fields are not drawn as holdout metrics
+    finally:
+        plt.close(fig)
+
+
+def test_the_demo_table_lines_up_holdout_and_federated_accuracy_by_model():
+    from fedsock.demo import evaluation_table
+
+    rows = _evaluated_rows()
+    lines = evaluation_table(rows).splitlines()
+    model1 = next(line for line in lines if line.split()[0] == "1")
+    assert model1.split() == ["1", "0.2100", f"{rows[1]['fed_val_accuracy']:.4f}", "0.4000", "w0"]
+    assert lines[-3:] == ["  w0 0.6000 on 10 examples", "  w1 0.6500 on 11 examples", "  w2 0.7000 on 12 examples"]
+
+
+def test_the_monitor_gives_status_each_worker_s_latest_validation_and_the_panel_the_worst_worker():
+    from fedsock.aggregation import fedavg
+    from fedsock.chief.callbacks import WorkerJoined
+    from fedsock.chief.monitor import Monitor
+    from fedsock.chief.rounds import RoundController
+
+    m = Monitor(min_workers=1)
+    for wid, name in ((1, "w1"), (2, "w2")):
+        m.on_worker_joined(WorkerJoined(wid, name, "127.0.0.1:1"))
+    for r, (a1, a2) in enumerate(((0.5, 0.6), (0.8, 0.7)), 1):
+        m.on_round_end(RoundRecord(
+            round=r, workers=(1, 2), names=("w1", "w2"), examples=2, seconds=1, bytes_in=0, bytes_out=0, time=0.0,
+            worker_metrics={"w1": WorkerEval({"val_accuracy": a1, "val_examples": 1, "train_loss": 2}, 1),
+                            "w2": WorkerEval({"val_accuracy": a2, "val_examples": 1}, 1)}))
+    ctrl = RoundController(rounds=3, min_workers=1, round_timeout=1.0, transform=fedavg())
+    st = m.status(ctrl, {})
+    assert {w.name: w.metrics for w in st.workers} == {"w1": {"val_accuracy": 0.8, "val_examples": 1.0},
+                                                       "w2": {"val_accuracy": 0.7, "val_examples": 1.0}}
+    assert st.metrics["fed_val_accuracy"] == pytest.approx(0.75)
+    snap = m.snapshot(ctrl, 2)
+    assert snap.federated == pytest.approx(0.75) and snap.worst == ("w2", 0.7)
+    assert not any(k.startswith("fed_") or k.endswith("_worst") for k in snap.last_metrics)
+
+
+def test_the_live_panel_and_fedsock_status_print_the_federated_accuracy_and_each_worker_s():
+    from rich.console import Console
+
+    from fedsock.chief.display import Snapshot, render
+    from fedsock.status import format_status
+
+    console = Console(record=True, width=120)
+    console.print(render(Snapshot(round=3, rounds=5, opened_at=0.0, federated=0.8125, worst=("w2", 0.7)), now=1.0))
+    assert "federated   validation accuracy 0.8125 · worst worker w2 0.7000" in console.export_text()
+    ws = WorkerStatus("w1", 1, True, 0.5, 3, 10, 20, metrics={"val_accuracy": 0.875, "val_examples": 40})
+    text = format_status(Status(round=3, rounds=5, finished=False, submitted=0, waiting=0, uptime=1.0,
+                                workers=(ws,)), "127.0.0.1:1")
+    assert "validation (latest)" in text and text.rstrip().endswith("accuracy 0.875  examples 40")
