@@ -18,6 +18,11 @@ from fedsock.errors import FedsockError
 from fedsock.quiet import quiet_environment
 
 TARGET_ACCURACY = 0.93
+#: Epochs each demo worker fine-tunes the final model locally for, to show what that adds.
+PERSONALIZE_EPOCHS = 2
+#: A worker's log lines with the final model's validation accuracy, before and after personalization.
+FINAL = re.compile(r"final model on the local validation split: val_accuracy=([\d.]+)")
+PERSONAL = re.compile(r"after (\d+) epochs of local fine-tuning.*personalized_val_accuracy=([\d.]+)")
 #: A per-round line of the chief's plain display (round number, then workers).
 ROW = re.compile(r"^\s*\d+\s+\d+\s")
 
@@ -106,7 +111,8 @@ def run_demo(workdir: Path, workers: int, rounds: int, partition: str, seed: int
             log = open(workdir / f"worker-{i}.log", "wb")
             procs.append(subprocess.Popen(
                 py + ["worker", "--chief", address, "--data", str(shards / f"worker-{i}"),
-                      "--name", f"demo-worker-{i}"], env=env, stdout=log, stderr=log))
+                      "--name", f"demo-worker-{i}", "--personalize-epochs", str(PERSONALIZE_EPOCHS)],
+                env=env, stdout=log, stderr=log))
         first_row = None
         assert chief.stdout is not None
         for raw in chief.stdout:
@@ -129,6 +135,8 @@ def run_demo(workdir: Path, workers: int, rounds: int, partition: str, seed: int
         return 1
     rows = [json.loads(line) for line in (state / "metrics.jsonl").read_text().splitlines()]
     print(evaluation_table(rows))
+    print(personalization_table({f"demo-worker-{i}": (workdir / f"worker-{i}.log").read_text(errors="replace")
+                                 for i in range(workers)}))
     plot = workdir / "accuracy.png"
     _plot(rows, plot, f"fedsock demo: FedAvg on digits\n{workers} workers, {partition} split, {len(rows)} rounds, "
                      f"final accuracy {rows[-1].get('accuracy', float('nan')):.3f}")
@@ -161,6 +169,19 @@ def evaluation_table(rows: list[dict[str, Any]]) -> str:
         for name, m in sorted(last["per_worker"].items()):
             lines.append(f"  {name:<{width}} {m.get('val_accuracy', float('nan')):.4f} "
                          f"on {int(m.get('val_examples', 0))} examples")
+    return "\n".join(lines)
+
+
+def personalization_table(logs: dict[str, str]) -> str:
+    """Each worker's validation accuracy of the final model and after fine-tuning it locally (from the
+    lines its log ends with)."""
+    width = max(6, *(len(n) for n in logs))
+    lines = [f"final model on each worker's own validation split, and after {PERSONALIZE_EPOCHS} epochs of "
+             "local fine-tuning:", f"  {'worker':<{width}} {'final':>7} {'personalized':>12}"]
+    for name, text in sorted(logs.items()):
+        final, personal = FINAL.search(text), PERSONAL.search(text)
+        cells = [f"{float(m[m.lastindex or 0]):.4f}" if m else "-" for m in (final, personal)]
+        lines.append(f"  {name:<{width}} {cells[0]:>7} {cells[1]:>12}")
     return "\n".join(lines)
 
 

@@ -220,3 +220,14 @@ def test_the_live_panel_and_fedsock_status_print_the_federated_accuracy_and_each
     text = format_status(Status(round=3, rounds=5, finished=False, submitted=0, waiting=0, uptime=1.0,
                                 workers=(ws,)), "127.0.0.1:1")
     assert "validation (latest)" in text and text.rstrip().endswith("accuracy 0.875  examples 40")
+
+
+def test_the_demo_s_personalization_table_comes_from_the_workers_last_lines():
+    from fedsock.demo import personalization_table
+
+    logs = {"w-a": "x final model on the local validation split: val_accuracy=0.9756, val_loss=0.15\n"
+                   "after 2 epochs of local fine-tuning (personalization), on the local validation split: "
+                   "personalized_val_accuracy=0.9512, personalized_val_loss=0.11\n",
+            "w-b": "the worker failed\n"}
+    lines = personalization_table(logs).splitlines()
+    assert lines[2].split() == ["w-a", "0.9756", "0.9512"] and lines[3].split() == ["w-b", "-", "-"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_keras_workers_report_their_validation_split_and_the_chief_without_holdo
                    "fedsock.models:digits_mlp", "--sync-every", "5", "--batch-size", "32", "--progress", "plain")
     names = {"kw-0": "worker-0", "kw-1": "worker-1"}
     workers = [start_worker(tmp_path, n, "--chief", chief.address, "--name", n, "--data", str(digits / d),
-                            "--val-split", "0.2", "--seed", "1", token=chief.token) for n, d in names.items()]
+                            "--val-split", "0.2", "--seed", "1", "--personalize-epochs", "1", token=chief.token) for n, d in names.items()]
     outs = []
     for w in workers:
         code, out = finish(w, 300)
@@ -89,7 +90,9 @@ def test_keras_workers_report_their_validation_split_and_the_chief_without_holdo
             assert got["val_examples"] == round(0.2 * n)
             assert 0 <= got["val_accuracy"] <= 1 and "train_loss" in got and "train_accuracy" in got
     assert rows[-1]["fed_val_accuracy"] > rows[0]["fed_val_accuracy"]  # training helps on the workers' data
-    assert all("final model on the local validation split" in out for out in outs)
+    for out in outs:
+        assert "final model on the local validation split: val_accuracy=" in out, out
+        assert re.search(r"after 1 epochs of local fine-tuning .*personalized_val_accuracy=0\.\d{4}", out), out
 
 
 def test_tensorboard_writes_each_worker_s_validation_in_a_run_of_its_own_under_the_federated_tag(tmp_path):

@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedsock.data import load_shard, shard_files
 from fedsock.errors import ConfigError
@@ -14,7 +15,7 @@ from fedsock.kerasversion import check_keras_version
 from fedsock.settings import setting
 from fedsock.worker.client import Client, token_from
 from fedsock.worker.config import WorkerConfig, check_chief_resolves
-from fedsock.worker.evaluation import split_validation
+from fedsock.worker.evaluation import split_validation, validation_metrics
 from fedsock.worker.modelguard import choose_model
 
 log = logging.getLogger("fedsock.worker")
@@ -33,6 +34,9 @@ class TrainingOptions:
                                "evaluated on it before training and the chief gets the metrics (0: none)")
     val_data: Path | None = setting(None, metavar="DIR", help="validation shard (like --data) to evaluate every "
                                     "global model on instead of a split of --data")
+    personalize_epochs: int = setting(0, metavar="E", help="after the last round, fine-tune the final model for E "
+                                      "epochs on the local training data and report its validation metrics "
+                                      "before and after (0: off); the chief's model is not changed")
     progress: str = setting("auto", choices=("auto", "live", "plain"),
                             help="auto: a Keras progress bar per round when stdout is a terminal, else a log "
                             "line per sync; live; plain")
@@ -61,6 +65,8 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
     check_chief_resolves(config.chief)
     if config.ca is None:
         token_from(config.token)  # a missing or malformed token fails now, not after TensorFlow's start-up
+    if training.personalize_epochs < 0:
+        raise ConfigError(f"--personalize-epochs must be 0 (off) or more, got {training.personalize_epochs}")
     x, y = load_shard(data)
     if training.val_data is not None:
         x_val, y_val = load_shard(training.val_data)
@@ -104,6 +110,29 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
         log.info("done after round %d; final model on the local training data: %s", client.round,
                  ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
         if callback.final_metrics:
-            log.info("final model on the local validation split: %s",
-                     ", ".join(f"{k}={v:.4f}" for k, v in callback.final_metrics.items()))
-        return {**result, **callback.final_metrics}
+            log.info("final model on the local validation split: %s", _described(callback.final_metrics))
+        personal = personalize(keras_model, client.weights or [], (x, y), (x_val, y_val),
+                               training.personalize_epochs, plan.batch_size)
+        return {**result, **callback.final_metrics, **personal}
+
+
+def personalize(model: Any, weights: list[Any], train: tuple[Any, Any], val: tuple[Any, Any], epochs: int,
+                batch_size: int) -> dict[str, float]:
+    """Fine-tune the final model locally for ``epochs`` and evaluate it on the validation split.
+
+    Returns:
+        ``personalized_val_*`` (empty when ``epochs`` is 0 or there is no validation data).
+    """
+    if not epochs or not len(val[1]):
+        return {}
+    model.set_weights(weights)
+    model.fit(*train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
+    res = model.evaluate(*val, batch_size=256, verbose=0, return_dict=True)
+    out = {f"personalized_{k}": float(v) for k, v in validation_metrics(res, len(val[1])).items()}
+    log.info("after %d epochs of local fine-tuning (personalization), on the local validation split: %s",
+             epochs, _described(out))
+    return out
+
+
+def _described(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.endswith("examples"))
