@@ -72,7 +72,8 @@ def test_keras_workers_report_their_validation_split_and_the_chief_without_holdo
                    "fedsock.models:digits_mlp", "--sync-every", "5", "--batch-size", "32", "--progress", "plain")
     names = {"kw-0": "worker-0", "kw-1": "worker-1"}
     workers = [start_worker(tmp_path, n, "--chief", chief.address, "--name", n, "--data", str(digits / d),
-                            "--val-split", "0.2", "--seed", "1", "--personalize-epochs", "1", token=chief.token) for n, d in names.items()]
+                            "--val-split", "0.2", "--seed", "1", "--personalize-epochs", "1",
+                            token=chief.token) for n, d in names.items()]
     outs = []
     for w in workers:
         code, out = finish(w, 300)
