@@ -96,7 +96,8 @@ def build_figure(rows: Sequence[dict[str, Any]], title: str) -> Any:
 
     ax = panels["scores"]
     series(ax, scores)
-    ax.set_title("holdout metrics" if scores else "holdout metrics (none: run the chief with --eval-data)")
+    hint = "the workers' validation is below" if evaluated else "run the chief with --eval-data"
+    ax.set_title("holdout metrics" if scores else f"holdout metrics (none: {hint})")
     if scores and all(0 <= r.get(k, 0) <= 1 for r in rows for k in scores):
         ax.set_ylim(0, 1.02)
     ax = panels["loss"]
