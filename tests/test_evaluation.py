@@ -231,3 +231,16 @@ def test_the_demo_s_personalization_table_comes_from_the_workers_last_lines():
             "w-b": "the worker failed\n"}
     lines = personalization_table(logs).splitlines()
     assert lines[2].split() == ["w-a", "0.9756", "0.9512"] and lines[3].split() == ["w-b", "-", "-"]
+
+
+def test_relayed_metrics_compose_to_the_flat_federation_s():
+    from fedsock.chief.evaluation import relayed
+
+    rng = np.random.default_rng(11)
+    flat = _workers(rng, 7)
+    groups = [dict(list(flat.items())[:3]), dict(list(flat.items())[3:])]
+    tree = {f"relay-{i}": WorkerEval(relayed(g), sum(e.examples for e in g.values())) for i, g in enumerate(groups)}
+    top, expected = federate(tree), federate(flat)
+    for key in ("fed_val_accuracy", "fed_val_loss", "fed_val_examples", "fed_train_loss"):
+        assert top[key] == pytest.approx(expected[key], rel=1e-12), key
+    assert not any(k.startswith("fed_") or k.endswith("_worst") for k in relayed(flat))

@@ -16,6 +16,7 @@ per-worker values into
 
 The ``val_*`` metrics of round N's update describe the model of round N - 1
 (the one the worker received and started from); docs/evaluation.md says so.
+A relay hands its workers' federated metrics upstream as its own (``relayed``).
 Nothing here does I/O.
 """
 
@@ -67,10 +68,14 @@ class WorkerMetrics:
         if finite:
             self._rounds.setdefault(round_, {})[worker] = WorkerEval(finite, int(examples))
 
+    def get(self, round_: int, workers: tuple[int, ...]) -> dict[int, WorkerEval]:
+        """The metrics of ``workers`` for ``round_`` (kept)."""
+        held = self._rounds.get(round_, {})
+        return {w: held[w] for w in workers if w in held}
+
     def take(self, round_: int, workers: tuple[int, ...]) -> dict[int, WorkerEval]:
         """The metrics of ``workers`` for closed round ``round_``; rounds up to it are forgotten."""
-        held = self._rounds.get(round_, {})
-        out = {w: held[w] for w in workers if w in held}
+        out = self.get(round_, workers)
         for r in [r for r in self._rounds if r <= round_]:
             del self._rounds[r]
         return out
@@ -109,6 +114,16 @@ def federate(per_worker: Mapping[str, WorkerEval]) -> dict[str, Any]:
             out[FED + name] = mean
     out.update(fairness(per_worker))
     return out
+
+
+def relayed(per_worker: Mapping[str, WorkerEval]) -> dict[str, float]:
+    """What a relay sends upstream as its own metrics: its workers' federated metrics under the
+    workers' names (``val_examples`` their sum).
+
+    The upstream weighs the relay's ``val_*`` by that sum and its other metrics by its
+    ``num_examples`` (its workers' total), so a tree reports the flat federation's averages.
+    """
+    return {k.removeprefix(FED): float(v) for k, v in federate(per_worker).items() if k.startswith(FED)}
 
 
 def fairness(per_worker: Mapping[str, WorkerEval]) -> dict[str, Any]:

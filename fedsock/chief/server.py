@@ -144,7 +144,7 @@ class Chief:
                 cfg.upstream, cfg.upstream_token, cfg.upstream_name, reconnect_timeout=max(300.0, cfg.round_timeout))
             cfg = self.relay.start(cfg, ctrl, self.outputs)
             self.config = self.outputs.config = self.service.config = cfg
-            self._closer = RelayCloser(self.relay)
+            self._closer = RelayCloser(self.relay, self.service.evaluation)
         model = self.outputs.prepare_model()
         # a relay's state lives upstream: it starts from the upstream's model, never a checkpoint
         resumed = self.checkpoints.resume(ctrl, model.specs if model else None) if self.relay is None else None
