@@ -129,5 +129,9 @@ YIELD_BYTES = 16 * 1024 * 1024
 MAX_CONCURRENT_SENDS = 16
 #: The chief's threads that send weights messages (TLS and copies, off the event loop).
 IO_THREADS = 64
+#: Most metrics the chief keeps from one update (the first by name), and the longest name it keeps;
+#: the others are dropped before they reach metrics.jsonl, so a worker cannot bloat the run's record.
+KEPT_METRICS = 32
+KEPT_METRIC_NAME_BYTES = 64
 #: Most workers given a TensorBoard run of their own (validation metrics); later ones are not written.
 TENSORBOARD_WORKER_RUNS = 100

@@ -67,6 +67,8 @@ def test_worker_metrics_are_kept_per_round_and_only_for_the_round_s_workers():
     assert list(got) == [1] and got[1].metrics == {"val_accuracy": 0.5, "val_examples": 4.0}
     assert wm.take(3, (2,)) == {}  # round 3 is forgotten once closed
     assert wm.take(4, (1,))[1].metrics["val_accuracy"] == 0.9
+    wm.put(5, 1, 10, {**{f"m{i:03d}": 1.0 for i in range(100)}, "x" * 65: 1.0})  # a worker bloating the record
+    assert sorted(wm.take(5, (1,))[1].metrics) == [f"m{i:03d}" for i in range(32)]
 
 
 def test_the_round_record_carries_per_worker_metrics_by_name_and_the_federated_ones():

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedsock import limits
+
 #: Prefix of the metrics a worker measured on its validation split (never trained on).
 VAL = "val_"
 #: Prefix of the metrics a worker measured while training.
@@ -63,8 +65,11 @@ class WorkerMetrics:
     _rounds: dict[int, dict[int, WorkerEval]] = field(default_factory=dict)
 
     def put(self, round_: int, worker: int, examples: int, metrics: Mapping[str, float]) -> None:
-        """Keep ``worker``'s metrics for ``round_`` (its accepted update's)."""
-        finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        """Keep ``worker``'s metrics for ``round_`` (its accepted update's): finite values, at most
+        ``KEPT_METRICS`` of them with names of at most ``KEPT_METRIC_NAME_BYTES``."""
+        kept = sorted((k, float(v)) for k, v in metrics.items()
+                      if len(k.encode()) <= limits.KEPT_METRIC_NAME_BYTES and math.isfinite(float(v)))
+        finite = dict(kept[: limits.KEPT_METRICS])
         if finite:
             self._rounds.setdefault(round_, {})[worker] = WorkerEval(finite, int(examples))
 
