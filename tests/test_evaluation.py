@@ -246,3 +246,38 @@ def test_relayed_metrics_compose_to_the_flat_federation_s():
     for key in ("fed_val_accuracy", "fed_val_loss", "fed_val_examples", "fed_train_loss"):
         assert top[key] == pytest.approx(expected[key], rel=1e-12), key
     assert not any(k.startswith("fed_") or k.endswith("_worst") for k in relayed(flat))
+
+
+def test_an_in_process_chief_hands_user_callbacks_the_per_worker_metrics_and_reports_the_federated_ones(tmp_path):
+    import threading
+    import time
+
+    from fedsock.chief.callbacks import ChiefCallback
+    from fedsock.chief.server import Chief
+    from fedsock.testing.numpy_worker import evaluate_for
+    from tests.conftest import run_clients
+
+    seen: list[RoundRecord] = []
+
+    class Keep(ChiefCallback):
+        def on_round_end(self, record: RoundRecord) -> None:
+            seen.append(record)
+
+    chief = Chief(state_dir=tmp_path, host="127.0.0.1", port=0, rounds=2, min_workers=2, done_grace=0.5,
+                  progress="plain", callbacks=[Keep()])
+    summary: list = []
+    t = threading.Thread(target=lambda: summary.append(chief.run()), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "chief.addr").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    val = {"ip-a": 3, "ip-b": 9}
+    run_clients((tmp_path / "chief.addr").read_text().strip(), (tmp_path / "token").read_text().strip(),
+                {"ip-a": 10, "ip-b": 10}, val=val)
+    t.join(30)
+    assert [r.round for r in seen] == [1, 2]
+    first = seen[0].worker_metrics
+    zeros = [np.zeros((4, 3), np.float32)]  # round 1's updates evaluated the initial model
+    assert {n: e.metrics["val_accuracy"] for n, e in first.items()} == \
+        pytest.approx({n: evaluate_for(n, zeros, k)["accuracy"] for n, k in val.items()})
+    assert summary[0].final_metrics["fed_val_accuracy"] == pytest.approx(seen[-1].federated()["fed_val_accuracy"])

@@ -54,7 +54,7 @@ class RunSummary:
     """What a finished chief run produced."""
 
     rounds: int
-    final_metrics: dict[str, float]
+    final_metrics: dict[str, float]  # the last round's holdout metrics and federated ``fed_*`` (docs/evaluation.md)
     state_dir: str
     stopped: bool = False  # ended by SIGTERM/SIGINT before the last round
 
@@ -268,7 +268,8 @@ class Chief:
         record, sent = await self.publisher.publish(
             result, msg, sessions, lambda bytes_in, bytes_out, metrics: replace(round_record(
                 result, bytes_in, bytes_out, metrics, **fields), worker_metrics=evals))
-        self._last_metrics = dict(record.metrics)
+        fed = {k: v for k, v in record.federated().items() if isinstance(v, float)}
+        self._last_metrics = {**record.metrics, **fed}  # holdout metrics, and the workers' federated ones
         self._show()
         if final:
             for s, n in zip(sessions, sent):
