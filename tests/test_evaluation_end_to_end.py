@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import finish, flat_fedavg, start_worker
 
+pytestmark = pytest.mark.integration
+
 NUMPY_WORKER = "fedsock/testing/numpy_worker.py"
 
 
