@@ -45,6 +45,8 @@ MAX_NAME_BYTES = 64
 MAX_TENSOR_NAME_BYTES = 512
 #: Most workers listed in one Status message (connected ones first).
 MAX_STATUS_WORKERS = 10_000
+#: Most validation metrics of one worker in a Status message.
+MAX_STATUS_METRICS = 8
 
 # --- tensors -------------------------------------------------------------
 #: Most tensors in one set of weights.
@@ -143,3 +145,9 @@ MAX_CONCURRENT_SENDS = 16
 BUFFERED_FRAME_FREE_BYTES = 64 * 1024
 #: The chief's threads that send weights messages (TLS and copies, off the event loop).
 IO_THREADS = 64
+#: Most metrics the chief keeps from one update (the first by name), and the longest name it keeps;
+#: the others are dropped before they reach metrics.jsonl, so a worker cannot bloat the run's record.
+KEPT_METRICS = 32
+KEPT_METRIC_NAME_BYTES = 64
+#: Most workers given a TensorBoard run of their own (validation metrics); later ones are not written.
+TENSORBOARD_WORKER_RUNS = 100

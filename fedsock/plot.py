@@ -4,7 +4,10 @@ Every panel has whole-number round ticks. Losses and the other holdout
 metrics (accuracy and the like, in [0, 1]) have panels of their own, so that
 a loss of 2 does not flatten an accuracy curve. Counts and sizes (seconds, MB,
 participants) are drawn from zero, so that a constant series is a flat line
-and not noise magnified to fill the panel.
+and not noise magnified to fill the panel. Rows with federated evaluation
+(``per_worker``) add two panels: the federated validation accuracy with the
+worst and best worker, and each worker's validation accuracy, against the
+round of the model they evaluated.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _evaluation(key: str) -> bool:
+    """A federated-evaluation field (drawn in the per-worker panels, not among the holdout metrics)."""
+    return key.startswith("fed_") or (key.startswith("val_") and key.rsplit("_", 1)[-1] in
+                                      ("worst", "median", "best", "spread"))
+
+
 def describe_run(rows: Sequence[dict[str, Any]]) -> str:
     """What ran, for a title: rounds, workers per round, and the last holdout accuracy if any."""
     workers = sorted({int(r["workers"]) for r in rows if isinstance(r.get("workers"), (int, float))})
@@ -55,6 +64,8 @@ def describe_run(rows: Sequence[dict[str, Any]]) -> str:
         parts.append(f"{span} worker{'s' if workers[-1] != 1 else ''} per round")
     if isinstance(rows[-1].get("accuracy"), (int, float)):
         parts.append(f"final holdout accuracy {rows[-1]['accuracy']:.3f}")
+    if isinstance(rows[-1].get("fed_val_accuracy"), (int, float)):
+        parts.append(f"federated {rows[-1]['fed_val_accuracy']:.3f}")
     return ", ".join(parts)
 
 
@@ -67,12 +78,14 @@ def build_figure(rows: Sequence[dict[str, Any]], title: str) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in rows]
-    metrics = sorted({k for r in rows for k, v in r.items()
-                      if k not in COUNTERS and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    metrics = sorted({k for r in rows for k, v in r.items() if k not in COUNTERS and not _evaluation(k)
+                      and isinstance(v, (int, float)) and not isinstance(v, bool)})
     losses = [k for k in metrics if "loss" in k]
     scores = [k for k in metrics if "loss" not in k]
-    fig, axes = plt.subplots(3, 2, figsize=(10, 9))
-    panels = {name: ax for name, ax in zip(("scores", "loss", "seconds", "mb", "workers", "examples"), axes.flat)}
+    evaluated = [r for r in rows if isinstance(r.get("per_worker"), dict) and r["per_worker"]]
+    fig, axes = plt.subplots(4 if evaluated else 3, 2, figsize=(10, 12 if evaluated else 9))
+    panels = {name: ax for name, ax in zip(("scores", "loss", "seconds", "mb", "workers", "examples",
+                                            "federated", "per_worker"), axes.flat)}
 
     def series(ax: Any, keys: Sequence[str], scale: float = 1.0) -> None:
         for key in keys:
@@ -83,7 +96,8 @@ def build_figure(rows: Sequence[dict[str, Any]], title: str) -> Any:
 
     ax = panels["scores"]
     series(ax, scores)
-    ax.set_title("holdout metrics" if scores else "holdout metrics (none: run the chief with --eval-data)")
+    hint = "the workers' validation is below" if evaluated else "run the chief with --eval-data"
+    ax.set_title("holdout metrics" if scores else f"holdout metrics (none: {hint})")
     if scores and all(0 <= r.get(k, 0) <= 1 for r in rows for k in scores):
         ax.set_ylim(0, 1.02)
     ax = panels["loss"]
@@ -98,16 +112,43 @@ def build_figure(rows: Sequence[dict[str, Any]], title: str) -> Any:
         series(ax, keys, scale)
         ax.set_title(label)
         _from_zero(ax, [r.get(k, 0) / scale for r in rows for k in keys])
+    if evaluated:
+        _evaluation_panels(panels["federated"], panels["per_worker"], evaluated)
     panels["workers"].yaxis.set_major_locator(MaxNLocator(integer=True))
     panels["examples"].yaxis.set_major_locator(MaxNLocator(integer=True))
     for a in axes.flat:
-        a.set_xlabel("round")
+        a.set_xlabel("model of round" if a in (panels.get("federated"), panels.get("per_worker")) else "round")
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.ticklabel_format(axis="y", useOffset=False, style="plain")
         a.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _evaluation_panels(fed: Any, per: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """The federated validation accuracy (worst to best worker shaded) and one line per worker."""
+    x = [int(r.get("fed_model_round", r["round"] - 1)) for r in rows]
+
+    def col(key: str, source: Sequence[dict[str, Any]]) -> list[float]:
+        return [float(d[key]) if isinstance(d.get(key), (int, float)) else float("nan") for d in source]
+
+    fed.plot(x, col("fed_val_accuracy", rows), marker="o", label="federated (weighted by validation examples)")
+    if any(k in r for r in rows for k in ("val_accuracy_worst", "val_accuracy_best")):
+        fed.fill_between(x, col("val_accuracy_worst", rows), col("val_accuracy_best", rows), alpha=0.25,
+                         label="worst to best worker")
+    if any("accuracy" in r for r in rows):
+        fed.plot([r["round"] for r in rows], col("accuracy", rows), linestyle="--", label="holdout")
+    fed.set_title("federated validation accuracy")
+    fed.legend(fontsize="small")
+    fed.set_ylim(0, 1.02)
+    names = sorted({n for r in rows for n in r["per_worker"]})
+    for name in names:
+        per.plot(x, col("val_accuracy", [r["per_worker"].get(name, {}) for r in rows]), marker=".", label=name)
+    per.set_title("validation accuracy per worker")
+    per.set_ylim(0, 1.02)
+    if len(names) <= 12:
+        per.legend(fontsize="small")
 
 
 def _from_zero(ax: Any, values: Sequence[float]) -> None:

@@ -95,9 +95,13 @@ def format_status(st: Status, address: str) -> str:
         width = max(4, *(len(w.name) for w in st.workers))
         lines.append(f"  {'name':<{width}} {'id':>5} {'connected':>9} {'last seen':>13} {'rounds':>6} "
                      f"{'MB in':>8} {'MB out':>8}")
+        evaluated = any(w.metrics for w in st.workers)
+        lines[-1] += "  validation (latest)" if evaluated else ""
         for w in st.workers:
             lines.append(f"  {w.name:<{width}} {w.worker_id:>5} {'yes' if w.connected else 'no':>9} "
-                         f"{_ago(w.last_seen):>13} {w.rounds:>6} {w.bytes_in / 1e6:>8.2f} {w.bytes_out / 1e6:>8.2f}")
+                         f"{_ago(w.last_seen):>13} {w.rounds:>6} {w.bytes_in / 1e6:>8.2f} {w.bytes_out / 1e6:>8.2f}"
+                         + ("  " + "  ".join(f"{k.removeprefix('val_')} {_num(v)}" for k, v in w.metrics.items())
+                            if w.metrics else ""))
     return "\n".join(lines)
 
 

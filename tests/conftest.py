@@ -115,15 +115,16 @@ def chiefs(tmp_path):
 
 
 def run_clients(address: str, token: str, examples: dict[str, int], shape: tuple[int, ...] = (4, 3),
-                timeout: float = 60.0, work: float = 0.0) -> dict[str, np.ndarray]:
+                timeout: float = 60.0, work: float = 0.0, val: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Numpy workers (``fedsock.Client`` in threads) that propose zeros and then send, each round,
     the global weights plus ``numpy_worker.step_for(name, round)`` with a fixed example count,
-    after ``work`` seconds of pretended training.
+    after ``work`` seconds of pretended training (with ``val``: evaluating each model with
+    ``numpy_worker.evaluate_for`` on ``val[name]`` pretended examples).
 
     Returns:
         Each worker's final weights.
     """
-    from fedsock.testing.numpy_worker import step_for
+    from fedsock.testing.numpy_worker import evaluate_for, step_for
     from fedsock.worker.client import Client
 
     finals: dict[str, np.ndarray] = {}
@@ -131,11 +132,13 @@ def run_clients(address: str, token: str, examples: dict[str, int], shape: tuple
 
     def worker(name: str, n: int) -> None:
         try:
-            with Client(address, token=token, name=name, connect_timeout=timeout) as c:
+            evaluate = None if val is None else (lambda w: evaluate_for(name, w, val[name]))
+            with Client(address, token=token, name=name, connect_timeout=timeout, evaluate=evaluate) as c:
                 w = c.join([np.zeros(shape, np.float32)])
                 while not c.finished:
                     time.sleep(work)
-                    w = c.sync([w[0] + step_for(name, c.round + 1, [shape])[0]], num_examples=n)
+                    metrics = None if val is None else {"loss": float(c.round + sum(map(ord, name)) % 7)}
+                    w = c.sync([w[0] + step_for(name, c.round + 1, [shape])[0]], num_examples=n, metrics=metrics)
                 finals[name] = w[0]
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)

@@ -84,7 +84,7 @@ def test_local_closer_averages_by_examples_and_opens_the_next_round():
 def test_relay_closer_sends_the_mean_upstream_and_adopts_the_answer():
     calls = []
 
-    def sync(mean, examples):
+    def sync(mean, examples, metrics=None):
         calls.append((np.array(mean[0]), examples))
         client.round += 9
         return [m * 2 for m in mean]

@@ -35,3 +35,7 @@ def test_demo_output_timing_and_logs(tmp_path):
                for m in re.findall(r"Keras [\d.]+ ready in ([\d.]+) s", log.read_text())]
     assert len(imports) == 2 and round1["seconds"] < min(imports), (round1, imports)
     assert (work / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    # the federated validation accuracy next to the holdout one, by model, and each worker's
+    assert re.search(r"^\s+1\s+0\.\d{4}\s+0\.\d{4}\s+0\.\d{4}\s+demo-worker-[01]$", out, re.M), out
+    assert re.search(r"^  demo-worker-0 0\.\d{4} on \d+ examples$", out, re.M), out
+    assert re.search(r"^  demo-worker-1\s+0\.\d{4}\s+0\.\d{4}$", out, re.M), out  # final, personalized

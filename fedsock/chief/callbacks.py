@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsock.chief.evaluation import WorkerEval, federate
 from fedsock.chief.outcomes import Snapshot
 
 
@@ -66,6 +67,8 @@ class RoundRecord:
         snapshot: the state to checkpoint; None when the chief keeps none (a relay).
         members: names of the workers holding the model when it closed.
         final: the run's last round.
+        worker_metrics: the metrics each of its workers sent with its update, by worker name
+            (``val_*`` on its validation split, ``train_*``); see ``fedsock.chief.evaluation``.
     """
 
     round: int
@@ -84,6 +87,11 @@ class RoundRecord:
     snapshot: Snapshot | None = None
     members: tuple[str, ...] = ()
     final: bool = False
+    worker_metrics: Mapping[str, WorkerEval] = field(default_factory=dict)
+
+    def federated(self) -> dict[str, Any]:
+        """The federated metrics (``fed_*``) and fairness figures of its workers' metrics."""
+        return federate(self.worker_metrics)
 
     def row(self) -> dict[str, Any]:
         """Its metrics.jsonl line."""
@@ -96,6 +104,10 @@ class RoundRecord:
             line["fraction"] = self.fraction
             line["sampled"] = self.sampled
         line.update(self.privacy)
+        if self.worker_metrics:
+            line.update(self.federated())
+            line["fed_model_round"] = self.round - 1  # the model its workers' val_* metrics describe
+            line["per_worker"] = {n: dict(ev.metrics) for n, ev in sorted(self.worker_metrics.items())}
         return line
 
 

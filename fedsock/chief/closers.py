@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
+from fedsock.chief.evaluation import WorkerMetrics, relayed
 from fedsock.chief.outcomes import RoundResult
 from fedsock.chief.relay import Relay
 from fedsock.chief.rounds import RoundController
@@ -72,15 +73,17 @@ class RelayCloser:
     """Sends the round's weighted mean upstream, weighted by its total examples; the upstream's
     answer becomes the global model (and its Done ends this relay's run)."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, metrics: WorkerMetrics | None = None) -> None:
         self.relay = relay
+        self.metrics = metrics  # the workers' metrics, whose federated averages go upstream with the mean
 
     async def close(self, ctrl: RoundController, now: float) -> RoundResult | None:
         client = self.relay.client
         mean, examples = ctrl.combined()
         log.info("relay: round %d: sending the mean of %d updates (%d examples) upstream",
                  ctrl.collecting, len(ctrl.submitted), examples)
-        model = await asyncio.to_thread(client.sync, mean, examples)
+        evals = {} if self.metrics is None else self.metrics.get(ctrl.collecting, tuple(sorted(ctrl.submitted)))
+        model = await asyncio.to_thread(client.sync, mean, examples, relayed({str(w): e for w, e in evals.items()}))
         if client.finished:
             ctrl.rounds = client.round
         return ctrl.adopt(time.monotonic(), client.round, model)

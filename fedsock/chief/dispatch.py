@@ -22,6 +22,7 @@ import numpy as np
 
 from fedsock.chief.callbacks import ChiefCallback, WorkerJoined, WorkerLeft
 from fedsock.chief.config import ChiefConfig
+from fedsock.chief.evaluation import WorkerMetrics
 from fedsock.chief.handshake import Admitted, Authenticator, Refused, StatusQuery, handshake
 from fedsock.chief.intake import check_initial, check_update
 from fedsock.chief.listener import Ticket
@@ -58,6 +59,7 @@ class WorkerService:
         #: --max-examples (a setting of its own once the settings declare it)
         self.max_examples = config.max_examples
         self.staging = StagingBudget()
+        self.evaluation = WorkerMetrics()  # the metrics of accepted updates, per round and worker
         self.wake = asyncio.Event()  # something the round loop waits for happened
         self.done = asyncio.Event()  # the run is over: Done for everyone
         self._conn_ids = itertools.count(1)
@@ -249,6 +251,7 @@ class WorkerService:
             return
         verdict = ctrl.submit(wid, upd.round, upd.num_examples, upd.tensors, weights, s.conn_id)
         if isinstance(verdict, Accepted):
+            self.evaluation.put(upd.round, wid, upd.num_examples, upd.metrics)
             log.debug("%s: update for round %d (%d examples)", s.label, upd.round, upd.num_examples)
             self.wake.set()
         elif isinstance(verdict, Duplicate):

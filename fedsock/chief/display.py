@@ -40,6 +40,8 @@ class Snapshot:
         last_seconds: duration of the last finished round.
         last_metrics: the last finished round's holdout metrics.
         eta_seconds: estimated seconds until the last round closes.
+        federated: the last round's federated validation accuracy over the workers (None: none sent).
+        worst: the worker with the lowest validation accuracy then, and its accuracy.
         finished: the run is over.
     """
 
@@ -56,6 +58,8 @@ class Snapshot:
     last_seconds: float | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
     eta_seconds: float | None = None
+    federated: float | None = None
+    worst: tuple[str, float] | None = None
     finished: bool = False
 
 
@@ -69,28 +73,75 @@ class Display(Protocol):
     def stop(self) -> None: ...
 
 
-def format_header(privacy: bool = False) -> str:
-    """The column names of the per-round lines (with ``privacy``: an epsilon column too)."""
-    return (f"{'round':>5} {'workers':>7} {'examples':>8} {'accuracy':>8} {'loss':>8} "
+def has_federated(row: dict[str, Any]) -> bool:
+    """Whether a metrics.jsonl row has federated (workers' validation) metrics."""
+    return "fed_val_accuracy" in row or "fed_val_loss" in row
+
+
+def has_holdout(row: dict[str, Any]) -> bool:
+    """Whether a metrics.jsonl row has the chief's holdout metrics (``--eval-data``)."""
+    return "accuracy" in row or "loss" in row
+
+
+def format_header(privacy: bool = False, federated: bool = False, holdout: bool = True) -> str:
+    """The column names of the per-round lines.
+
+    With ``privacy`` an epsilon column; with ``federated`` the workers' federated
+    validation accuracy (``fed acc``) and the worst worker's (``worst``). Without
+    ``holdout`` (no ``--eval-data``) the accuracy and loss columns are the federated ones.
+    """
+    if federated and not holdout:
+        head = f"{'fed acc':>8} {'fed loss':>8} {'worst':>8}"
+    else:
+        head = f"{'accuracy':>8} {'loss':>8}" + (f" {'fed acc':>8} {'worst':>8}" if federated else "")
+    return (f"{'round':>5} {'workers':>7} {'examples':>8} {head} "
             f"{'seconds':>7} {'MB in':>7} {'MB out':>7}" + (f" {'epsilon':>8}" if privacy else ""))
 
 
-def format_row(m: dict[str, Any]) -> str:
-    """One round of ``metrics.jsonl`` as a line under ``format_header``."""
-    acc = f"{m['accuracy']:.4f}" if "accuracy" in m else "-"
-    loss = f"{m['loss']:.4f}" if "loss" in m else "-"
-    line = (f"{m['round']:>5} {m['workers']:>7} {m['examples']:>8} {acc:>8} {loss:>8} "
+def _num(m: dict[str, Any], key: str) -> str:
+    value = m.get(key)
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def format_row(m: dict[str, Any], federated: bool | None = None, holdout: bool | None = None) -> str:
+    """One round of ``metrics.jsonl`` as a line under ``format_header`` (same ``federated``,
+    ``holdout``; by default what ``m`` has)."""
+    federated = has_federated(m) if federated is None else federated
+    holdout = has_holdout(m) if holdout is None else holdout
+    if federated and not holdout:
+        cells = [_num(m, "fed_val_accuracy"), _num(m, "fed_val_loss"), _num(m, "val_accuracy_worst")]
+    else:
+        cells = [_num(m, "accuracy"), _num(m, "loss")]
+        if federated:
+            cells += [_num(m, "fed_val_accuracy"), _num(m, "val_accuracy_worst")]
+    line = (f"{m['round']:>5} {m['workers']:>7} {m['examples']:>8} {' '.join(f'{c:>8}' for c in cells)} "
             f"{m['seconds']:>7.2f} {m['bytes_in'] / 1e6:>7.2f} {m['bytes_out'] / 1e6:>7.2f}")
     if "epsilon" in m:  # differential privacy: the budget spent so far (null: no noise, no guarantee)
         line += f" {m['epsilon']:>8.3g}" if m["epsilon"] is not None else f" {'inf':>8}"
     return line
 
 
+class _Table:
+    """The per-round table's columns, fixed by its first row."""
+
+    def __init__(self) -> None:
+        self.columns: tuple[bool, bool] | None = None  # (federated, holdout)
+
+    def lines(self, row: dict[str, Any]) -> list[str]:
+        """The header (before the first row) and the row's line."""
+        out = []
+        if self.columns is None:
+            self.columns = (has_federated(row), has_holdout(row))
+            out.append(format_header("epsilon" in row, *self.columns))
+        out.append(format_row(row, *self.columns))
+        return out
+
+
 class PlainDisplay:
     """One line per round on stdout, under a header printed once."""
 
     def __init__(self) -> None:
-        self._header_printed = False
+        self._table = _Table()
 
     def start(self) -> None:
         pass
@@ -99,10 +150,8 @@ class PlainDisplay:
         pass
 
     def round_done(self, row: dict[str, Any]) -> None:
-        if not self._header_printed:
-            self._header_printed = True
-            print(format_header("epsilon" in row), flush=True)
-        print(format_row(row), flush=True)
+        for line in self._table.lines(row):
+            print(line, flush=True)
 
     def stop(self) -> None:
         pass
@@ -145,6 +194,9 @@ def render(snap: Snapshot | None, now: float | None = None) -> Any:
     metrics = " · ".join(f"{k} {v:.4f}" for k, v in snap.last_metrics.items()) or "no holdout metrics"
     last = "-" if snap.last_seconds is None else f"{snap.last_seconds:.2f} s"
     grid.add_row(Text(f"last round  {last} · {metrics}"))
+    if snap.federated is not None:
+        worst = "" if snap.worst is None else f" · worst worker {snap.worst[0]} {snap.worst[1]:.4f}"
+        grid.add_row(Text(f"federated   validation accuracy {snap.federated:.4f}{worst}"))
     return grid
 
 
@@ -164,7 +216,7 @@ class LiveDisplay:
         # The refresh thread only reads ``_snap``, an immutable object swapped whole.
         self._live = Live(get_renderable=lambda: render(self._snap), console=self.console,
                           refresh_per_second=4, redirect_stdout=False, redirect_stderr=False)
-        self._header_printed = False
+        self._table = _Table()
         self._swapped: list[tuple[logging.Handler, logging.Handler]] = []
 
     def start(self) -> None:
@@ -184,10 +236,9 @@ class LiveDisplay:
         self._snap = snap
 
     def round_done(self, row: dict[str, Any]) -> None:
-        if not self._header_printed:
-            self._header_printed = True
-            self.console.print(format_header("epsilon" in row), style="bold")
-        self.console.print(format_row(row))
+        lines = self._table.lines(row)
+        for i, line in enumerate(lines):
+            self.console.print(line, style="bold" if i < len(lines) - 1 else None)
 
     def stop(self) -> None:
         self._live.refresh()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedsock import limits
 from fedsock.chief.callbacks import ChiefCallback, RoundRecord, WorkerJoined, WorkerLeft
 from fedsock.chief.display import Snapshot
+from fedsock.chief.evaluation import FED, VAL
 from fedsock.chief.rounds import RoundController
 from fedsock.protocol import Status, WorkerStatus
 from fedsock.transport.aio import Session
@@ -32,6 +33,7 @@ class WorkerStats:
     """One worker identity's totals over all its connections in this chief run."""
 
     name: str
+    metrics: dict[str, float] = field(default_factory=dict)  # its latest validation metrics
     rounds: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
@@ -95,6 +97,10 @@ class Monitor(ChiefCallback):
         for wid in record.workers:
             if wid in self.workers:
                 self.workers[wid].rounds += 1
+        for wid, name in zip(record.workers, record.names):
+            ev = record.worker_metrics.get(name)
+            if ev is not None and wid in self.workers:
+                self.workers[wid].metrics = status_metrics(ev.metrics)
         self.bytes_in += int(row.get("bytes_in", 0))
         self.bytes_out += int(row.get("bytes_out", 0))
         self._round_seconds.append(float(row.get("seconds", 0.0)))
@@ -110,7 +116,9 @@ class Monitor(ChiefCallback):
             elapsed = time.monotonic() - ctrl.opened_at if ctrl.opened_at is not None else 0.0
             mean = sum(self._round_seconds) / len(self._round_seconds)
             eta = max(0.0, mean * remaining - elapsed)
-        metrics = _numbers((k, v) for k, v in self.last_row.items() if k not in ROW_FIELDS)
+        metrics = _numbers((k, v) for k, v in self.last_row.items() if k not in ROW_FIELDS and not _evaluation(k))
+        fed, worst = self.last_row.get("fed_val_accuracy"), self.last_row.get("worst_worker")
+        worst_acc = self.last_row.get("val_accuracy_worst")
         return Snapshot(
             round=min(ctrl.collecting, ctrl.rounds), rounds=ctrl.rounds, submitted=submitted,
             participants=submitted + len(ctrl.expected()) if ctrl.is_open else 0,
@@ -118,6 +126,8 @@ class Monitor(ChiefCallback):
             bytes_in=self.bytes_in + bytes_in_now, bytes_out=self.bytes_out,
             opened_at=ctrl.opened_at, last_seconds=self._round_seconds[-1] if self._round_seconds else None,
             last_metrics=metrics, eta_seconds=eta, finished=ctrl.finished,
+            federated=float(fed) if isinstance(fed, float) else None,
+            worst=(str(worst), float(worst_acc)) if isinstance(worst, str) and isinstance(worst_acc, float) else None,
         )
 
     def status(self, ctrl: RoundController, sessions: Mapping[int, Session]) -> Status:
@@ -130,7 +140,7 @@ class Monitor(ChiefCallback):
             entries.append((s is not None, seen, WorkerStatus(
                 name=st.name, worker_id=wid, connected=s is not None, last_seen=max(0.0, now - seen),
                 rounds=st.rounds, bytes_in=st.bytes_in + (s.bytes_in if s else 0),
-                bytes_out=st.bytes_out + (s.bytes_out if s else 0),
+                bytes_out=st.bytes_out + (s.bytes_out if s else 0), metrics=dict(st.metrics),
             )))
         # connected first, then the most recently seen; the list is capped for the frame limit
         entries.sort(key=lambda e: (not e[0], -e[1], e[2].worker_id))
@@ -141,6 +151,17 @@ class Monitor(ChiefCallback):
             uptime=now - self.started, upstream=self.upstream,
             metrics=_numbers(self.last_row.items()), workers=workers,
         )
+
+
+def _evaluation(key: str) -> bool:
+    """A row field of federated evaluation (shown on its own line, not among the holdout metrics)."""
+    return key.startswith(FED) or key.rsplit("_", 1)[-1] in ("worst", "median", "best", "spread")
+
+
+def status_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """What ``fedsock status`` shows of a worker's metrics: its ``val_*`` ones, at most
+    ``MAX_STATUS_METRICS`` (by name)."""
+    return dict(sorted((k, v) for k, v in metrics.items() if k.startswith(VAL))[: limits.MAX_STATUS_METRICS])
 
 
 def _numbers(items: Iterable[tuple[str, Any]]) -> dict[str, float]:

@@ -54,7 +54,7 @@ class RunSummary:
     """What a finished chief run produced."""
 
     rounds: int
-    final_metrics: dict[str, float]
+    final_metrics: dict[str, float]  # the last round's holdout metrics and federated ``fed_*`` (docs/evaluation.md)
     state_dir: str
     stopped: bool = False  # ended by SIGTERM/SIGINT before the last round
 
@@ -144,7 +144,7 @@ class Chief:
                 cfg.upstream, cfg.upstream_token, cfg.upstream_name, reconnect_timeout=max(300.0, cfg.round_timeout))
             cfg = self.relay.start(cfg, ctrl, self.outputs)
             self.config = self.outputs.config = self.service.config = cfg
-            self._closer = RelayCloser(self.relay)
+            self._closer = RelayCloser(self.relay, self.service.evaluation)
         model = self.outputs.prepare_model()
         # a relay's state lives upstream: it starts from the upstream's model, never a checkpoint
         resumed = self.checkpoints.resume(ctrl, model.specs if model else None) if self.relay is None else None
@@ -264,10 +264,12 @@ class Chief:
                   "members": reg.names(ctrl.members), "final": final, "fraction": cfg.fraction,
                   "snapshot": ctrl.snapshot() if self.relay is None else None,  # a relay resumes upstream
                   "privacy": privacy_fields(cfg, result.round) if cfg.dp else {}}
+        evals = {reg.name_of(w): ev for w, ev in self.service.evaluation.take(result.round, result.workers).items()}
         record, sent = await self.publisher.publish(
-            result, msg, sessions, lambda bytes_in, bytes_out, metrics: round_record(
-                result, bytes_in, bytes_out, metrics, **fields))
-        self._last_metrics = dict(record.metrics)
+            result, msg, sessions, lambda bytes_in, bytes_out, metrics: replace(round_record(
+                result, bytes_in, bytes_out, metrics, **fields), worker_metrics=evals))
+        fed = {k: v for k, v in record.federated().items() if isinstance(v, float)}
+        self._last_metrics = {**record.metrics, **fed}  # holdout metrics, and the workers' federated ones
         self._show()
         if final:
             for s, n in zip(sessions, sent):

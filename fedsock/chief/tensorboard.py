@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedsock import limits
 from fedsock.chief.callbacks import ChiefCallback, RoundRecord, RunInfo
 
 log = logging.getLogger("fedsock.chief")
@@ -28,7 +29,9 @@ TAGS = {
     "bytes_out": "bytes/out",
 }
 #: Fields that are not scalars over rounds.
-SKIP = {"round", "time", "participants", "fraction", "dp_clip", "dp_noise"}
+SKIP = {"round", "time", "participants", "fraction", "dp_clip", "dp_noise", "fed_model_round"}
+#: Fields of federated evaluation written under tags of their own (``fed_val_x`` -> ``validation/x``).
+FED, VAL = "fed_val_", "val_"
 #: Names under which a differential-privacy budget is reported.
 PRIVACY = {"epsilon", "delta", "dp_epsilon", "dp_delta", "privacy_epsilon"}
 
@@ -39,11 +42,19 @@ def tag_for(key: str) -> str:
         return TAGS[key]
     if key in PRIVACY:
         return f"privacy/{key}"
+    if key.startswith(FED):  # the same tag as each worker's run: TensorBoard overlays them
+        return f"validation/{key.removeprefix(FED)}"
+    if key.startswith("fed_"):
+        return f"federated/{key.removeprefix('fed_')}"
+    if key.startswith(VAL) and key.rsplit("_", 1)[-1] in ("worst", "median", "best", "spread"):
+        return f"fairness/{key.removeprefix(VAL)}"
     return f"holdout/{key}"
 
 
 class TensorBoardWriter:
-    """Writes one step per round: holdout metrics, round time, bytes, participants, privacy budget.
+    """Writes one step per round: holdout metrics, round time, bytes, participants, privacy budget,
+    the federated validation metrics; each worker's validation metrics in a run of its own
+    (``workers/<name>``, the first ``TENSORBOARD_WORKER_RUNS`` workers), under the same tags.
 
     Args:
         directory: where the event files go (created if needed).
@@ -63,6 +74,7 @@ class TensorBoardWriter:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._writer = tf.summary.create_file_writer(str(directory))
+        self._workers: dict[str, Any] = {}
         # what tensorboard.summary.scalar attaches: marks the value as a scalar for TensorBoard
         self._scalar = tf.compat.v1.SummaryMetadata(
             plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars", content=b""))
@@ -70,16 +82,39 @@ class TensorBoardWriter:
     def write(self, row: Mapping[str, Any]) -> None:
         """Record one metrics.jsonl row at step ``row["round"]`` and flush."""
         step = int(row["round"])
-        with self._writer.as_default(step=step):
-            for key, value in row.items():
-                if key in SKIP or isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
-                self._tf.summary.write(tag_for(key), self._tf.constant(float(value), self._tf.float32),
-                                       metadata=self._scalar)
+        evaluated = int(row.get("fed_model_round", step))  # the model the workers' validation describes
+        for key, value in row.items():
+            if key in SKIP or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            with self._writer.as_default(step=evaluated if key.startswith(FED) else step):
+                self._scalar_at(tag_for(key), value)
         self._writer.flush()
+        for name, metrics in (row.get("per_worker") or {}).items():
+            writer = self._worker(str(name))
+            if writer is None:
+                continue
+            with writer.as_default(step=evaluated):
+                for key, value in metrics.items():
+                    if key.startswith(VAL) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self._scalar_at(f"validation/{key.removeprefix(VAL)}", value)
+            writer.flush()
+
+    def _scalar_at(self, tag: str, value: float) -> None:
+        self._tf.summary.write(tag, self._tf.constant(float(value), self._tf.float32), metadata=self._scalar)
+
+    def _worker(self, name: str) -> Any:
+        """The run of worker ``name`` (None past ``TENSORBOARD_WORKER_RUNS``)."""
+        if name not in self._workers:
+            if len(self._workers) >= limits.TENSORBOARD_WORKER_RUNS:
+                return None
+            run = self.directory / "workers" / ("_" + name if name.startswith(".") else name)  # never ".."
+            self._workers[name] = self._tf.summary.create_file_writer(str(run))
+        return self._workers[name]
 
     def close(self) -> None:
         self._writer.close()
+        for writer in self._workers.values():
+            writer.close()
 
 
 class TensorBoard(ChiefCallback):

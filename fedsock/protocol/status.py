@@ -40,13 +40,18 @@ class WorkerStatus:
     rounds: int  # rounds whose global model includes its update
     bytes_in: int  # bytes it sent the chief, all connections together
     bytes_out: int  # bytes the chief sent it
+    #: its latest validation metrics (``val_*``, from its last accepted update); absent on the wire when empty
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "name": self.name, "worker_id": self.worker_id, "connected": self.connected,
             "last_seen": float(self.last_seen), "rounds": self.rounds,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
         }
+        if self.metrics:
+            wire["metrics"] = {k: float(v) for k, v in self.metrics.items()}
+        return wire
 
     @classmethod
     def from_wire(cls, obj: Any) -> WorkerStatus:
@@ -58,6 +63,10 @@ class WorkerStatus:
             raise RemoteProtocolError(f"{w}: name longer than {limits.MAX_NAME_BYTES} bytes",
                                       code=ErrorCode.LIMIT_EXCEEDED)
         check_name(name)  # the names a status client prints follow the rule of Hello
+        metrics = metrics_map(obj, "metrics", w) if "metrics" in obj else {}
+        if len(metrics) > limits.MAX_STATUS_METRICS:
+            raise RemoteProtocolError(f"{w}: {len(metrics)} metrics exceed the limit of {limits.MAX_STATUS_METRICS}",
+                                      code=ErrorCode.LIMIT_EXCEEDED)
         return cls(
             name=name,
             worker_id=nonneg(require(obj, "worker_id", int, w), "worker_id", w),
@@ -66,6 +75,7 @@ class WorkerStatus:
             rounds=nonneg(require(obj, "rounds", int, w), "rounds", w),
             bytes_in=nonneg(require(obj, "bytes_in", int, w), "bytes_in", w),
             bytes_out=nonneg(require(obj, "bytes_out", int, w), "bytes_out", w),
+            metrics=metrics,
         )
 
 

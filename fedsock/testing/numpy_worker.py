@@ -5,7 +5,10 @@
 It proposes zero weights (bring-your-own-model chief), then every round
 "trains" for ``--work`` seconds and sends the global weights plus a
 deterministic step derived from its name and the round, with a fixed number of
-examples. It exits 0 when the chief says ``Done``.
+examples. It exits 0 when the chief says ``Done``. With ``--val-examples N`` it
+"evaluates" every global model it receives with ``evaluate_for`` (a
+deterministic function of its name and the weights) on N pretended
+validation examples, and sends that with its next update.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ def step_for(name: str, round_: int, shapes: list[tuple[int, ...]]) -> list[np.n
     return [rng.normal(0, 0.1, size=s).astype(np.float32) for s in shapes]
 
 
+def evaluate_for(name: str, weights: list[np.ndarray], examples: int) -> dict[str, float]:
+    """The metrics worker ``name`` reports for ``weights`` (``val_accuracy`` in (0, 1], ``val_loss``)."""
+    bias = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") / 2**32
+    size = float(np.mean([np.abs(np.asarray(w, np.float64)).mean() for w in weights]))
+    return {"accuracy": 1.0 / (1.0 + size * (1.0 + bias)), "loss": size + bias, "examples": float(examples)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--chief", required=True)
@@ -43,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
     p.add_argument("--reconnect-timeout", type=float, default=120.0)
     p.add_argument("--save-updates", default=None)
+    p.add_argument("--val-examples", type=int, default=0,
+                   help="evaluate every global model with evaluate_for on this many pretended examples")
     p.add_argument("--kill-after", default=None, metavar="KIND:ROUND",
                    help="SIGKILL this process right after sending its secure-aggregation message KIND "
                    "(shares or masked) of round ROUND (fault tests)")
@@ -53,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(args.chief, token=args.token, name=args.name, idle_timeout=args.idle_timeout,
                     heartbeat_interval=args.heartbeat_interval, reconnect_timeout=args.reconnect_timeout,
-                    save_updates=args.save_updates) as client:
+                    save_updates=args.save_updates,
+                    evaluate=(lambda w: evaluate_for(args.name, w, args.val_examples))
+                    if args.val_examples else None) as client:
             print(f"{args.name}: joined as worker {client.worker_id} at round {client.round}", flush=True)
             if args.kill_after:
                 kill_after(client, *args.kill_after.split(":"))
@@ -61,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             while not client.finished:
                 time.sleep(args.work)
                 step = step_for(args.name, client.round + 1, shapes)
-                w = client.sync([a + d for a, d in zip(w, step)], num_examples=args.examples)
+                w = client.sync([a + d for a, d in zip(w, step)], num_examples=args.examples,
+                                metrics={"loss": float(client.round)})
             print(f"{args.name}: done at round {client.round} after {client.reconnects} reconnects", flush=True)
     except FedsockError as exc:
         print(f"{args.name}: error: {exc}", file=sys.stderr)

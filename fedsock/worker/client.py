@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from fedsock.transport.handshake import handshake
 from fedsock.worker.buffers import ModelMemory
 from fedsock.worker.config import WorkerConfig, default_name
 from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
+from fedsock.worker.evaluation import Evaluation
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
 from fedsock.worker.policy import WorkerPolicy, refusal
 from fedsock.worker.reconnect import Backoff, name_in_use_message
@@ -77,6 +78,8 @@ class Client:
         require_secure_agg, ..., min_sync_every: this worker's ``WorkerPolicy``;
             a plan that violates it is refused at every join, before any
             weights are read, and the chief told why (``policy_refused``).
+        evaluate: weights -> their metrics on local validation data, with ``examples``; run on
+            each model join/sync return, sent with the next sync as ``val_*`` (docs/evaluation.md).
 
     Raises:
         ConfigError: bad address or token.
@@ -103,7 +106,8 @@ class Client:
                  max_epsilon: float | None = WorkerConfig.max_epsilon,
                  epsilon_delta: float = WorkerConfig.epsilon_delta,
                  min_batch_size: int = WorkerConfig.min_batch_size,
-                 min_sync_every: int = WorkerConfig.min_sync_every) -> None:
+                 min_sync_every: int = WorkerConfig.min_sync_every,
+                 evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None) -> None:
         self.address = parse_address(address)
         self._credentials = Credentials.resolve(token, ca, cert, key)
         own = self._credentials.own_name
@@ -125,6 +129,7 @@ class Client:
         self._hb_interval = heartbeat_interval
         self._reconnect_timeout = reconnect_timeout
         self.reconnects = 0
+        self.evaluation = Evaluation(evaluate)  # .last: the val_* metrics of the model last returned
         self._pipeline = UpdatePipeline(Path(save_updates) if save_updates is not None else None)
         self._memory = ModelMemory()
         self._lock = threading.Lock()
@@ -194,11 +199,12 @@ class Client:
                     check_signature(self.welcome.tensors, self._specs(weights))
                 except RemoteProtocolError as exc:
                     raise ConfigError(f"local model does not match the chief's: {exc}") from None
-            return self.weights
+            return self.evaluation.evaluate(self.weights)
         if weights is None:
             raise ConfigError("the chief has no model yet: pass your initial weights to join()")
         with self._lock:
-            return self._drive(self._engine.start_plain(Update(0, 0, self._specs(weights)), weights), None, weights)
+            model = self._drive(self._engine.start_plain(Update(0, 0, self._specs(weights)), weights), None, weights)
+        return self.evaluation.evaluate(model)
 
     def sync(self, weights: Sequence[np.ndarray], num_examples: int, metrics: dict[str, float] | None = None,
              *, reuse: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
@@ -210,7 +216,7 @@ class Client:
         Args:
             weights: the locally trained weights.
             num_examples: examples trained on since the last sync (FedAvg's weight).
-            metrics: optional training metrics for the chief's log.
+            metrics: optional training metrics, sent as ``train_<name>`` (see ``evaluate``).
             reuse: a model an earlier ``join`` or ``sync`` of this Client returned that
                 the caller no longer needs (e.g. after copying it into its model): the
                 new model is read into its memory, which saves fresh memory each round
@@ -223,16 +229,16 @@ class Client:
         if self.weights is None:
             raise FedsockError("call join() before sync()")
         base = self.weights
-        out = Outgoing(Update(self.round + 1, int(num_examples), self._specs(weights), dict(metrics or {})),
-                       weights)
+        sent = self.evaluation.outgoing(metrics or {})
+        out = Outgoing(Update(self.round + 1, int(num_examples), self._specs(weights), sent), weights)
         steps = self._pipeline.steps(self.plan, parse_compression(self.welcome.compress), base,
                                      bool(self._engine.specs))
         out = run_steps(steps, out)
         keep = [*weights, *out.tensors]
+        start = self._engine.start_secure if self.plan.secure_agg else self._engine.start_plain
         with self._lock:
-            if self.plan.secure_agg:
-                return self._drive(self._engine.start_secure(out.update, out.tensors), reuse, keep)
-            return self._drive(self._engine.start_plain(out.update, out.tensors), reuse, keep)
+            model = self._drive(start(out.update, out.tensors), reuse, keep)
+        return self.evaluation.evaluate(model)
 
     def close(self, reason: str | None = None) -> None:
         """Hang up; with ``reason``, tell the chief why first."""

@@ -8,6 +8,7 @@ from typing import Any
 import keras
 
 from fedsock.worker.client import Client
+from fedsock.worker.evaluation import training_metrics, validation_metrics
 
 log = logging.getLogger("fedsock.worker")
 
@@ -47,10 +48,17 @@ class FederatedCallback(keras.callbacks.Callback):
             sync (use with ``fit(verbose=0)``: fit's own bar counts epochs,
             which mean little here).
         mu: FedProx coefficient (default: the plan's, 0 = plain FedAvg).
+        validation_data: ``(x, y)`` this worker never trains on: every global
+            model received is evaluated on it with the model's compiled
+            metrics before training continues from it, and the result goes
+            with the next sync as ``val_<metric>`` and ``val_examples``
+            (training metrics as ``train_<metric>``, then counted since the
+            previous sync). ``final_metrics`` holds the final model's.
     """
 
     def __init__(self, client: Client, sync_every: int | None = None, batch_size: int | None = None,
-                 num_examples: int | None = None, progress: bool = False, mu: float | None = None) -> None:
+                 num_examples: int | None = None, progress: bool = False, mu: float | None = None,
+                 validation_data: tuple[Any, Any] | None = None) -> None:
         super().__init__()
         self.client = client
         self.sync_every = sync_every or client.plan.sync_every
@@ -63,10 +71,15 @@ class FederatedCallback(keras.callbacks.Callback):
         self._bar: keras.utils.Progbar | None = None
         self._anchor: list[Any] = []
         self._last: list[Any] | None = None  # the model last received, already copied into the model
+        self.validation_data = validation_data
+        self._val: dict[str, float] = {}  # the validation metrics of the model last received
+        #: The validation metrics of the final model (with ``validation_data``, once the run is over).
+        self.final_metrics: dict[str, float] = {}
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._last = self.client.join(self.model.get_weights())
         self.model.set_weights(self._last)
+        self._validate()
         self._steps = self._examples = 0
         self._set_anchor()
         if self.mu:
@@ -111,12 +124,26 @@ class FederatedCallback(keras.callbacks.Callback):
             return self.batch_size
         return max(0, min(self.batch_size, self.num_examples - batch * self.batch_size))
 
+    def _validate(self) -> None:
+        """Evaluate the global model just set on ``validation_data`` (its compiled metrics)."""
+        if self.validation_data is None:
+            return
+        x, y = self.validation_data
+        result = self.model.evaluate(x, y, batch_size=max(self.batch_size, 256), verbose=0, return_dict=True)
+        self.model.reset_metrics()  # evaluate shares the training metrics' state: start them afresh
+        self._val = validation_metrics({k: float(v) for k, v in result.items() if _is_number(v)}, len(y))
+        if self.client.finished:
+            self.final_metrics = dict(self._val)
+        log.info("round %d: global model on %d local validation examples: %s", self.client.round, len(y),
+                 ", ".join(f"{k} {v:.4f}" for k, v in self._val.items() if k != "val_examples"))
+
     def _sync(self, logs: dict[str, Any] | None) -> None:
-        metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        metrics = {**self._val, **training_metrics({k: float(v) for k, v in (logs or {}).items() if _is_number(v)})}
         # set_weights copies: the model received last time is ours to hand back for the new one
         new = self.client.sync(self.model.get_weights(), self._examples, metrics, reuse=self._last)
         self.model.set_weights(new)
         self._last = new
+        self._validate()
         self._set_anchor()
         log.info("round %d: synced after %d local examples (%s)", self.client.round, self._examples,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no metrics")

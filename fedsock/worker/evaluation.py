@@ -1,0 +1,87 @@
+"""A worker's own evaluation: the validation split it never trains on, and the names metrics go under.
+
+Every global model a worker receives is evaluated on its validation split
+before it trains on it; those metrics travel with the worker's next Update as
+``val_<name>`` with ``val_examples`` (their weight on the chief), and its
+training metrics as ``train_<name>`` (protocol.md, Update). Nothing here does
+I/O or imports Keras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from fedsock.errors import ConfigError
+
+VAL, TRAIN, VAL_EXAMPLES = "val_", "train_", "val_examples"
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, fraction: float,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_val, y_val)``: a seeded random ``fraction`` of the examples held out.
+
+    The same data, fraction and seed give the same split on every run (a
+    restarted worker never trains on what it validated on before). At least
+    one example stays on each side when ``fraction`` > 0.
+
+    Raises:
+        ConfigError: ``fraction`` outside [0, 1), or too few examples to split.
+    """
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"--val-split must be in [0, 1), got {fraction:g}")
+    n = len(y)
+    if fraction == 0:
+        return x, y, x[:0], y[:0]
+    k = max(1, int(round(n * fraction)))
+    if n - k < 1:
+        raise ConfigError(f"--val-split {fraction:g} of {n} examples leaves none to train on; "
+                          "use a smaller --val-split, --val-split 0, or --val-data")
+    order = np.random.default_rng(seed).permutation(n)
+    val, train = np.sort(order[:k]), np.sort(order[k:])
+    return x[train], y[train], x[val], y[val]
+
+
+def validation_metrics(result: Mapping[str, float], examples: int) -> dict[str, float]:
+    """An evaluation's metrics (Keras names, or already ``val_``) under their Update names, with
+    ``val_examples``."""
+    out = {(k if k.startswith(VAL) else VAL + k): float(v) for k, v in result.items() if k != "examples"}
+    out[VAL_EXAMPLES] = float(examples)
+    return out
+
+
+def training_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Training metrics under their Update names: ``train_<name>`` (names already ``val_`` or
+    ``train_`` are kept)."""
+    return {(k if k.startswith((VAL, TRAIN)) else TRAIN + k): float(v) for k, v in metrics.items()}
+
+
+class Evaluation:
+    """A Client's evaluate callable and the metrics waiting for its next sync."""
+
+    def __init__(self, evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None) -> None:
+        self.fn = evaluate
+        self.last: dict[str, float] = {}  # the val_* metrics of the model last evaluated
+
+    def evaluate(self, model: list[np.ndarray]) -> list[np.ndarray]:
+        """``model`` (a global model just received), evaluated if there is a callable.
+
+        Raises:
+            ConfigError: the callable returned no ``examples``.
+        """
+        if self.fn is None:
+            return model
+        result = dict(self.fn(model))
+        examples = result.pop(VAL_EXAMPLES, result.pop("examples", None))
+        if examples is None:
+            raise ConfigError("the evaluate callable must return 'examples' (the number of validation "
+                              "examples) with its metrics: the chief weights each worker's metrics by it")
+        self.last = validation_metrics(result, int(examples))
+        return model
+
+    def outgoing(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The metrics of the next Update: ``metrics`` as training metrics, and the last evaluation's
+        unless ``metrics`` has ``val_*`` ones of its own."""
+        sent = training_metrics(metrics)
+        return sent if any(k.startswith(VAL) for k in sent) else {**self.last, **sent}
