@@ -25,7 +25,7 @@ from fedsock.protocol import (
     iter_chunks,
     specs_of,
 )
-from fedsock.transport import aio as session_mod
+from fedsock.transport import aio_receive as receive_mod
 from fedsock.transport.aio import Session
 
 
@@ -58,7 +58,7 @@ def tls_pair(tmp_path: Path) -> tuple[socket.socket, socket.socket]:
 
 @pytest.mark.parametrize("yield_bytes", [1 << 24, 1])
 def test_an_update_is_read_into_place_yielding_every_yield_bytes(tmp_path, monkeypatch, yield_bytes):
-    monkeypatch.setattr(session_mod, "YIELD_BYTES", yield_bytes)
+    monkeypatch.setattr(receive_mod, "YIELD_BYTES", yield_bytes)
     arrays = [np.random.default_rng(1).standard_normal((60, 200)).astype(np.float32), np.arange(5.0)]
     specs = specs_of(arrays)
     chunks = list(iter_chunks(arrays, 8192))

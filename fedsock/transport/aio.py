@@ -11,7 +11,8 @@ loop because a trip to a thread and back cost more than the decryption
 docs/performance.md). The socket stays non-blocking; every call into its
 TLS object holds a per-connection lock (an OpenSSL object is not safe to
 use from two threads at once), never while waiting for the socket to be
-ready.
+ready. The read path is ``Receiving`` (aio_receive.py); this module holds
+the connection's state, the sends, the waits for the socket and closing.
 """
 
 from __future__ import annotations
@@ -24,29 +25,23 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from fedsock import limits
-from fedsock.protocol import (
-    NEED_DATA,
-    Chunk,
-    Connection,
-    ConnectionClosed,
-    EndOfMessage,
-    Error,
-    Event,
-    Message,
-    Role,
-    TensorAssembler,
-    TensorSpec,
-    iter_chunks,
+from fedsock.protocol import Chunk, Connection, Error, Message, Role, iter_chunks
+from fedsock.transport.aio_receive import (
+    READ_BYTES,
+    WANT_READ,
+    WANT_WRITE,
+    FrameReservations,
+    Receiving,
 )
 
+__all__ = ["FrameReservations", "Session"]
+
 T = TypeVar("T")
-READ_BYTES = limits.READ_BYTES
-YIELD_BYTES = limits.YIELD_BYTES
 #: Largest piece handed to one TLS write (one chunk's data: fewer, larger writes cost less
 #: than 256 KiB slices did), so the TLS lock is held for a millisecond at most.
 SEND_SLICE = limits.CHUNK_BYTES
@@ -56,20 +51,10 @@ _POLL_S = 0.25
 #: bytes, as the end of its last chunk (all of a 1 MiB chunk took a while to
 #: follow once released, and workers got the model one after another).
 HELD_BYTES = 4096
-_WANT_READ, _WANT_WRITE = -1, -2
 
 
-class FrameReservations(Protocol):
-    """Where a session takes room for a large frame before buffering its body (the chief's
-    ``FrameBudget``)."""
-
-    async def take(self, address: str, nbytes: int, deadline: float) -> None: ...
-
-    def give(self, address: str, nbytes: int) -> None: ...
-
-
-class Session:
-    """Reads events from and writes messages to one peer.
+class Session(Receiving):
+    """Reads events from and writes messages to one peer (the read methods: ``Receiving``).
 
     Args:
         sock: the TLS socket, handshake done, non-blocking.
@@ -106,140 +91,6 @@ class Session:
         """How logs name this peer."""
         return f"worker {self.worker_id} ({self.name})" if self.worker_id else self.peer
 
-    # --- receiving --------------------------------------------------------
-
-    async def next_event(self, timeout: float) -> Event:
-        """The next event; raises TimeoutError if the peer is silent for ``timeout``."""
-        while True:
-            ev = self.conn.next_event()
-            if ev is not NEED_DATA:
-                self._settle()
-                return ev  # type: ignore[return-value]
-            deadline = time.monotonic() + timeout
-            await self._reserve(deadline)
-            while True:
-                n = self._recv(self._rbuf)
-                if n >= 0:
-                    break
-                await self._ready(n == _WANT_WRITE, deadline)
-            self._received(n)
-
-    async def read_weights(self, specs: Sequence[TensorSpec], timeout: float,
-                           buffer: np.ndarray | None = None) -> tuple[list[np.ndarray], int]:
-        """Collect the chunks following a weights message into arrays (in ``buffer`` if given).
-
-        Chunk data is decrypted straight into place, on the event loop. Other
-        tasks run whenever the socket has nothing more yet, and at least every
-        ``YIELD_BYTES``: a message that has fully arrived is read in one go, so
-        updates complete (and are folded) one after another rather than all at
-        the end. If this is cancelled, the connection is aborted (it is
-        mid-message) and nothing more is written into ``buffer``.
-
-        Returns:
-            The arrays and the bytes of their chunk frames.
-        """
-        asm = TensorAssembler(specs, buffer)
-        nbytes = unyielded = 0
-        try:
-            while True:
-                direct = self.conn.direct_chunk()
-                if isinstance(direct, tuple):  # the chunk's data is decrypted straight into place
-                    await self._read_into(asm.target(*direct), timeout)
-                    nbytes += self.conn.last_frame_bytes
-                    unyielded += self.conn.last_frame_bytes
-                    if unyielded >= YIELD_BYTES:  # the data kept coming: let other tasks in
-                        unyielded = 0
-                        await asyncio.sleep(0)
-                    continue
-                ev = self.conn.next_event()
-                if ev is NEED_DATA:
-                    await self._fill(timeout, direct or READ_BYTES)
-                elif isinstance(ev, Chunk):
-                    asm.add(ev)
-                    nbytes += self.conn.last_frame_bytes
-                elif isinstance(ev, EndOfMessage):
-                    self._settle()
-                    return asm.arrays(), nbytes
-                elif isinstance(ev, Error):
-                    raise ConnectionAbortedError(f"peer aborted: {ev.message} [{ev.code}]")
-                elif isinstance(ev, ConnectionClosed):
-                    raise ConnectionResetError("peer closed during a weights message")
-        except asyncio.CancelledError:
-            self.abort()
-            raise
-
-    async def _read_into(self, dest: memoryview, timeout: float) -> None:
-        """The data of a chunk started with ``direct_chunk``, read into ``dest``."""
-        got = self.conn.take_chunk_data(dest)
-        deadline = time.monotonic() + timeout
-        while got < len(dest):
-            n = self._recv(dest[got:])
-            if n > 0:
-                got += n
-                self.conn.chunk_data_received(n)
-                self.bytes_in += n
-                self.last_received = time.monotonic()
-                deadline = self.last_received + timeout
-            elif n == 0:
-                self.conn.receive_data(b"")  # next_event reports the truncation
-                return
-            else:
-                await self._ready(n == _WANT_WRITE, deadline)
-
-    async def _fill(self, timeout: float, limit: int) -> None:
-        """Read what has arrived, up to ``limit`` bytes (at least one byte, or the end of
-        the stream), and feed it to the Connection."""
-        deadline = time.monotonic() + timeout
-        await self._reserve(deadline)
-        limit, got = min(limit, READ_BYTES), 0
-        while got < limit:
-            n = self._recv(self._rbuf[got:limit])
-            if n > 0:
-                got += n
-                continue
-            if got:  # deliver what we have; an end of stream shows at the next read
-                break
-            if n == 0:
-                self._received(0)
-                return
-            await self._ready(n == _WANT_WRITE, deadline)
-        self._received(got)
-
-    async def _reserve(self, deadline: float) -> None:
-        """Before buffering more of a frame: hold room for all of it if it is large (see ``frames``)."""
-        need = self.conn.buffering
-        if need == self._reserved:
-            return
-        self._settle(force=True)
-        if need > limits.BUFFERED_FRAME_FREE_BYTES and self.frames is not None:
-            await self.frames.take(self.address, need, deadline)
-            self._reserved = need
-
-    def _settle(self, force: bool = False) -> None:
-        """Give back the room of a frame that is no longer being received."""
-        if self._reserved and (force or self.conn.buffering != self._reserved):
-            assert self.frames is not None
-            self.frames.give(self.address, self._reserved)
-            self._reserved = 0
-
-    def _recv(self, view: memoryview) -> int:
-        """One TLS read into ``view``: bytes read, 0 at end of stream,
-        or _WANT_READ / _WANT_WRITE if the socket is not ready."""
-        with self._tls_lock:
-            if self._closed:
-                return 0  # aborted: the peer is gone, as far as we care
-            try:
-                return self.sock.recv_into(view)
-            except ssl.SSLWantReadError:
-                return _WANT_READ
-            except ssl.SSLWantWriteError:
-                return _WANT_WRITE
-
-    def _received(self, n: int) -> None:
-        self.bytes_in += n
-        self.last_received = time.monotonic()
-        self.conn.receive_data(self._rbuf[:n] if n else b"")
-
     # --- sending ----------------------------------------------------------
 
     async def send(self, msg: Message, arrays: Sequence[np.ndarray] = (),
@@ -274,7 +125,7 @@ class Session:
                 while sent < len(view):
                     n = self._send_some(view[sent:])
                     if n < 0:
-                        await self._ready(n == _WANT_WRITE, None)
+                        await self._ready(n == WANT_WRITE, None)
                     else:
                         sent += n
             except asyncio.CancelledError:
@@ -313,22 +164,22 @@ class Session:
         while sent < len(view):
             n = self._send_some(view[sent:])
             if n < 0:
-                self._wait_blocking(n == _WANT_WRITE)
+                self._wait_blocking(n == WANT_WRITE)
             else:
                 sent += n
         return sent
 
     def _send_some(self, view: memoryview) -> int:
-        """One TLS write of at most SEND_SLICE bytes: bytes written, or _WANT_READ / _WANT_WRITE."""
+        """One TLS write of at most SEND_SLICE bytes: bytes written, or WANT_READ / WANT_WRITE."""
         with self._tls_lock:
             if self._closed:
                 raise ConnectionResetError("connection closed")
             try:
                 n = self.sock.send(view[:SEND_SLICE])
             except ssl.SSLWantWriteError:
-                return _WANT_WRITE
+                return WANT_WRITE
             except ssl.SSLWantReadError:
-                return _WANT_READ
+                return WANT_READ
         self.bytes_out += n
         self.last_sent = time.monotonic()
         return n
