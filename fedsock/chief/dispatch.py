@@ -281,7 +281,7 @@ class WorkerService:
             raise RemoteProtocolError("this chief does not run secure aggregation", code=ErrorCode.OUT_OF_ORDER)
         if isinstance(ev, SecAggMasked):
             header_bytes = s.conn.last_frame_bytes
-            ours = not self.done.is_set() and sec.check_masked(wid, ev.round, ev.attempt, ev.tensors)
+            ours = not self.done.is_set() and sec.check_masked(wid, ev.round, ev.attempt, ev.tensors, ev.excluded)
             async with self.staging.hold(sum(t.wire_nbytes for t in ev.tensors)) as slot:
                 masked, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout, slot)
                 self.publisher.bytes_in += header_bytes + chunk_bytes

@@ -73,6 +73,45 @@ def reconstruct(shares: Mapping[int, int], threshold: int) -> int:
     return secret
 
 
+def _at(pts: list[tuple[int, int]], x: int) -> int:
+    """The value at ``x`` of the polynomial through ``pts`` (Lagrange)."""
+    acc = 0
+    for i, (xi, yi) in enumerate(pts):
+        num, den = 1, 1
+        for j, (xj, _) in enumerate(pts):
+            if i != j:
+                num = num * (x - xj) % PRIME
+                den = den * (xi - xj) % PRIME
+        acc = (acc + yi * num * pow(den, -1, PRIME)) % PRIME
+    return acc
+
+
+def consistent(shares: Mapping[int, int], threshold: int) -> bool:
+    """Whether all ``shares`` lie on one polynomial of degree ``threshold - 1``.
+
+    Honest shares of one secret always do; with more than ``threshold`` of
+    them a wrong share is detected (with exactly ``threshold`` nothing can be).
+    """
+    pts = sorted(shares.items())
+    base = pts[:threshold]
+    return all(_at(base, x) == y for x, y in pts[threshold:])
+
+
+def liars(shares: Mapping[int, int], threshold: int) -> set[int]:
+    """The points whose shares disagree with the others', when that can be told.
+
+    Empty if the shares are consistent, or if no single point's removal makes
+    them consistent (then who is wrong cannot be told from these shares:
+    at least ``threshold + 2`` of them are needed to single one out).
+    """
+    if consistent(shares, threshold):
+        return set()
+    if len(shares) < threshold + 2:
+        return set()
+    found = {x for x in shares if consistent({k: v for k, v in shares.items() if k != x}, threshold)}
+    return found if len(found) == 1 else set()
+
+
 def to_bytes(value: int) -> bytes:
     """A share value as SHARE_BYTES big-endian bytes."""
     return value.to_bytes(SHARE_BYTES, "big")
