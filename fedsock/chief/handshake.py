@@ -85,7 +85,8 @@ class Authenticator:
                 return f"the token of worker {name!r} was revoked"
             secret = entry.secret
         elif self.worker_tokens_only:
-            return f"this chief admits only per-worker tokens, and {name!r} has none ('fedsock token create')"
+            return (f"this chief admits only per-worker tokens (it runs --worker-tokens-only or --secure-agg), "
+                    f"and {name!r} has none: its operator issues one with 'fedsock token create {name}'")
         else:
             secret = self.token.secret
         if not tls.verify_mac(secret, nonce, self.token.fingerprint, name, mac):
