@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsock import limits, tls
+from fedsock import limits, statefiles, tls
 from fedsock.checkpoint import atomic_write
 from fedsock.errors import ConfigError
 
@@ -37,7 +36,7 @@ def _read(state_dir: Path) -> dict[str, Entry]:
     if not path.exists():
         return {}
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(statefiles.read_text(path))
         return {n: Entry(n, bytes.fromhex(e["secret"]), e["created"], e.get("revoked")) for n, e in raw.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path} is corrupt ({exc}); fix or remove it") from None
@@ -46,9 +45,7 @@ def _read(state_dir: Path) -> dict[str, Entry]:
 def _write(state_dir: Path, entries: dict[str, Entry]) -> None:
     data = {e.name: {"secret": e.secret.hex(), "created": e.created, "revoked": e.revoked}
             for e in entries.values()}
-    path = state_dir / FILE
-    atomic_write(path, (json.dumps(data, indent=1) + "\n").encode())
-    os.chmod(path, 0o600)
+    atomic_write(state_dir / FILE, (json.dumps(data, indent=1) + "\n").encode())  # 0600 from the start
 
 
 def _now() -> str:
@@ -62,6 +59,7 @@ def create(state_dir: Path, name: str) -> tls.JoinToken:
         ConfigError: bad name, an active token for it exists, or no chief state dir.
     """
     tls.check_name(name)
+    statefiles.ensure_dir(state_dir)
     cert = state_dir / "chief.crt"
     if not cert.exists():
         raise ConfigError(f"no chief certificate in {state_dir}: start the chief once first (it creates one)")
@@ -70,7 +68,7 @@ def create(state_dir: Path, name: str) -> tls.JoinToken:
         raise ConfigError(f"worker {name!r} already has a token; revoke it first to issue a new one")
     import ssl
 
-    fp = tls.cert_fingerprint(ssl.PEM_cert_to_DER_cert(cert.read_text()))
+    fp = tls.cert_fingerprint(ssl.PEM_cert_to_DER_cert(statefiles.read_text(cert)))
     entries[name] = Entry(name, secrets.token_bytes(limits.SECRET_BYTES), _now(), None)
     _write(state_dir, entries)
     return tls.JoinToken(fp, entries[name].secret, name)
