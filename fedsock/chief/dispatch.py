@@ -82,7 +82,8 @@ class WorkerService:
                 if outcome.code is not None:
                     await s.send_error(outcome.code, outcome.message)
             elif isinstance(outcome, StatusQuery):  # read-only: answer and hang up; it never joins
-                await s.send(self.monitor.status(self.ctrl, self.registry.live), timeout=cfg.handshake_timeout)
+                await s.send(self.monitor.status(self.ctrl, self.registry.live, outcome.full),
+                             timeout=cfg.handshake_timeout)
                 log.info("answered a status query from %r (%s)", s.name, s.peer)
             elif await self._join(s, outcome):
                 await self._welcome(s)

@@ -1,6 +1,9 @@
 """Per-worker join tokens, kept in ``<state-dir>/worker-tokens.json`` (mode 0600).
 
 ``fedsock token create NAME`` issues ``fs1.<fingerprint>.<secret>.<NAME>``;
+``token create --status [NAME]`` issues a read-only status token: it cannot
+join as a worker, and ``fedsock status`` with it shows every worker's name
+and traffic (with a join token, status shows counts only);
 ``token revoke NAME`` marks it revoked. The running chief re-reads the file
 when it changes: a revoked token is refused for new connections at once, and
 its live connection is dropped when the next round closes.
@@ -29,6 +32,7 @@ class Entry:
     secret: bytes
     created: str
     revoked: str | None
+    status: bool = False  # a read-only status token: answers status queries, never joins
 
 
 def _read(state_dir: Path) -> dict[str, Entry]:
@@ -37,13 +41,15 @@ def _read(state_dir: Path) -> dict[str, Entry]:
         return {}
     try:
         raw = json.loads(statefiles.read_text(path))
-        return {n: Entry(n, bytes.fromhex(e["secret"]), e["created"], e.get("revoked")) for n, e in raw.items()}
+        return {n: Entry(n, bytes.fromhex(e["secret"]), e["created"], e.get("revoked"), e.get("role") == "status")
+                for n, e in raw.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path} is corrupt ({exc}); fix or remove it") from None
 
 
 def _write(state_dir: Path, entries: dict[str, Entry]) -> None:
-    data = {e.name: {"secret": e.secret.hex(), "created": e.created, "revoked": e.revoked}
+    data = {e.name: {"secret": e.secret.hex(), "created": e.created, "revoked": e.revoked,
+                     **({"role": "status"} if e.status else {})}
             for e in entries.values()}
     atomic_write(state_dir / FILE, (json.dumps(data, indent=1) + "\n").encode())  # 0600 from the start
 
@@ -52,8 +58,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def create(state_dir: Path, name: str) -> tls.JoinToken:
-    """Issue a token for worker ``name`` (the chief's identity must exist).
+def create(state_dir: Path, name: str, status: bool = False) -> tls.JoinToken:
+    """Issue a token for worker ``name`` (the chief's identity must exist); with ``status``, a
+    read-only status token under that name.
 
     Raises:
         ConfigError: bad name, an active token for it exists, or no chief state dir.
@@ -69,7 +76,7 @@ def create(state_dir: Path, name: str) -> tls.JoinToken:
     import ssl
 
     fp = tls.cert_fingerprint(ssl.PEM_cert_to_DER_cert(statefiles.read_text(cert)))
-    entries[name] = Entry(name, secrets.token_bytes(limits.SECRET_BYTES), _now(), None)
+    entries[name] = Entry(name, secrets.token_bytes(limits.SECRET_BYTES), _now(), None, status)
     _write(state_dir, entries)
     return tls.JoinToken(fp, entries[name].secret, name)
 
@@ -84,7 +91,7 @@ def revoke(state_dir: Path, name: str) -> None:
     if name not in entries:
         raise ConfigError(f"no token for worker {name!r} in {state_dir / FILE}")
     e = entries[name]
-    entries[name] = Entry(e.name, e.secret, e.created, e.revoked or _now())
+    entries[name] = Entry(e.name, e.secret, e.created, e.revoked or _now(), e.status)
     _write(state_dir, entries)
 
 
