@@ -140,3 +140,18 @@ def test_the_start_message_never_shows_the_join_secret(tmp_path, caplog, secure)
     assert identity.token.secret.hex() not in caplog.text and "--token" not in caplog.text
     assert ("fedsock token create NAME" in caplog.text) == secure
     assert str(tmp_path / "state") in caplog.text
+
+
+def test_tokens_created_at_once_are_all_kept(tmp_path):
+    import threading
+
+    state = tmp_path / "state"
+    ensure_identity(state, ["127.0.0.1"])
+    names = [f"w{i}" for i in range(12)]
+    threads = [threading.Thread(target=tokens.create, args=(state, n)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(e.name for e in tokens.listing(state)) == sorted(names)
+    assert mode(state / "worker-tokens.json") == 0o600

@@ -11,9 +11,13 @@ its live connection is dropped when the next round closes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
+import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +58,18 @@ def _write(state_dir: Path, entries: dict[str, Entry]) -> None:
     atomic_write(state_dir / FILE, (json.dumps(data, indent=1) + "\n").encode())  # 0600 from the start
 
 
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of the token file (two ``token create`` at once
+    would otherwise lose one of the tokens)."""
+    fd = statefiles.open_append(state_dir / f".{FILE}.lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -66,18 +82,20 @@ def create(state_dir: Path, name: str, status: bool = False) -> tls.JoinToken:
         ConfigError: bad name, an active token for it exists, or no chief state dir.
     """
     tls.check_name(name)
-    statefiles.ensure_dir(state_dir)
+    if state_dir.exists():  # ours, private: a token file planted by someone else is not extended
+        statefiles.ensure_dir(state_dir)
     cert = state_dir / "chief.crt"
     if not cert.exists():
         raise ConfigError(f"no chief certificate in {state_dir}: start the chief once first (it creates one)")
-    entries = _read(state_dir)
-    if name in entries and entries[name].revoked is None:
-        raise ConfigError(f"worker {name!r} already has a token; revoke it first to issue a new one")
     import ssl
 
     fp = tls.cert_fingerprint(ssl.PEM_cert_to_DER_cert(statefiles.read_text(cert)))
-    entries[name] = Entry(name, secrets.token_bytes(limits.SECRET_BYTES), _now(), None, status)
-    _write(state_dir, entries)
+    with _locked(state_dir):
+        entries = _read(state_dir)
+        if name in entries and entries[name].revoked is None:
+            raise ConfigError(f"worker {name!r} already has a token; revoke it first to issue a new one")
+        entries[name] = Entry(name, secrets.token_bytes(limits.SECRET_BYTES), _now(), None, status)
+        _write(state_dir, entries)
     return tls.JoinToken(fp, entries[name].secret, name)
 
 
@@ -87,12 +105,13 @@ def revoke(state_dir: Path, name: str) -> None:
     Raises:
         ConfigError: no such token.
     """
-    entries = _read(state_dir)
-    if name not in entries:
-        raise ConfigError(f"no token for worker {name!r} in {state_dir / FILE}")
-    e = entries[name]
-    entries[name] = Entry(e.name, e.secret, e.created, e.revoked or _now(), e.status)
-    _write(state_dir, entries)
+    with _locked(state_dir):
+        entries = _read(state_dir)
+        if name not in entries:
+            raise ConfigError(f"no token for worker {name!r} in {state_dir / FILE}")
+        e = entries[name]
+        entries[name] = Entry(e.name, e.secret, e.created, e.revoked or _now(), e.status)
+        _write(state_dir, entries)
 
 
 def listing(state_dir: Path) -> list[Entry]:
