@@ -413,3 +413,21 @@ def test_shamir_liars_found_with_two_spare_shares(n: int, data: st.DataObject) -
     shares[x] = (shares[x] + data.draw(st.integers(1, shamir.PRIME - 1))) % shamir.PRIME
     assert not shamir.consistent(shares, t)
     assert shamir.liars(shares, t) == {x}
+
+
+def test_named_workers_leave_the_round_and_so_does_a_worker_that_names_twice(tmp_path) -> None:
+    from fedsock.chief.config import ChiefConfig
+    from fedsock.chief.secure import SecureAggregation
+
+    sec = SecureAggregation(ChiefConfig(state_dir=tmp_path, secure_agg=True, min_workers=2), controller=None)  # type: ignore[arg-type]
+    first = ChiefRound(1, 1, WORDS)
+    first.reported = {1: frozenset({3})}
+    with pytest.raises(PeerMisbehaved) as err:
+        sec._reported(first)
+    assert err.value.workers == {3}
+    second = ChiefRound(1, 2, WORDS)
+    second.reported = {1: frozenset({2})}  # the chief cannot tell who lies: both leave
+    with pytest.raises(PeerMisbehaved) as err:
+        sec._reported(second)
+    assert err.value.workers == {1, 2}
+    sec._reported(ChiefRound(1, 3, WORDS))  # no report: nothing happens

@@ -155,3 +155,19 @@ def test_tokens_created_at_once_are_all_kept(tmp_path):
         t.join(30)
     assert sorted(e.name for e in tokens.listing(state)) == sorted(names)
     assert mode(state / "worker-tokens.json") == 0o600
+
+
+def test_token_create_status_issues_a_read_only_token(tmp_path, capsys):
+    from fedsock.cli import main
+
+    state = tmp_path / "state"
+    ensure_identity(state, ["127.0.0.1"])
+    assert main(["token", "create", "--status", "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "read-only status token 'status'" in out and "cannot join" in out
+    assert main(["token", "create", "alice", "--state-dir", str(state)]) == 0
+    capsys.readouterr()
+    assert main(["token", "list", "--state-dir", str(state)]) == 0
+    listing = capsys.readouterr().out
+    assert "status\tstatus\t" in listing and "alice\tworker\t" in listing
+    assert {e.name: e.status for e in tokens.listing(state)} == {"alice": False, "status": True}
