@@ -13,7 +13,9 @@ No pickle anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from fedsock import statefiles
 from fedsock.errors import ConfigError
 from fedsock.protocol.messages import TensorSpec
 from fedsock.protocol.tensors import raw_view
@@ -55,17 +58,26 @@ def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview], recycle
     ``recycle``: a file that is no longer needed (e.g. the checkpoint about to be
     pruned); it becomes the temp file and is overwritten in place, which reuses its
     cached pages: writing a new file of a big model's size costs much more.
+
+    The temp file has a random name and is created 0600 with ``O_EXCL`` and
+    ``O_NOFOLLOW`` (``fedsock.statefiles``); the rename replaces whatever is at
+    ``path`` (a symlink included) without following it. The result is 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    reused = False
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    fd = -1
     if recycle is not None and recycle != path:
         try:
             os.replace(recycle, tmp)
-            reused = True
+            fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            os.fchmod(fd, statefiles.FILE_MODE)
         except OSError:
-            pass
-    with open(tmp, "r+b" if reused else "wb") as f:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            fd = -1
+    if fd < 0:
+        fd = statefiles.create_new(tmp)
+    with os.fdopen(fd, "r+b") as f:
         for piece in [data] if isinstance(data, bytes) else data:
             f.write(piece)
         f.truncate()
@@ -101,7 +113,7 @@ def load(path: Path) -> Checkpoint:
     Raises:
         ConfigError: not a fedsock checkpoint, or corrupt, naming the file.
     """
-    data = Path(path).read_bytes()
+    data = statefiles.read_bytes(Path(path))
     if not data.startswith(MAGIC):
         raise ConfigError(f"{path} is not a fedsock checkpoint (bad magic)")
     try:

@@ -74,6 +74,9 @@ def token_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["create", "list", "revoke"], help="what to do")
     p.add_argument("name", nargs="?", help="the worker's identity (for create and revoke)")
     p.add_argument("--state-dir", type=Path, default=Path("fedsock-chief"), help="the chief's state dir")
+    p.add_argument("--status", action="store_true",
+                   help="create: a read-only status token (name default 'status') that cannot join; "
+                   "'fedsock status' with it shows every worker's name and traffic")
 
 
 def certs_parser(p: argparse.ArgumentParser) -> None:
@@ -227,7 +230,13 @@ def run_token(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         for e in tokens.listing(args.state_dir):
-            print(f"{e.name}\tcreated {e.created}\t{'revoked ' + e.revoked if e.revoked else 'active'}")
+            print(f"{e.name}\t{'status' if e.status else 'worker'}\tcreated {e.created}\t"
+                  f"{'revoked ' + e.revoked if e.revoked else 'active'}")
+        return 0
+    if args.action == "create" and args.status:
+        name = args.name or "status"
+        tok = tokens.create(args.state_dir, name, status=True)
+        print(f"read-only status token {name!r} (it cannot join; it is not shown again):\n{tok}")
         return 0
     if not args.name:
         raise ConfigError(f"'fedsock token {args.action}' needs the worker's name")

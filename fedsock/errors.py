@@ -113,6 +113,17 @@ class TooFewWorkers(FedsockError):
     """A secure-aggregation attempt cannot go on: fewer workers than it needs are left."""
 
 
+class PeerMisbehaved(FedsockError):
+    """A secure-aggregation attempt cannot go on because of what some workers sent.
+
+    ``workers`` are the ones to leave out of the round's further attempts.
+    """
+
+    def __init__(self, message: str, workers: frozenset[int]) -> None:
+        super().__init__(message)
+        self.workers = workers
+
+
 class CryptoError(FedsockError, ValueError):
     """A secure-aggregation key or ciphertext that does not check out."""
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from fedsock import statefiles
 from fedsock.errors import ConfigError
 
 FILE = "chief.lock"
@@ -52,8 +53,8 @@ class StateDirLock:
         if self._fd is not None:
             raise ConfigError(f"{self.path} is already held by this chief")
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            statefiles.ensure_dir(self.state_dir)  # 0700, ours, not writable by others
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ConfigError(f"cannot open the state dir's lock file {self.path}: {exc.strerror or exc}") from None
         try:

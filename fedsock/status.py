@@ -1,9 +1,11 @@
 """``fedsock status``: ask a running chief how its run is going (read-only).
 
-The query authenticates like a worker (same join token, same HMAC
-challenge), with the ``"status"`` capability in its Hello, so the chief
-answers with one ``Status`` message instead of a ``Welcome`` and hangs up.
-It never joins the federation.
+The query authenticates like a worker (same HMAC challenge), with the
+``"status"`` capability in its Hello, so the chief answers with one
+``Status`` message instead of a ``Welcome`` and hangs up. It never joins the
+federation. With a join token (which every worker holds) the answer has
+counts only; a read-only status token (``fedsock token create --status``),
+which cannot join, also gets each worker's name and traffic.
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ def format_status(st: Status, address: str) -> str:
         lines.append(f"relay of {st.upstream}")
     if st.metrics:
         lines.append("last round  " + "  ".join(f"{k} {_num(v)}" for k, v in st.metrics.items()))
-    connected = sum(w.connected for w in st.workers)
-    lines.append(f"workers: {connected} connected, {len(st.workers)} known")
+    lines.append(f"workers: {st.connected} connected, {st.known} known")
+    if st.known and not st.workers:
+        lines.append("  (names and traffic only with a read-only status token: 'fedsock token create --status')")
     if st.workers:
         width = max(4, *(len(w.name) for w in st.workers))
         lines.append(f"  {'name':<{width}} {'id':>5} {'connected':>9} {'last seen':>13} {'rounds':>6} "

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,20 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_token(state_dir: Path, name: str) -> str:
+    """The per-worker token of ``name`` at the chief of ``state_dir`` (created on first use)."""
+    import ssl
+
+    from fedsock import tls
+    from fedsock.chief import tokens
+
+    for e in tokens.listing(state_dir):
+        if e.name == name and e.revoked is None:
+            fp = tls.cert_fingerprint(ssl.PEM_cert_to_DER_cert((state_dir / "chief.crt").read_text()))
+            return str(tls.JoinToken(fp, e.secret, name))
+    return str(tokens.create(state_dir, name))
 
 
 def env() -> dict[str, str]:
@@ -34,6 +49,10 @@ class ChiefProc:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def token_for(self, name: str) -> str:
+        """A per-worker token for ``name`` (``fedsock token create``), issued once and reused."""
+        return worker_token(self.state_dir, name)
 
     def wait(self, timeout: float) -> int:
         try:
@@ -114,8 +133,9 @@ def chiefs(tmp_path):
             c.proc.wait()
 
 
-def run_clients(address: str, token: str, examples: dict[str, int], shape: tuple[int, ...] = (4, 3),
-                timeout: float = 60.0, work: float = 0.0, val: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+def run_clients(address: str, token: str | Callable[[str], str], examples: dict[str, int],
+                shape: tuple[int, ...] = (4, 3), timeout: float = 60.0, work: float = 0.0,
+                val: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Numpy workers (``fedsock.Client`` in threads) that propose zeros and then send, each round,
     the global weights plus ``numpy_worker.step_for(name, round)`` with a fixed example count,
     after ``work`` seconds of pretended training (with ``val``: evaluating each model with
@@ -133,7 +153,7 @@ def run_clients(address: str, token: str, examples: dict[str, int], shape: tuple
     def worker(name: str, n: int) -> None:
         try:
             evaluate = None if val is None else (lambda w: evaluate_for(name, w, val[name]))
-            with Client(address, token=token, name=name, connect_timeout=timeout, evaluate=evaluate) as c:
+            with Client(address, token=tokens[name], name=name, connect_timeout=timeout, evaluate=evaluate) as c:
                 w = c.join([np.zeros(shape, np.float32)])
                 while not c.finished:
                     time.sleep(work)
@@ -143,6 +163,7 @@ def run_clients(address: str, token: str, examples: dict[str, int], shape: tuple
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
             errors.append(exc)
 
+    tokens = {name: token if isinstance(token, str) else token(name) for name in examples}  # one at a time
     threads = [threading.Thread(target=worker, args=(name, n), daemon=True) for name, n in examples.items()]
     for t in threads:
         t.start()

@@ -47,13 +47,20 @@ def test_plain_round_lines_and_status_of_a_running_chief(tmp_path, chiefs, capsy
     try:
         for c in clients:
             c.join([np.zeros((3, 2), np.float32)])
-        before = query_status(chief.address, chief.token)
+        from fedsock.chief import tokens
+
+        reader = str(tokens.create(chief.state_dir, "ops", status=True))  # read-only: names and traffic
+        counts = query_status(chief.address, chief.token)  # a join token: counts only
+        assert (counts.workers, counts.connected, counts.known) == ((), 2, 2)
+        before = query_status(chief.address, reader)
         assert (before.round, before.rounds, before.finished) == (0, 2, False)
         assert sorted((w.name, w.connected, w.rounds) for w in before.workers) == [
             ("alpha", True, 0), ("beta", True, 0)]
 
         sync_all(clients, [[np.ones((3, 2), np.float32)], [np.full((3, 2), 4.0, np.float32)]])
-        after = query_status(chief.address, chief.token)
+        counts = query_status(chief.address, chief.token)
+        assert counts.round == 1 and counts.workers == () and "bytes_in" not in counts.metrics
+        after = query_status(chief.address, reader)
         assert after.round == 1 and after.metrics["examples"] == 30 and after.metrics["workers"] == 2
         by_name = {w.name: w for w in after.workers}
         assert set(by_name) == {"alpha", "beta"}
@@ -66,6 +73,9 @@ def test_plain_round_lines_and_status_of_a_running_chief(tmp_path, chiefs, capsy
 
         assert main(["status", "--chief", chief.address, "--token", chief.token]) == 0
         text = capsys.readouterr().out
+        assert "2 connected, 2 known" in text and "alpha" not in text and "token create --status" in text
+        assert main(["status", "--chief", chief.address, "--token", reader]) == 0
+        text = capsys.readouterr().out
         assert f"chief {chief.address}  round 1/2" in text and "2 connected" in text
         assert re.search(r"alpha\s+\d+\s+yes\s+[\d.]+ s ago\s+1\s", text), text
         assert main(["status", "--chief", chief.address, "--token", chief.token, "--json"]) == 0
@@ -74,6 +84,8 @@ def test_plain_round_lines_and_status_of_a_running_chief(tmp_path, chiefs, capsy
         wrong = "fs1." + chief.token.split(".")[1] + "." + "00" * 32
         with pytest.raises(AuthenticationError):
             query_status(chief.address, wrong)
+        with pytest.raises(AuthenticationError, match="read-only status token"):  # it cannot join
+            Client(chief.address, token=reader, name="ops", reconnect_timeout=0)
 
         sync_all(clients, [[np.ones((3, 2), np.float32)], [np.ones((3, 2), np.float32)]])
         assert all(c.finished for c in clients)

@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsock.errors import RemoteProtocolError
+from fedsock.errors import PeerMisbehaved, RemoteProtocolError
 from fedsock.protocol.connection import Connection, Role
-from fedsock.protocol.messages import TensorSpec
-from fedsock.protocol.secagg import SecAggKeys, SecAggUnmask
+from fedsock.protocol.messages import Plan, TensorSpec
+from fedsock.protocol.secagg import Peer, SecAggKeys, SecAggMasked, SecAggRoster, SecAggUnmask
 from fedsock.secagg import crypto, fixedpoint, graph, shamir
 from fedsock.secagg.chief import ChiefRound, TooFewWorkers
 from fedsock.secagg.worker import WorkerRound
+from fedsock.worker.secure import masked_update
 
 SHAPES = [(30, 20), (20,)]
 WORDS = sum(math.prod(s) for s in SHAPES) + 1
@@ -239,7 +240,7 @@ def test_chief_refuses_shares_for_strangers_and_replays() -> None:
     rosters = chief.rosters(2)
     shares = states[1].on_roster(rosters[1])
     with pytest.raises(RemoteProtocolError):
-        chief.add_shares(1, type(shares)(1, 1, shares.shares[:1]))  # one neighbour left out
+        chief.add_shares(1, type(shares)(1, 1, (*shares.shares, (9, b"x" * 60))))  # a stranger
     chief.add_shares(1, shares)
     with pytest.raises(RemoteProtocolError):
         chief.add_shares(1, shares)
@@ -275,3 +276,158 @@ def test_chief_refuses_a_masked_update_of_the_wrong_shape_before_reading_it() ->
     assert err.value.code == "signature_mismatch"
     with pytest.raises(RemoteProtocolError):  # a masked update for another attempt
         chief.check_masked(1, 1, 2, [TensorSpec("t", "uint64", s) for s in [*SHAPES, (1,)]], SHAPES)
+
+
+# --- misbehaving workers are dropouts ----------------------------------------
+
+#: X25519 points of small order (RFC 7748 section 6.1 / libsodium's blacklist): the shared secret is zero.
+LOW_ORDER = [bytes(32), (1).to_bytes(32, "little"),
+             bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+             bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+             (2**255 - 19 - 1).to_bytes(32, "little"), (2**255 - 19).to_bytes(32, "little")]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER)
+def test_the_chief_refuses_low_order_keys_on_arrival(point: bytes) -> None:
+    chief = ChiefRound(1, 1, WORDS)
+    good = crypto.public_bytes(crypto.new_private_key())
+    for keys in (SecAggKeys(1, point, good), SecAggKeys(1, good, point)):
+        with pytest.raises(RemoteProtocolError, match="refused"):
+            chief.add_keys(7, keys)
+    assert not chief.keys
+
+
+def wired(n: int, threshold: int = 0) -> tuple[ChiefRound, dict[int, WorkerRound], dict[int, SecAggRoster]]:
+    chief = ChiefRound(1, 1, WORDS, threshold=threshold)
+    states = {}
+    for w in range(1, n + 1):
+        states[w], keys = WorkerRound.start(1)
+        chief.add_keys(w, keys)
+    return chief, states, chief.rosters(2)
+
+
+def test_a_worker_leaves_out_a_neighbour_whose_key_does_not_agree_and_the_chief_learns_it() -> None:
+    chief, states, rosters = wired(3)
+    r = rosters[1]  # as a chief that did not check keys would send it: worker 3's share key is low-order
+    bad = SecAggRoster(r.round, r.attempt, r.you, r.threshold, r.min_survivors, r.workers,
+                       tuple(Peer(p.id, bytes(32), p.mask_key) if p.id == 3 else p for p in r.peers))
+    shares = states[1].on_roster(bad)
+    assert {i for i, _ in shares.shares} == {2} and set(states[1].excluded) == {3}
+    chief.add_shares(1, shares)
+    assert chief.reported == {1: frozenset({3})}
+
+
+def test_a_worker_that_cannot_open_a_share_masks_without_its_sender_and_names_it() -> None:
+    updates, examples = updates_for(3)
+    chief, states, rosters = wired(3)
+    for w in states:
+        shares = states[w].on_roster(rosters[w])
+        if w == 3:  # random sealed shares
+            shares = type(shares)(1, 1, tuple((i, crypto.seal(b"k" * 32, b"z" * 132, b"")) for i, _ in shares.shares))
+        chief.add_shares(w, shares)
+    inboxes = chief.inboxes()
+    states[1].on_inbox(inboxes[1])  # does not raise: worker 3 is left out
+    assert set(states[1].excluded) == {3} and 3 not in states[1].held
+    msg, _ = masked_update(states[1], updates[1], examples[1], Plan(rounds=3, sync_every=1, batch_size=1),
+                           ["a", "b"])
+    assert msg.excluded == (3,)
+    assert SecAggMasked.from_body(msg.to_body()).excluded == (3,)
+    specs = [TensorSpec("t", "uint64", s) for s in [*SHAPES, (1,)]]
+    assert chief.check_masked(1, 1, 1, specs, SHAPES, msg.excluded)
+    assert chief.reported == {1: frozenset({3})}
+    with pytest.raises(RemoteProtocolError):  # it never unmasks an attempt in which it named someone
+        states[1].on_unmask(SecAggUnmask(1, 1, (1, 2), (3,)))
+
+
+def test_a_masked_update_that_completes_after_the_masking_phase_is_discarded() -> None:
+    updates, examples = updates_for(3)
+    chief, states, rosters = wired(3)
+    for w in states:
+        chief.add_shares(w, states[w].on_roster(rosters[w]))
+    specs = [TensorSpec("t", "uint64", s) for s in [*SHAPES, (1,)]]
+    for w, inbox in chief.inboxes().items():
+        states[w].on_inbox(inbox)
+    masked = {w: states[w].mask(fixedpoint.encode(updates[w], examples[w], 3)) for w in states}
+    for w in (1, 2):
+        assert chief.check_masked(w, 1, 1, specs, SHAPES)
+        assert chief.add_masked(w, [masked[w]])
+    assert chief.check_masked(3, 1, 1, specs, SHAPES)  # its header came in time ...
+    unmask = chief.unmask()  # ... but the deadline passed before its chunks did
+    assert unmask.dropped == (3,)
+    assert not chief.add_masked(3, [masked[3]])  # not folded: its self mask would never be removed
+    assert not chief.check_masked(3, 1, 1, specs, SHAPES)  # and one that starts now is read and dropped
+    for w in unmask.survivors:
+        chief.add_reveal(w, states[w].on_unmask(unmask))
+    avg, weight = fixedpoint.decode(chief.finish(), SHAPES)
+    assert weight == examples[1] + examples[2]
+    for got, want in zip(avg, plain_average(updates, examples, {1, 2})):
+        assert np.max(np.abs(got - want)) <= fixedpoint.MAX_ERROR
+
+
+def reveal_with_liar(n: int, liar: int, dead: tuple[int, ...] = ()) -> ChiefRound:
+    updates, examples = updates_for(n)
+    chief, states, rosters = wired(n)
+    for w in states:
+        chief.add_shares(w, states[w].on_roster(rosters[w]))
+    specs = [TensorSpec("t", "uint64", s) for s in [*SHAPES, (1,)]]
+    for w, inbox in chief.inboxes().items():
+        states[w].on_inbox(inbox)
+        if w in dead:
+            continue
+        chief.check_masked(w, 1, 1, specs, SHAPES)
+        chief.add_masked(w, [states[w].mask(fixedpoint.encode(updates[w], examples[w], n))])
+    unmask = chief.unmask()
+    rng = np.random.default_rng(0)
+    for w in unmask.survivors:
+        msg = states[w].on_unmask(unmask)
+        if w == liar:
+            noise = lambda: shamir.to_bytes(int(rng.integers(1, 2**62)))  # noqa: E731
+            msg = type(msg)(1, 1, tuple((u, noise()) for u, _ in msg.seed_shares),
+                            tuple((d, noise()) for d, _ in msg.key_shares))
+        chief.add_reveal(w, msg)
+    return chief
+
+
+@pytest.mark.parametrize("n, dead", [(6, ()), (7, (5,))])
+def test_reveal_shares_that_disagree_single_out_their_sender(n: int, dead: tuple[int, ...]) -> None:
+    chief = reveal_with_liar(n, liar=2, dead=dead)  # threshold 4: 6 shares of each secret
+    with pytest.raises(PeerMisbehaved) as err:
+        chief.finish()
+    assert err.value.workers == {2}
+
+
+def test_reveal_shares_that_disagree_but_cannot_be_attributed_blame_nobody() -> None:
+    chief = reveal_with_liar(4, liar=1)  # threshold 3, 4 shares: detected, but not whose
+    with pytest.raises(PeerMisbehaved) as err:
+        chief.finish()
+    assert err.value.workers == frozenset()
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(4, 9), data=st.data())
+def test_shamir_liars_found_with_two_spare_shares(n: int, data: st.DataObject) -> None:
+    t = data.draw(st.integers(2, n - 2))
+    shares = shamir.split(data.draw(st.integers(0, 2**256)), range(1, n + 1), t)
+    assert shamir.consistent(shares, t) and shamir.liars(shares, t) == set()
+    x = data.draw(st.integers(1, n))
+    shares[x] = (shares[x] + data.draw(st.integers(1, shamir.PRIME - 1))) % shamir.PRIME
+    assert not shamir.consistent(shares, t)
+    assert shamir.liars(shares, t) == {x}
+
+
+def test_named_workers_leave_the_round_and_so_does_a_worker_that_names_twice(tmp_path) -> None:
+    from fedsock.chief.config import ChiefConfig
+    from fedsock.chief.secure import SecureAggregation
+
+    sec = SecureAggregation(ChiefConfig(state_dir=tmp_path, secure_agg=True, min_workers=2), controller=None)  # type: ignore[arg-type]
+    first = ChiefRound(1, 1, WORDS)
+    first.reported = {1: frozenset({3})}
+    with pytest.raises(PeerMisbehaved) as err:
+        sec._reported(first)
+    assert err.value.workers == {3}
+    second = ChiefRound(1, 2, WORDS)
+    second.reported = {1: frozenset({2})}  # the chief cannot tell who lies: both leave
+    with pytest.raises(PeerMisbehaved) as err:
+        sec._reported(second)
+    assert err.value.workers == {1, 2}
+    sec._reported(ChiefRound(1, 3, WORDS))  # no report: nothing happens

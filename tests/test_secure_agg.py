@@ -14,7 +14,7 @@ import pytest
 
 from fedsock.secagg import fixedpoint
 from fedsock.testing.numpy_worker import step_for
-from tests.conftest import ROOT, env, finish, flat_fedavg, run_clients, start_worker
+from tests.conftest import ROOT, env, finish, flat_fedavg, run_clients, start_worker, worker_token
 from tests.test_secagg import chi_square_p
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,8 @@ def rows_of(state_dir: Path) -> list[dict]:
 def numpy_worker(chief, name: str, *args: str) -> subprocess.Popen[str]:
     """A TF-free worker process; it "trains" 1 s a round, so all have joined before round 1 closes."""
     return subprocess.Popen(
-        [sys.executable, "-m", "fedsock.testing.numpy_worker", "--chief", chief.address, "--token", chief.token,
+        [sys.executable, "-m", "fedsock.testing.numpy_worker", "--chief", chief.address,
+         "--token", worker_token(chief.state_dir, name),
          "--name", name, "--shape", ",".join(map(str, SHAPE)), "--work", "1", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT)
 
@@ -56,7 +57,7 @@ def expected(examples: dict[str, int], rounds: list[list[str]]) -> np.ndarray:
 def test_secure_aggregation_gives_plain_fedavg_within_the_fixed_point_error(chiefs, examples, extra):
     n = len(examples)
     chief = chiefs("--rounds", "4", "--min-workers", str(n), "--secure-agg", *extra)
-    finals = run_clients(chief.address, chief.token, examples, shape=SHAPE)
+    finals = run_clients(chief.address, chief.token_for, examples, shape=SHAPE)
     assert chief.wait(60) == 0, chief.output()
     ref = flat_fedavg(examples, 4, shape=SHAPE)
     for w in finals.values():
@@ -66,6 +67,22 @@ def test_secure_aggregation_gives_plain_fedavg_within_the_fixed_point_error(chie
     assert all(r["examples"] == sum(examples.values()) and r["workers"] == n and r["secure_agg"]["attempt"] == 1
                for r in rows)
     assert f"secure aggregation attempt 1 with {n} workers" in chief.output()
+
+
+def test_secure_aggregation_refuses_the_shared_token_and_says_how_to_get_one(chiefs):
+    """The shared token would let one holder join as many identities (Sybils) as it likes."""
+    import fedsock
+    from fedsock.errors import AuthenticationError
+
+    chief = chiefs("--rounds", "1", "--min-workers", "2", "--secure-agg")
+    with pytest.raises(AuthenticationError) as err:
+        with fedsock.Client(chief.address, token=chief.token, name="sybil-1", reconnect_timeout=0):
+            pass
+    assert "per-worker tokens" in str(err.value) and "fedsock token create sybil-1" in str(err.value)
+    with fedsock.Client(chief.address, token=chief.token_for("alice"), name="alice", reconnect_timeout=0) as c:
+        assert c.plan.secure_agg
+    out = chief.output()
+    assert "fedsock token create NAME" in out and chief.token.split(".")[2] not in out
 
 
 def test_the_chief_only_ever_holds_masked_updates(tmp_path, monkeypatch):
@@ -97,9 +114,8 @@ def test_the_chief_only_ever_holds_masked_updates(tmp_path, monkeypatch):
             break
         time.sleep(0.05)
     address = addr.read_text().strip()
-    token = (tmp_path / "chief" / "token").read_text().strip()
     examples = {"a": 10, "b": 20, "c": 30}
-    run_clients(address, token, examples, shape=SHAPE)
+    run_clients(address, lambda name: worker_token(tmp_path / "chief", name), examples, shape=SHAPE)
     thread.join(30)
     assert not thread.is_alive()
     assert len(held) == 9  # 3 workers x 3 rounds
@@ -185,7 +201,7 @@ def test_digits_run_with_secure_aggregation_averages_what_the_workers_sent(tmp_p
                    "--secure-agg")
     workers = [
         start_worker(tmp_path, f"w{i}", "--chief", chief.address, "--data", str(digits / f"worker-{i}"),
-                     "--name", f"w{i}", "--save-updates", str(tmp_path / f"sent-{i}"), token=chief.token)
+                     "--name", f"w{i}", "--save-updates", str(tmp_path / f"sent-{i}"), token=chief.token_for(f"w{i}"))
         for i in range(2)
     ]
     for w in workers:
@@ -225,7 +241,7 @@ def test_chief_killed_mid_run_resumes_and_workers_start_the_secure_round_over(tm
 
     class Addr:
         address = f"127.0.0.1:{port}"
-        token = (state / "token").read_text().strip()
+        state_dir = state
 
     names = ["w1", "w2", "w3"]
     examples = {"w1": 10, "w2": 20, "w3": 30}
@@ -259,7 +275,7 @@ def test_secure_aggregation_with_dp_noise_added_by_the_workers(chiefs):
     chief = chiefs("--rounds", "1", "--min-workers", "3", "--secure-agg", "--dp-clip", str(clip),
                    "--dp-noise", str(z))
     examples = {"a": 10, "b": 25, "c": 40}
-    finals = run_clients(chief.address, chief.token, examples, shape=SHAPE)
+    finals = run_clients(chief.address, chief.token_for, examples, shape=SHAPE)
     assert chief.wait(60) == 0, chief.output()
     zero = [np.zeros(SHAPE, np.float32)]
     clipped = [clip_update([step_for(n, 1, [SHAPE])[0]], zero, clip)[0][0].astype(np.float64) for n in examples]
@@ -274,7 +290,7 @@ def test_secure_aggregation_with_dp_noise_added_by_the_workers(chiefs):
 
 def test_secure_aggregation_with_client_sampling(chiefs):
     chief = chiefs("--rounds", "5", "--min-workers", "2", "--secure-agg", "--fraction", "0.5", "--seed", "3")
-    finals = run_clients(chief.address, chief.token, {"a": 10, "b": 20, "c": 35, "d": 5}, shape=SHAPE)
+    finals = run_clients(chief.address, chief.token_for, {"a": 10, "b": 20, "c": 35, "d": 5}, shape=SHAPE)
     assert chief.wait(60) == 0, chief.output()
     rows = rows_of(chief.state_dir)
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
@@ -293,7 +309,7 @@ def test_a_plain_update_is_refused_and_a_nan_worker_drops_out_without_costing_th
     from fedsock.errors import FedsockError, PeerError
 
     chief = chiefs("--rounds", "1", "--min-workers", "2", "--secure-agg")
-    with fedsock.Client(chief.address, token=chief.token, name="plain", reconnect_timeout=0) as c:
+    with fedsock.Client(chief.address, token=chief.token_for("plain"), name="plain", reconnect_timeout=0) as c:
         c.join([np.zeros(SHAPE, np.float32)])
         c.plan = replace(c.plan, secure_agg=False)  # a worker that ignores the plan
         with pytest.raises(PeerError) as err:
@@ -301,11 +317,12 @@ def test_a_plain_update_is_refused_and_a_nan_worker_drops_out_without_costing_th
         assert err.value.code == "out_of_order" and "SecAggKeys" in str(err.value)
 
     results: dict[str, object] = {}
+    tokens = {name: chief.token_for(name) for name in ("a", "b", "nan")}
     joined = threading.Barrier(3)  # all three are in the round before any sends its keys
 
     def work(name: str, value: float) -> None:
         try:
-            with fedsock.Client(chief.address, token=chief.token, name=name, reconnect_timeout=0) as c:
+            with fedsock.Client(chief.address, token=tokens[name], name=name, reconnect_timeout=0) as c:
                 w = c.join([np.zeros(SHAPE, np.float32)])
                 joined.wait(30)
                 results[name] = c.sync([w[0] + value], num_examples=10)[0]

@@ -341,7 +341,7 @@ def main() -> None:
     status = Status(
         round=1, rounds=3, finished=False, submitted=1, waiting=1, uptime=93.5, upstream=None,
         metrics={"accuracy": 0.875, "seconds": 2.5},
-        workers=(WorkerStatus("worker-1", 1, True, 0.25, 1, 4096, 2048),),
+        workers=(WorkerStatus("worker-1", 1, True, 0.25, 1, 4096, 2048),), connected=1, known=1,
     )
     send("Status (chief -> query)", chief, query, status)
     assert chief.we_finished and query.they_finished

@@ -84,7 +84,8 @@ class WorkerService:
                 if outcome.code is not None:
                     await s.send_error(outcome.code, outcome.message)
             elif isinstance(outcome, StatusQuery):  # read-only: answer and hang up; it never joins
-                await s.send(self.monitor.status(self.ctrl, self.registry.live), timeout=cfg.handshake_timeout)
+                await s.send(self.monitor.status(self.ctrl, self.registry.live, outcome.full),
+                             timeout=cfg.handshake_timeout)
                 log.info("answered a status query from %r (%s)", s.name, s.peer)
             elif await self._join(s, outcome):
                 await self._welcome(s)
@@ -284,7 +285,7 @@ class WorkerService:
             raise RemoteProtocolError("this chief does not run secure aggregation", code=ErrorCode.OUT_OF_ORDER)
         if isinstance(ev, SecAggMasked):
             header_bytes = s.conn.last_frame_bytes
-            ours = not self.done.is_set() and sec.check_masked(wid, ev.round, ev.attempt, ev.tensors)
+            ours = not self.done.is_set() and sec.check_masked(wid, ev.round, ev.attempt, ev.tensors, ev.excluded)
             async with self.staging.hold(sum(t.wire_nbytes for t in ev.tensors)) as slot:
                 masked, chunk_bytes = await s.read_weights(ev.tensors, self.config.idle_timeout, slot)
                 self.publisher.bytes_in += header_bytes + chunk_bytes

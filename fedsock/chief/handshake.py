@@ -49,9 +49,13 @@ class Refused:
 
 @dataclass(frozen=True)
 class StatusQuery:
-    """An authenticated read-only status query: answer it and hang up."""
+    """An authenticated read-only status query: answer it and hang up.
+
+    ``full``: it proved a read-only status token (names and traffic); else counts only.
+    """
 
     name: str
+    full: bool = False
 
 
 Outcome = Admitted | Refused | StatusQuery
@@ -72,8 +76,8 @@ class Authenticator:
         self.token, self.ca, self.worker_tokens_only = token, ca, worker_tokens_only
         self.tokens = TokenStore(state_dir)
 
-    def refusal(self, sock: ssl.SSLSocket, name: str, nonce: bytes, mac: bytes) -> str | None:
-        """Why ``name`` is not proven (None: it is)."""
+    def refusal(self, sock: ssl.SSLSocket, name: str, nonce: bytes, mac: bytes, status: bool = False) -> str | None:
+        """Why ``name`` is not proven for a worker (or, with ``status``, a status query); None: it is."""
         if self.ca is not None:
             cn = tls.peer_identity(sock)
             if cn != name:
@@ -83,9 +87,12 @@ class Authenticator:
         if entry is not None:
             if entry.revoked:
                 return f"the token of worker {name!r} was revoked"
+            if entry.status and not status:
+                return f"{name!r} holds a read-only status token, which cannot join as a worker"
             secret = entry.secret
         elif self.worker_tokens_only:
-            return f"this chief admits only per-worker tokens, and {name!r} has none ('fedsock token create')"
+            return (f"this chief admits only per-worker tokens (it runs --worker-tokens-only or --secure-agg), "
+                    f"and {name!r} has none: its operator issues one with 'fedsock token create {name}'")
         else:
             secret = self.token.secret
         if not tls.verify_mac(secret, nonce, self.token.fingerprint, name, mac):
@@ -94,6 +101,11 @@ class Authenticator:
 
     def revoked(self) -> set[str]:
         return self.tokens.revoked()
+
+    def is_status_token(self, name: str) -> bool:
+        """Whether ``name`` (already proven) holds a read-only status token."""
+        entry = self.tokens.lookup(name) if self.ca is None else None
+        return entry is not None and entry.status
 
 
 async def handshake(s: Session, auth: Authenticator, reconnect_secret: Callable[[str], bytes | None],
@@ -113,11 +125,11 @@ async def handshake(s: Session, auth: Authenticator, reconnect_secret: Callable[
     msg = await _next(s, Auth, timeout)
     if not isinstance(msg, Auth):
         return msg
-    why = auth.refusal(s.sock, s.name, nonce, msg.mac)
+    why = auth.refusal(s.sock, s.name, nonce, msg.mac, status=s.conn.status_query)
     if why is not None:
         return Refused(ErrorCode.AUTH_FAILED, f"authentication failed: {why}", why=why)
     if s.conn.status_query:
-        return StatusQuery(s.name)
+        return StatusQuery(s.name, auth.is_status_token(s.name))
     secret = reconnect_secret(s.name)
     proven = msg.resume is not None and secret is not None and verify_reconnect_proof(secret, nonce, s.name,
                                                                                         msg.resume)

@@ -130,8 +130,13 @@ class Monitor(ChiefCallback):
             worst=(str(worst), float(worst_acc)) if isinstance(worst, str) and isinstance(worst_acc, float) else None,
         )
 
-    def status(self, ctrl: RoundController, sessions: Mapping[int, Session]) -> Status:
-        """The ``Status`` answer to a status query."""
+    def status(self, ctrl: RoundController, sessions: Mapping[int, Session], full: bool = False) -> Status:
+        """The ``Status`` answer to a status query.
+
+        ``full`` (a read-only status token): with each worker's name and traffic.
+        Otherwise (a join token, which any worker holds) counts only: no names,
+        and no traffic figures, per worker or for the last round.
+        """
         now = time.monotonic()
         entries: list[tuple[bool, float, WorkerStatus]] = []
         for wid, st in self.workers.items():
@@ -144,12 +149,15 @@ class Monitor(ChiefCallback):
             )))
         # connected first, then the most recently seen; the list is capped for the frame limit
         entries.sort(key=lambda e: (not e[0], -e[1], e[2].worker_id))
-        workers = tuple(e[2] for e in entries[: limits.MAX_STATUS_WORKERS])
+        workers = tuple(e[2] for e in entries[: limits.MAX_STATUS_WORKERS]) if full else ()
+        metrics = _numbers(self.last_row.items())
+        if not full:
+            metrics = {k: v for k, v in metrics.items() if k not in ("bytes_in", "bytes_out")}
         return Status(
             round=ctrl.round, rounds=ctrl.rounds, finished=ctrl.finished,
             submitted=len(ctrl.submitted), waiting=len(ctrl.expected()) if ctrl.is_open else 0,
             uptime=now - self.started, upstream=self.upstream,
-            metrics=_numbers(self.last_row.items()), workers=workers,
+            metrics=metrics, workers=workers, connected=sum(e[0] for e in entries), known=len(entries),
         )
 
 

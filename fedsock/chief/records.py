@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedsock import checkpoint
+from fedsock import checkpoint, statefiles
 from fedsock.aggregation import flatten_state, unflatten_state
 from fedsock.chief.callbacks import ChiefCallback, RoundRecord
 from fedsock.chief.outcomes import Snapshot
@@ -42,7 +42,12 @@ class MetricsLog(ChiefCallback):
         line = record.row()
         if record.privacy:
             log.info("round %d: privacy budget spent: %s", record.round, describe_budget(line))
-        with open(self.path, "a") as f:
+        try:  # 0600, and never through a symlink planted as metrics.jsonl
+            fd = statefiles.open_append(self.path)
+        except OSError as exc:
+            raise ConfigError(f"cannot append to {self.path} ({exc.strerror or exc}); the chief follows no "
+                              "links in its state dir") from None
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
             if record.snapshot is None:
@@ -53,7 +58,7 @@ class MetricsLog(ChiefCallback):
         self._pending = self._syncer.submit(self._fsync)
 
     def _fsync(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
@@ -74,7 +79,7 @@ class MetricsLog(ChiefCallback):
         The checkpoint's own round's line may be missing (it is fsynced only
         after the checkpoint): it comes back from ``last_row``.
         """
-        kept = self.path.read_text().splitlines(keepends=True)[:lines] if self.path.exists() else []
+        kept = statefiles.read_text(self.path).splitlines(keepends=True)[:lines] if self.path.exists() else []
         if len(kept) == lines - 1 and isinstance(last_row, str):
             log.warning("metrics.jsonl lacked the line of round %d; restored it from the checkpoint", lines)
             kept.append(last_row + "\n")

@@ -7,6 +7,16 @@ workers are ready. A phase waits until every worker it expects has answered
 or hung up, or ``secagg_timeout`` passes. An attempt left with too few
 workers is abandoned: its workers get ``SecAggAbort`` and start over with
 fresh keys, and the round stays open.
+
+Nothing a worker sends can stop the chief: every failure while finishing an
+attempt abandons only that attempt. Workers that misbehave (keys that are not
+usable points, named by a neighbour whose shares or key agreement they broke,
+reveal shares that disagree with the others) are left out of the rest of the
+round (``excluded``): their keys are not taken into any further attempt, and
+they get the round's model when it closes. A worker can name neighbours once
+per round; naming again in the same round leaves it out too (the chief cannot
+tell whether the named worker or the one naming it lies, and one of them
+keeps the round from closing).
 """
 
 from __future__ import annotations
@@ -22,10 +32,11 @@ import numpy as np
 
 from fedsock.chief.config import ChiefConfig
 from fedsock.chief.rounds import Accepted, Duplicate, RoundController, Verdict
+from fedsock.errors import PeerMisbehaved, RemoteProtocolError
 from fedsock.protocol.messages import TensorSpec
 from fedsock.protocol.secagg import SecAggAbort, SecAggKeys, SecAggReveal, SecAggShares
 from fedsock.secagg import fixedpoint
-from fedsock.secagg.chief import ChiefRound, TooFewWorkers
+from fedsock.secagg.chief import ChiefRound, TooFewWorkers, check_keys
 
 log = logging.getLogger("fedsock.chief")
 
@@ -53,6 +64,8 @@ class SecureAggregation:
     controller: RoundController
     attempt: ChiefRound | None = None
     late: set[int] = field(default_factory=set)  # sent keys after the roster went out
+    excluded: set[int] = field(default_factory=set)  # left out of the rest of the round for misbehaving
+    reporters: set[int] = field(default_factory=set)  # named neighbours in this round
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _words(self) -> int:
@@ -65,7 +78,7 @@ class SecureAggregation:
         ctrl = self.controller
         if self.attempt is None or self.attempt.round != ctrl.collecting:
             self.attempt = self._new(ctrl.collecting, 1)
-            self.late = set()
+            self.late, self.excluded, self.reporters = set(), set(), set()
         return self.attempt
 
     def _new(self, round_: int, attempt: int) -> ChiefRound:
@@ -79,11 +92,22 @@ class SecureAggregation:
     # --- messages from workers ------------------------------------------
 
     def on_keys(self, worker: int, msg: SecAggKeys, connection: int) -> Verdict:
-        """A worker is ready: its keys join the attempt, or it waits for the next one."""
+        """A worker is ready: its keys join the attempt, or it waits for the next one.
+
+        Raises:
+            RemoteProtocolError: a key that is not a usable X25519 point (the
+                worker's connection ends; it is left out of the round).
+        """
+        try:
+            check_keys(msg)
+        except RemoteProtocolError:
+            if self.attempt is not None and self.attempt.round == msg.round:
+                self.excluded.add(worker)
+            raise
         verdict = self.controller.reserve(worker, msg.round, connection)
         if isinstance(verdict, Accepted | Duplicate):
             att = self.current()
-            if att.phase == "keys":
+            if att.phase == "keys" and worker not in self.excluded:
                 att.add_keys(worker, msg)
             else:
                 self.late.add(worker)
@@ -102,18 +126,25 @@ class SecureAggregation:
             self.attempt.add_reveal(worker, msg)
             self.progress.set()
 
-    def check_masked(self, worker: int, round_: int, attempt: int, specs: Sequence[TensorSpec]) -> bool:
+    def check_masked(self, worker: int, round_: int, attempt: int, specs: Sequence[TensorSpec],
+                     excluded: tuple[int, ...] = ()) -> bool:
         """Before reading a masked update: True if it belongs to the attempt (raises if it does not fit)."""
         if not self.is_current(round_, attempt):
             return False
         assert self.attempt is not None and self.controller.specs is not None
-        self.attempt.check_masked(worker, round_, attempt, specs, [s.shape for s in self.controller.specs])
-        return True
+        ours = self.attempt.check_masked(worker, round_, attempt, specs, [s.shape for s in self.controller.specs],
+                                         excluded)
+        if excluded:
+            self.progress.set()
+        return ours
 
     def add_masked(self, worker: int, round_: int, attempt: int, arrays: Sequence[np.ndarray]) -> None:
+        """Fold a masked update, if its sender still counts in the attempt's masking phase."""
         if self.is_current(round_, attempt):
             assert self.attempt is not None
-            self.attempt.add_masked(worker, arrays)
+            if not self.attempt.add_masked(worker, arrays):
+                log.warning("round %d attempt %d: worker %d's masked update came after the masking phase "
+                            "closed; discarded", round_, attempt, worker)
             self.progress.set()
 
     def left(self, worker: int) -> None:
@@ -132,14 +163,18 @@ class SecureAggregation:
         for w in [w for w in att.keys if not alive(w)]:
             att.drop_keys(w)
         try:
+            for w in [w for w in att.keys if w in self.excluded]:
+                att.drop_keys(w)
             rosters = att.rosters(self.config.min_workers)
             log.info("round %d: secure aggregation attempt %d with %d workers (threshold %d%s)", att.round,
                      att.attempt, len(rosters), att.threshold,
                      f", {self.config.secagg_neighbours} neighbours each" if self.config.secagg_neighbours else "")
             await asyncio.gather(*(send(w, m) for w, m in rosters.items()))
             await self._wait(att, alive)
+            self._reported(att)
             await asyncio.gather(*(send(w, m) for w, m in att.inboxes().items()))
             await self._wait(att, alive)
+            self._reported(att)
             unmask = att.unmask()
             await asyncio.gather(*(send(w, unmask) for w in unmask.survivors))
             await self._wait(att, alive)
@@ -150,17 +185,47 @@ class SecureAggregation:
             average, weight = fixedpoint.decode(total, [s.shape for s in self.controller.specs])
             if not all(np.all(np.isfinite(a)) for a in average):
                 raise TooFewWorkers("the unmasked average is not finite")
+        except PeerMisbehaved as exc:
+            self.excluded |= exc.workers
+            if exc.workers:
+                log.warning("round %d: leaving worker(s) %s out of the round: %s", att.round,
+                            ", ".join(map(str, sorted(exc.workers))), exc)
+            await self._abort(att, str(exc), send)
+            return None
         except (TooFewWorkers, fixedpoint.RangeError) as exc:
             await self._abort(att, str(exc), send)
+            return None
+        except Exception as exc:  # whatever the workers sent, it costs this attempt, not the chief
+            log.error("round %d attempt %d: unexpected failure; abandoning the attempt", att.round, att.attempt,
+                      exc_info=exc)
+            await self._abort(att, f"internal error ({type(exc).__name__})", send)
             return None
         if unmask.dropped:
             log.warning("round %d: %s dropped out after sharing keys; their masks were removed",
                         att.round, ", ".join(map(str, unmask.dropped)))
         return Outcome(average, unmask.survivors, weight, unmask.dropped, att.attempt, unmask_s)
 
+    def _reported(self, att: ChiefRound) -> None:
+        """Neighbours named by workers leave the round; so does a worker naming for the second time.
+
+        Raises:
+            PeerMisbehaved: some worker named neighbours in this attempt.
+        """
+        if not att.reported:
+            return
+        out: set[int] = set()
+        for reporter, accused in sorted(att.reported.items()):
+            log.warning("round %d attempt %d: worker %d could not use the key or shares of worker(s) %s",
+                        att.round, att.attempt, reporter, ", ".join(map(str, sorted(accused))))
+            if reporter in self.reporters:
+                out.add(reporter)
+            self.reporters.add(reporter)
+            out |= accused
+        raise PeerMisbehaved("workers named neighbours whose key or shares did not check out", frozenset(out))
+
     async def _wait(self, att: ChiefRound, alive: Callable[[int], bool]) -> None:
         deadline = time.monotonic() + self.config.secagg_timeout
-        while True:
+        while not att.reported:
             pending = {w for w in att.waiting() if alive(w)}
             if not pending:
                 return

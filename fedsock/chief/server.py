@@ -138,7 +138,10 @@ class Chief:
         cfg, ctrl = self.config, self.controller
         self.identity = tls.ensure_identity(cfg.state_dir, [h for h in (cfg.advertise, cfg.host) if h],
                                             cert_path=cfg.cert, key_path=cfg.key)
-        self.service.auth = Authenticator(self.identity.token, cfg.ca, cfg.state_dir, cfg.worker_tokens_only)
+        # secure aggregation never admits the shared token: one holder could join as many Sybils as it likes
+        # and recover an honest worker's update from the sum (docs/privacy.md)
+        self.service.auth = Authenticator(self.identity.token, cfg.ca, cfg.state_dir,
+                                          cfg.worker_tokens_only or cfg.secure_agg)
         if cfg.upstream is not None:
             self.relay = self.service.relay = await Relay.connect(
                 cfg.upstream, cfg.upstream_token, cfg.upstream_name, reconnect_timeout=max(300.0, cfg.round_timeout))
@@ -302,6 +305,16 @@ def announce(cfg: ChiefConfig, port: int, identity: tls.ChiefIdentity) -> None:
     host = cfg.advertise or (cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "CHIEF_HOST")
     log.info("fedsock chief listening on %s:%s (TLS 1.3, state dir %s)", cfg.host, port, cfg.state_dir)
     log.info("certificate sha256 %s%s", identity.token.fingerprint.hex(), " (new)" if identity.created else "")
-    log.info("join token (also in %s): %s", cfg.state_dir / "token", identity.token)
-    log.info("start a worker with:\n  python worker.py --chief %s:%s --token %s --data ./shard",
-             host, port, identity.token)
+    if cfg.secure_agg or cfg.worker_tokens_only:
+        # the shared token admits nobody here: each worker needs its own (or a client certificate)
+        log.info("this chief admits only per-worker tokens%s: issue one per worker with\n"
+                 "  fedsock token create NAME --state-dir %s\nand start that worker with\n"
+                 "  read -rs FEDSOCK_TOKEN && export FEDSOCK_TOKEN   # paste its token\n"
+                 "  python worker.py --chief %s:%s --name NAME --data ./shard",
+                 " (--secure-agg: the shared token would let one holder join as many identities as it likes)"
+                 if cfg.secure_agg else "", cfg.state_dir, host, port)
+        return
+    # the secret stays out of the log and out of any command line (argv is visible in ps and shell history)
+    log.info("join token in %s (give it only to your workers)", cfg.state_dir / "token")
+    log.info("start a worker with:\n  read -rs FEDSOCK_TOKEN && export FEDSOCK_TOKEN   # paste the token\n"
+             "  python worker.py --chief %s:%s --data ./shard", host, port)

@@ -10,7 +10,8 @@ One secure round, per attempt (W = worker, C = chief)::
     C: SecAggUnmask    who sent masked updates (survivors) and who dropped out
     W: SecAggReveal    self-mask shares of survivors, mask-key shares of the dropped
     C: Global          as in a plain round
-    C: SecAggAbort     at any point: too few workers left; start again with SecAggKeys
+    C: SecAggAbort     at any point: too few workers left, or some misbehaved (they are
+                       left out of the round); start again with SecAggKeys
 
 Only the shape of each message is checked here; whether it fits the attempt
 is the business of ``fedsock.secagg``.
@@ -192,15 +193,24 @@ class SecAggInbox(_SealedShares):
 
 @dataclass(frozen=True)
 class SecAggMasked:
-    """W -> C: the masked update, uint64 tensors (the model's shapes, then [1]). Followed by chunks."""
+    """W -> C: the masked update, uint64 tensors (the model's shapes, then [1]). Followed by chunks.
+
+    ``excluded``: neighbours this worker left out of its masks because their
+    key did not agree or their sealed shares did not open (absent on the
+    wire when empty). The chief then drops them and starts the attempt over.
+    """
 
     kind: ClassVar[Kind] = Kind.SECAGG_MASKED
     round: int
     attempt: int
     tensors: tuple[TensorSpec, ...]
+    excluded: tuple[int, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
-        return {"round": self.round, "attempt": self.attempt, "tensors": specs_to_wire(self.tensors)}
+        body: dict[str, Any] = {"round": self.round, "attempt": self.attempt, "tensors": specs_to_wire(self.tensors)}
+        if self.excluded:
+            body["excluded"] = list(self.excluded)
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> SecAggMasked:
@@ -208,7 +218,8 @@ class SecAggMasked:
         specs = specs_from_wire(b, w)
         if any(s.dtype != "uint64" for s in specs):
             raise RemoteProtocolError(f"{w}: masked tensors must be uint64", code=ErrorCode.BAD_MESSAGE)
-        return cls(*_attempt(b, w), specs)
+        excluded = _ids(b, "excluded", w) if "excluded" in b else ()
+        return cls(*_attempt(b, w), specs, excluded)
 
 
 @dataclass(frozen=True)

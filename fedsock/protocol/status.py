@@ -93,7 +93,9 @@ class Status:
         upstream: for a relay, the ``host:port`` it reports to; else None.
         metrics: the last completed round's numbers (holdout metrics,
             ``seconds``, ``examples``, ``bytes_in``, ``bytes_out``, ...).
-        workers: at most ``MAX_STATUS_WORKERS`` workers, connected ones first.
+        workers: at most ``MAX_STATUS_WORKERS`` workers, connected ones first
+            (only for a read-only status token; empty for a join token).
+        connected, known: how many workers are connected, and known in this run.
     """
 
     kind: ClassVar[Kind] = Kind.STATUS
@@ -106,13 +108,15 @@ class Status:
     upstream: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     workers: tuple[WorkerStatus, ...] = ()
+    connected: int = 0
+    known: int = 0
 
     def to_body(self) -> dict[str, Any]:
         return {
             "round": self.round, "rounds": self.rounds, "finished": self.finished,
             "submitted": self.submitted, "waiting": self.waiting, "uptime": float(self.uptime),
             "upstream": self.upstream, "metrics": {k: float(v) for k, v in self.metrics.items()},
-            "workers": [ws.to_wire() for ws in self.workers],
+            "workers": [ws.to_wire() for ws in self.workers], "connected": self.connected, "known": self.known,
         }
 
     @classmethod
@@ -134,4 +138,6 @@ class Status:
             upstream=require(b, "upstream", (str, type(None)), w),
             metrics=metrics_map(b, "metrics", w),
             workers=tuple(WorkerStatus.from_wire(x) for x in workers),
+            connected=nonneg(require(b, "connected", int, w), "connected", w),
+            known=nonneg(require(b, "known", int, w), "known", w),
         )

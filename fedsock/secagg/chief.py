@@ -7,8 +7,16 @@ self-mask seeds of the survivors and the mask keys of the workers that
 dropped out after sharing, and removes exactly those masks from the sum.
 
 The shell (``fedsock.chief.secure``) moves messages and decides when a phase
-has waited long enough (``advance``); a phase left with too few workers
-raises ``TooFewWorkers`` and the attempt is abandoned.
+has waited long enough; a phase left with too few workers raises
+``TooFewWorkers`` and the attempt is abandoned.
+
+Misbehaviour is a dropout, never a failure of the chief: keys that are not
+usable X25519 points are refused on arrival (a trial agreement); a worker
+that could not agree with a neighbour's key or open its sealed shares names
+it (``reported``: it left it out of its shares or masks), and reveal shares
+of one secret that do not lie on one polynomial single out their sender
+(``PeerMisbehaved``). The shell leaves those workers out of the round and
+starts the attempt over.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedsock.errors import PeerMisbehaved as PeerMisbehaved  # defined with the others, importable from here
 from fedsock.errors import RemoteProtocolError
 from fedsock.errors import TooFewWorkers as TooFewWorkers  # defined with the others, importable from here
 from fedsock.protocol.messages import TensorSpec
@@ -62,6 +71,8 @@ class ChiefRound:
     shared: set[int] = field(default_factory=set)  # U2
     masked: set[int] = field(default_factory=set)  # U3
     reveals: dict[int, SecAggReveal] = field(default_factory=dict)
+    #: reporter -> the neighbours it left out (their key or shares did not check out).
+    reported: dict[int, frozenset[int]] = field(default_factory=dict)
     survivors: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
     total: np.ndarray | None = None  # running sum of masked updates, mod 2**64
@@ -94,8 +105,7 @@ class ChiefRound:
         """A worker's public keys (replacing earlier ones from it in this attempt)."""
         if self.phase != "keys":
             raise RemoteProtocolError("secure aggregation: keys after the roster went out", code="out_of_order")
-        if msg.share_key == msg.mask_key:
-            raise _bad("the two public keys must differ")
+        check_keys(msg)
         self.keys[worker] = msg
 
     def drop_keys(self, worker: int) -> None:
@@ -131,8 +141,10 @@ class ChiefRound:
             raise _bad("shares sent twice")
         to = {i for i, _ in msg.shares}
         expected = set(self.hoods[worker]) - {worker}
-        if to != expected:
+        if not to <= expected:
             raise _bad(f"shares for workers {sorted(to)}, expected {sorted(expected)}")
+        if to != expected:  # it could not agree with the others' keys: it reports them
+            self._report(worker, expected - to)
         for receiver, sealed in msg.shares:
             self.mailbox.setdefault(receiver, {})[worker] = sealed
         self.shared.add(worker)
@@ -163,9 +175,20 @@ class ChiefRound:
 
     # --- masked updates -----------------------------------------------
 
+    def _report(self, worker: int, accused: set[int] | tuple[int, ...]) -> None:
+        accused = set(accused) & (set(self.hoods[worker]) - {worker})
+        if accused:
+            self.reported[worker] = self.reported.get(worker, frozenset()) | frozenset(accused)
+
     def check_masked(self, worker: int, round_: int, attempt: int, specs: Sequence[TensorSpec],
-                     shapes: Sequence[tuple[int, ...]]) -> None:
-        """Before reading a masked update: is it expected, and of the model's shapes plus [1]?"""
+                     shapes: Sequence[tuple[int, ...]], excluded: tuple[int, ...] = ()) -> bool:
+        """Before reading a masked update: is it expected, and of the model's shapes plus [1]?
+
+        Returns:
+            False if it comes after the masking phase closed (read it and discard it).
+        """
+        if (round_, attempt) == (self.round, self.attempt) and self.phase in ("reveal", "done"):
+            return False
         self._check("masked", worker, round_, attempt)
         if worker not in self.shared or worker in self.masked:
             raise _bad(f"worker {worker} may not send a masked update now")
@@ -174,10 +197,22 @@ class ChiefRound:
         if got != want or any(s.dtype != "uint64" for s in specs):
             raise RemoteProtocolError(f"secure aggregation: masked update of shapes {got}, expected uint64 {want}",
                                       code="signature_mismatch")
+        self._report(worker, excluded)
+        return True
 
-    def add_masked(self, worker: int, arrays: Sequence[np.ndarray]) -> None:
-        """Fold a masked update into the sum (mod 2**64); it is not kept."""
-        assert self.total is not None and worker in self.shared and worker not in self.masked
+    def add_masked(self, worker: int, arrays: Sequence[np.ndarray]) -> bool:
+        """Fold a masked update into the sum (mod 2**64); it is not kept.
+
+        Only while the masking phase is open and its sender counts as one of
+        its senders: one that completes later (its sender already declared
+        dropped, its self mask never to be removed) is discarded.
+
+        Returns:
+            Whether it was folded.
+        """
+        if self.phase != "masked" or worker not in self.shared or worker in self.masked:
+            return False
+        assert self.total is not None
         pos = 0
         for a in arrays:
             flat = np.asarray(a).reshape(-1).view("<u8")
@@ -185,6 +220,7 @@ class ChiefRound:
             np.add(part, flat, out=part)
             pos += flat.size
         self.masked.add(worker)
+        return True
 
     # --- unmask -> reveal ---------------------------------------------
 
@@ -226,14 +262,38 @@ class ChiefRound:
                     out[w] = shamir.from_bytes(s)
         return out
 
+    def check_reveals(self) -> None:
+        """The revealed shares of each secret must lie on one polynomial.
+
+        Raises:
+            PeerMisbehaved: some shares disagree with the others; ``workers``
+                are their senders (empty if they cannot be singled out: then
+                nobody is blamed and the attempt just fails).
+        """
+        blamed: set[int] = set()
+        bad = []
+        secrets_ = [(u, True) for u in self.survivors] + [(d, False) for d in self.dropped]
+        for owner, seed in secrets_:
+            shares = self._shares(owner, seed)
+            if not shamir.consistent(shares, self.threshold):
+                bad.append(owner)
+                blamed |= shamir.liars(shares, self.threshold)
+        if bad:
+            who = f"; sent by {', '.join(map(str, sorted(blamed)))}" if blamed else ""
+            raise PeerMisbehaved(f"revealed shares of worker(s) {', '.join(map(str, bad))} disagree{who}",
+                                 frozenset(blamed))
+
     def finish(self) -> np.ndarray:
         """The sum of the survivors' encoded updates, masks removed.
 
         Raises:
-            TooFewWorkers: too few shares for some seed or key.
+            TooFewWorkers: too few shares for some seed or key, or the rebuilt
+                secrets do not check out (not attributable to a worker).
+            PeerMisbehaved: revealed shares that disagree, with their senders.
         """
         if not self.can_finish():
             raise TooFewWorkers(f"{len(self.reveals)} workers revealed shares; not enough to unmask")
+        self.check_reveals()
         assert self.total is not None
         total = self.total
         for u in self.survivors:
@@ -256,6 +316,21 @@ class ChiefRound:
         self.phase = "done"
         self.total = None
         return total
+
+
+def check_keys(msg: SecAggKeys) -> None:
+    """Both public keys must be distinct, usable X25519 points (a trial agreement each).
+
+    Raises:
+        RemoteProtocolError: equal keys, or a low-order or malformed point.
+    """
+    if msg.share_key == msg.mask_key:
+        raise _bad("the two public keys must differ")
+    for name, key in (("share key", msg.share_key), ("mask key", msg.mask_key)):
+        try:
+            crypto.check_public(key)
+        except crypto.CryptoError as exc:
+            raise _bad(f"the {name} is refused: {exc}") from None
 
 
 def _apply(total: np.ndarray, key: bytes, add: bool) -> None:

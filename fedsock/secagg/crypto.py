@@ -67,6 +67,18 @@ def agree(own: X25519PrivateKey, peer_public: bytes, label: bytes, round_: int, 
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
 
 
+def check_public(peer_public: bytes) -> None:
+    """A trial agreement with a throw-away key: refuses what ``agree`` would refuse.
+
+    Raises:
+        CryptoError: not 32 bytes, or a low-order point (the shared secret would be all zeros).
+    """
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as exc:
+        raise CryptoError(f"unusable public key: {exc}") from None
+
+
 def share_aad(round_: int, attempt: int, sender: int, receiver: int) -> bytes:
     return struct.pack(">QIQQ", round_, attempt, sender, receiver)
 

@@ -9,6 +9,7 @@ reveal nothing about it. Coefficients come from ``secrets`` (the OS CSPRNG).
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Iterable, Mapping
 
@@ -71,6 +72,63 @@ def reconstruct(shares: Mapping[int, int], threshold: int) -> int:
                 den = den * (xj - xi) % PRIME
         secret = (secret + yi * num * pow(den, -1, PRIME)) % PRIME
     return secret
+
+
+@functools.lru_cache(maxsize=4096)
+def _basis(xs: tuple[int, ...], x: int) -> tuple[int, ...]:
+    """The Lagrange basis polynomials through ``xs``, evaluated at ``x``: the value at ``x`` of the
+    polynomial through (xs, ys) is sum(basis_i * y_i). They depend on the points only, so the shares
+    of every secret a round checks reuse them (one modular inversion per call, Montgomery's trick)."""
+    nums, dens = [], []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num = num * (x - xj) % PRIME
+                den = den * (xi - xj) % PRIME
+        nums.append(num)
+        dens.append(den)
+    prefix = [1]
+    for d in dens:
+        prefix.append(prefix[-1] * d % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        out[i] = nums[i] * inv * prefix[i] % PRIME
+        inv = inv * dens[i] % PRIME
+    return tuple(out)
+
+
+def _at(pts: list[tuple[int, int]], x: int) -> int:
+    """The value at ``x`` of the polynomial through ``pts`` (Lagrange)."""
+    basis = _basis(tuple(p[0] for p in pts), x)
+    return sum(b * y for b, (_, y) in zip(basis, pts)) % PRIME
+
+
+def consistent(shares: Mapping[int, int], threshold: int) -> bool:
+    """Whether all ``shares`` lie on one polynomial of degree ``threshold - 1``.
+
+    Honest shares of one secret always do; with more than ``threshold`` of
+    them a wrong share is detected (with exactly ``threshold`` nothing can be).
+    """
+    pts = sorted(shares.items())
+    base = pts[:threshold]
+    return all(_at(base, x) == y for x, y in pts[threshold:])
+
+
+def liars(shares: Mapping[int, int], threshold: int) -> set[int]:
+    """The points whose shares disagree with the others', when that can be told.
+
+    Empty if the shares are consistent, or if no single point's removal makes
+    them consistent (then who is wrong cannot be told from these shares:
+    at least ``threshold + 2`` of them are needed to single one out).
+    """
+    if consistent(shares, threshold):
+        return set()
+    if len(shares) < threshold + 2:
+        return set()
+    found = {x for x in shares if consistent({k: v for k, v in shares.items() if k != x}, threshold)}
+    return found if len(found) == 1 else set()
 
 
 def to_bytes(value: int) -> bytes:

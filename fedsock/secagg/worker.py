@@ -3,6 +3,12 @@
 Create it with ``WorkerRound.start`` (which gives the ``SecAggKeys`` to send),
 then feed it the chief's messages in order; each answer is the next message
 to send. Anything the chief gets wrong raises ``RemoteProtocolError``.
+
+What a *neighbour* gets wrong is not fatal: a neighbour whose key does not
+agree or whose sealed shares do not open is left out of this worker's shares
+and masks (``excluded``) and named to the chief (no share sealed to it in
+``SecAggShares``, or ``excluded`` in ``SecAggMasked``), which drops it and
+starts the attempt over.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class WorkerRound:
     roster: SecAggRoster | None = None
     #: Shares this worker holds: owner id -> (share of its mask key, share of its seed).
     held: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Neighbours left out of this attempt: their key did not agree or their shares did not open.
+    excluded: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, round_: int) -> tuple[WorkerRound, SecAggKeys]:
@@ -87,8 +95,10 @@ class WorkerRound:
                 continue
             try:
                 key = crypto.agree(self.share_sk, p.share_key, crypto.SHARE_LABEL, roster.round, roster.attempt)
+                crypto.check_public(p.mask_key)
             except crypto.CryptoError as exc:
-                raise _bad(f"secure aggregation: worker {p.id}'s key: {exc}") from None
+                self.excluded[p.id] = f"its key: {exc}"
+                continue
             plain = shamir.to_bytes(key_sh[p.id]) + shamir.to_bytes(seed_sh[p.id])
             sealed.append((p.id, crypto.seal(key, plain, crypto.share_aad(roster.round, roster.attempt,
                                                                           roster.you, p.id))))
@@ -104,6 +114,8 @@ class WorkerRound:
             if sender == r.you:
                 raise _bad("secure aggregation: an inbox share from this worker itself")
             peer = self._peer(sender)
+            if sender in self.excluded:
+                continue
             try:
                 key = crypto.agree(self.share_sk, peer.share_key, crypto.SHARE_LABEL, r.round, r.attempt)
                 plain = crypto.open_sealed(key, sealed, crypto.share_aad(r.round, r.attempt, sender, r.you))
@@ -112,8 +124,8 @@ class WorkerRound:
                     raise crypto.CryptoError("wrong plaintext length")
                 self.held[sender] = (shamir.from_bytes(plain[:half]), shamir.from_bytes(plain[half:]))
             except (crypto.CryptoError, shamir.ShamirError) as exc:
-                raise _bad(f"secure aggregation: share from worker {sender}: {exc}") from None
-        if len(self.held) < r.threshold:
+                self.excluded[sender] = f"its shares: {exc}"
+        if not self.excluded and len(self.held) < r.threshold:
             raise _bad(f"secure aggregation: {len(self.held)} shares held, {r.threshold} needed")
         self.phase = "inbox"
 
@@ -129,12 +141,13 @@ class WorkerRound:
         r = self.roster
         streams = [(crypto.mask_blocks(self.seed, len(encoded)), True)]
         for v in sorted(self.held):
-            if v == r.you:
+            if v == r.you or v in self.excluded:
                 continue
             try:
                 key = crypto.agree(self.mask_sk, self._peer(v).mask_key, crypto.MASK_LABEL, r.round, r.attempt)
             except crypto.CryptoError as exc:
-                raise _bad(f"secure aggregation: worker {v}'s key: {exc}") from None
+                self.excluded[v] = f"its mask key: {exc}"
+                continue
             streams.append((crypto.mask_blocks(key, len(encoded)), r.you < v))
         for blocks, positive in streams:
             pos = 0
@@ -153,6 +166,9 @@ class WorkerRound:
         self._check("masked", req.round, req.attempt)
         assert self.roster is not None
         r = self.roster
+        if self.excluded:
+            raise _bad("secure aggregation: the chief asks to unmask an attempt in which this worker reported "
+                       f"workers {', '.join(map(str, sorted(self.excluded)))}")
         if r.you not in req.survivors:
             raise _bad("secure aggregation: this worker sent its masked update but is not among the survivors")
         if len(req.survivors) < r.min_survivors:

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-after", default=None, metavar="KIND:ROUND",
                    help="SIGKILL this process right after sending its secure-aggregation message KIND "
                    "(shares or masked) of round ROUND (fault tests)")
+    p.add_argument("--misbehave", default=None, metavar="MODE",
+                   help="break secure aggregation on purpose (attack tests): low-order-key, random-shares, "
+                   "bad-reveal, or late-masked:SECONDS (the masked update's chunks SECONDS after its header)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.name}: joined as worker {client.worker_id} at round {client.round}", flush=True)
             if args.kill_after:
                 kill_after(client, *args.kill_after.split(":"))
+            if args.misbehave:
+                misbehave(client, args.misbehave)
             w = client.join([np.zeros(s, np.float32) for s in shapes])
             while not client.finished:
                 time.sleep(args.work)
@@ -98,6 +103,44 @@ def kill_after(client: Client, kind: str, round_: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     client._send = send_then_die  # type: ignore[method-assign]
+
+
+def misbehave(client: Client, mode: str) -> None:
+    """Make ``client`` send broken secure-aggregation messages (see ``--misbehave``)."""
+    from dataclasses import replace
+
+    from fedsock.protocol import iter_chunks
+    from fedsock.protocol.secagg import SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
+    from fedsock.secagg import shamir
+
+    kind, _, arg = mode.partition(":")
+    if kind not in ("low-order-key", "random-shares", "bad-reveal", "late-masked"):
+        raise SystemExit(f"unknown --misbehave mode {mode!r}")
+    send = client._send
+
+    def noise() -> bytes:
+        return shamir.to_bytes(int.from_bytes(os.urandom(64), "big") % shamir.PRIME)
+
+    def broken(msg: object, arrays: object = ()) -> None:
+        if kind == "low-order-key" and isinstance(msg, SecAggKeys):
+            msg = replace(msg, mask_key=bytes(32))
+        elif kind == "random-shares" and isinstance(msg, SecAggShares):
+            msg = replace(msg, shares=tuple((i, os.urandom(len(c))) for i, c in msg.shares))
+        elif kind == "bad-reveal" and isinstance(msg, SecAggReveal):
+            msg = replace(msg, seed_shares=tuple((u, noise()) for u, _ in msg.seed_shares),
+                          key_shares=tuple((d, noise()) for d, _ in msg.key_shares))
+        elif kind == "late-masked" and isinstance(msg, SecAggMasked):
+            channel = client._channel
+            channel._write(channel.conn.send(msg))
+            print(f"holding back the masked update of round {msg.round} for {arg} s", flush=True)
+            time.sleep(float(arg))
+            for chunk in iter_chunks(arrays):  # type: ignore[arg-type]
+                for part in channel.conn.send_parts(chunk):
+                    channel._write(part)
+            return
+        send(msg, arrays)  # type: ignore[arg-type]
+
+    client._send = broken  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ import datetime
 import hashlib
 import hmac
 import ipaddress
-import os
 import secrets
 import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsock import limits
+from fedsock import limits, statefiles
 from fedsock.errors import AuthenticationError, ConfigError
 from fedsock.protocol.identity import NAME_RULE, is_valid_name
 
@@ -102,10 +101,10 @@ def cert_fingerprint(der: bytes) -> bytes:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
+    """Write ``data`` to ``path``, 0600 from the start, replacing (never following) what is there."""
+    from fedsock.checkpoint import atomic_write
+
+    atomic_write(path, data)
 
 
 def make_self_signed(hosts: list[str]) -> tuple[bytes, bytes]:
@@ -165,25 +164,28 @@ def ensure_identity(state_dir: Path, hosts: list[str], cert_path: Path | None = 
         ConfigError: the state dir holds a token that does not match the
             certificate (e.g. files copied from another chief).
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    statefiles.ensure_dir(state_dir)
     token_path = state_dir / "token"
+    statefiles.check_regular(token_path)
     created = False
     if cert_path is not None and key_path is not None:
         if not cert_path.exists() or not key_path.exists():
             raise ConfigError(f"--cert {cert_path} or --key {key_path} does not exist")
     else:
         key_path, cert_path = state_dir / "chief.key", state_dir / "chief.crt"
+        for own in (key_path, cert_path):  # the chief's own files: no symlinks, none of another user
+            statefiles.check_regular(own)
     if not cert_path.exists() or not key_path.exists():
         key_pem, cert_pem = make_self_signed(hosts + ["localhost", "127.0.0.1", socket.gethostname()])
         _write_private(key_path, key_pem)
-        cert_path.write_bytes(cert_pem)
+        _write_private(cert_path, cert_pem)
         created = True
     try:
-        fp = cert_fingerprint(ssl.PEM_cert_to_DER_cert(cert_path.read_text()))
+        fp = cert_fingerprint(ssl.PEM_cert_to_DER_cert(statefiles.read_text(cert_path)))
     except (ValueError, OSError) as exc:
         raise ConfigError(f"{cert_path} is not a PEM certificate: {exc}") from None
     if token_path.exists() and not created:
-        token = JoinToken.parse(token_path.read_text())
+        token = JoinToken.parse(statefiles.read_text(token_path))
         if token.fingerprint != fp:
             raise ConfigError(
                 f"{token_path} belongs to another certificate than {cert_path}; "

@@ -89,6 +89,13 @@ class _Sync:
     attempt: WorkerRound | None = None
 
 
+def _log_excluded(sa: WorkerRound) -> None:
+    """A neighbour's key or shares did not check out: it is left out, and the chief is told."""
+    for peer, why in sorted(sa.excluded.items()):
+        log.warning("secure aggregation round %d attempt %d: leaving worker %d out (%s); the chief is told "
+                    "and starts the attempt over without it", sa.round, sa.attempt, peer, why)
+
+
 class WorkerEngine:
     """The state of a worker between the chief's messages.
 
@@ -159,10 +166,15 @@ class WorkerEngine:
                      ev.attempt, ev.round, ev.reason)
             return self._new_attempt()
         if isinstance(ev, SecAggRoster):
-            return [Send(sa.on_roster(ev))]
+            shares = sa.on_roster(ev)
+            _log_excluded(sa)
+            return [Send(shares)]
         if isinstance(ev, SecAggUnmask):
             return [Send(sa.on_unmask(ev))]
+        before = set(sa.excluded)
         sa.on_inbox(ev)
+        if set(sa.excluded) - before:
+            _log_excluded(sa)
         names = [s.name for s in sync.update.tensors]
         try:
             msg, arrays = masked_update(sa, sync.wire, sync.update.num_examples, self.plan, names)

@@ -54,4 +54,4 @@ def masked_update(sa: WorkerRound, weights: Sequence[np.ndarray], num_examples: 
         pos += n
     arrays.append(flat[pos:pos + 1])
     specs = tuple(TensorSpec(name, "uint64", tuple(a.shape)) for name, a in zip([*names, "weight"], arrays))
-    return SecAggMasked(roster.round, roster.attempt, specs), arrays
+    return SecAggMasked(roster.round, roster.attempt, specs, tuple(sorted(sa.excluded))), arrays
