@@ -200,7 +200,7 @@ def test_the_monitor_gives_status_each_worker_s_latest_validation_and_the_panel_
             worker_metrics={"w1": WorkerEval({"val_accuracy": a1, "val_examples": 1, "train_loss": 2}, 1),
                             "w2": WorkerEval({"val_accuracy": a2, "val_examples": 1}, 1)}))
     ctrl = RoundController(rounds=3, min_workers=1, round_timeout=1.0, transform=fedavg())
-    st = m.status(ctrl, {})
+    st = m.status(ctrl, {}, full=True)  # a status token sees each worker
     assert {w.name: w.metrics for w in st.workers} == {"w1": {"val_accuracy": 0.8, "val_examples": 1.0},
                                                        "w2": {"val_accuracy": 0.7, "val_examples": 1.0}}
     assert st.metrics["fed_val_accuracy"] == pytest.approx(0.75)
