@@ -74,6 +74,9 @@ class RoundController:
     transform_state: Any = None
     members: set[int] = field(default_factory=set)
     selected: frozenset[int] | None = None
+    #: The members when the open round opened (and who had submitted by then): a worker that
+    #: joins later is not waited for; it takes part from the next round.
+    participants: frozenset[int] = frozenset()
     rng: np.random.Generator = field(init=False)
     _acc: Any = None
     _combined: list[np.ndarray] | None = None
@@ -190,6 +193,7 @@ class RoundController:
     def _open(self, now: float) -> None:
         self._opened_at = now
         self._deadline = now + self.round_timeout
+        self.participants = frozenset(self.members) | frozenset(self._submitted)
         if self.fraction < 1.0:
             pool = sorted(self.members)
             k = min(len(pool), max(self.min_workers, math.ceil(self.fraction * len(pool))))
@@ -290,8 +294,8 @@ class RoundController:
         return self._acc
 
     def expected(self) -> set[int]:
-        """Workers whose update the open round still waits for."""
-        pool = self.members if self.selected is None else self.members & self.selected
+        """Workers whose update the open round still waits for (members since it opened, and sampled)."""
+        pool = self.members & (self.participants if self.selected is None else self.selected)
         return pool - self._submitted.keys()
 
     def should_close(self, now: float) -> bool:
