@@ -123,3 +123,12 @@ class ShamirError(FedsockError, ValueError):
 
 class RangeError(FedsockError, ValueError):
     """An update too large (or not finite) for secure aggregation's fixed-point range."""
+
+
+class VectorMismatch(FedsockError):
+    """A chief answered a conformance vector otherwise than recorded (``skipped``: the vector
+    needs a chief set up differently, e.g. without compression)."""
+
+    def __init__(self, message: str, skipped: bool = False) -> None:
+        super().__init__(message)
+        self.skipped = skipped
