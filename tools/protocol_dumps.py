@@ -10,6 +10,7 @@ Every frame below is produced by the real sans-I/O protocol code
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any
 
@@ -69,7 +70,9 @@ NAME = "worker-1"
 INSTANCE = bytes(range(0x60, 0x70))  # the worker process's instance id (random in real use)
 RECONNECT_SECRET = bytes(range(0x70, 0x90))  # issued in the Welcome (random in real use)
 NAMES = ["dense/kernel", "dense/bias"]
-PLAN = Plan(rounds=3, sync_every=50, batch_size=32)
+#: The plan of a chief run with --rounds 3 --sync-every 50 --batch-size 32 and the default timing.
+PLAN = Plan(rounds=3, sync_every=50, batch_size=32, heartbeat_interval=10.0, idle_timeout=60.0,
+            round_timeout=300.0, min_workers=2)
 
 
 def f32(values: Any) -> np.ndarray:
@@ -317,7 +320,7 @@ def main() -> None:
     send("Hello", worker, chief, Hello(name=NAME, instance=INSTANCE), quiet=True)
     send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
     send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
-    prox = Plan(rounds=3, sync_every=50, batch_size=32, mu=0.01)
+    prox = dataclasses.replace(PLAN, mu=0.01)
     welcome = Welcome(worker_id=1, round=0, plan=prox, tensors=SPECS, has_weights=True,
                       reconnect_secret=RECONNECT_SECRET)
     frame = chief.send(welcome)

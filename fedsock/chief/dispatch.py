@@ -170,7 +170,8 @@ class WorkerService:
         # a relay hands on its upstream's FedProx mu, as it does the rest of the upstream's plan
         mu = self.relay.client.plan.mu if self.relay is not None else self.mu
         plan = Plan(cfg.rounds, cfg.sync_every, cfg.batch_size, mu, secure_agg=cfg.secure_agg,
-                    dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise)
+                    dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise, heartbeat_interval=cfg.heartbeat_interval,
+                    idle_timeout=cfg.idle_timeout, round_timeout=cfg.round_timeout, min_workers=cfg.min_workers)
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),

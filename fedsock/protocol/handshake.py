@@ -117,6 +117,11 @@ class Plan:
     ``secure_agg`` split across the workers). Each is on the wire only when not
     its default, so a plain plan encodes exactly as before; absent keys decode
     as the defaults.
+
+    The chief's timing (None: not stated, as from a chief that predates it):
+    ``heartbeat_interval`` (the longest a worker should stay silent),
+    ``idle_timeout`` (after which the chief drops a silent worker),
+    ``round_timeout`` and ``min_workers`` (when a round closes, protocol.md 7.5).
     """
 
     rounds: int
@@ -126,6 +131,10 @@ class Plan:
     secure_agg: bool = False
     dp_clip: float = 0.0
     dp_noise: float = 0.0
+    heartbeat_interval: float | None = None
+    idle_timeout: float | None = None
+    round_timeout: float | None = None
+    min_workers: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -139,6 +148,11 @@ class Plan:
             wire["dp_clip"] = float(self.dp_clip)
         if self.dp_noise:
             wire["dp_noise"] = float(self.dp_noise)
+        for key in TIMING:
+            if getattr(self, key) is not None:
+                wire[key] = float(getattr(self, key))
+        if self.min_workers is not None:
+            wire["min_workers"] = self.min_workers
         return wire
 
     @classmethod
@@ -154,8 +168,28 @@ class Plan:
         secure_agg = require(obj, "secure_agg", bool, "plan") if "secure_agg" in obj else False
         if dp_noise and not dp_clip:
             raise RemoteProtocolError("plan: dp_noise without dp_clip", code=ErrorCode.BAD_MESSAGE)
+        timing = {key: _positive_float(obj, key) for key in TIMING}
+        min_workers = require(obj, "min_workers", int, "plan") if "min_workers" in obj else None
+        if min_workers is not None and min_workers < 1:
+            raise RemoteProtocolError(f"plan: min_workers must be >= 1, got {min_workers}",
+                                      code=ErrorCode.BAD_MESSAGE)
         return cls(rounds, sync_every, batch_size, mu=mu, secure_agg=secure_agg, dp_clip=dp_clip,
-                   dp_noise=dp_noise)
+                   dp_noise=dp_noise, min_workers=min_workers, **timing)
+
+
+#: The Plan's optional timing keys that are seconds (protocol.md, Plan).
+TIMING = ("heartbeat_interval", "idle_timeout", "round_timeout")
+
+
+def _positive_float(obj: dict[str, Any], key: str) -> float | None:
+    """Optional plan field ``key``: a finite number > 0 (None when absent)."""
+    if key not in obj:
+        return None
+    value = require(obj, key, (float, int), "plan")
+    if isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise RemoteProtocolError(f"plan: {key} must be a finite number > 0, got {value!r}",
+                                  code=ErrorCode.BAD_MESSAGE)
+    return float(value)
 
 
 def _nonneg_float(obj: dict[str, Any], key: str) -> float:

@@ -340,6 +340,8 @@ class Client:
                 welcome = handshake(channel, self.name, self._credentials, self.instance,
                                     reconnect_secret=self._reconnect_secret)
                 assert isinstance(welcome, Welcome)
+                if welcome.plan.heartbeat_interval is not None:  # the chief's interval, if it asks for more
+                    channel.heartbeat_interval = min(channel.heartbeat_interval, welcome.plan.heartbeat_interval)
                 nbytes = sum(s.wire_nbytes for s in welcome.tensors)
                 self._accept(channel, welcome, nbytes)
                 model = channel.read_weights(welcome.tensors, self._memory.allocate(nbytes))
