@@ -239,6 +239,23 @@ def vectors() -> list[Vector]:
                     "semantics", "7.10", requires={"secure_agg": False}).handshake("conformance-secagg").model()
              .send(msg(SecAggKeys(round=1, share_key=bytes(32), mask_key=bytes(32))), "round", offset=1)
              .fails("out_of_order"))
+    # --- compatibility: what a later revision may add is ignored -----------------------------
+    future = Vector("compat-unknown-keys", "unknown keys in Hello, Auth, a Heartbeat and an Update, and an "
+                    "unknown capability, are ignored: the update is averaged", "ok", "11",
+                    requires={"min_workers": 1})
+    name = "conformance-future"
+    future.send(frame(Kind.HELLO, frames.pack_body({**Hello(name=name, instance=INSTANCE).to_body(),
+                                                    "capabilities": ["x-later"], "x_later": {"a": [1]}})),
+                "hello", "Hello with an unknown capability and key")
+    future.expect("Challenge", hex=msg(Challenge(NONCE)).hex())
+    future.send(frame(Kind.AUTH, frames.pack_body({"mac": tls.auth_mac(SECRET, NONCE, FINGERPRINT, name),
+                                                   "x_later": 1})), "auth", "Auth with an unknown key")
+    future.expect("Welcome").model()
+    future.send(frame(Kind.HEARTBEAT, frames.pack_body({"x_later": True})), note="a Heartbeat that is not {}")
+    update = {**Update(round=1, num_examples=1, tensors=SPECS).to_body(), "x_later": "metric fields, say"}
+    future.send(frame(Kind.UPDATE, frames.pack_body(update)) + b"".join(msg(c) for c in iter_chunks(MODEL)),
+                "round", "an Update with an unknown key, for the round being collected", offset=1)
+    v.append(future.expect("Global"))
     for i, vec in enumerate(v, 1):
         vec.name = f"{i:02d}-{vec.name}"
     return v
