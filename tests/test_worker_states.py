@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsock.protocol import ConnectionClosed, Done, Error, Global, Heartbeat, Plan, Update, Welcome, specs_of
+from fedsock.protocol import Ack, ConnectionClosed, Done, Error, Global, Heartbeat, Plan, Update, Welcome, specs_of
 from fedsock.protocol.secagg import SecAggAbort, SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
 from fedsock.secagg.chief import ChiefRound
 from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
@@ -120,6 +120,8 @@ def apply(pair: Pair, event: str) -> list[Action]:
         return pair.start()
     if event == "Heartbeat":
         return eng.receive(Heartbeat())
+    if event == "Ack":
+        return eng.receive(Ack(1, False, 0, 1))
     if event == "Global":
         return eng.receive(Global(1, SPECS))
     if event == "Done":

@@ -19,7 +19,9 @@ import numpy as np
 from fedsock import tls
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import (
+    ACK_CAPABILITY,
     NEED_DATA,
+    Ack,
     Auth,
     Challenge,
     Connection,
@@ -326,6 +328,20 @@ def main() -> None:
     frame = chief.send(welcome)
     assert deliver(frame, worker) == [welcome]
     dump("Welcome with a FedProx plan (chief -> worker)", frame)
+
+    # A fourth: a worker that asks for acknowledgements (fedsock's worker does), not
+    # sampled for round 1 (--fraction), and the Ack that says so.
+    print("=== A worker that asks for Ack, not sampled for round 1")
+    print()
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    send("Hello asking for acknowledgements (worker -> chief)", worker, chief,
+         Hello(name=NAME, capabilities=(ACK_CAPABILITY,), instance=INSTANCE))
+    send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
+    send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
+    send("Welcome", chief, worker, Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True,
+                                           reconnect_secret=RECONNECT_SECRET), INITIAL, quiet=True)
+    send("Update", worker, chief, Update(round=1, num_examples=100, tensors=SPECS), TRAINED, quiet=True)
+    send("Ack (chief -> worker)", chief, worker, Ack(round=1, sampled=False, held=1, waiting=1))
 
     print("=== Compressed updates (section 4.1): the same trained weights, encoded")
     print()

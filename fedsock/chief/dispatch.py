@@ -35,7 +35,7 @@ from fedsock.chief.rounds import RoundController
 from fedsock.chief.secure import SecureAggregation
 from fedsock.chief.staging import StagingBudget
 from fedsock.errors import ErrorCode, RemoteProtocolError
-from fedsock.protocol import ConnectionClosed, Done, Error, Global, Heartbeat, Plan, Update, Welcome
+from fedsock.protocol import Ack, ConnectionClosed, Done, Error, Global, Heartbeat, Plan, Update, Welcome
 from fedsock.protocol.secagg import SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
 from fedsock.protocol.tensors import check_signature
 from fedsock.transport.aio import Session
@@ -251,6 +251,7 @@ class WorkerService:
         verdict = ctrl.submit(wid, upd.round, upd.num_examples, upd.tensors, weights, s.conn_id)
         if isinstance(verdict, Accepted):
             log.debug("%s: update for round %d (%d examples)", s.label, upd.round, upd.num_examples)
+            await self._ack(s, upd.round, sampled=True)
             self.wake.set()
         elif isinstance(verdict, Duplicate):
             log.info("%s re-sent its round %d update after reconnecting; the first copy counts",
@@ -258,12 +259,20 @@ class WorkerService:
         elif isinstance(verdict, NotSelected):
             log.debug("%s: not sampled for round %d; it waits", s.label, upd.round)
             self.registry.hold(wid)
+            await self._ack(s, upd.round, sampled=False)
         else:
             log.info("%s: late update for round %d dropped (collecting round %d)",
                      s.label, verdict.round, verdict.current)
             self.monitor.late_update()
             self.wake.set()  # the display shows it
             await self._answer_stale(s, wid)
+
+    async def _ack(self, s: Session, round_: int, sampled: bool) -> None:
+        """Tell a worker whose Hello asked for it what became of its update (protocol.md 7.4)."""
+        if s.conn.acks:
+            ctrl = self.ctrl
+            waiting = len(ctrl.expected()) if ctrl.is_open else 0
+            await s.send(Ack(round_, sampled, len(ctrl.submitted), waiting), timeout=self.config.idle_timeout)
 
     async def _answer_stale(self, s: Session, wid: int) -> None:
         """The newest model for a worker that sent something for a closed round (once per round)."""

@@ -22,7 +22,9 @@ from fedsock.protocol.frames import Kind
 from fedsock.protocol.handshake import Auth, Challenge, Hello, Plan, Welcome
 from fedsock.protocol.identity import check_name, is_valid_name, reconnect_proof, verify_reconnect_proof
 from fedsock.protocol.messages import (
+    ACK_CAPABILITY,
     ERROR_CODES,
+    Ack,
     Chunk,
     Done,
     EndOfMessage,
@@ -56,8 +58,8 @@ from fedsock.protocol.tensors import (
 )
 
 __all__ = [
-    "ERROR_CODES", "NEED_DATA", "STATUS_CAPABILITY",
-    "AnyMessage", "Auth", "Challenge", "Chunk", "Compression", "Connection", "ConnectionClosed", "Done",
+    "ACK_CAPABILITY", "ERROR_CODES", "NEED_DATA", "STATUS_CAPABILITY",
+    "Ack", "AnyMessage", "Auth", "Challenge", "Chunk", "Compression", "Connection", "ConnectionClosed", "Done",
     "Encoding", "EndOfMessage", "Error", "ErrorCode", "Event", "Global", "Heartbeat", "Hello", "Kind",
     "LocalProtocolError", "Message", "NeedData", "Peer", "Phase", "Plan", "RemoteProtocolError", "Role",
     "SecAggAbort", "SecAggInbox", "SecAggKeys", "SecAggMasked", "SecAggMessage", "SecAggReveal",
