@@ -147,15 +147,29 @@ def test_item_09_a_joiner_is_not_waited_for_in_the_open_round():
     specs = specs_of(w)
     c = RoundController(rounds=3, min_workers=2, round_timeout=300.0, transform=fedavg())
     c.set_model(specs, w)
-    c.join(1), c.join(2)
+    c.join(1), c.join(2), c.join(3)
     assert c.open_if_ready(0.0)
-    c.join(3)  # joins round 1 while it is open
-    assert c.expected() == {1, 2}
     c.submit(1, 1, 1, specs, w), c.submit(2, 1, 1, specs, w)
-    assert c.should_close(1.0)  # at once, not at the 300 s deadline
+    c.join(4)  # joins round 1 while it is open and already holds min_workers updates
+    assert c.expected() == {3}
+    c.submit(3, 1, 1, specs, w)
+    assert c.should_close(1.0)  # at once, not at the 300 s deadline for worker 4
     c.close(1.0)
-    assert c.expected() == {1, 2, 3}  # it takes part from the next round
-    assert "joins while a round is open" in flat(section("### 7.5"))
+    assert c.expected() == {1, 2, 3, 4}  # it takes part from the next round
+    assert "joins while a round is open and already holds `min_workers` updates" in flat(section("### 7.5"))
+
+
+def test_item_09_a_worker_joining_before_the_rounds_first_update_takes_part():
+    """At the start of a run several workers join at once: those in before the round has
+    min_workers updates take part in it."""
+    w = [np.zeros(2, np.float32)]
+    c = RoundController(rounds=3, min_workers=2, round_timeout=300.0, transform=fedavg())
+    c.set_model(specs_of(w), w)
+    c.join(1), c.join(2)
+    c.open_if_ready(0.0)
+    c.submit(1, 1, 1, specs_of(w), w)
+    c.join(3)
+    assert c.expected() == {2, 3}
 
 
 def test_item_09_a_joiners_update_for_the_open_round_still_counts():
@@ -163,14 +177,14 @@ def test_item_09_a_joiners_update_for_the_open_round_still_counts():
     specs = specs_of(w)
     c = RoundController(rounds=3, min_workers=2, round_timeout=300.0, transform=fedavg())
     c.set_model(specs, w)
-    c.join(1), c.join(2)
+    c.join(1), c.join(2), c.join(3)
     c.open_if_ready(0.0)
-    c.join(3)
-    assert isinstance(c.submit(3, 1, 1, specs, w), Accepted)
-    c.submit(1, 1, 1, specs, w)
-    assert not c.should_close(1.0)  # worker 2 took part from the start: the round waits for it
-    c.submit(2, 1, 1, specs, w)
-    assert c.should_close(1.0) and c.close(1.0).workers == (1, 2, 3)
+    c.submit(1, 1, 1, specs, w), c.submit(2, 1, 1, specs, w)
+    c.join(4)
+    assert isinstance(c.submit(4, 1, 1, specs, w), Accepted)
+    assert not c.should_close(1.0)  # worker 3 took part from the start: the round waits for it
+    c.submit(3, 1, 1, specs, w)
+    assert c.should_close(1.0) and c.close(1.0).workers == (1, 2, 3, 4)
 
 
 # 10. names: 1-64 characters of the name set ----------------------------------------------------

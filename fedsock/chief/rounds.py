@@ -74,7 +74,8 @@ class RoundController:
     transform_state: Any = None
     members: set[int] = field(default_factory=set)
     selected: frozenset[int] | None = None
-    #: The members when the open round opened (and who had submitted by then): a worker that
+    #: Who the open round waits for (with sampling, ``selected`` instead): the members when it
+    #: opened or joined before it had ``min_workers`` updates, and who had submitted by then. A worker that
     #: joins later is not waited for; it takes part from the next round.
     participants: frozenset[int] = frozenset()
     rng: np.random.Generator = field(init=False)
@@ -144,8 +145,12 @@ class RoundController:
 
 
     def join(self, worker: int) -> None:
-        """``worker`` holds the global model and may submit from now on."""
+        """``worker`` holds the global model and may submit from now on. It takes part in the open
+        round only while that round has fewer than ``min_workers`` updates (workers that start
+        together are all in the first round); otherwise from the next round."""
         self.members.add(worker)
+        if self._opened_at is not None and len(self._submitted) < self.min_workers:
+            self.participants |= {worker}
 
     def leave(self, worker: int) -> None:
         """``worker`` disconnected; an update it already submitted still counts."""
