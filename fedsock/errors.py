@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"  # a bug on the sender's side
     NAME_IN_USE = "name_in_use"  # the name is held by another running worker
     POLICY_REFUSED = "policy_refused"  # the worker's own policy refuses the chief's plan
+    UNSUPPORTED_FEATURE = "unsupported_feature"  # the plan needs a feature the worker does not implement
 
 
 class FedsockError(Exception):

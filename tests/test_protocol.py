@@ -437,10 +437,10 @@ def test_every_decoder_ignores_unknown_keys_at_every_depth():
              TensorSpec("b", "int8", (2,)))
     timed = Plan(3, 5, 8, mu=0.1, heartbeat_interval=2.0, idle_timeout=5.0, round_timeout=9.0, min_workers=1)
     messages = [
-        Hello(name="w1", capabilities=("status",), instance=INSTANCE), Challenge(b"n" * 32),
+        Hello(name="w1", capabilities=("status",), instance=INSTANCE, features=("dp_clip",)), Challenge(b"n" * 32),
         Auth(b"m" * 32, b"r" * 32),
         Welcome(1, 2, timed, specs_of([np.zeros(2, np.float32)]), has_weights=True, compress="int8",
-                reconnect_secret=SECRET),
+                reconnect_secret=SECRET, requires=("dp_clip",)),
         Update(1, 10, specs, metrics={"loss": 0.5}), Global(1, specs_of([np.zeros(2)])), Done(3, ()),
         Heartbeat(), Error("bad_message", "why"), Chunk(0, 0, b"xy"),
         Status(1, 3, False, 1, 1, 2.5, None, {"loss": 0.5}, (WorkerStatus("w1", 1, True, 0.5, 1, 10, 20),)),

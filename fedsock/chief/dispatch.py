@@ -35,7 +35,18 @@ from fedsock.chief.rounds import RoundController
 from fedsock.chief.secure import SecureAggregation
 from fedsock.chief.staging import StagingBudget
 from fedsock.errors import ErrorCode, RemoteProtocolError
-from fedsock.protocol import Ack, ConnectionClosed, Done, Error, Global, Heartbeat, Plan, Update, Welcome
+from fedsock.protocol import (
+    Ack,
+    ConnectionClosed,
+    Done,
+    Error,
+    Global,
+    Heartbeat,
+    Plan,
+    Update,
+    Welcome,
+    required_features,
+)
 from fedsock.protocol.secagg import SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
 from fedsock.protocol.tensors import check_signature
 from fedsock.transport.aio import Session
@@ -84,6 +95,8 @@ class WorkerService:
             elif isinstance(outcome, StatusQuery):  # read-only: answer and hang up; it never joins
                 await s.send(self.monitor.status(self.ctrl, self.registry.live), timeout=cfg.handshake_timeout)
                 log.info("answered a status query from %r (%s)", s.name, s.peer)
+            elif self._missing_features(s):
+                await s.send_error(ErrorCode.UNSUPPORTED_FEATURE, self._missing_features(s))
             elif await self._join(s, outcome):
                 await self._welcome(s)
                 await self._serve(s)
@@ -177,6 +190,7 @@ class WorkerService:
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
             has_weights=ctrl.has_model, compress=cfg.compress, reconnect_secret=s.reconnect_secret,
+            requires=required_features(plan),
         )
         weights = ctrl.weights if ctrl.weights is not None else []
         await self.publisher.send_weights(s, welcome, weights)
@@ -266,6 +280,16 @@ class WorkerService:
             self.monitor.late_update()
             self.wake.set()  # the display shows it
             await self._answer_stale(s, wid)
+
+    def _missing_features(self, s: Session) -> str:
+        """Why a worker whose Hello listed its features cannot train with this chief ("": it can)."""
+        cfg = self.config
+        need = required_features(Plan(cfg.rounds, 1, 1, secure_agg=cfg.secure_agg, dp_clip=cfg.dp_clip))
+        missing = [f for f in need if s.conn.features is not None and f not in s.conn.features]
+        if not missing:
+            return ""
+        return (f"this chief's plan requires {', '.join(missing)}, which the worker says it does not implement "
+                "(its Hello's features); use a worker that does")
 
     async def _ack(self, s: Session, round_: int, sampled: bool) -> None:
         """Tell a worker whose Hello asked for it what became of its update (protocol.md 7.4)."""

@@ -99,6 +99,8 @@ class Connection:
     status_query: bool = False
     #: The Hello asked for Ack messages (capability "ack"); without it an Ack is out of order.
     acks: bool = False
+    #: The features the Hello says the worker implements (None: it did not say).
+    features: tuple[str, ...] | None = None
     #: Data bytes of a chunk still to be placed by the caller (see ``direct_chunk``).
     _direct_left: int = 0
 
@@ -176,6 +178,7 @@ class Connection:
         if isinstance(msg, Hello):
             self.status_query = STATUS_CAPABILITY in msg.capabilities
             self.acks = ACK_CAPABILITY in msg.capabilities
+            self.features = msg.features
         elif kind is Kind.AUTH and self.status_query:
             nxt = Phase.STATUS  # the one branch of the table: a status query gets Status, not Welcome
         elif kind is Kind.STATUS:

@@ -42,10 +42,15 @@ class Hello:
     version: int = 1
     capabilities: tuple[str, ...] = ()
     instance: bytes = b""
+    #: The optional features (``FEATURES``) the worker implements; None: it does not say.
+    features: tuple[str, ...] | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {"version": self.version, "name": self.name, "capabilities": list(self.capabilities),
+        body = {"version": self.version, "name": self.name, "capabilities": list(self.capabilities),
                 "instance": self.instance}
+        if self.features is not None:
+            body["features"] = list(self.features)
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Hello:
@@ -60,7 +65,24 @@ class Hello:
         if not all(isinstance(c, str) for c in caps):
             raise RemoteProtocolError("Hello: capabilities must be strings", code=ErrorCode.BAD_MESSAGE)
         instance = _fixed_bin(b, "instance", limits.INSTANCE_ID_BYTES, "Hello")
-        return cls(name=name, version=version, capabilities=tuple(caps), instance=instance)
+        features = _strings(b, "features", "Hello") if "features" in b else None
+        return cls(name=name, version=version, capabilities=tuple(caps), instance=instance, features=features)
+
+
+#: Optional features a plan can require of a worker (protocol.md 7.2): what ``Welcome.requires`` lists.
+FEATURES = ("secure_agg", "dp_clip")
+
+
+def required_features(plan: Plan) -> tuple[str, ...]:
+    """The features a worker must implement to train with ``plan``."""
+    return tuple(f for f, on in (("secure_agg", plan.secure_agg), ("dp_clip", plan.dp_clip > 0)) if on)
+
+
+def _strings(b: dict[str, Any], key: str, what: str) -> tuple[str, ...]:
+    items = require(b, key, list, what)
+    if not all(isinstance(x, str) for x in items):
+        raise RemoteProtocolError(f"{what}: {key} must be strings", code=ErrorCode.BAD_MESSAGE)
+    return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -223,6 +245,8 @@ class Welcome:
     #: ``RECONNECT_SECRET_BYTES`` random bytes: the key of this worker's ``Auth.resume`` on
     #: its next connection (required on the wire, like ``Hello.instance``).
     reconnect_secret: bytes = b""
+    #: Features the worker must implement (``required_features(plan)``); on the wire only if any.
+    requires: tuple[str, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         body = {
@@ -237,6 +261,8 @@ class Welcome:
         }
         if self.compress != "none":
             body["compress"] = self.compress
+        if self.requires:
+            body["requires"] = list(self.requires)
         return body
 
     @classmethod
@@ -266,4 +292,5 @@ class Welcome:
             has_weights=has_weights,
             compress=compress,
             reconnect_secret=_fixed_bin(b, "reconnect_secret", limits.RECONNECT_SECRET_BYTES, w),
+            requires=_strings(b, "requires", w) if "requires" in b else (),
         )

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from fedsock import limits
-from fedsock.errors import ConfigError, ConnectError, FedsockError, RemoteProtocolError
-from fedsock.protocol import Done, Error, Global, Plan, TensorSpec, Update, Welcome, check_signature, specs_of
+from fedsock.errors import ConfigError, ConnectError, ErrorCode, FedsockError, PolicyRefused, RemoteProtocolError
+from fedsock.protocol import FEATURES, Done, Error, Global, Plan, TensorSpec, Update, Welcome, check_signature, specs_of
 from fedsock.protocol.compression import parse_compression
 from fedsock.protocol.connection import AnyMessage
 from fedsock.transport import tls
@@ -382,6 +382,13 @@ class Client:
 
     def _accept(self, channel: BlockingChannel, welcome: Welcome, nbytes: int) -> None:
         """Refuse a Welcome this worker's limits or policy do not allow, telling the chief why."""
+        unknown = [f for f in welcome.requires if f not in FEATURES]
+        if unknown:  # a newer chief's plan needs what this worker cannot do: say so before training
+            err = PolicyRefused(f"the chief requires {', '.join(unknown)}, which this worker does not implement; "
+                                "upgrade fedsock on this machine")
+            channel.send_quietly(Error(code=ErrorCode.UNSUPPORTED_FEATURE, message=str(err)))
+            channel.close()
+            raise err
         log.info("%s", self.policy.describe(welcome.plan))
         refused = refusal(welcome.plan, nbytes, self.max_model_bytes, self.policy)
         if refused is not None:
