@@ -1,4 +1,4 @@
-"""``fedsock chief|worker|status|plot|shard|demo``; ``chief.py`` and ``worker.py`` are the same commands.
+"""``fedsock chief|worker|status|conformance|plot|shard|demo``; ``chief.py`` and ``worker.py`` are the same commands.
 
 ``chief`` and ``worker`` also read ``FEDSOCK_*`` environment variables and a
 ``--config`` TOML file (see ``fedsock.settings``).
@@ -53,6 +53,14 @@ def status_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="its join token (default: $FEDSOCK_TOKEN)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
     p.add_argument("--json", action="store_true", help="print the Status message as JSON")
+
+
+def conformance_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chief", required=True, metavar="HOST:PORT", help="address of the chief to test")
+    p.add_argument("--token", help="its join token (default: $FEDSOCK_TOKEN)")
+    p.add_argument("--vectors", type=Path, help="directory of vector files (default: fedsock's conformance/)")
+    p.add_argument("--only", metavar="TEXT", help="run only the vectors whose name contains TEXT")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
 
 
 def plot_parser(p: argparse.ArgumentParser) -> None:
@@ -190,6 +198,16 @@ def run(args: argparse.Namespace) -> int:
         st = query_status(args.chief, token=args.token, timeout=args.timeout)
         print(status_json(st) if args.json else format_status(st, args.chief))
         return 0
+    if args.command == "conformance":
+        from fedsock import conformance
+
+        token = args.token or os.environ.get("FEDSOCK_TOKEN")
+        if not token:
+            raise ConfigError("'fedsock conformance' needs the chief's join token: --token or $FEDSOCK_TOKEN")
+        outcomes = conformance.run_all(args.chief, token, args.vectors or conformance.VECTORS, args.only,
+                                       timeout=args.timeout)
+        print(conformance.report(outcomes))
+        return 1 if any(o.status == "fail" for o in outcomes) else 0
     if args.command == "plot":
         from fedsock.plot import plot_metrics
 
@@ -217,6 +235,7 @@ COMMANDS = {
     "chief": (chief_parser, "run the chief (server): the only machine that needs an open port"),
     "worker": (worker_parser, "train a Keras model on a local shard with a chief"),
     "status": (status_parser, "ask a running chief for its round, workers and metrics (read-only)"),
+    "conformance": (conformance_parser, "replay the protocol's conformance vectors against a running chief"),
     "plot": (plot_parser, "render a chief's metrics.jsonl to a PNG"),
     "shard": (shard_parser, "split the bundled digits data into worker shards"),
     "demo": (demo_parser, "chief + workers on 127.0.0.1 with real digits data"),

@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"  # a bug on the sender's side
     NAME_IN_USE = "name_in_use"  # the name is held by another running worker
     POLICY_REFUSED = "policy_refused"  # the worker's own policy refuses the chief's plan
+    UNSUPPORTED_FEATURE = "unsupported_feature"  # the plan needs a feature the worker does not implement
 
 
 class FedsockError(Exception):
@@ -134,3 +135,12 @@ class ShamirError(FedsockError, ValueError):
 
 class RangeError(FedsockError, ValueError):
     """An update too large (or not finite) for secure aggregation's fixed-point range."""
+
+
+class VectorMismatch(FedsockError):
+    """A chief answered a conformance vector otherwise than recorded (``skipped``: the vector
+    needs a chief set up differently, e.g. without compression)."""
+
+    def __init__(self, message: str, skipped: bool = False) -> None:
+        super().__init__(message)
+        self.skipped = skipped

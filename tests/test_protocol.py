@@ -414,3 +414,87 @@ def test_remote_protocol_error_codes_are_error_codes():
     with pytest.raises(RemoteProtocolError) as ei:
         pump(b"garbage!", Connection(Role.CHIEF))
     assert ei.value.code is ErrorCode.BAD_FRAME
+
+
+def _with_unknown_keys(obj):
+    """``obj`` with an unknown key added to every map in it (at every depth), except ``metrics``
+    maps, which are data (names to numbers), not structure."""
+    if isinstance(obj, dict):
+        inner = {k: v if k == "metrics" else _with_unknown_keys(v) for k, v in obj.items()}
+        return {**inner, "x_later": [1, {"y": 2}]}
+    if isinstance(obj, list):
+        return [_with_unknown_keys(v) for v in obj]
+    return obj
+
+
+def test_every_decoder_ignores_unknown_keys_at_every_depth():
+    """protocol.md 11: a later revision may add keys anywhere; this one reads past them."""
+    from fedsock.protocol import Ack, Encoding, SecAggKeys, SecAggRoster, Status, TensorSpec, WorkerStatus
+    from fedsock.protocol.connection import CLASSES
+    from fedsock.protocol.secagg import Peer
+
+    specs = (TensorSpec("k", "float32", (2, 2), enc=Encoding("int8", scale=0.5, offset=0.0)),
+             TensorSpec("b", "int8", (2,)))
+    timed = Plan(3, 5, 8, mu=0.1, heartbeat_interval=2.0, idle_timeout=5.0, round_timeout=9.0, min_workers=1)
+    messages = [
+        Hello(name="w1", capabilities=("status",), instance=INSTANCE, features=("dp_clip",)), Challenge(b"n" * 32),
+        Auth(b"m" * 32, b"r" * 32),
+        Welcome(1, 2, timed, specs_of([np.zeros(2, np.float32)]), has_weights=True, compress="int8",
+                reconnect_secret=SECRET, requires=("dp_clip",)),
+        Update(1, 10, specs, metrics={"loss": 0.5}), Global(1, specs_of([np.zeros(2)])), Done(3, ()),
+        Heartbeat(), Error("bad_message", "why"), Chunk(0, 0, b"xy"),
+        Status(1, 3, False, 1, 1, 2.5, None, {"loss": 0.5}, (WorkerStatus("w1", 1, True, 0.5, 1, 10, 20),)),
+        SecAggKeys(1, bytes(32), bytes(32)), Ack(1, True, 2, 0),
+        SecAggRoster(1, 1, 1, 2, 2, 2, (Peer(1, bytes(32), bytes(32)), Peer(2, bytes(32), bytes(32)))),
+    ]
+    for m in messages:
+        body = _with_unknown_keys(frames.unpack_body(frames.pack_body(m.to_body())))
+        assert CLASSES[m.kind].from_body(body) == m, type(m).__name__
+    assert {type(m).__name__ for m in messages} >= {c.__name__ for c in CLASSES.values()} - {
+        "SecAggShares", "SecAggInbox", "SecAggMasked", "SecAggUnmask", "SecAggReveal", "SecAggAbort"}
+
+
+def test_a_hello_of_the_previous_release_is_refused_as_documented():
+    """protocol.md 11: Hello's instance is required since this revision."""
+    with pytest.raises(RemoteProtocolError) as info:
+        Hello.from_body({"version": 1, "name": "w1", "capabilities": []})
+    assert info.value.code == "bad_message" and str(info.value) == "Hello: missing field 'instance'"
+    with pytest.raises(RemoteProtocolError) as info:
+        Welcome.from_body({k: v for k, v in Welcome(1, 0, PLAN).to_body().items() if k != "reconnect_secret"})
+    assert info.value.code == "bad_message"
+
+
+def _established(capabilities=()):
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    pump(worker.send(Hello(name="w1", capabilities=capabilities, instance=INSTANCE)), chief)
+    pump(chief.send(Challenge(b"n" * 32)), worker)
+    pump(worker.send(Auth(b"m" * 32)), chief)
+    pump(chief.send(Welcome(1, 0, PLAN, reconnect_secret=SECRET)), worker)
+    return worker, chief
+
+
+def test_ack_goes_only_to_a_worker_that_asked_for_it():
+    from fedsock.protocol import ACK_CAPABILITY, Ack
+
+    worker, chief = _established((ACK_CAPABILITY,))
+    assert chief.acks and worker.acks
+    ack = Ack(round=1, sampled=False, held=2, waiting=1)
+    assert pump(chief.send(ack), worker) == [ack]
+    worker, chief = _established()
+    with pytest.raises(LocalProtocolError):
+        chief.send(ack)  # the chief's own state machine refuses
+    frame = frames.encode_header(Kind.ACK, len(frames.pack_body(ack.to_body()))) + frames.pack_body(ack.to_body())
+    with pytest.raises(RemoteProtocolError) as info:
+        pump(frame, worker)  # and a worker that did not ask refuses it on the header
+    assert info.value.code == "out_of_order"
+
+
+@pytest.mark.parametrize("body", [{"round": 1, "sampled": 1, "held": 0, "waiting": 0},
+                                  {"round": -1, "sampled": True, "held": 0, "waiting": 0},
+                                  {"round": 1, "sampled": True, "held": 0}])
+def test_a_malformed_ack_is_bad_message(body):
+    from fedsock.protocol import Ack
+
+    with pytest.raises(RemoteProtocolError) as info:
+        Ack.from_body(body)
+    assert info.value.code == "bad_message"

@@ -10,6 +10,7 @@ Every frame below is produced by the real sans-I/O protocol code
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any
 
@@ -18,7 +19,9 @@ import numpy as np
 from fedsock import tls
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import (
+    ACK_CAPABILITY,
     NEED_DATA,
+    Ack,
     Auth,
     Challenge,
     Connection,
@@ -69,7 +72,9 @@ NAME = "worker-1"
 INSTANCE = bytes(range(0x60, 0x70))  # the worker process's instance id (random in real use)
 RECONNECT_SECRET = bytes(range(0x70, 0x90))  # issued in the Welcome (random in real use)
 NAMES = ["dense/kernel", "dense/bias"]
-PLAN = Plan(rounds=3, sync_every=50, batch_size=32)
+#: The plan of a chief run with --rounds 3 --sync-every 50 --batch-size 32 and the default timing.
+PLAN = Plan(rounds=3, sync_every=50, batch_size=32, heartbeat_interval=10.0, idle_timeout=60.0,
+            round_timeout=300.0, min_workers=2)
 
 
 def f32(values: Any) -> np.ndarray:
@@ -317,12 +322,26 @@ def main() -> None:
     send("Hello", worker, chief, Hello(name=NAME, instance=INSTANCE), quiet=True)
     send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
     send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
-    prox = Plan(rounds=3, sync_every=50, batch_size=32, mu=0.01)
+    prox = dataclasses.replace(PLAN, mu=0.01)
     welcome = Welcome(worker_id=1, round=0, plan=prox, tensors=SPECS, has_weights=True,
                       reconnect_secret=RECONNECT_SECRET)
     frame = chief.send(welcome)
     assert deliver(frame, worker) == [welcome]
     dump("Welcome with a FedProx plan (chief -> worker)", frame)
+
+    # A fourth: a worker that asks for acknowledgements (fedsock's worker does), not
+    # sampled for round 1 (--fraction), and the Ack that says so.
+    print("=== A worker that asks for Ack, not sampled for round 1")
+    print()
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    send("Hello asking for acknowledgements (worker -> chief)", worker, chief,
+         Hello(name=NAME, capabilities=(ACK_CAPABILITY,), instance=INSTANCE))
+    send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
+    send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
+    send("Welcome", chief, worker, Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True,
+                                           reconnect_secret=RECONNECT_SECRET), INITIAL, quiet=True)
+    send("Update", worker, chief, Update(round=1, num_examples=100, tensors=SPECS), TRAINED, quiet=True)
+    send("Ack (chief -> worker)", chief, worker, Ack(round=1, sampled=False, held=1, waiting=1))
 
     print("=== Compressed updates (section 4.1): the same trained weights, encoded")
     print()

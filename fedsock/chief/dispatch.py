@@ -36,7 +36,18 @@ from fedsock.chief.rounds import RoundController
 from fedsock.chief.secure import SecureAggregation
 from fedsock.chief.staging import StagingBudget
 from fedsock.errors import ErrorCode, RemoteProtocolError
-from fedsock.protocol import ConnectionClosed, Done, Error, Global, Heartbeat, Plan, Update, Welcome
+from fedsock.protocol import (
+    Ack,
+    ConnectionClosed,
+    Done,
+    Error,
+    Global,
+    Heartbeat,
+    Plan,
+    Update,
+    Welcome,
+    required_features,
+)
 from fedsock.protocol.secagg import SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
 from fedsock.protocol.tensors import check_signature
 from fedsock.transport.aio import Session
@@ -87,6 +98,8 @@ class WorkerService:
                 await s.send(self.monitor.status(self.ctrl, self.registry.live, outcome.full),
                              timeout=cfg.handshake_timeout)
                 log.info("answered a status query from %r (%s)", s.name, s.peer)
+            elif self._missing_features(s):
+                await s.send_error(ErrorCode.UNSUPPORTED_FEATURE, self._missing_features(s))
             elif await self._join(s, outcome):
                 await self._welcome(s)
                 await self._serve(s)
@@ -173,12 +186,14 @@ class WorkerService:
         # a relay hands on its upstream's FedProx mu, as it does the rest of the upstream's plan
         mu = self.relay.client.plan.mu if self.relay is not None else self.mu
         plan = Plan(cfg.rounds, cfg.sync_every, cfg.batch_size, mu, secure_agg=cfg.secure_agg,
-                    dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise)
+                    dp_clip=cfg.dp_clip, dp_noise=cfg.dp_noise, heartbeat_interval=cfg.heartbeat_interval,
+                    idle_timeout=cfg.idle_timeout, round_timeout=cfg.round_timeout, min_workers=cfg.min_workers)
         welcome = Welcome(
             worker_id=s.worker_id, round=ctrl.round, plan=plan,
             tensors=(ctrl.specs or ()) if ctrl.has_model else (),
             model=m.config if m else None, compile=m.compile if m else None,
             has_weights=ctrl.has_model, compress=cfg.compress, reconnect_secret=s.reconnect_secret,
+            requires=required_features(plan),
         )
         weights = ctrl.weights if ctrl.weights is not None else []
         await self.publisher.send_weights(s, welcome, weights)
@@ -254,6 +269,7 @@ class WorkerService:
         if isinstance(verdict, Accepted):
             self.evaluation.put(upd.round, wid, upd.num_examples, upd.metrics)
             log.debug("%s: update for round %d (%d examples)", s.label, upd.round, upd.num_examples)
+            await self._ack(s, upd.round, sampled=True)
             self.wake.set()
         elif isinstance(verdict, Duplicate):
             log.info("%s re-sent its round %d update after reconnecting; the first copy counts",
@@ -261,12 +277,30 @@ class WorkerService:
         elif isinstance(verdict, NotSelected):
             log.debug("%s: not sampled for round %d; it waits", s.label, upd.round)
             self.registry.hold(wid)
+            await self._ack(s, upd.round, sampled=False)
         else:
             log.info("%s: late update for round %d dropped (collecting round %d)",
                      s.label, verdict.round, verdict.current)
             self.monitor.late_update()
             self.wake.set()  # the display shows it
             await self._answer_stale(s, wid)
+
+    def _missing_features(self, s: Session) -> str:
+        """Why a worker whose Hello listed its features cannot train with this chief ("": it can)."""
+        cfg = self.config
+        need = required_features(Plan(cfg.rounds, 1, 1, secure_agg=cfg.secure_agg, dp_clip=cfg.dp_clip))
+        missing = [f for f in need if s.conn.features is not None and f not in s.conn.features]
+        if not missing:
+            return ""
+        return (f"this chief's plan requires {', '.join(missing)}, which the worker says it does not implement "
+                "(its Hello's features); use a worker that does")
+
+    async def _ack(self, s: Session, round_: int, sampled: bool) -> None:
+        """Tell a worker whose Hello asked for it what became of its update (protocol.md 7.4)."""
+        if s.conn.acks:
+            ctrl = self.ctrl
+            waiting = len(ctrl.expected()) if ctrl.is_open else 0
+            await s.send(Ack(round_, sampled, len(ctrl.submitted), waiting), timeout=self.config.idle_timeout)
 
     async def _answer_stale(self, s: Session, wid: int) -> None:
         """The newest model for a worker that sent something for a closed round (once per round)."""

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from fedsock import limits, tls
 from fedsock.chief.tokens import TokenStore
-from fedsock.errors import ErrorCode
+from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol import Auth, Challenge, ConnectionClosed, Error, Hello, check_name, verify_reconnect_proof
 from fedsock.transport.aio import Session
 
@@ -137,8 +137,17 @@ async def handshake(s: Session, auth: Authenticator, reconnect_secret: Callable[
 
 
 async def _next(s: Session, kind: type[T], timeout: float) -> T | Refused:
-    """The next handshake message, or Refused(None) if the peer hung up or gave up."""
-    ev = await s.next_event(timeout)
+    """The next handshake message, or Refused(None) if the peer hung up or gave up.
+
+    An Auth whose ``mac`` or ``resume`` has the wrong length is a failed
+    authentication like a wrong mac (it counts against the address).
+    """
+    try:
+        ev = await s.next_event(timeout)
+    except RemoteProtocolError as exc:
+        if exc.code != ErrorCode.AUTH_FAILED:
+            raise
+        return Refused(ErrorCode.AUTH_FAILED, f"authentication failed: {exc}", why=str(exc))
     if isinstance(ev, Error):
         log.info("%s gave up during the handshake: %s [%s]", s.label, ev.message, ev.code)
         return Refused(None, ev.message)

@@ -74,6 +74,10 @@ class RoundController:
     transform_state: Any = None
     members: set[int] = field(default_factory=set)
     selected: frozenset[int] | None = None
+    #: Who the open round waits for (with sampling, ``selected`` instead): the members when it
+    #: opened or joined before it had ``min_workers`` updates, and who had submitted by then. A worker that
+    #: joins later is not waited for; it takes part from the next round.
+    participants: frozenset[int] = frozenset()
     rng: np.random.Generator = field(init=False)
     _acc: Any = None
     _combined: list[np.ndarray] | None = None
@@ -141,8 +145,12 @@ class RoundController:
 
 
     def join(self, worker: int) -> None:
-        """``worker`` holds the global model and may submit from now on."""
+        """``worker`` holds the global model and may submit from now on. It takes part in the open
+        round only while that round has fewer than ``min_workers`` updates (workers that start
+        together are all in the first round); otherwise from the next round."""
         self.members.add(worker)
+        if self._opened_at is not None and len(self._submitted) < self.min_workers:
+            self.participants |= {worker}
 
     def leave(self, worker: int) -> None:
         """``worker`` disconnected; an update it already submitted still counts."""
@@ -190,6 +198,7 @@ class RoundController:
     def _open(self, now: float) -> None:
         self._opened_at = now
         self._deadline = now + self.round_timeout
+        self.participants = frozenset(self.members) | frozenset(self._submitted)
         if self.fraction < 1.0:
             pool = sorted(self.members)
             k = min(len(pool), max(self.min_workers, math.ceil(self.fraction * len(pool))))
@@ -290,8 +299,8 @@ class RoundController:
         return self._acc
 
     def expected(self) -> set[int]:
-        """Workers whose update the open round still waits for."""
-        pool = self.members if self.selected is None else self.members & self.selected
+        """Workers whose update the open round still waits for (members since it opened, and sampled)."""
+        pool = self.members & (self.participants if self.selected is None else self.selected)
         return pool - self._submitted.keys()
 
     def should_close(self, now: float) -> bool:

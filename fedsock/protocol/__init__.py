@@ -19,10 +19,12 @@ from fedsock.protocol.connection import (
     make_error,
 )
 from fedsock.protocol.frames import Kind
-from fedsock.protocol.handshake import Auth, Challenge, Hello, Plan, Welcome
+from fedsock.protocol.handshake import FEATURES, Auth, Challenge, Hello, Plan, Welcome, required_features
 from fedsock.protocol.identity import check_name, is_valid_name, reconnect_proof, verify_reconnect_proof
 from fedsock.protocol.messages import (
+    ACK_CAPABILITY,
     ERROR_CODES,
+    Ack,
     Chunk,
     Done,
     EndOfMessage,
@@ -56,14 +58,14 @@ from fedsock.protocol.tensors import (
 )
 
 __all__ = [
-    "ERROR_CODES", "NEED_DATA", "STATUS_CAPABILITY",
-    "AnyMessage", "Auth", "Challenge", "Chunk", "Compression", "Connection", "ConnectionClosed", "Done",
+    "ACK_CAPABILITY", "ERROR_CODES", "FEATURES", "NEED_DATA", "STATUS_CAPABILITY",
+    "Ack", "AnyMessage", "Auth", "Challenge", "Chunk", "Compression", "Connection", "ConnectionClosed", "Done",
     "Encoding", "EndOfMessage", "Error", "ErrorCode", "Event", "Global", "Heartbeat", "Hello", "Kind",
     "LocalProtocolError", "Message", "NeedData", "Peer", "Phase", "Plan", "RemoteProtocolError", "Role",
     "SecAggAbort", "SecAggInbox", "SecAggKeys", "SecAggMasked", "SecAggMessage", "SecAggReveal",
     "SecAggRoster", "SecAggShares", "SecAggUnmask", "Status", "TensorAssembler", "TensorSpec", "Update",
     "Welcome", "WorkerStatus",
     "check_name", "check_signature", "first_nonfinite", "frames", "is_valid_name", "iter_chunks",
-    "make_error", "message_bytes", "parse_compression", "reconnect_proof", "specs_of",
+    "make_error", "message_bytes", "parse_compression", "reconnect_proof", "required_features", "specs_of",
     "verify_reconnect_proof",
 ]

@@ -51,6 +51,7 @@ class Kind(enum.IntEnum):
     SECAGG_UNMASK = 17
     SECAGG_REVEAL = 18
     SECAGG_ABORT = 19
+    ACK = 20
 
 
 def encode_header(kind: Kind, length: int) -> bytes:

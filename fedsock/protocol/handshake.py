@@ -42,10 +42,15 @@ class Hello:
     version: int = 1
     capabilities: tuple[str, ...] = ()
     instance: bytes = b""
+    #: The optional features (``FEATURES``) the worker implements; None: it does not say.
+    features: tuple[str, ...] | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {"version": self.version, "name": self.name, "capabilities": list(self.capabilities),
+        body = {"version": self.version, "name": self.name, "capabilities": list(self.capabilities),
                 "instance": self.instance}
+        if self.features is not None:
+            body["features"] = list(self.features)
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Hello:
@@ -60,7 +65,24 @@ class Hello:
         if not all(isinstance(c, str) for c in caps):
             raise RemoteProtocolError("Hello: capabilities must be strings", code=ErrorCode.BAD_MESSAGE)
         instance = _fixed_bin(b, "instance", limits.INSTANCE_ID_BYTES, "Hello")
-        return cls(name=name, version=version, capabilities=tuple(caps), instance=instance)
+        features = _strings(b, "features", "Hello") if "features" in b else None
+        return cls(name=name, version=version, capabilities=tuple(caps), instance=instance, features=features)
+
+
+#: Optional features a plan can require of a worker (protocol.md 7.2): what ``Welcome.requires`` lists.
+FEATURES = ("secure_agg", "dp_clip")
+
+
+def required_features(plan: Plan) -> tuple[str, ...]:
+    """The features a worker must implement to train with ``plan``."""
+    return tuple(f for f, on in (("secure_agg", plan.secure_agg), ("dp_clip", plan.dp_clip > 0)) if on)
+
+
+def _strings(b: dict[str, Any], key: str, what: str) -> tuple[str, ...]:
+    items = require(b, key, list, what)
+    if not all(isinstance(x, str) for x in items):
+        raise RemoteProtocolError(f"{what}: {key} must be strings", code=ErrorCode.BAD_MESSAGE)
+    return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,11 @@ class Plan:
     ``secure_agg`` split across the workers). Each is on the wire only when not
     its default, so a plain plan encodes exactly as before; absent keys decode
     as the defaults.
+
+    The chief's timing (None: not stated, as from a chief that predates it):
+    ``heartbeat_interval`` (the longest a worker should stay silent),
+    ``idle_timeout`` (after which the chief drops a silent worker),
+    ``round_timeout`` and ``min_workers`` (when a round closes, protocol.md 7.5).
     """
 
     rounds: int
@@ -126,6 +153,10 @@ class Plan:
     secure_agg: bool = False
     dp_clip: float = 0.0
     dp_noise: float = 0.0
+    heartbeat_interval: float | None = None
+    idle_timeout: float | None = None
+    round_timeout: float | None = None
+    min_workers: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -139,6 +170,11 @@ class Plan:
             wire["dp_clip"] = float(self.dp_clip)
         if self.dp_noise:
             wire["dp_noise"] = float(self.dp_noise)
+        for key in TIMING:
+            if getattr(self, key) is not None:
+                wire[key] = float(getattr(self, key))
+        if self.min_workers is not None:
+            wire["min_workers"] = self.min_workers
         return wire
 
     @classmethod
@@ -154,8 +190,28 @@ class Plan:
         secure_agg = require(obj, "secure_agg", bool, "plan") if "secure_agg" in obj else False
         if dp_noise and not dp_clip:
             raise RemoteProtocolError("plan: dp_noise without dp_clip", code=ErrorCode.BAD_MESSAGE)
+        timing = {key: _positive_float(obj, key) for key in TIMING}
+        min_workers = require(obj, "min_workers", int, "plan") if "min_workers" in obj else None
+        if min_workers is not None and min_workers < 1:
+            raise RemoteProtocolError(f"plan: min_workers must be >= 1, got {min_workers}",
+                                      code=ErrorCode.BAD_MESSAGE)
         return cls(rounds, sync_every, batch_size, mu=mu, secure_agg=secure_agg, dp_clip=dp_clip,
-                   dp_noise=dp_noise)
+                   dp_noise=dp_noise, min_workers=min_workers, **timing)
+
+
+#: The Plan's optional timing keys that are seconds (protocol.md, Plan).
+TIMING = ("heartbeat_interval", "idle_timeout", "round_timeout")
+
+
+def _positive_float(obj: dict[str, Any], key: str) -> float | None:
+    """Optional plan field ``key``: a finite number > 0 (None when absent)."""
+    if key not in obj:
+        return None
+    value = require(obj, key, (float, int), "plan")
+    if isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise RemoteProtocolError(f"plan: {key} must be a finite number > 0, got {value!r}",
+                                  code=ErrorCode.BAD_MESSAGE)
+    return float(value)
 
 
 def _nonneg_float(obj: dict[str, Any], key: str) -> float:
@@ -189,6 +245,8 @@ class Welcome:
     #: ``RECONNECT_SECRET_BYTES`` random bytes: the key of this worker's ``Auth.resume`` on
     #: its next connection (required on the wire, like ``Hello.instance``).
     reconnect_secret: bytes = b""
+    #: Features the worker must implement (``required_features(plan)``); on the wire only if any.
+    requires: tuple[str, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         body = {
@@ -203,6 +261,8 @@ class Welcome:
         }
         if self.compress != "none":
             body["compress"] = self.compress
+        if self.requires:
+            body["requires"] = list(self.requires)
         return body
 
     @classmethod
@@ -232,4 +292,5 @@ class Welcome:
             has_weights=has_weights,
             compress=compress,
             reconnect_secret=_fixed_bin(b, "reconnect_secret", limits.RECONNECT_SECRET_BYTES, w),
+            requires=_strings(b, "requires", w) if "requires" in b else (),
         )

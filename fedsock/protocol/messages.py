@@ -148,6 +148,40 @@ class Chunk:
         )
 
 
+#: The Hello capability that asks the chief for ``Ack`` messages.
+ACK_CAPABILITY = "ack"
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Chief -> worker, only to a worker whose Hello had ``ACK_CAPABILITY``: what became of its
+    Update for ``round``.
+
+    ``sampled`` true: accepted; the round holds ``held`` updates and waits for ``waiting``
+    more workers taking part. False: this worker is not in the round's sample; its update
+    was discarded and a Global follows when a round samples it.
+    """
+
+    kind: ClassVar[Kind] = Kind.ACK
+    round: int
+    sampled: bool
+    held: int
+    waiting: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "sampled": self.sampled, "held": self.held, "waiting": self.waiting}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> Ack:
+        w = "Ack"
+        return cls(
+            round=nonneg(require(b, "round", int, w), "round", w),
+            sampled=require(b, "sampled", bool, w),
+            held=nonneg(require(b, "held", int, w), "held", w),
+            waiting=nonneg(require(b, "waiting", int, w), "waiting", w),
+        )
+
+
 @dataclass(frozen=True)
 class EndOfMessage:
     """Not on the wire: emitted after the last chunk of a weights message."""
@@ -155,10 +189,10 @@ class EndOfMessage:
     of: Kind
 
 
-Message = Hello | Challenge | Auth | Welcome | Update | Global | Done | Heartbeat | Error | Chunk | Status
+Message = Hello | Challenge | Auth | Welcome | Update | Global | Done | Heartbeat | Error | Chunk | Status | Ack
 WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE})
 #: The class of each kind; a receiver calls ``CLASSES[kind].from_body(body)`` (looked up at
 #: decode time, so a test can replace a decoder).
 CLASSES: dict[Kind, type[Message]] = {
-    c.kind: c for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, Status)
+    c.kind: c for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, Status, Ack)
 }

@@ -65,6 +65,7 @@ ALLOWED: dict[tuple[Role, Phase], dict[Kind, Phase]] = {
         Kind.GLOBAL: Phase.ESTABLISHED,
         Kind.HEARTBEAT: Phase.ESTABLISHED,
         Kind.DONE: Phase.ESTABLISHED,  # and the chief's sending ends
+        Kind.ACK: Phase.ESTABLISHED,  # only if the Hello asked for it (Connection.acks)
         **{k: Phase.ESTABLISHED for k in _CHIEF_SECAGG},
     },
 }

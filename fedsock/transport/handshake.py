@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from fedsock.errors import AuthenticationError, ConnectError, PeerError, RemoteProtocolError
 from fedsock.protocol import (
+    ACK_CAPABILITY,
+    FEATURES,
     STATUS_CAPABILITY,
     Auth,
     Challenge,
@@ -46,7 +48,8 @@ def handshake(channel: BlockingChannel, name: str, credentials: Credentials, ins
         PeerError: the chief refused with another Error.
         RemoteProtocolError: the answer broke the protocol.
     """
-    channel.send(Hello(name=name, capabilities=(STATUS_CAPABILITY,) if status else (), instance=instance))
+    caps = (STATUS_CAPABILITY,) if status else (ACK_CAPABILITY,)  # a worker asks what became of its updates
+    channel.send(Hello(name=name, capabilities=caps, instance=instance, features=None if status else FEATURES))
     challenge = _expect(channel, Challenge, status)
     assert isinstance(challenge, Challenge)
     resume = reconnect_proof(reconnect_secret, challenge.nonce, name) if reconnect_secret else None

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from fedsock import limits
-from fedsock.errors import ConfigError, ConnectError, FedsockError, RemoteProtocolError
-from fedsock.protocol import Done, Error, Global, Plan, TensorSpec, Update, Welcome, check_signature, specs_of
+from fedsock.errors import ConfigError, ConnectError, ErrorCode, FedsockError, PolicyRefused, RemoteProtocolError
+from fedsock.protocol import FEATURES, Done, Error, Global, Plan, TensorSpec, Update, Welcome, check_signature, specs_of
 from fedsock.protocol.compression import parse_compression
 from fedsock.protocol.connection import AnyMessage
 from fedsock.transport import tls
@@ -346,6 +346,8 @@ class Client:
                 welcome = handshake(channel, self.name, self._credentials, self.instance,
                                     reconnect_secret=self._reconnect_secret)
                 assert isinstance(welcome, Welcome)
+                if welcome.plan.heartbeat_interval is not None:  # the chief's interval, if it asks for more
+                    channel.heartbeat_interval = min(channel.heartbeat_interval, welcome.plan.heartbeat_interval)
                 nbytes = sum(s.wire_nbytes for s in welcome.tensors)
                 self._accept(channel, welcome, nbytes)
                 model = channel.read_weights(welcome.tensors, self._memory.allocate(nbytes))
@@ -386,6 +388,13 @@ class Client:
 
     def _accept(self, channel: BlockingChannel, welcome: Welcome, nbytes: int) -> None:
         """Refuse a Welcome this worker's limits or policy do not allow, telling the chief why."""
+        unknown = [f for f in welcome.requires if f not in FEATURES]
+        if unknown:  # a newer chief's plan needs what this worker cannot do: say so before training
+            err = PolicyRefused(f"the chief requires {', '.join(unknown)}, which this worker does not implement; "
+                                "upgrade fedsock on this machine")
+            channel.send_quietly(Error(code=ErrorCode.UNSUPPORTED_FEATURE, message=str(err)))
+            channel.close()
+            raise err
         log.info("%s", self.policy.describe(welcome.plan))
         refused = refusal(welcome.plan, nbytes, self.max_model_bytes, self.policy)
         if refused is not None:

@@ -28,7 +28,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsock.errors import FedsockError, PeerError, RemoteProtocolError
-from fedsock.protocol import ConnectionClosed, Done, Error, Event, Global, Heartbeat, Plan, TensorSpec, Update, Welcome
+from fedsock.protocol import (
+    Ack,
+    ConnectionClosed,
+    Done,
+    Error,
+    Event,
+    Global,
+    Heartbeat,
+    Plan,
+    TensorSpec,
+    Update,
+    Welcome,
+)
 from fedsock.protocol.connection import AnyMessage
 from fedsock.protocol.secagg import SecAggAbort, SecAggInbox, SecAggRoster, SecAggUnmask
 from fedsock.secagg.fixedpoint import RangeError
@@ -141,6 +153,14 @@ class WorkerEngine:
     def receive(self, ev: Event) -> list[Action]:
         """The chief's next event during a sync."""
         if isinstance(ev, Heartbeat):
+            return []
+        if isinstance(ev, Ack):  # informational: the Global (or Done) still decides
+            if ev.sampled:
+                log.debug("the chief accepted the update for round %d (%d held, waiting for %d)",
+                          ev.round, ev.held, ev.waiting)
+            else:
+                log.info("not sampled for round %d: the update was set aside; waiting for a round that "
+                         "samples this worker", ev.round)
             return []
         if isinstance(ev, (Global, Done)):
             return [ReadModel(ev)]
