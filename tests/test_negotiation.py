@@ -9,7 +9,8 @@ import pytest
 from fedsock.errors import PolicyRefused, RemoteProtocolError
 from fedsock.protocol import FEATURES, Error, Hello, Plan, Welcome, required_features
 from fedsock.testing.attacker import Hostile
-from fedsock.worker.client import Client
+from fedsock.worker.joining import accept_welcome
+from fedsock.worker.policy import WorkerPolicy
 
 INSTANCE = bytes(16)
 
@@ -50,7 +51,7 @@ def test_fedsocks_worker_refuses_a_welcome_that_requires_what_it_does_not_implem
     channel = FakeChannel()
     welcome = Welcome(1, 0, Plan(3, 1, 1), requires=("dp_clip", "x_later"), reconnect_secret=bytes(32))
     with pytest.raises(PolicyRefused, match="x_later, which this worker does not implement"):
-        Client.__new__(Client)._accept(channel, welcome, 0)  # type: ignore[arg-type]
+        accept_welcome(channel, welcome, 0, WorkerPolicy(), 1)  # type: ignore[arg-type]
     assert [e.code for e in channel.sent] == ["unsupported_feature"] and channel.closed
 
 

@@ -23,13 +23,8 @@ from dataclasses import dataclass, field
 from fedsock import limits
 from fedsock.errors import ConnectionTruncated, ErrorCode, LocalProtocolError, RemoteProtocolError
 from fedsock.protocol import frames
-from fedsock.protocol.chunking import (
-    MAX_ENVELOPE,
-    ChunkStream,
-    chunk_prefix,
-    message_bytes,
-    parse_chunk_envelope,
-)
+from fedsock.protocol.chunking import ChunkStream, chunk_prefix, message_bytes
+from fedsock.protocol.direct import DirectChunks
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.handshake import Auth, Challenge, Hello
 from fedsock.protocol.messages import ACK_CAPABILITY, Chunk, EndOfMessage, Error, Message, TensorSpec
@@ -76,8 +71,11 @@ class _Side:
 
 
 @dataclass
-class Connection:
+class Connection(DirectChunks):
     """One end of a fedsock conversation, without I/O.
+
+    Receiving a chunk's data straight into the caller's memory (``direct_chunk``,
+    ``take_chunk_data``, ``chunk_data_received``) is in ``fedsock.protocol.direct``.
 
     Args:
         role: which end this is.
@@ -331,82 +329,6 @@ class Connection:
         if self._sides[self.peer_role].stream is not None:
             raise ConnectionTruncated("connection closed in the middle of a weights message")
         return ConnectionClosed()
-
-    # --- receiving chunk data in place (an optional fast path) ----------------
-
-    def direct_chunk(self) -> tuple[int, int, int] | int | None:
-        """Start placing the next chunk's data straight into the caller's memory.
-
-        Applies only to the chunk the peer's open weights message expects
-        next, in the layout ``send_parts`` writes (a map ``t``, ``o``, ``d``
-        with ``d`` a bin32); it is checked as ``next_event`` would check it.
-        This saves the copies into the frame buffer, the decoded ``bytes`` and
-        the ``Chunk``: the caller can read the data from its socket right
-        where it belongs.
-
-        Returns:
-            ``(tensor, offset, length)``: the frame's header and envelope are
-            consumed and the chunk counts as received; the caller must now
-            place exactly ``length`` data bytes itself: first
-            ``take_chunk_data`` (the part already buffered), then bytes it
-            reads, each acknowledged with ``chunk_data_received``. Until all
-            have been, only ``receive_data(b"")`` (end of stream) may be
-            called; ``next_event`` then reports the truncation.
-            An int: feed at least this many more bytes (``receive_data``),
-            then ask again, and no more than needed to keep copies small.
-            None: use ``next_event`` (no stream open, another kind of frame,
-            or something ``next_event`` will report as an error).
-        """
-        if self._failed is not None or self._direct_left or self._eof:
-            return None
-        side = self._sides[self.peer_role]
-        stream = side.stream
-        if stream is None or side.finished or stream.complete:
-            return None
-        buf, hb = self._buf, frames.HEADER_BYTES
-        if self._header is None:
-            if len(buf) < hb:
-                return hb + MAX_ENVELOPE - len(buf)
-            if bytes(buf[:3]) != frames.MAGIC + bytes((frames.VERSION,)) or buf[3] != Kind.CHUNK:
-                return None
-            length = int.from_bytes(buf[4:hb], "big")
-            if length > self.max_frame_now:
-                return None
-        else:
-            kind, length = self._header
-            if kind is not Kind.CHUNK:
-                return None
-        end = hb + min(MAX_ENVELOPE, length)
-        if len(buf) < end:
-            return end - len(buf)
-        parsed = parse_chunk_envelope(buf, hb, end)
-        if parsed is None:
-            return None
-        tensor, offset, nbytes, envelope = parsed
-        if envelope + nbytes != length or stream.check_at(tensor, offset, nbytes) is not None:
-            return None
-        del buf[: hb + envelope]
-        self._header = None
-        self.last_frame_bytes = hb + length
-        stream.advance(nbytes)
-        self._direct_left = nbytes
-        return tensor, offset, nbytes
-
-    def take_chunk_data(self, dest: memoryview) -> int:
-        """After ``direct_chunk``: copy the chunk data already buffered into ``dest``; returns its size."""
-        n = min(len(dest), len(self._buf), self._direct_left)
-        if n:
-            with memoryview(self._buf) as view:
-                dest[:n] = view[:n]
-            del self._buf[:n]
-            self._direct_left -= n
-        return n
-
-    def chunk_data_received(self, nbytes: int) -> None:
-        """After ``direct_chunk``: the caller has placed ``nbytes`` more bytes of the chunk's data."""
-        if nbytes > self._direct_left:
-            raise LocalProtocolError(f"{nbytes} bytes placed where {self._direct_left} were due")
-        self._direct_left -= nbytes
 
 
 def make_error(exc: RemoteProtocolError) -> Error:

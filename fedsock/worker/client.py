@@ -3,8 +3,8 @@
 A thin layer over three parts: the blocking channel (``fedsock.transport``:
 TLS 1.3, the chief pinned by certificate fingerprint, deadlines, the weights
 reader), the ``WorkerEngine`` (what to send next, without I/O) and the
-reconnect policy here (backoff and jitter, for ``connect_timeout`` or
-``reconnect_timeout``). A background thread sends heartbeats while the caller
+joining and reconnect policy (``fedsock.worker.joining``: backoff and jitter,
+for ``connect_timeout`` or ``reconnect_timeout``). A background thread sends heartbeats while the caller
 trains; every use of the channel happens under one lock, so the TLS socket is
 never used by two threads at once.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import threading
 import time
 from collections import deque
@@ -24,22 +23,21 @@ from typing import Any
 import numpy as np
 
 from fedsock import limits
-from fedsock.errors import ConfigError, ConnectError, ErrorCode, FedsockError, PolicyRefused, RemoteProtocolError
-from fedsock.protocol import FEATURES, Done, Error, Global, Plan, TensorSpec, Update, Welcome, check_signature, specs_of
+from fedsock.errors import ConfigError, FedsockError, RemoteProtocolError
+from fedsock.protocol import Done, Error, Global, Plan, TensorSpec, Update, Welcome, check_signature, specs_of
 from fedsock.protocol.compression import parse_compression
 from fedsock.protocol.connection import AnyMessage
 from fedsock.transport import tls
-from fedsock.transport.channel import BlockingChannel, open_tls
+from fedsock.transport.channel import BlockingChannel
 from fedsock.transport.credentials import Credentials, parse_address, token_from
-from fedsock.transport.errors import ConnectionLost, NameInUse
-from fedsock.transport.handshake import handshake
+from fedsock.transport.errors import ConnectionLost
 from fedsock.worker.buffers import ModelMemory
 from fedsock.worker.config import WorkerConfig, default_name
 from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
 from fedsock.worker.evaluation import Evaluation
+from fedsock.worker.joining import join_chief
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
-from fedsock.worker.policy import WorkerPolicy, refusal
-from fedsock.worker.reconnect import Backoff, name_in_use_message
+from fedsock.worker.policy import WorkerPolicy
 
 __all__ = ["Client", "ConnectionLost", "parse_address", "token_from"]
 
@@ -323,84 +321,13 @@ class Client:
         return self._engine.reconnected(self.welcome, model)
 
     def _connect(self, timeout: float) -> tuple[BlockingChannel, Welcome, list[np.ndarray] | None]:
-        """Connect, pin, authenticate, read the Welcome's model; retry transient failures with
-        backoff and jitter (``Backoff``).
-
-        Refused or reset connections, a chief that dies mid-handshake or says
-        it is busy are retried until ``timeout``; a name held by another
-        connection until the chief would have let a silent one go; a wrong
-        certificate, a rejected token or a peer that does not speak TLS 1.3
-        are not retried.
-        """
-        host, port = self.address
-        backoff = Backoff(time.monotonic(), timeout, name_hold=self._idle_timeout)
-        ctx = self._credentials.context()
-        mutual = self._credentials.tls_files is not None
-        while True:
-            channel: BlockingChannel | None = None
-            refused: NameInUse | None = None
-            try:
-                sock = open_tls(ctx, host, port, timeout, self._credentials.pin)
-                channel = BlockingChannel(sock, idle_timeout=self._idle_timeout, heartbeat_interval=self._hb_interval,
-                                          send_timeout=self._idle_timeout, mutual_tls=mutual)
-                welcome = handshake(channel, self.name, self._credentials, self.instance,
-                                    reconnect_secret=self._reconnect_secret)
-                assert isinstance(welcome, Welcome)
-                if welcome.plan.heartbeat_interval is not None:  # the chief's interval, if it asks for more
-                    channel.heartbeat_interval = min(channel.heartbeat_interval, welcome.plan.heartbeat_interval)
-                nbytes = sum(s.wire_nbytes for s in welcome.tensors)
-                self._accept(channel, welcome, nbytes)
-                model = channel.read_weights(welcome.tensors, self._memory.allocate(nbytes))
-                self._reconnect_secret = welcome.reconnect_secret or None
-                return channel, welcome, (model if welcome.has_weights else None)
-            except ssl.SSLError as exc:
-                if tls.is_fatal_tls_error(exc):
-                    raise ConnectError(
-                        f"TLS handshake with {host}:{port} failed: {tls.describe_tls_failure(exc)}"
-                    ) from None
-                last = str(exc)
-            except NameInUse as exc:
-                refused, last = exc, f"the name {self.name!r} is in use"
-            except (OSError, ConnectionLost) as exc:
-                last = str(exc) or type(exc).__name__
-                if mutual and isinstance(exc, ConnectionLost) and "handshake" in last:
-                    # asyncio servers close without a TLS alert when they refuse a client certificate
-                    last += ("; with mutual TLS this means the chief refused this worker's certificate "
-                             "(not signed by the chief's CA?); the chief's log says why")
-            if channel is not None:
-                channel.close()
-            now = time.monotonic()
-            delay = backoff.retry_in(now, name_in_use=refused is not None)
-            if delay is None and refused is not None:
-                raise NameInUse(name_in_use_message(refused.text, self.name, backoff.refused_for(now)))
-            if delay is None:
-                raise ConnectError(
-                    f"could not reach the chief at {host}:{port} within {timeout:g} s ({last}); "
-                    "is it running, and is the port open?"
-                )
-            if refused is not None:
-                log.warning("the chief at %s:%s refused the name %r: another running worker holds it; retrying "
-                            "in %.1f s in case that worker has stopped (or start this one with another --name)",
-                            host, port, self.name, delay)
-            else:
-                log.info("chief at %s:%s not reachable (%s); retrying in %.1f s", host, port, last, delay)
-            time.sleep(delay)
-
-    def _accept(self, channel: BlockingChannel, welcome: Welcome, nbytes: int) -> None:
-        """Refuse a Welcome this worker's limits or policy do not allow, telling the chief why."""
-        unknown = [f for f in welcome.requires if f not in FEATURES]
-        if unknown:  # a newer chief's plan needs what this worker cannot do: say so before training
-            err = PolicyRefused(f"the chief requires {', '.join(unknown)}, which this worker does not implement; "
-                                "upgrade fedsock on this machine")
-            channel.send_quietly(Error(code=ErrorCode.UNSUPPORTED_FEATURE, message=str(err)))
-            channel.close()
-            raise err
-        log.info("%s", self.policy.describe(welcome.plan))
-        refused = refusal(welcome.plan, nbytes, self.max_model_bytes, self.policy)
-        if refused is not None:
-            channel.send_quietly(Error(code=refused[0], message=str(refused[1])))
-            channel.close()
-            raise refused[1]
+        """Join the chief (``joining.join_chief``), retrying for ``timeout`` seconds."""
+        channel, welcome, model = join_chief(
+            self.address, self._credentials, self.name, self.instance, self._reconnect_secret,
+            timeout=timeout, idle_timeout=self._idle_timeout, heartbeat_interval=self._hb_interval,
+            memory=self._memory, policy=self.policy, max_model_bytes=self.max_model_bytes)
+        self._reconnect_secret = welcome.reconnect_secret or None
+        return channel, welcome, model
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self._hb_interval / 2):
