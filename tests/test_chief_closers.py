@@ -258,3 +258,20 @@ def test_sends_and_threads_hold_the_model_until_their_io_has_stopped():
         assert seen == [False] and holds.current_free
 
     asyncio.run(main())
+
+
+def test_the_pool_keeps_at_most_a_sum_and_one_spare_model():
+    c = RoundController(rounds=9, min_workers=1, round_timeout=10.0, transform=fedavg())
+    w = [np.zeros(s, np.float32) for s in SHAPES]
+    c.set_model(specs_of(w), w)
+    c.join(1)
+    assert c.open_if_ready(0.0)
+    model_bytes = sum(a.nbytes for a in w)
+    held = []
+    for r in range(1, 8):  # every model held through later closes, then all released
+        held.append(c.holds.acquire(c.weights))
+        c.submit(1, r, 1, specs_of(update(r)), update(r))
+        close(LocalCloser(), c)
+    for model in held:
+        c.holds.release(model)
+    assert 0 < c.holds.pool.nbytes <= 2 * model_bytes + model_bytes  # the float64 sum and one float32 model

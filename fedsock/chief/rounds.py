@@ -106,7 +106,7 @@ class RoundController:
         """Adopt ``weights`` as round-0 global model (from ``--model`` or the first worker)."""
         self.specs = specs
         self.weights = [np.array(w) for w in weights]
-        self.holds.adopt(self.weights)
+        self._adopt()
         self.transform_state = self.transform.init(self.weights)
 
     def restore(self, round_: int, specs: tuple[TensorSpec, ...], weights: Sequence[np.ndarray],
@@ -114,11 +114,18 @@ class RoundController:
         """Resume from a checkpoint taken after ``round_``."""
         self.specs = specs
         self.weights = [np.array(w) for w in weights]
-        self.holds.adopt(self.weights)
+        self._adopt()
         self.transform_state = transform_state
         self.round = round_
         if rng_state is not None:
             self.rng.bit_generator.state = rng_state
+
+    def _adopt(self) -> None:
+        """``weights`` become ``holds``' current model; its pool keeps at most a float64 sum and one
+        spare model (what a round can take from it), so a model held at a close costs no memory for good."""
+        assert self.weights is not None
+        self.holds.adopt(self.weights)
+        self.holds.pool.max_bytes = sum(8 * w.size + w.nbytes for w in self.weights)
 
     def snapshot(self) -> Snapshot:
         """What a checkpoint needs; its weights are the current model's arrays, which a later
@@ -384,7 +391,7 @@ class RoundController:
         workers = tuple(sorted(self._submitted))
         examples = sum(n for n, _ in self._submitted.values())
         self.weights = [np.asarray(a).astype(w.dtype) for a, w in zip(weights, self.weights)]
-        self.holds.adopt(self.weights)
+        self._adopt()
         self.round = round_
         return self._next(now, workers, examples)
 
