@@ -174,3 +174,104 @@ def test_a_worker_not_sampled_waits():
     assert c.selected is not None and len(c.selected) == 2
     out = next(x for x in (1, 2, 3, 4) if x not in c.selected)
     assert isinstance(c.submit(out, 1, 1, specs_of(w), w), NotSelected)
+
+
+def test_close_writes_in_place_exactly_when_no_hold_is_outstanding():
+    c = RoundController(rounds=6, min_workers=2, round_timeout=10.0, transform=fedavg())
+    w = [np.zeros(s, np.float32) for s in SHAPES]
+    c.set_model(specs_of(w), w)
+    c.join(1), c.join(2)
+    assert c.open_if_ready(0.0)
+    held: list[tuple[list[np.ndarray], list[np.ndarray]]] = []  # (held model, its bytes when acquired)
+
+    def run_round(r: int, hold_before: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        before = c.weights
+        if hold_before:
+            held.append((c.holds.acquire(before), [a.copy() for a in before]))
+        olds = [x.astype(np.float64) for x in before]
+        a, b = update(0.1 * r), update(0.3 * r + 1)
+        c.submit(1, r, 10, specs_of(a), a)
+        c.submit(2, r, 30, specs_of(b), b)
+        new = close(LocalCloser(), c).weights
+        for x, y, w0, got in zip(a, b, olds, new):  # exactly numpy's FedAvg step in float64, rounded to float32
+            mean = np.average(np.stack([x, y]).astype(np.float64), axis=0, weights=[10, 30])
+            np.testing.assert_array_equal(got, (w0 + (mean - w0)).astype(np.float32))
+        return before, new
+
+    before, new = run_round(1, hold_before=False)
+    assert all(x is y for x, y in zip(before, new))  # nobody held it: overwritten in place
+    before, new = run_round(2, hold_before=True)
+    assert not any(np.shares_memory(x, y) for x, y in zip(before, new))
+    before, new = run_round(3, hold_before=False)  # the held model is not current any more
+    assert all(x is y for x, y in zip(before, new))
+    before, new = run_round(4, hold_before=True)
+    assert not any(np.shares_memory(x, y) for x, y in zip(before, new))
+    for model, copy in held:  # held models stayed bit for bit what they were while later rounds closed
+        for x, y in zip(model, copy):
+            np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+    model, _ = held.pop(0)
+    c.holds.release(model)  # round 1's model is free: its buffers may take a later model
+    assert any(a is b for a in c.holds.pool._order.values() for b in model)
+    c.holds.release(held.pop()[0])
+    assert c.holds.current_free
+    before, new = run_round(5, hold_before=False)
+    assert all(x is y for x, y in zip(before, new))
+
+
+def test_sends_and_threads_hold_the_model_until_their_io_has_stopped():
+    from fedsock.aggregation import BufferPool, ModelHolds
+    from fedsock.chief.callbacks import ChiefCallback
+    from fedsock.chief.publish import Publisher, on_thread_holding
+
+    holds = ModelHolds(BufferPool())
+    model = update(1.0)
+    holds.adopt(model)
+    thread_done = []
+
+    class FakeSession:
+        address, worker_id, label = "127.0.0.1", 1, "worker 1"
+
+        async def send(self, msg, arrays=(), release=None, *, timeout):
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # Session.send: the I/O thread stops before the cancellation ends
+                thread_done.append(holds.current_free)
+                raise
+
+        def abort(self):
+            pass
+
+    async def main():
+        pub = Publisher(5.0, ChiefCallback(), lambda w: {}, holds)
+        task = asyncio.ensure_future(pub.send_weights(FakeSession(), None, model))
+        await asyncio.sleep(0.01)
+        assert not holds.current_free
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert thread_done == [False] and holds.current_free  # released only after the "thread" stopped
+
+        seen = []
+        await on_thread_holding(holds, model, lambda: seen.append(holds.current_free))
+        await asyncio.sleep(0)  # the thread hands the release to the loop
+        assert seen == [False] and holds.current_free
+
+    asyncio.run(main())
+
+
+def test_the_pool_keeps_at_most_a_sum_and_one_spare_model():
+    c = RoundController(rounds=9, min_workers=1, round_timeout=10.0, transform=fedavg())
+    w = [np.zeros(s, np.float32) for s in SHAPES]
+    c.set_model(specs_of(w), w)
+    c.join(1)
+    assert c.open_if_ready(0.0)
+    model_bytes = sum(a.nbytes for a in w)
+    held = []
+    for r in range(1, 8):  # every model held through later closes, then all released
+        held.append(c.holds.acquire(c.weights))
+        c.submit(1, r, 1, specs_of(update(r)), update(r))
+        close(LocalCloser(), c)
+    for model in held:
+        c.holds.release(model)
+    assert 0 < c.holds.pool.nbytes <= 2 * model_bytes + model_bytes  # the float64 sum and one float32 model

@@ -298,3 +298,17 @@ def test_finish_round_with_holds_reuses_the_model_only_when_no_send_holds_it():
         if r % 2 == 0:  # every other Global is still being sent at the next close
             pending = holds.acquire(done.weights)
         weights, state = done.weights, done.state
+
+
+@pytest.mark.parametrize("transform", [fedavg(), fedavgm()], ids=["fedavg", "fedavgm"])
+def test_a_spent_float64_sum_goes_back_to_the_pool_for_the_next_round(transform):
+    pool = BufferPool()
+    weights = [np.zeros((4, 3), np.float32), np.zeros(5, np.float32)]
+    state = transform.init(weights)
+    for _ in range(3):
+        combined = [pool.take_or_empty(w.shape, np.float64) for w in weights]  # the round's sum
+        for c in combined:
+            c[...] = 0.5
+        weights, state, _ = finish_round(weights, combined, transform, state, pool, spent=True, reuse_weights=True)
+        assert all(c in pool for c in combined)  # used up: the next round's sum takes them again
+        assert not any(np.shares_memory(c, w) for c in combined for w in weights)

@@ -126,7 +126,10 @@ def finish_round(weights: Sequence[np.ndarray], combined: Sequence[np.ndarray], 
         res = apply_delta([w], [d], [target])[0]
         busy[owner(res)] += 1
         new.append(res)
-    pool.give(a for a in ours.values() if busy[owner(a)] == 0)
+    # The transform's output is used up: what this call owns goes to the pool unless the result keeps it
+    # (new weights, new state) or something may still read it (the old model, the old state, inputs not spent).
+    kept = {owner(a) for a in (*olds, *new, *arrays_in(state), *arrays_in(new_state), *(() if spent else inputs))}
+    pool.give(a for a in ours.values() if owner(a) not in kept)
     retired = [w for w in olds if busy[owner(w)] == 1]  # only the old model itself refers to it
     return Finished(new, new_state, retired)
 

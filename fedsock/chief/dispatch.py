@@ -199,7 +199,7 @@ class WorkerService:
         await self.publisher.send_weights(s, welcome, weights)
         if self.done.is_set():
             assert ctrl.specs is not None
-            await self.publisher.send_weights(s, Done(ctrl.round, ctrl.specs), weights)
+            await self.publisher.send_weights(s, Done(ctrl.round, ctrl.specs), ctrl.weights or [])
             self.registry.done(s.worker_id)
         elif ctrl.has_model:
             ctrl.join(s.worker_id)

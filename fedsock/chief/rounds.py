@@ -17,14 +17,21 @@ contribution and never counted twice.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fedsock.aggregation import Reducer, Transform, apply_delta, weighted_mean
+from fedsock.aggregation import (
+    BufferPool,
+    ModelHolds,
+    Reducer,
+    Transform,
+    finish_round_with_holds,
+    init_accumulator,
+    weighted_mean,
+)
 from fedsock.chief.outcomes import Accepted, Duplicate, NotSelected, RoundResult, Snapshot, Stale, Verdict
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature, first_nonfinite
@@ -57,6 +64,11 @@ class RoundController:
         prefold: applied to each accepted update before it is folded, e.g.
             differential privacy's norm bound; it raises
             RemoteProtocolError to refuse the update.
+        holds: the uses of the global model under way (sends, a checkpoint,
+            an evaluation): whoever reads ``weights`` outside this object
+            ``acquire``s them first and ``release``s them when done. A round
+            closes into the current model's own buffers only when it has no
+            use under way; spent buffers are reused from ``holds.pool``.
     """
 
     rounds: int
@@ -78,6 +90,7 @@ class RoundController:
     #: opened or joined before it had ``min_workers`` updates, and who had submitted by then. A worker that
     #: joins later is not waited for; it takes part from the next round.
     participants: frozenset[int] = frozenset()
+    holds: ModelHolds = field(default_factory=lambda: ModelHolds(BufferPool()))
     rng: np.random.Generator = field(init=False)
     _acc: Any = None
     _combined: list[np.ndarray] | None = None
@@ -97,6 +110,7 @@ class RoundController:
         """Adopt ``weights`` as round-0 global model (from ``--model`` or the first worker)."""
         self.specs = specs
         self.weights = [np.array(w) for w in weights]
+        self._adopt()
         self.transform_state = self.transform.init(self.weights)
 
     def restore(self, round_: int, specs: tuple[TensorSpec, ...], weights: Sequence[np.ndarray],
@@ -104,13 +118,22 @@ class RoundController:
         """Resume from a checkpoint taken after ``round_``."""
         self.specs = specs
         self.weights = [np.array(w) for w in weights]
+        self._adopt()
         self.transform_state = transform_state
         self.round = round_
         if rng_state is not None:
             self.rng.bit_generator.state = rng_state
 
+    def _adopt(self) -> None:
+        """``weights`` become ``holds``' current model; its pool keeps at most a float64 sum and one
+        spare model (what a round can take from it), so a model held at a close costs no memory for good."""
+        assert self.weights is not None
+        self.holds.adopt(self.weights)
+        self.holds.pool.max_bytes = sum(8 * w.size + w.nbytes for w in self.weights)
+
     def snapshot(self) -> Snapshot:
-        """What a checkpoint needs, as values that later rounds do not mutate."""
+        """What a checkpoint needs; its weights are the current model's arrays, which a later
+        round may overwrite unless the snapshot's user holds them (``holds.acquire``)."""
         assert self.specs is not None and self.weights is not None
         return Snapshot(self.round, self.specs, list(self.weights), self.transform_state,
                         dict(self.rng.bit_generator.state))
@@ -295,7 +318,7 @@ class RoundController:
     def _ensure_acc(self) -> Any:
         if self._acc is None:
             assert self.weights is not None
-            self._acc = self.reducer.init([w.shape for w in self.weights])
+            self._acc = init_accumulator(self.reducer, [w.shape for w in self.weights], self.holds.pool)
         return self._acc
 
     def expected(self) -> set[int]:
@@ -349,24 +372,12 @@ class RoundController:
         assert self.weights is not None and self._opened_at is not None and self._acc is not None
         workers = tuple(sorted(self._submitted))
         examples = sum(n for n, _ in self._submitted.values())
-        summed = self._result()
-        delta = [np.subtract(m, w, out=m) if m.dtype.kind == "f" and m.flags.writeable else m - w
-                 for m, w in zip(summed, self.weights)]
-        spent = {id(m) for m in summed}
-        delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
-        # A delta that is still the spent accumulator's buffer, in the model's dtype (a float32 accumulator),
-        # becomes the new weights in place; others (float64, or made by the transform) are copied.
-        # The old model's buffers take the new one if nothing else holds them or their list
-        # (no send pending or in flight, no result or transform state; the counts are this
-        # method's own references): fresh memory would cost a page fault per page every
-        # round, more than the arithmetic.
-        old = self.weights
-        alone = sys.getrefcount(old) == 3  # self.weights, old, the call's argument
-        unshared = [alone and sys.getrefcount(old[i]) == 2 for i in range(len(old))]  # the list, the argument
-        self.weights = [np.add(d, w, out=d) if id(d) in spent and d.dtype == w.dtype
-                        else apply_delta([w], [d], [w] if free else ())[0]
-                        for w, d, free in zip(old, delta, unshared)]
-        del old
+        # The accumulator's result is spent (nothing reads it after this); the new model goes into
+        # the old one's buffers when no send, checkpoint or evaluation of it is under way, else into
+        # pooled ones: fresh memory would cost a page fault per page every round.
+        done = finish_round_with_holds(self.holds, self.weights, self._result(), self.transform,
+                                       self.transform_state, spent=True)
+        self.weights, self.transform_state = done.weights, done.state
         self.round += 1
         return self._next(now, workers, examples)
 
@@ -375,9 +386,10 @@ class RoundController:
         """Close the open round with updates combined outside (secure aggregation): ``average`` replaces
         the reducer's result, then the server transform applies as usual."""
         assert self.weights is not None and self._opened_at is not None
-        delta = [np.asarray(m, dtype=np.float64) - w for m, w in zip(average, self.weights)]
-        delta, self.transform_state = self.transform.update(delta, self.transform_state, self.weights)
-        self.weights = [apply_delta([w], [d])[0] for w, d in zip(self.weights, delta)]
+        # The delta is taken in float64, as the average is decoded; ``average`` is the caller's to spend.
+        done = finish_round_with_holds(self.holds, self.weights, [np.asarray(m, dtype=np.float64) for m in average],
+                                       self.transform, self.transform_state, spent=True)
+        self.weights, self.transform_state = done.weights, done.state
         self.round += 1
         return self._next(now, workers, examples)
 
@@ -388,6 +400,7 @@ class RoundController:
         workers = tuple(sorted(self._submitted))
         examples = sum(n for n, _ in self._submitted.values())
         self.weights = [np.asarray(a).astype(w.dtype) for a, w in zip(weights, self.weights)]
+        self._adopt()
         self.round = round_
         return self._next(now, workers, examples)
 

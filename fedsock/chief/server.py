@@ -33,7 +33,7 @@ from fedsock.chief.listener import Listener
 from fedsock.chief.monitor import Monitor
 from fedsock.chief.outcomes import RoundResult
 from fedsock.chief.outputs import Outputs, privacy_fields
-from fedsock.chief.publish import Publisher, round_record
+from fedsock.chief.publish import Publisher, on_thread_holding, round_record
 from fedsock.chief.records import Checkpoints, MetricsLog
 from fedsock.chief.registry import WorkerRegistry
 from fedsock.chief.relay import Relay
@@ -115,7 +115,7 @@ class Chief:
         tensorboard = [TensorBoard(cfg.state_dir / "tensorboard")] if cfg.writes_tensorboard else []
         self.callbacks = CallbackList([self.metrics, self.checkpoints, *tensorboard, self.monitor, self.display,
                                        *callbacks])
-        self.publisher = Publisher(cfg.send_timeout, self.callbacks, self.outputs.evaluate)
+        self.publisher = Publisher(cfg.send_timeout, self.callbacks, self.outputs.evaluate, self.controller.holds)
         secure = SecureAggregation(cfg, self.controller) if cfg.secure_agg else None
         self.service = WorkerService(cfg, self.controller, self.registry, self.publisher, self.monitor,
                                      self.callbacks, self.outputs, secure, self.strategy.mu, self._checkpoint)
@@ -213,8 +213,9 @@ class Chief:
 
     async def _checkpoint(self) -> None:
         if self.relay is None:  # a relay resumes from its upstream, not from checkpoints
-            await asyncio.to_thread(self.checkpoints.checkpoint, self.controller.snapshot(),
-                                    self.registry.names(self.controller.members))
+            snap, names = self.controller.snapshot(), self.registry.names(self.controller.members)
+            await on_thread_holding(self.controller.holds, snap.weights,
+                                    lambda: self.checkpoints.checkpoint(snap, names))
 
     def _show(self) -> None:
         """Hand the display a fresh snapshot."""
