@@ -32,6 +32,7 @@ from fedsock.aggregation import (
     init_accumulator,
     weighted_mean,
 )
+from fedsock.chief.deadlines import RoundClock
 from fedsock.chief.outcomes import Accepted, Duplicate, NotSelected, RoundResult, Snapshot, Stale, Verdict
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import TensorSpec, check_signature, first_nonfinite
@@ -45,7 +46,7 @@ Decode = Callable[[Sequence[TensorSpec], Sequence[np.ndarray], list[np.ndarray]]
 
 
 @dataclass
-class RoundController:
+class RoundController(RoundClock):
     """Global model, round counter and the open round's accumulator.
 
     Args:
@@ -100,7 +101,6 @@ class RoundController:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
-
 
     @property
     def has_model(self) -> bool:
@@ -325,29 +325,6 @@ class RoundController:
         """Workers whose update the open round still waits for (members since it opened, and sampled)."""
         pool = self.members & (self.participants if self.selected is None else self.selected)
         return pool - self._submitted.keys()
-
-    def should_close(self, now: float) -> bool:
-        """At least ``min_workers`` updates, and every expected worker submitted or the deadline passed."""
-        if self._opened_at is None or len(self._submitted) < self.min_workers:
-            return False
-        assert self._deadline is not None
-        return not self.expected() or now >= self._deadline
-
-    def past_deadline_without_quorum(self, now: float) -> bool:
-        """The deadline passed with fewer than ``min_workers`` updates (the caller reports it;
-        ``extend`` then gives the round another ``round_timeout``, keeping its updates)."""
-        return (self._deadline is not None and now >= self._deadline
-                and len(self._submitted) < self.min_workers)
-
-    def extend(self, now: float) -> None:
-        """Retry a round that missed its quorum: a new deadline, updates kept."""
-        self._deadline = now + self.round_timeout
-
-    def seconds_left(self, now: float) -> float | None:
-        """Seconds until the open round's deadline (None if no round is open)."""
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - now)
 
     def _result(self) -> list[np.ndarray]:
         """The reducer's result for the open round, computed once (it may spend the accumulator)."""
