@@ -230,9 +230,11 @@ class Chief:
             if not ctrl.open_if_ready(now):
                 if now - last_log > 10:
                     last_log = now
-                    log.info("waiting for workers: %d of %d connected (%s)%s", len(ctrl.members),
-                             ctrl.min_workers, who(ctrl.members),
-                             "" if ctrl.has_model else "; no model yet: the first worker's becomes round 0")
+                    log.info("waiting for workers: %d of %d connected (%s)%s; training starts at --min-workers %d "
+                             "(start more workers, or restart the chief with a lower --min-workers)",
+                             len(ctrl.members), ctrl.min_workers, who(ctrl.members),
+                             "" if ctrl.has_model else "; no model yet: the first worker's becomes round 0",
+                             ctrl.min_workers)
                 await self._sleep_until_woken(5.0)
                 continue
             if ctrl.should_close(now):
@@ -317,5 +319,8 @@ def announce(cfg: ChiefConfig, port: int, identity: tls.ChiefIdentity) -> None:
         return
     # the secret stays out of the log and out of any command line (argv is visible in ps and shell history)
     log.info("join token in %s (give it only to your workers)", cfg.state_dir / "token")
+    own_model = "" if cfg.model is not None or cfg.upstream is not None else " --model YOUR_MODEL"
     log.info("start a worker with:\n  read -rs FEDSOCK_TOKEN && export FEDSOCK_TOKEN   # paste the token\n"
-             "  python worker.py --chief %s:%s --data ./shard", host, port)
+             "  python worker.py --chief %s:%s --data ./shard%s%s", host, port, own_model,
+             "\n(this chief has no --model: each worker brings its own, a .keras file or module:function)"
+             if own_model else "")
