@@ -224,10 +224,11 @@ def test_worker_whose_data_does_not_fit_the_model(tmp_path, chiefs):
     chief = chiefs("--model", "fedsock.models:digits_mlp", "--rounds", "1", "--min-workers", "1")
     save_shard(tmp_path / "wide", np.zeros((20, 32), np.float32), np.zeros(20, np.int64))
     save_shard(tmp_path / "labels", np.zeros((20, 64), np.float32), np.arange(20, dtype=np.int64))
+    # --val-split 0: the checks see every example of the file (a split would hold some out)
     p1 = start_worker(tmp_path, "a", "--chief", chief.address, "--data", str(tmp_path / "wide"),
-                      token=chief.token)
+                      "--val-split", "0", token=chief.token)
     p2 = start_worker(tmp_path, "b", "--chief", chief.address, "--data", str(tmp_path / "labels"),
-                      token=chief.token)
+                      "--val-split", "0", token=chief.token)
     code, out = finish(p1)
     assert code != 0 and "expects inputs of shape ('N', 64)" in out and "(20, 32)" in out, out
     code, out = finish(p2)
