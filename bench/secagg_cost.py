@@ -42,10 +42,10 @@ def run_worker(addr: str, token: str, name: str, params: int) -> None:
     import numpy as np
 
     import fedsock
-    import fedsock.worker.client as client_module
+    import fedsock.worker.engine as engine_module  # the engine masks each update (fedsock.worker.secure)
 
     masking: list[float] = []  # CPU seconds: what the step costs a worker on a machine of its own
-    plain_masked_update = client_module.masked_update
+    plain_masked_update = engine_module.masked_update
 
     def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
         t0 = time.process_time()
@@ -53,7 +53,7 @@ def run_worker(addr: str, token: str, name: str, params: int) -> None:
         masking.append(time.process_time() - t0)
         return out
 
-    client_module.masked_update = timed  # type: ignore[assignment]
+    engine_module.masked_update = timed  # type: ignore[assignment]
     shapes = shape_for(params)
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     mine = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
@@ -75,8 +75,12 @@ def bench(workers: int, params: int, rounds: int, secure: bool, neighbours: int 
                        str(neighbours)], stdout=-3)
         rss = PeakRss(chief.pid)
         addr = wait_for_address(state, chief, timeout=60)
-        token = (state / "token").read_text().strip()
-        procs = [spawn([__file__, "_worker", addr, token, f"w{i}", str(params)], stdout=-1) for i in range(workers)]
+        from fedsock.chief import tokens
+
+        # secure aggregation admits only per-worker tokens (the shared one would let one holder be many workers)
+        names = [f"w{i}" for i in range(workers)]
+        creds = {n: str(tokens.create(state, n)) if secure else (state / "token").read_text().strip() for n in names}
+        procs = [spawn([__file__, "_worker", addr, creds[n], n, str(params)], stdout=-1) for n in names]
         outs = [p.communicate()[0] for p in procs]
         chief.wait(timeout=300)
         peak = rss.stop()

@@ -122,7 +122,7 @@ def _decrement(counts: dict, key: object) -> None:  # type: ignore[type-arg]
 class BufferedFrames:
     """Bytes of frames partly received (announced, body incomplete), in all and per address.
 
-    Plain counters; ``fedsock.transport.aio.FrameBudget`` makes readers wait on them.
+    Plain counters; ``fedsock.chief.framebudget.FrameBudget`` makes readers wait on them.
     A frame as large as any a worker may send always fits once nothing else is held.
     """
 
