@@ -83,6 +83,10 @@ SECAGG_PHASE_TIMEOUT_S = 60.0
 #: connection is dropped; a peer that stops reading costs one send slot for
 #: at most this long. The default of the chief's ``--send-timeout``.
 SEND_TIMEOUT_S = 60.0
+#: Seconds the chief waits, after sending Done, for the workers' final evaluation reports
+#: (EvalResult with ``final``) before it writes final_evaluation.json without the missing ones.
+#: The default of the chief's ``--final-eval-timeout``.
+FINAL_EVAL_TIMEOUT_S = 60.0
 
 # --- admission -----------------------------------------------------------
 #: Most connections that have not yet authenticated (including those still in
@@ -100,6 +104,9 @@ MAX_SENDS_PER_WORKER = 1
 #: Replies (a Global) the chief sends to one worker's stale updates per round;
 #: further stale updates in that round are dropped without an answer.
 MAX_STALE_REPLIES_PER_ROUND = 1
+#: EvalRequests outstanding at once to one worker (each is answered by exactly one EvalResult;
+#: another for the same request, or one never asked for, is refused as out_of_order).
+MAX_EVAL_REQUESTS_PER_WORKER = 1
 #: Default of ``--max-examples``: the largest ``num_examples`` one update may
 #: claim (a larger claim is refused as ``limit_exceeded``).
 MAX_EXAMPLES = 1_000_000_000

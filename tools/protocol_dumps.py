@@ -20,6 +20,7 @@ from fedsock import tls
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import (
     ACK_CAPABILITY,
+    EVAL_CAPABILITY,
     NEED_DATA,
     Ack,
     Auth,
@@ -28,6 +29,8 @@ from fedsock.protocol import (
     Done,
     EndOfMessage,
     Error,
+    EvalRequest,
+    EvalResult,
     Global,
     Heartbeat,
     Hello,
@@ -342,6 +345,35 @@ def main() -> None:
                                            reconnect_secret=RECONNECT_SECRET), INITIAL, quiet=True)
     send("Update", worker, chief, Update(round=1, num_examples=100, tensors=SPECS), TRAINED, quiet=True)
     send("Ack (chief -> worker)", chief, worker, Ack(round=1, sampled=False, held=1, waiting=1))
+
+    # A fifth: a worker that evaluates on request (capability "eval"), held in round 1 (not
+    # sampled) and asked to evaluate the round's starting model; then its final report after Done.
+    print("=== A held worker evaluating on request, and its final evaluation report (section 7.12)")
+    print()
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    send("Hello asking for acknowledgements and evaluation requests (worker -> chief)", worker, chief,
+         Hello(name=NAME, capabilities=(ACK_CAPABILITY, EVAL_CAPABILITY), instance=INSTANCE))
+    send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
+    send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
+    send("Welcome", chief, worker, Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True,
+                                           reconnect_secret=RECONNECT_SECRET), INITIAL, quiet=True)
+    send("Update", worker, chief, Update(round=1, num_examples=100, tensors=SPECS), TRAINED, quiet=True)
+    send("Ack", chief, worker, Ack(round=1, sampled=False, held=1, waiting=1), quiet=True)
+    send("EvalRequest (chief -> worker): the model round 1 started from", chief, worker,
+         EvalRequest(round=0, tensors=SPECS), INITIAL)
+    send("EvalResult (worker -> chief)", worker, chief,
+         EvalResult(round=0, metrics={"val_accuracy": 0.75, "val_examples": 40.0, "val_loss": 0.5}))
+    done = Done(round=3, tensors=SPECS, report=60.0)
+    frame = chief.send(done)
+    assert deliver(frame, worker) == [done]
+    dump("Done asking for the final report (chief -> worker; its Chunks as above)", frame)
+    for chunk in iter_chunks(FINAL):
+        deliver(chief.send(chunk), worker)
+    assert chief.we_finished and worker.they_finished
+    final = EvalResult(round=3, final=True, metrics={
+        "val_accuracy": 0.875, "val_examples": 40.0, "val_loss": 0.25,
+        "personalized_val_accuracy": 0.9375, "personalized_val_examples": 40.0, "personalized_val_loss": 0.125})
+    send("EvalResult, final (worker -> chief), after Done", worker, chief, final)
 
     print("=== Compressed updates (section 4.1): the same trained weights, encoded")
     print()

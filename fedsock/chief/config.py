@@ -61,6 +61,14 @@ class ChiefConfig:
                                     "(for the printed command)")
     fraction: float = setting(1.0, help="share of connected workers sampled per round, seeded by --seed "
                               "(1.0: all)")
+    eval_every: int = setting(1, metavar="N", help="with --fraction below 1, every N-th round asks the workers "
+                              "not sampled for it (held) to evaluate the round's starting model on their "
+                              "validation split without training; their values join the round's federated "
+                              "metrics (0: never; see docs/evaluation.md)")
+    final_eval_timeout: float = setting(limits.FINAL_EVAL_TIMEOUT_S, metavar="SECONDS",
+                                        help="after the last round, seconds to wait for the workers' evaluation "
+                                        "of the final model (and after their --personalize-epochs) for "
+                                        "<state-dir>/final_evaluation.json (0: ask for none)")
     seed: int = setting(0, help="seed of the worker sampling and the initial model")
     cert: Path | None = setting(None, help="the chief's TLS certificate (PEM)",
                                 default_text="self-signed in --state-dir")
@@ -184,6 +192,11 @@ class ChiefConfig:
             raise ConfigError("--cert and --key go together")
         if not 0 < self.fraction <= 1:
             raise ConfigError("--fraction must be in (0, 1]")
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be 0 (never) or a number of rounds, got {self.eval_every}")
+        if not 0 <= self.final_eval_timeout < math.inf:
+            raise ConfigError(f"--final-eval-timeout must be 0 (ask for no final evaluation) or a number of "
+                              f"seconds, got {self.final_eval_timeout}")
         from fedsock.protocol.compression import parse_compression
 
         self.compress = str(parse_compression(self.compress))

@@ -22,6 +22,7 @@ import numpy as np
 
 from fedsock.chief.callbacks import ChiefCallback, WorkerJoined, WorkerLeft
 from fedsock.chief.config import ChiefConfig
+from fedsock.chief.evalrequests import EvalRequests
 from fedsock.chief.evaluation import WorkerMetrics
 from fedsock.chief.handshake import Admitted, Authenticator, Refused, StatusQuery, handshake
 from fedsock.chief.intake import check_initial, check_update
@@ -39,8 +40,8 @@ from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol import (
     Ack,
     ConnectionClosed,
-    Done,
     Error,
+    EvalResult,
     Global,
     Heartbeat,
     Plan,
@@ -71,6 +72,7 @@ class WorkerService:
         self.max_examples = config.max_examples
         self.staging = StagingBudget()
         self.evaluation = WorkerMetrics()  # the metrics of accepted updates, per round and worker
+        self.evals = EvalRequests(config, ctrl, registry, publisher)  # held workers' and the final evaluation
         self.wake = asyncio.Event()  # something the round loop waits for happened
         self.done = asyncio.Event()  # the run is over: Done for everyone
         self._conn_ids = itertools.count(1)
@@ -130,6 +132,7 @@ class WorkerService:
         if wid is not None:
             self.callbacks.on_worker_left(WorkerLeft(wid, s.name, s.bytes_in, s.bytes_out, s.last_received,
                                                      replaced=s.replaced))
+            self.evals.left(s)
             if self.registry.leave(wid, s):
                 self.ctrl.leave(wid)
                 if self.secure is not None:
@@ -199,7 +202,7 @@ class WorkerService:
         await self.publisher.send_weights(s, welcome, weights)
         if self.done.is_set():
             assert ctrl.specs is not None
-            await self.publisher.send_weights(s, Done(ctrl.round, ctrl.specs), ctrl.weights or [])
+            await self.publisher.send_weights(s, self.evals.done_for(s, ctrl.round, ctrl.specs), ctrl.weights or [])
             self.registry.done(s.worker_id)
         elif ctrl.has_model:
             ctrl.join(s.worker_id)
@@ -225,6 +228,9 @@ class WorkerService:
                     return
                 if isinstance(ev, SecAggMessage):
                     await self._on_secagg(s, ev)
+                    continue
+                if isinstance(ev, EvalResult):
+                    self.evals.on_result(s, ev)
                     continue
                 assert isinstance(ev, Update), ev
                 await self._read_update(s, ev)
@@ -278,6 +284,7 @@ class WorkerService:
             log.debug("%s: not sampled for round %d; it waits", s.label, upd.round)
             self.registry.hold(wid)
             await self._ack(s, upd.round, sampled=False)
+            self.evals.on_held(s)
         else:
             log.info("%s: late update for round %d dropped (collecting round %d)",
                      s.label, verdict.round, verdict.current)
@@ -307,6 +314,7 @@ class WorkerService:
         ctrl = self.ctrl
         if not ctrl.is_selected(wid):
             self.registry.hold(wid)
+            self.evals.on_held(s)
         elif self.registry.allow_stale_reply(wid, ctrl.collecting):
             assert ctrl.weights is not None and ctrl.specs is not None
             await self.publisher.send_weights(s, Global(ctrl.round, ctrl.specs), ctrl.weights)

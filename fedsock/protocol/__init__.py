@@ -24,11 +24,14 @@ from fedsock.protocol.identity import check_name, is_valid_name, reconnect_proof
 from fedsock.protocol.messages import (
     ACK_CAPABILITY,
     ERROR_CODES,
+    EVAL_CAPABILITY,
     Ack,
     Chunk,
     Done,
     EndOfMessage,
     Error,
+    EvalRequest,
+    EvalResult,
     Global,
     Heartbeat,
     Message,
@@ -58,9 +61,10 @@ from fedsock.protocol.tensors import (
 )
 
 __all__ = [
-    "ACK_CAPABILITY", "ERROR_CODES", "FEATURES", "NEED_DATA", "STATUS_CAPABILITY",
+    "ACK_CAPABILITY", "ERROR_CODES", "EVAL_CAPABILITY", "FEATURES", "NEED_DATA", "STATUS_CAPABILITY",
     "Ack", "AnyMessage", "Auth", "Challenge", "Chunk", "Compression", "Connection", "ConnectionClosed", "Done",
-    "Encoding", "EndOfMessage", "Error", "ErrorCode", "Event", "Global", "Heartbeat", "Hello", "Kind",
+    "Encoding", "EndOfMessage", "Error", "ErrorCode", "EvalRequest", "EvalResult", "Event", "Global", "Heartbeat",
+    "Hello", "Kind",
     "LocalProtocolError", "Message", "NeedData", "Peer", "Phase", "Plan", "RemoteProtocolError", "Role",
     "SecAggAbort", "SecAggInbox", "SecAggKeys", "SecAggMasked", "SecAggMessage", "SecAggReveal",
     "SecAggRoster", "SecAggShares", "SecAggUnmask", "Status", "TensorAssembler", "TensorSpec", "Update",

@@ -33,8 +33,8 @@ from fedsock.transport.credentials import Credentials, parse_address, token_from
 from fedsock.transport.errors import ConnectionLost
 from fedsock.worker.buffers import ModelMemory
 from fedsock.worker.config import WorkerConfig, default_name
-from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
-from fedsock.worker.evaluation import Evaluation
+from fedsock.worker.engine import Action, Deliver, Fail, ReadEval, ReadModel, Reconnect, Send, WorkerEngine
+from fedsock.worker.evaluation import Evaluation, answer_request
 from fedsock.worker.joining import join_chief
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
 from fedsock.worker.policy import WorkerPolicy
@@ -78,6 +78,11 @@ class Client:
             weights are read, and the chief told why (``policy_refused``).
         evaluate: weights -> their metrics on local validation data, with ``examples``; run on
             each model join/sync return, sent with the next sync as ``val_*`` (docs/evaluation.md).
+            It also answers the chief's evaluation requests while this worker is held (not
+            sampled), unless ``evaluator`` is set to something else.
+        evaluations: say to the chief (Hello capability ``"eval"``) that this worker answers its
+            evaluation requests and reports its final evaluation (see ``report``); False for a
+            link that never evaluates (a relay's).
 
     Raises:
         ConfigError: bad address or token.
@@ -105,7 +110,8 @@ class Client:
                  epsilon_delta: float = WorkerConfig.epsilon_delta,
                  min_batch_size: int = WorkerConfig.min_batch_size,
                  min_sync_every: int = WorkerConfig.min_sync_every,
-                 evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None) -> None:
+                 evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None,
+                 evaluations: bool = True) -> None:
         self.address = parse_address(address)
         self._credentials = Credentials.resolve(token, ca, cert, key)
         own = self._credentials.own_name
@@ -128,6 +134,13 @@ class Client:
         self._reconnect_timeout = reconnect_timeout
         self.reconnects = 0
         self.evaluation = Evaluation(evaluate)  # .last: the val_* metrics of the model last returned
+        #: weights -> metrics with ``examples``: answers the chief's evaluation requests (None: answered
+        #: without values). ``FederatedCallback`` sets its own.
+        self.evaluator = evaluate
+        #: The final model's validation metrics (``val_*``), once the run is over: what ``report`` sends
+        #: by default. ``evaluate`` fills it; so does ``FederatedCallback`` with validation data.
+        self.final_metrics: dict[str, float] = {}
+        self._evaluations = evaluations
         self._pipeline = UpdatePipeline(Path(save_updates) if save_updates is not None else None)
         self._memory = ModelMemory()
         self._lock = threading.Lock()
@@ -197,12 +210,12 @@ class Client:
                     check_signature(self.welcome.tensors, self._specs(weights))
                 except RemoteProtocolError as exc:
                     raise ConfigError(f"local model does not match the chief's: {exc}") from None
-            return self.evaluation.evaluate(self.weights)
+            return self._evaluated(self.weights)
         if weights is None:
             raise ConfigError("the chief has no model yet: pass your initial weights to join()")
         with self._lock:
             model = self._drive(self._engine.start_plain(Update(0, 0, self._specs(weights)), weights), None, weights)
-        return self.evaluation.evaluate(model)
+        return self._evaluated(model)
 
     def sync(self, weights: Sequence[np.ndarray], num_examples: int, metrics: dict[str, float] | None = None,
              *, reuse: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
@@ -236,10 +249,41 @@ class Client:
         start = self._engine.start_secure if self.plan.secure_agg else self._engine.start_plain
         with self._lock:
             model = self._drive(start(out.update, out.tensors), reuse, keep)
-        return self.evaluation.evaluate(model)
+        return self._evaluated(model)
+
+    def _evaluated(self, model: list[np.ndarray]) -> list[np.ndarray]:
+        model = self.evaluation.evaluate(model)
+        if self.finished and self.evaluation.fn is not None:
+            self.final_metrics = dict(self.evaluation.last)
+        return model
+
+    @property
+    def report_due(self) -> bool:
+        """The chief's Done asked for this worker's final evaluation and ``report`` has not sent it."""
+        return self._engine.report_due
+
+    def report(self, metrics: Mapping[str, float] | None = None) -> bool:
+        """Send the final evaluation to the chief, once, if its Done asked for it (docs/evaluation.md):
+        ``metrics`` are ``val_*`` with ``val_examples`` (the final model on the validation split) and,
+        after local fine-tuning, ``personalized_val_*`` with ``personalized_val_examples`` (default
+        ``final_metrics``; ``close`` sends that if this was never called). Returns whether it was sent
+        (not: the chief asked for none, e.g. with secure aggregation; sent already; connection gone)."""
+        with self._lock:
+            actions = self._engine.final_report(self.final_metrics if metrics is None else metrics)
+            for act in actions:
+                assert isinstance(act, Send)
+                try:
+                    self._send(act.msg)
+                except (OSError, FedsockError) as exc:
+                    log.info("could not send the final evaluation to the chief (%s)", exc)
+                    return False
+            return bool(actions)
 
     def close(self, reason: str | None = None) -> None:
-        """Hang up; with ``reason``, tell the chief why first."""
+        """Hang up; with ``reason``, tell the chief why first. A final evaluation the chief asked for
+        and ``report`` did not send goes out first (``final_metrics``)."""
+        if self.finished and self.report_due and not reason:
+            self.report()
         self._stop.set()
         with self._lock:
             if reason and not self._channel.conn.we_finished and not self.finished:
@@ -276,6 +320,8 @@ class Client:
                     log.info("send failed (%s); reading what the chief sent", exc)
             elif isinstance(act, ReadModel):
                 todo.extend(self._read_model(act.msg, reuse, keep))
+            elif isinstance(act, ReadEval):
+                todo.extend(self._answer_request(act))
             elif isinstance(act, Deliver):
                 return act.model
             elif isinstance(act, Reconnect):
@@ -296,6 +342,16 @@ class Client:
         except ConnectionLost as exc:
             return self._engine.lost(str(exc))
         return self._engine.model_read(msg, model)
+
+    def _answer_request(self, act: ReadEval) -> list[Action]:
+        """Read an EvalRequest's weights into scratch memory and evaluate them (the held model stays)."""
+        msg = act.msg
+        buf = self._memory.scratch(sum(s.wire_nbytes for s in msg.tensors))  # the engine checked: the model's size
+        try:
+            weights = self._channel.read_weights(msg.tensors, buf)
+        except ConnectionLost as exc:
+            return self._engine.lost(str(exc))
+        return self._engine.evaluated(msg, answer_request(self.evaluator, weights, msg.round))
 
     def _send(self, msg: AnyMessage, arrays: Sequence[np.ndarray] = ()) -> None:
         """Every message this Client sends goes through here."""
@@ -325,7 +381,8 @@ class Client:
         channel, welcome, model = join_chief(
             self.address, self._credentials, self.name, self.instance, self._reconnect_secret,
             timeout=timeout, idle_timeout=self._idle_timeout, heartbeat_interval=self._hb_interval,
-            memory=self._memory, policy=self.policy, max_model_bytes=self.max_model_bytes)
+            memory=self._memory, policy=self.policy, max_model_bytes=self.max_model_bytes,
+            evaluations=self._evaluations)
         self._reconnect_secret = welcome.reconnect_secret or None
         return channel, welcome, model
 
@@ -336,7 +393,7 @@ class Client:
             if not self._lock.acquire(blocking=False):
                 continue  # a sync is under way; it sends its own heartbeats
             try:
-                if not self.finished:
+                if not self.finished or self.report_due:  # the chief waits for the report: stay alive
                     self._channel.heartbeat()
             finally:
                 self._lock.release()

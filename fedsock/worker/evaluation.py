@@ -9,6 +9,7 @@ I/O or imports Keras.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from fedsock.errors import ConfigError
 
 VAL, TRAIN, VAL_EXAMPLES = "val_", "train_", "val_examples"
+log = logging.getLogger("fedsock.worker")
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float,
@@ -85,3 +87,21 @@ class Evaluation:
         unless ``metrics`` has ``val_*`` ones of its own."""
         sent = training_metrics(metrics)
         return sent if any(k.startswith(VAL) for k in sent) else {**self.last, **sent}
+
+
+def answer_request(evaluator: Callable[[list[np.ndarray]], Mapping[str, float]] | None, weights: list[np.ndarray],
+                   round_: int) -> dict[str, float]:
+    """The metrics that answer the chief's request to evaluate ``weights`` (the model of ``round_``):
+    ``evaluator``'s (``val_*`` with ``val_examples``), or none without one or when it fails (the
+    round goes on without this worker's values)."""
+    metrics: dict[str, float] = {}
+    if evaluator is not None:
+        try:
+            result = dict(evaluator(weights))
+            metrics = validation_metrics(result, int(result.pop(VAL_EXAMPLES, result.pop("examples", 0))))
+        except Exception as exc:  # noqa: BLE001 - the user's code: it must not end the worker's run
+            log.warning("evaluating the model of round %d for the chief failed (%s); answering without values",
+                        round_, exc)
+    log.info("held for this round: evaluated the model of round %d for the chief (%s)", round_,
+             ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "no validation data")
+    return metrics
