@@ -150,14 +150,15 @@ class EvalRequests:
                and self.waiting([wid]))
         return Done(round_, specs, report=self.config.final_eval_timeout if due else None)
 
-    def expect_final(self, sessions: Sequence[Session], sent: Sequence[int]) -> None:
-        """The Done with ``report`` reached these sessions (bytes sent 0: it did not)."""
+    def expect_final(self, sessions: Sequence[Session]) -> None:
+        """The Done with ``report`` is about to go to ``sessions``: their reports are awaited from now
+        (a session the Done does not reach is dropped, and a worker not connected is not waited for)."""
         if not self.asks_final:
             return
         now = time.monotonic()
-        for s, n in zip(sessions, sent):
-            if n and s.worker_id is not None and s.conn.evals:
-                self.final.expect(s.worker_id, s.name, now)
+        for s in sessions:
+            if s.worker_id is not None and s.conn.evals:
+                self.final.expect(s.worker_id, self.registry.name_of(s.worker_id), now)
 
     def waiting(self, live: Iterable[int]) -> bool:
         """Whether a final report is still due from a connected worker, before the deadline."""

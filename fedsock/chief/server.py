@@ -276,6 +276,8 @@ class Chief:
         held, asked = evals.take(result.round)  # held workers' answers (docs/evaluation.md); a trained one wins
         per = {reg.name_of(w): ev for w, ev in {**held, **trained}.items()}
         held_names = tuple(sorted(reg.name_of(w) for w in held if w not in trained))
+        if final:  # before the first Done is out: a worker may report as soon as it has read it
+            evals.expect_final(sessions)
         record, sent = await self.publisher.publish(
             result, msg, sessions, lambda bytes_in, bytes_out, metrics: replace(round_record(
                 result, bytes_in, bytes_out, metrics, **fields), worker_metrics=per, held_workers=held_names,
@@ -288,7 +290,6 @@ class Chief:
             for s, n in zip(sessions, sent):
                 if n and s.worker_id is not None:
                     reg.done(s.worker_id)
-            evals.expect_final(sessions, sent)
         else:
             evals.ask_held()  # the new round's held workers, once its model is out
 

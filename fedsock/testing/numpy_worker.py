@@ -8,7 +8,12 @@ deterministic step derived from its name and the round, with a fixed number of
 examples. It exits 0 when the chief says ``Done``. With ``--val-examples N`` it
 "evaluates" every global model it receives with ``evaluate_for`` (a
 deterministic function of its name and the weights) on N pretended
-validation examples, and sends that with its next update.
+validation examples, and sends that with its next update; it answers the
+chief's evaluation requests the same way while it is held. With
+``--personalize`` its final report also has ``personalized_val_*``: the
+final model plus one more step of its own (``step_for(name, rounds + 1)``)
+evaluated the same way. ``--report-after S`` holds the final report back for
+S seconds after Done (a worker that reports too late).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 
 from fedsock.errors import FedsockError
 from fedsock.worker.client import Client
+from fedsock.worker.evaluation import validation_metrics
 
 
 def step_for(name: str, round_: int, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
@@ -61,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--misbehave", default=None, metavar="MODE",
                    help="break secure aggregation on purpose (attack tests): low-order-key, random-shares, "
                    "bad-reveal, or late-masked:SECONDS (the masked update's chunks SECONDS after its header)")
+    p.add_argument("--personalize", action="store_true",
+                   help="report a personalized evaluation too: the final model plus step_for(name, rounds + 1)")
+    p.add_argument("--report-after", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long after Done before sending the final report")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -83,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                 w = client.sync([a + d for a, d in zip(w, step)], num_examples=args.examples,
                                 metrics={"loss": float(client.round)})
             print(f"{args.name}: done at round {client.round} after {client.reconnects} reconnects", flush=True)
+            final = dict(client.final_metrics)
+            if args.personalize and args.val_examples:
+                tuned = [a + d for a, d in zip(w, step_for(args.name, client.round + 1, shapes))]
+                mine = validation_metrics(evaluate_for(args.name, tuned, args.val_examples), args.val_examples)
+                final.update({f"personalized_{k}": v for k, v in mine.items()})
+            time.sleep(args.report_after)
+            print(f"{args.name}: final report {'sent' if client.report(final) else 'not asked for'}", flush=True)
     except FedsockError as exc:
         print(f"{args.name}: error: {exc}", file=sys.stderr)
         return 2
