@@ -56,9 +56,8 @@ class Relay:
             ConfigError, ConnectError, AuthenticationError: as ``fedsock.Client``.
         """
         name = name or f"relay-{socket.gethostname()}-{os.getpid()}"
-        # evaluations=False: a relay has no validation data of its own (its workers' metrics go up with its update)
         client = await asyncio.to_thread(Client, address, token, name, connect_timeout=connect_timeout,
-                                         reconnect_timeout=reconnect_timeout, evaluations=False)
+                                         reconnect_timeout=reconnect_timeout)
         log.info("relay: joined the upstream chief %s as %r (worker %d, round %d of %d)",
                  address, name, client.worker_id, client.round, client.plan.rounds)
         return cls(client, address)

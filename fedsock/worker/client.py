@@ -81,8 +81,8 @@ class Client:
             It also answers the chief's evaluation requests while this worker is held (not
             sampled), unless ``evaluator`` is set to something else.
         evaluations: say to the chief (Hello capability ``"eval"``) that this worker answers its
-            evaluation requests and reports its final evaluation (see ``report``); False for a
-            link that never evaluates (a relay's).
+            evaluation requests and reports its final evaluation (see ``report``); default: if
+            ``evaluate`` is given (a worker without validation data has nothing to say).
 
     Raises:
         ConfigError: bad address or token.
@@ -111,7 +111,7 @@ class Client:
                  min_batch_size: int = WorkerConfig.min_batch_size,
                  min_sync_every: int = WorkerConfig.min_sync_every,
                  evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None,
-                 evaluations: bool = True) -> None:
+                 evaluations: bool | None = None) -> None:
         self.address = parse_address(address)
         self._credentials = Credentials.resolve(token, ca, cert, key)
         own = self._credentials.own_name
@@ -140,7 +140,7 @@ class Client:
         #: The final model's validation metrics (``val_*``), once the run is over: what ``report`` sends
         #: by default. ``evaluate`` fills it; so does ``FederatedCallback`` with validation data.
         self.final_metrics: dict[str, float] = {}
-        self._evaluations = evaluations
+        self._evaluations = evaluate is not None if evaluations is None else evaluations
         self._pipeline = UpdatePipeline(Path(save_updates) if save_updates is not None else None)
         self._memory = ModelMemory()
         self._lock = threading.Lock()

@@ -57,7 +57,8 @@ class FederatedCallback(keras.callbacks.Callback):
             client's ``final_metrics``, which its final report sends). While the
             worker is held (not sampled), the chief's evaluation requests are
             answered on it too (``client.evaluator``), the model's own weights
-            restored afterwards.
+            restored afterwards; a Client made with ``evaluations=True`` says so
+            to the chief (``worker.py`` does when it has a validation split).
     """
 
     def __init__(self, client: Client, sync_every: int | None = None, batch_size: int | None = None,
