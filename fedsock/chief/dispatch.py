@@ -269,8 +269,8 @@ class WorkerService:
         if isinstance(verdict, Accepted):
             self.evaluation.put(upd.round, wid, upd.num_examples, upd.metrics)
             log.debug("%s: update for round %d (%d examples)", s.label, upd.round, upd.num_examples)
+            self.wake.set()  # first: the round may close now, without waiting for the Ack to go out
             await self._ack(s, upd.round, sampled=True)
-            self.wake.set()
         elif isinstance(verdict, Duplicate):
             log.info("%s re-sent its round %d update after reconnecting; the first copy counts",
                      s.label, upd.round)
