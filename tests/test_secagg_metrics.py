@@ -18,7 +18,9 @@ from fedsock.chief.secure import SecureAggregation
 from fedsock.errors import ConfigError, RemoteProtocolError
 from fedsock.protocol import Plan
 from fedsock.protocol.secagg import Peer, SecAggInbox, SecAggRoster, SecAggUnmask
+from fedsock.secagg import fixedpoint
 from fedsock.secagg import metrics as sm
+from fedsock.secagg.chief import ChiefRound
 from fedsock.secagg.worker import WorkerRound
 from fedsock.worker.evaluation import MetricSharing
 from fedsock.worker.secure import masked_update
@@ -211,3 +213,54 @@ def test_share_metrics_modes():
     assert "only inside the secure-aggregation sum" in (s.news(True) or "")  # ... and again for another plan
     with pytest.raises(ConfigError, match="--share-metrics must be one of all, aggregate-only, none"):
         MetricSharing("some")
+
+
+def attempt(metrics: dict[int, dict[str, float]], examples: dict[int, int], names: tuple[str, ...],
+            told: dict[int, tuple[str, ...]] | None = None,
+            vanish: tuple[int, ...] = ()) -> tuple[ChiefRound, np.ndarray]:
+    """One attempt of the pure state machines over a one-element model; ``told``: the lists a deviating
+    chief hands some workers instead of ``names``; ``vanish``: workers gone after sharing."""
+    from dataclasses import replace
+
+    chief = ChiefRound(1, 1, words=2)
+    states = {}
+    for w in metrics:
+        states[w], keys = WorkerRound.start(1)
+        chief.add_keys(w, keys)
+    rosters = chief.rosters(2, names)
+    for w in metrics:
+        roster = replace(rosters[w], metrics=(told or {}).get(w, names))
+        chief.add_shares(w, states[w].on_roster(roster))
+    for w, inbox in chief.inboxes().items():
+        if w in vanish:
+            continue
+        states[w].on_inbox(inbox)
+        tail = sm.encode(states[w].roster.metrics, metrics[w], examples[w])[0]
+        masked = states[w].mask(fixedpoint.encode([np.ones(1)], examples[w], len(metrics), tail))
+        chief.add_masked(w, [masked])
+    unmask = chief.unmask()
+    for w in unmask.survivors:
+        chief.add_reveal(w, states[w].on_unmask(unmask))
+    return chief, chief.finish()
+
+
+def test_masks_cancel_over_the_metric_words_when_a_worker_drops_out():
+    metrics = {w: {"val_loss": 0.1 * w, "val_examples": float(w)} for w in (1, 2, 3, 4)}
+    chief, total = attempt(metrics, {w: 10 for w in metrics}, NAMES, vanish=(3,))
+    assert int(total[1]) == 30  # the weight word: the three survivors
+    fed = sm.federated(sm.decode(total[chief.words:], NAMES))
+    assert fed["fed_val_examples"] == 1 + 2 + 4
+    assert fed["fed_val_loss"] == pytest.approx((0.1 + 0.4 + 1.6) / 7, abs=sm.MAX_ERROR)
+
+
+def test_a_chief_that_hands_one_worker_another_list_gets_masks_that_do_not_cancel():
+    """Else it could put one worker's metric in words nobody else fills and read it from the sum."""
+    metrics = {w: {"val_loss": 0.25 * w, "val_examples": 4.0} for w in (1, 2, 3)}
+    isolating = ("val_examples", "val_x", "val_y", "val_z", "val_loss")  # worker 1's loss alone in the last slot
+    _, honest = attempt(metrics, {w: 10 for w in metrics}, NAMES)
+    assert int(honest[1]) == 30
+    _, total = attempt(metrics, {w: 10 for w in metrics}, NAMES, told={1: isolating})
+    assert int(total[1]) != 30  # the weight word is noise: nothing of the sum, let alone worker 1's value, is left
+    with pytest.raises(sm.RangeError):
+        sm.decode(total[2:], NAMES)
+    assert sm.layout_digest(()) == b"" and sm.layout_digest(NAMES) != sm.layout_digest(isolating)

@@ -322,7 +322,8 @@ class ChiefRound:
             for v in self.survivors:
                 if v in self.hoods[d] and v != d:
                     # v added +PRG(s_vd) if v < d, else -PRG(s_vd): take it back out.
-                    key = crypto.agree(sk, self.keys[v].mask_key, crypto.MASK_LABEL, self.round, self.attempt)
+                    key = crypto.agree(sk, self.keys[v].mask_key, crypto.MASK_LABEL, self.round, self.attempt,
+                                       metric_words.layout_digest(self.metrics))
                     _apply(total, key, add=v > d)
         self.phase = "done"
         self.total = None

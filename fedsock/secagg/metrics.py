@@ -32,6 +32,7 @@ one float64 division.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -155,15 +156,17 @@ def federated(sums: Mapping[str, MetricSum]) -> dict[str, float]:
     return {FED + name: (s.total if name == VAL_EXAMPLES else s.mean) for name, s in sorted(sums.items())}
 
 
-def check_name(name: str) -> str:
-    """``name`` if it may be announced: 1..SECAGG_METRIC_NAME_BYTES bytes.
+def layout_digest(names: Sequence[str]) -> bytes:
+    """What the pairwise mask keys of an attempt with these metric names add to their HKDF info:
+    nothing without names, else SHA-256 over each name as one length byte and its UTF-8 bytes.
 
-    Raises:
-        ValueError: it may not.
+    Every worker's masks then cancel only against workers given the same list: a chief that
+    hands two workers different lists, so that one worker's metric lands in words no other
+    worker fills, gets a sum whose masks do not cancel.
     """
-    if not name or len(name.encode()) > limits.SECAGG_METRIC_NAME_BYTES:
-        raise ValueError(f"metric name {name!r} must be 1 to {limits.SECAGG_METRIC_NAME_BYTES} bytes")
-    return name
+    if not names:
+        return b""
+    return hashlib.sha256(b"".join(bytes([len(n.encode())]) + n.encode() for n in names)).digest()
 
 
 def compiled_metrics(compile_json: str | None) -> list[str]:
@@ -189,7 +192,12 @@ def compiled_metrics(compile_json: str | None) -> list[str]:
     if isinstance(config, dict):
         for key in ("metrics", "weighted_metrics"):
             visit(config.get(key))
-    return [m for m in found if _BASE.fullmatch(m)]
+    return [m for m in found if _fits(m)]
+
+
+def _fits(base: str) -> bool:
+    """A Keras metric name whose ``val_``/``train_`` names fit SECAGG_METRIC_NAME_BYTES."""
+    return bool(_BASE.fullmatch(base)) and len((TRAIN + base).encode()) <= limits.SECAGG_METRIC_NAME_BYTES
 
 
 def parse_bases(spec: str) -> tuple[str, ...] | None:
@@ -205,9 +213,10 @@ def parse_bases(spec: str) -> tuple[str, ...] | None:
         return ()
     bases = tuple(dict.fromkeys(b.strip() for b in text.split(",") if b.strip()))
     for b in bases:
-        if not _BASE.fullmatch(b) or b.startswith((VAL, TRAIN)):
-            raise ConfigError(f"--secagg-metrics: {b!r} is not a Keras metric name (such as loss, accuracy); "
-                              "give names without val_/train_, separated by commas, or auto, or none")
+        if not _fits(b) or b.startswith((VAL, TRAIN)):
+            raise ConfigError(f"--secagg-metrics: {b!r} is not a Keras metric name (such as loss, accuracy) "
+                              f"of at most {limits.SECAGG_METRIC_NAME_BYTES - len(TRAIN)} characters; give names "
+                              "without val_/train_, separated by commas, or auto, or none")
     if not bases:
         raise ConfigError("--secagg-metrics needs metric names, auto or none")
     if 1 + 2 * len(bases) > limits.SECAGG_MAX_METRICS:
