@@ -178,6 +178,7 @@ class SecureAggregation:
         if att is not None and att.phase == "keys" and worker in att.keys:
             att.drop_keys(worker)
             self.controller.withdraw(worker)
+        self.without_metrics.discard(worker)  # its next connection says again (its rosters are out already)
         self.progress.set()
 
     # --- driving an attempt ---------------------------------------------
