@@ -69,6 +69,8 @@ class RoundRecord:
         final: the run's last round.
         worker_metrics: the metrics each of its workers sent with its update, by worker name
             (``val_*`` on its validation split, ``train_*``); see ``fedsock.chief.evaluation``.
+        aggregate_metrics: federated metrics (``fed_*``) known only as sums, without any worker's
+            own values (secure aggregation, docs/privacy.md).
     """
 
     round: int
@@ -88,10 +90,11 @@ class RoundRecord:
     members: tuple[str, ...] = ()
     final: bool = False
     worker_metrics: Mapping[str, WorkerEval] = field(default_factory=dict)
+    aggregate_metrics: Mapping[str, float] = field(default_factory=dict)
 
     def federated(self) -> dict[str, Any]:
         """The federated metrics (``fed_*``) and fairness figures of its workers' metrics."""
-        return federate(self.worker_metrics)
+        return {**federate(self.worker_metrics), **self.aggregate_metrics}
 
     def row(self) -> dict[str, Any]:
         """Its metrics.jsonl line."""
@@ -104,9 +107,10 @@ class RoundRecord:
             line["fraction"] = self.fraction
             line["sampled"] = self.sampled
         line.update(self.privacy)
-        if self.worker_metrics:
+        if self.worker_metrics or self.aggregate_metrics:
             line.update(self.federated())
             line["fed_model_round"] = self.round - 1  # the model its workers' val_* metrics describe
+        if self.worker_metrics:
             line["per_worker"] = {n: dict(ev.metrics) for n, ev in sorted(self.worker_metrics.items())}
         return line
 

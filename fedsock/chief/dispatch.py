@@ -37,6 +37,7 @@ from fedsock.chief.secure import SecureAggregation
 from fedsock.chief.staging import StagingBudget
 from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol import (
+    SECAGG_METRICS_FEATURE,
     Ack,
     ConnectionClosed,
     Done,
@@ -333,7 +334,7 @@ class WorkerService:
         elif isinstance(ev, SecAggReveal):
             sec.on_reveal(wid, ev)
         elif not self.done.is_set():
-            verdict = sec.on_keys(wid, ev, s.conn_id)
+            verdict = sec.on_keys(wid, ev, s.conn_id, metrics=SECAGG_METRICS_FEATURE in (s.conn.features or ()))
             if isinstance(verdict, NotSelected):
                 self.registry.hold(wid)
             elif isinstance(verdict, Stale):

@@ -34,7 +34,7 @@ from fedsock.transport.errors import ConnectionLost
 from fedsock.worker.buffers import ModelMemory
 from fedsock.worker.config import WorkerConfig, default_name
 from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
-from fedsock.worker.evaluation import Evaluation
+from fedsock.worker.evaluation import Evaluation, MetricSharing
 from fedsock.worker.joining import join_chief
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
 from fedsock.worker.policy import WorkerPolicy
@@ -78,6 +78,8 @@ class Client:
             weights are read, and the chief told why (``policy_refused``).
         evaluate: weights -> their metrics on local validation data, with ``examples``; run on
             each model join/sync return, sent with the next sync as ``val_*`` (docs/evaluation.md).
+        share_metrics: what of the metrics reaches the chief: ``"all"``, ``"aggregate-only"``
+            (only inside a secure-aggregation sum) or ``"none"`` (docs/privacy.md).
 
     Raises:
         ConfigError: bad address or token.
@@ -105,7 +107,8 @@ class Client:
                  epsilon_delta: float = WorkerConfig.epsilon_delta,
                  min_batch_size: int = WorkerConfig.min_batch_size,
                  min_sync_every: int = WorkerConfig.min_sync_every,
-                 evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None) -> None:
+                 evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None,
+                 share_metrics: str = WorkerConfig.share_metrics) -> None:
         self.address = parse_address(address)
         self._credentials = Credentials.resolve(token, ca, cert, key)
         own = self._credentials.own_name
@@ -128,6 +131,7 @@ class Client:
         self._reconnect_timeout = reconnect_timeout
         self.reconnects = 0
         self.evaluation = Evaluation(evaluate)  # .last: the val_* metrics of the model last returned
+        self.sharing = MetricSharing(share_metrics)
         self._pipeline = UpdatePipeline(Path(save_updates) if save_updates is not None else None)
         self._memory = ModelMemory()
         self._lock = threading.Lock()
@@ -136,6 +140,7 @@ class Client:
             self._channel, self.welcome, model = self._connect(connect_timeout)
         self._engine = WorkerEngine(self.welcome, model, reconnect=reconnect_timeout > 0)
         self.worker_id = self.welcome.worker_id
+        self._say_sharing()
         self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
         self._hb.start()
 
@@ -227,7 +232,8 @@ class Client:
         if self.weights is None:
             raise FedsockError("call join() before sync()")
         base = self.weights
-        sent = self.evaluation.outgoing(metrics or {})
+        self._say_sharing()
+        sent = self.sharing.shared(self.plan.secure_agg, self.evaluation.outgoing(metrics or {}))
         out = Outgoing(Update(self.round + 1, int(num_examples), self._specs(weights), sent), weights)
         steps = self._pipeline.steps(self.plan, parse_compression(self.welcome.compress), base,
                                      bool(self._engine.specs))
@@ -251,6 +257,12 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _say_sharing(self) -> None:
+        """Log what ``share_metrics`` means with this chief: at join, and after a plan change."""
+        text = self.sharing.news(self.plan.secure_agg)
+        if text is not None:
+            log.info("%s", text)
 
     # --- driving the engine -------------------------------------------------
 
