@@ -68,6 +68,16 @@ SECAGG_MAX_SEALED_BYTES = 512
 SECAGG_SHARE_BYTES = 66
 #: Longest share in SecAggReveal (exactly SECAGG_SHARE_BYTES is checked when it is used).
 SECAGG_MAX_SHARE_BYTES = 128
+#: Most metric names a SecAggRoster may announce (each puts 3 words into the masked vector).
+SECAGG_MAX_METRICS = 32
+#: Longest metric name in a SecAggRoster, in UTF-8 bytes.
+SECAGG_METRIC_NAME_BYTES = 64
+#: A worker puts a metric into the masked vector only with |value| below this (2**30) and a
+#: weight of at most SECAGG_METRIC_MAX_WEIGHT; with MAX_WORKERS workers no sum can overflow
+#: (fedsock.secagg.metrics). Otherwise it sends weight 0 for that metric.
+SECAGG_METRIC_MAX_ABS = 2**30
+#: Largest weight (validation or training examples) beside a metric in the masked vector (2**30).
+SECAGG_METRIC_MAX_WEIGHT = 2**30
 
 # --- time ----------------------------------------------------------------
 #: Seconds a new connection has for the TLS handshake, and then again for

@@ -456,7 +456,8 @@ def test_every_decoder_ignores_unknown_keys_at_every_depth():
         Heartbeat(), Error("bad_message", "why"), Chunk(0, 0, b"xy"),
         Status(1, 3, False, 1, 1, 2.5, None, {"loss": 0.5}, (WorkerStatus("w1", 1, True, 0.5, 1, 10, 20),)),
         SecAggKeys(1, bytes(32), bytes(32)), Ack(1, True, 2, 0),
-        SecAggRoster(1, 1, 1, 2, 2, 2, (Peer(1, bytes(32), bytes(32)), Peer(2, bytes(32), bytes(32)))),
+        SecAggRoster(1, 1, 1, 2, 2, 2, (Peer(1, bytes(32), bytes(32)), Peer(2, bytes(32), bytes(32))),
+                     ("val_examples", "val_loss")),
     ]
     for m in messages:
         body = _with_unknown_keys(frames.unpack_body(frames.pack_body(m.to_body())))

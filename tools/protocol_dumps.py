@@ -64,6 +64,7 @@ from fedsock.protocol.secagg import (
     SecAggUnmask,
 )
 from fedsock.secagg import crypto, fixedpoint, shamir
+from fedsock.secagg import metrics as metric_words
 from fedsock.worker.compress import UpdateEncoder
 
 # --- fixed example values ---------------------------------------------------
@@ -148,7 +149,8 @@ def deliver(frame: bytes, to: Connection) -> list[Any]:
 
 
 def send(title: str, sender: Connection, receiver: Connection, msg: Any,
-         arrays: list[np.ndarray] | None = None, quiet: bool = False) -> None:
+         arrays: list[np.ndarray] | None = None, quiet: bool = False, chunks_of: int | None = None) -> None:
+    """Send ``msg`` (and the chunks of ``arrays``) and dump the frames (``chunks_of``: only that tensor's chunks)."""
     frame = sender.send(msg)
     got = deliver(frame, receiver)
     assert got and got[0] == msg, (got, msg)
@@ -158,7 +160,7 @@ def send(title: str, sender: Connection, receiver: Connection, msg: Any,
         frame = sender.send(chunk)
         got = deliver(frame, receiver)
         assert bytes(got[0].data) == bytes(chunk.data)
-        if not quiet:
+        if not quiet and chunks_of in (None, chunk.tensor):
             dump(f"{title}, Chunk {i + 1} (tensor {chunk.tensor}, offset {chunk.offset})", frame)
     if arrays is not None:
         assert isinstance(got[-1], EndOfMessage), got
@@ -280,6 +282,41 @@ def secagg_example() -> None:
     send("SecAggReveal (worker 1 -> chief)", worker, chief, reveal)
     send("SecAggAbort (chief -> worker 1), had the attempt failed", chief, worker,
          SecAggAbort(1, 1, "2 workers sent masked updates; 3 needed"))
+    secagg_metrics_example(pub, mask_sk, seed[1])
+
+
+def secagg_metrics_example(pub: dict[int, tuple[bytes, bytes]], mask_sk: dict[int, Any], seed: bytes) -> None:
+    """The same attempt had its roster named metrics: the mask key, worker 1's words and the frames that change."""
+    names = ("val_examples", "val_loss", "train_loss")
+    shared = {"val_examples": 20.0, "val_loss": 0.375, "train_loss": -1.5}
+    tail, skipped = metric_words.encode(names, shared, 100)
+    assert not skipped
+    digest = metric_words.layout_digest(names)
+    k_mask = crypto.agree(mask_sk[1], pub[2][1], crypto.MASK_LABEL, 1, 1, digest)
+    assert k_mask == crypto.agree(mask_sk[2], pub[1][1], crypto.MASK_LABEL, 1, 1, digest)
+    encoded = fixedpoint.encode(TRAINED, 100, 2, tail)
+    n = len(encoded)
+    masked = encoded + crypto.mask(seed, n) + crypto.mask(k_mask, n)
+    print()
+    print("=== The same attempt with metrics in the sum (7.10): the roster names val_examples, val_loss, "
+          "train_loss;")
+    print("=== worker 1 shares val_loss 0.375 on 20 validation examples and train_loss -1.5 (100 examples)")
+    print(f"metric names digest       {digest.hex()}")
+    print(f"mask key 1-2              {k_mask.hex()}")
+    print(f"metric words (lo hi wt)   {words(tail)}")
+    print(f"encoded, all 16 words     {words(encoded)}")
+    print(f"PRG(seed 1)               {words(crypto.mask(seed, n))}")
+    print(f"PRG(mask key 1-2)         {words(crypto.mask(k_mask, n))}")
+    print(f"masked = sum mod 2^64     {words(masked)}")
+    print()
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    handshake(worker, chief, quiet=True)
+    send("SecAggKeys (worker 1 -> chief)", worker, chief, SecAggKeys(1, *pub[1]), quiet=True)
+    roster = SecAggRoster(1, 1, 1, 2, 2, 2, tuple(Peer(w, *pub[w]) for w in (1, 2)), names)
+    send("SecAggRoster with metrics (chief -> worker 1)", chief, worker, roster)
+    arrays = [masked[:4].reshape(2, 2), masked[4:6], masked[6:7], masked[7:]]
+    specs = tuple(TensorSpec(nm, "uint64", a.shape) for nm, a in zip([*NAMES, "weight", "metrics"], arrays))
+    send("SecAggMasked with metrics (worker 1 -> chief)", worker, chief, SecAggMasked(1, 1, specs), arrays)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from fedsock import limits
 from fedsock.aggregation.compat import check_compatible, with_dp
 from fedsock.aggregation.strategies import DEFAULTS, Strategy, parse_strategy
 from fedsock.errors import ConfigError
+from fedsock.secagg import metrics as metric_words
 from fedsock.settings import setting
 
 #: Strategies that select or drop individual updates (they keep every update of a round).
@@ -143,6 +144,11 @@ class ChiefConfig:
     secagg_timeout: float = setting(limits.SECAGG_PHASE_TIMEOUT_S, group=SECURE,
                                     help="seconds each secure-aggregation phase waits for workers before "
                                     "going on without them")
+    secagg_metrics: str = setting("auto", group=SECURE, metavar="NAMES",
+                                  help="metrics whose federated averages ride inside the masked vector, as "
+                                  "val_<m> and train_<m> with val_examples (the chief sees only their sums): "
+                                  "auto (loss, accuracy and the --model's compiled metrics), none, or Keras "
+                                  "metric names separated by commas")
 
     def __post_init__(self) -> None:
         # paths may come as text (``Chief(state_dir="run1")``)
@@ -271,6 +277,9 @@ class ChiefConfig:
         if not self.secure_agg:
             if self.secagg_threshold or self.secagg_neighbours:
                 raise ConfigError("--secagg-threshold and --secagg-neighbours need --secure-agg")
+            if self.secagg_metrics != "auto":
+                raise ConfigError("--secagg-metrics needs --secure-agg (without it the workers send their "
+                                  "metrics with their updates)")
             return
         if self.compress != "none":
             raise ConfigError(f"--compress {self.compress} cannot be combined with --secure-agg: masked updates "
@@ -289,3 +298,4 @@ class ChiefConfig:
                               f"{self.secagg_neighbours + 1} workers")
         if self.secagg_timeout <= 0:
             raise ConfigError("--secagg-timeout must be positive")
+        metric_words.parse_bases(self.secagg_metrics)

@@ -38,6 +38,7 @@ from fedsock.chief.secure import SecureAggregation
 from fedsock.chief.staging import StagingBudget
 from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol import (
+    SECAGG_METRICS_FEATURE,
     Ack,
     ConnectionClosed,
     Error,
@@ -275,8 +276,8 @@ class WorkerService:
         if isinstance(verdict, Accepted):
             self.evaluation.put(upd.round, wid, upd.num_examples, upd.metrics)
             log.debug("%s: update for round %d (%d examples)", s.label, upd.round, upd.num_examples)
+            self.wake.set()  # first: the round may close now, without waiting for the Ack to go out
             await self._ack(s, upd.round, sampled=True)
-            self.wake.set()
         elif isinstance(verdict, Duplicate):
             log.info("%s re-sent its round %d update after reconnecting; the first copy counts",
                      s.label, upd.round)
@@ -341,7 +342,7 @@ class WorkerService:
         elif isinstance(ev, SecAggReveal):
             sec.on_reveal(wid, ev)
         elif not self.done.is_set():
-            verdict = sec.on_keys(wid, ev, s.conn_id)
+            verdict = sec.on_keys(wid, ev, s.conn_id, metrics=SECAGG_METRICS_FEATURE in (s.conn.features or ()))
             if isinstance(verdict, NotSelected):
                 self.registry.hold(wid)
             elif isinstance(verdict, Stale):

@@ -150,6 +150,8 @@ class Chief:
             self.config = self.outputs.config = self.service.config = cfg
             self._closer = RelayCloser(self.relay, self.service.evaluation)
         model = self.outputs.prepare_model()
+        if self.service.secure is not None:
+            self.service.secure.announce_metrics(model.compile if model else None)
         # a relay's state lives upstream: it starts from the upstream's model, never a checkpoint
         resumed = self.checkpoints.resume(ctrl, model.specs if model else None) if self.relay is None else None
         if resumed is None and model is not None:

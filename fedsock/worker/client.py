@@ -34,17 +34,18 @@ from fedsock.transport.errors import ConnectionLost
 from fedsock.worker.buffers import ModelMemory
 from fedsock.worker.config import WorkerConfig, default_name
 from fedsock.worker.engine import Action, Deliver, Fail, ReadEval, ReadModel, Reconnect, Send, WorkerEngine
-from fedsock.worker.evaluation import Evaluation, answer_request
+from fedsock.worker.evaluation import Evaluation, MetricSharing
 from fedsock.worker.joining import join_chief
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
 from fedsock.worker.policy import WorkerPolicy
+from fedsock.worker.reporting import Reporting
 
 __all__ = ["Client", "ConnectionLost", "parse_address", "token_from"]
 
 log = logging.getLogger("fedsock.worker")
 
 
-class Client:
+class Client(Reporting):
     """A worker's connection to the chief.
 
     Connecting, authenticating and receiving ``Welcome`` happen in the
@@ -80,9 +81,12 @@ class Client:
             each model join/sync return, sent with the next sync as ``val_*`` (docs/evaluation.md).
             It also answers the chief's evaluation requests while this worker is held (not
             sampled), unless ``evaluator`` is set to something else.
+        share_metrics: what of the metrics reaches the chief: ``"all"``, ``"aggregate-only"``
+            (only inside a secure-aggregation sum) or ``"none"`` (docs/privacy.md); evaluation
+            requests and the final report are answered only with ``"all"``.
         evaluations: say to the chief (Hello capability ``"eval"``) that this worker answers its
             evaluation requests and reports its final evaluation (see ``report``); default: if
-            ``evaluate`` is given (a worker without validation data has nothing to say).
+            ``evaluate`` is given and ``share_metrics`` is ``"all"``.
 
     Raises:
         ConfigError: bad address or token.
@@ -111,6 +115,7 @@ class Client:
                  min_batch_size: int = WorkerConfig.min_batch_size,
                  min_sync_every: int = WorkerConfig.min_sync_every,
                  evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None,
+                 share_metrics: str = WorkerConfig.share_metrics,
                  evaluations: bool | None = None) -> None:
         self.address = parse_address(address)
         self._credentials = Credentials.resolve(token, ca, cert, key)
@@ -134,13 +139,16 @@ class Client:
         self._reconnect_timeout = reconnect_timeout
         self.reconnects = 0
         self.evaluation = Evaluation(evaluate)  # .last: the val_* metrics of the model last returned
+        self.sharing = MetricSharing(share_metrics)
         #: weights -> metrics with ``examples``: answers the chief's evaluation requests (None: answered
         #: without values). ``FederatedCallback`` sets its own.
         self.evaluator = evaluate
         #: The final model's validation metrics (``val_*``), once the run is over: what ``report`` sends
         #: by default. ``evaluate`` fills it; so does ``FederatedCallback`` with validation data.
         self.final_metrics: dict[str, float] = {}
-        self._evaluations = evaluate is not None if evaluations is None else evaluations
+        if evaluations is None:
+            evaluations = evaluate is not None and share_metrics == "all"
+        self._evaluations = evaluations
         self._pipeline = UpdatePipeline(Path(save_updates) if save_updates is not None else None)
         self._memory = ModelMemory()
         self._lock = threading.Lock()
@@ -149,6 +157,7 @@ class Client:
             self._channel, self.welcome, model = self._connect(connect_timeout)
         self._engine = WorkerEngine(self.welcome, model, reconnect=reconnect_timeout > 0)
         self.worker_id = self.welcome.worker_id
+        self._say_sharing()
         self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
         self._hb.start()
 
@@ -240,7 +249,8 @@ class Client:
         if self.weights is None:
             raise FedsockError("call join() before sync()")
         base = self.weights
-        sent = self.evaluation.outgoing(metrics or {})
+        self._say_sharing()
+        sent = self.sharing.shared(self.plan.secure_agg, self.evaluation.outgoing(metrics or {}))
         out = Outgoing(Update(self.round + 1, int(num_examples), self._specs(weights), sent), weights)
         steps = self._pipeline.steps(self.plan, parse_compression(self.welcome.compress), base,
                                      bool(self._engine.specs))
@@ -250,34 +260,6 @@ class Client:
         with self._lock:
             model = self._drive(start(out.update, out.tensors), reuse, keep)
         return self._evaluated(model)
-
-    def _evaluated(self, model: list[np.ndarray]) -> list[np.ndarray]:
-        model = self.evaluation.evaluate(model)
-        if self.finished and self.evaluation.fn is not None:
-            self.final_metrics = dict(self.evaluation.last)
-        return model
-
-    @property
-    def report_due(self) -> bool:
-        """The chief's Done asked for this worker's final evaluation and ``report`` has not sent it."""
-        return self._engine.report_due
-
-    def report(self, metrics: Mapping[str, float] | None = None) -> bool:
-        """Send the final evaluation to the chief, once, if its Done asked for it (docs/evaluation.md):
-        ``metrics`` are ``val_*`` with ``val_examples`` (the final model on the validation split) and,
-        after local fine-tuning, ``personalized_val_*`` with ``personalized_val_examples`` (default
-        ``final_metrics``; ``close`` sends that if this was never called). Returns whether it was sent
-        (not: the chief asked for none, e.g. with secure aggregation; sent already; connection gone)."""
-        with self._lock:
-            actions = self._engine.final_report(self.final_metrics if metrics is None else metrics)
-            for act in actions:
-                assert isinstance(act, Send)
-                try:
-                    self._send(act.msg)
-                except (OSError, FedsockError) as exc:
-                    log.info("could not send the final evaluation to the chief (%s)", exc)
-                    return False
-            return bool(actions)
 
     def close(self, reason: str | None = None) -> None:
         """Hang up; with ``reason``, tell the chief why first. A final evaluation the chief asked for
@@ -295,6 +277,12 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _say_sharing(self) -> None:
+        """Log what ``share_metrics`` means with this chief: at join, and after a plan change."""
+        text = self.sharing.news(self.plan.secure_agg)
+        if text is not None:
+            log.info("%s", text)
 
     # --- driving the engine -------------------------------------------------
 
@@ -342,16 +330,6 @@ class Client:
         except ConnectionLost as exc:
             return self._engine.lost(str(exc))
         return self._engine.model_read(msg, model)
-
-    def _answer_request(self, act: ReadEval) -> list[Action]:
-        """Read an EvalRequest's weights into scratch memory and evaluate them (the held model stays)."""
-        msg = act.msg
-        buf = self._memory.scratch(sum(s.wire_nbytes for s in msg.tensors))  # the engine checked: the model's size
-        try:
-            weights = self._channel.read_weights(msg.tensors, buf)
-        except ConnectionLost as exc:
-            return self._engine.lost(str(exc))
-        return self._engine.evaluated(msg, answer_request(self.evaluator, weights, msg.round))
 
     def _send(self, msg: AnyMessage, arrays: Sequence[np.ndarray] = ()) -> None:
         """Every message this Client sends goes through here."""

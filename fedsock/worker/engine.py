@@ -221,7 +221,8 @@ class WorkerEngine:
             _log_excluded(sa)
         names = [s.name for s in sync.update.tensors]
         try:
-            msg, arrays = masked_update(sa, sync.wire, sync.update.num_examples, self.plan, names)
+            msg, arrays = masked_update(sa, sync.wire, sync.update.num_examples, self.plan, names,
+                                        sync.update.metrics)
         except RangeError as exc:
             return [Fail(FedsockError(f"cannot take part in secure aggregation: {exc}"),
                          Error(code="invalid_weights", message=str(exc)))]

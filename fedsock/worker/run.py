@@ -80,8 +80,8 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
     started = time.monotonic()
     keras = kerasutil.import_keras()
     log.info("Keras %s ready in %.1f s", keras.__version__, time.monotonic() - started)
-    # with a validation split, the chief may ask this worker to evaluate (held rounds, the final model)
-    with Client.from_config(config, evaluations=len(y_val) > 0) as client:
+    # with a validation split it shares, the chief may ask this worker to evaluate (held rounds, the final model)
+    with Client.from_config(config, evaluations=len(y_val) > 0 and config.share_metrics == "all") as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
