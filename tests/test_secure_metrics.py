@@ -116,11 +116,17 @@ def test_a_secure_run_reports_the_weighted_means_of_what_the_workers_evaluated_a
     log = chief.output()
     assert "only as sums inside the masked vector: val_examples, val_loss, val_accuracy, train_loss" in log
     assert re.search(r"^\s+5\s+4\s+105\s+\d\.\d{4}\s+\d\.\d{4}\s+-\s", log, re.M), log  # fed acc, fed loss
+    # no final evaluation leaves a worker either: the secure chief's Done asks for none
+    final = (chief.state_dir / "final_evaluation.json").read_text()
+    assert {k: v for k, v in json.loads(final).items() if k in ("secure_agg", "workers", "federated")} == \
+        {"secure_agg": True, "workers": {}, "federated": None}
+    assert "with --secure-agg the workers keep their evaluation of the final model to themselves" in log
     haystacks = {"chief log": log, "metrics.jsonl": (chief.state_dir / "metrics.jsonl").read_text(),
-                 "status": status}
+                 "status": status, "final_evaluation.json": final}
     assert not leaked(sent, haystacks, same_for_all(sent))
     for n in sharing:
         assert "reach the chief only inside the secure-aggregation sum" in outs[n]
+        assert "final report not asked for" in outs[n]
     assert "sends the chief none of its metrics (--share-metrics none)" in outs["sm-quiet"]
 
 
