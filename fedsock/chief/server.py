@@ -154,6 +154,8 @@ class Chief:
         if resumed is None and model is not None:
             ctrl.set_model(model.specs, model.weights)
         self.registry.expect(resumed or (), time.monotonic())  # expect them back: they are reconnecting
+        if ctrl.finished:  # before listening: every worker that joins gets Done right after its Welcome
+            self.service.done.set()
         context = tls.server_context(self.identity.cert_path, self.identity.key_path, cfg.ca)
         listener = Listener(context, cfg.handshake_timeout, self._io, cfg.heartbeat_interval, self.service.run)
         server = await listener.listen(cfg.host, cfg.port)
@@ -203,10 +205,12 @@ class Chief:
     async def _train(self) -> None:
         ctrl = self.controller
         if ctrl.finished:
-            log.info("the run already finished (round %d of %d); handing out the final model",
-                     ctrl.round, ctrl.rounds)
-            self.service.done.set()
-            await self._finish(min_wait=3 * self.config.done_grace)
+            cfg = self.config
+            log.warning("the run in %s already finished at round %d (--rounds %d asks for no more): nothing to "
+                        "train; workers that join in the next %g s get the final model at once. To train "
+                        "further, start the chief with --rounds above %d; for a new run, use another --state-dir",
+                        cfg.state_dir, ctrl.round, ctrl.rounds, 3 * cfg.done_grace, ctrl.round)
+            await self._finish(min_wait=3 * cfg.done_grace)
         else:
             await self._round_loop()
             await self._finish()

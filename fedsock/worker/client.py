@@ -24,7 +24,18 @@ import numpy as np
 
 from fedsock import limits
 from fedsock.errors import ConfigError, FedsockError, RemoteProtocolError
-from fedsock.protocol import Done, Error, Global, Plan, TensorSpec, Update, Welcome, check_signature, specs_of
+from fedsock.protocol import (
+    Done,
+    Error,
+    Global,
+    Heartbeat,
+    Plan,
+    TensorSpec,
+    Update,
+    Welcome,
+    check_signature,
+    specs_of,
+)
 from fedsock.protocol.compression import parse_compression
 from fedsock.protocol.connection import AnyMessage
 from fedsock.transport import tls
@@ -136,6 +147,9 @@ class Client:
             self._channel, self.welcome, model = self._connect(connect_timeout)
         self._engine = WorkerEngine(self.welcome, model, reconnect=reconnect_timeout > 0)
         self.worker_id = self.welcome.worker_id
+        if self.welcome.has_weights and self.welcome.round >= self.welcome.plan.rounds:
+            with self._lock:
+                self._take_final(model or [])
         self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
         self._hb.start()
 
@@ -253,6 +267,23 @@ class Client:
         self.close()
 
     # --- driving the engine -------------------------------------------------
+
+    def _take_final(self, keep: Sequence[np.ndarray]) -> None:
+        """The run is over (the Welcome's round is the plan's last): read the Done that follows it
+        (protocol.md 7.5), so that ``finished`` holds before any training. Anything else is left to
+        the first sync, which handles errors and reconnects (the lock is held)."""
+        while True:
+            try:
+                ev = self._channel.next_event()
+            except ConnectionLost:
+                return
+            if isinstance(ev, Done):
+                self._drive([ReadModel(ev)], None, keep)
+                log.info("the chief's run is already over (round %d of %d): took its final model; nothing to "
+                         "train", self.round, self.plan.rounds)
+                return
+            if not isinstance(ev, Heartbeat):
+                return
 
     def _drive(self, actions: list[Action], reuse: Sequence[np.ndarray] | None,
                keep: Sequence[np.ndarray]) -> list[np.ndarray]:
