@@ -153,9 +153,10 @@ class Chief:
         resumed = self.checkpoints.resume(ctrl, model.specs if model else None) if self.relay is None else None
         if resumed is None and model is not None:
             ctrl.set_model(model.specs, model.weights)
-        self.registry.expect(resumed or (), time.monotonic())  # expect them back: they are reconnecting
         if ctrl.finished:  # before listening: every worker that joins gets Done right after its Welcome
-            self.service.done.set()
+            self.service.done.set()  # (the checkpoint's members had theirs from the chief that finished)
+        else:
+            self.registry.expect(resumed or (), time.monotonic())  # expect them back: they are reconnecting
         context = tls.server_context(self.identity.cert_path, self.identity.key_path, cfg.ca)
         listener = Listener(context, cfg.handshake_timeout, self._io, cfg.heartbeat_interval, self.service.run)
         server = await listener.listen(cfg.host, cfg.port)
