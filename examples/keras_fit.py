@@ -37,12 +37,11 @@ def main() -> None:
     model = digits_mlp()
     with fedsock.Client.from_config(config) as client:
         plan = client.plan
-        callback = fedsock.keras.FederatedCallback(
-            client, sync_every=plan.sync_every, batch_size=plan.batch_size, num_examples=len(x)
-        )
+        # sync_every and batch_size follow the chief's plan; num_examples makes callback.epochs just enough
+        callback = fedsock.keras.FederatedCallback(client, num_examples=len(x))
         if plan.mu:  # the callback adds FedProx's proximal step after every batch
             print(f"keras_fit: FedProx with mu = {plan.mu:g}")
-        model.fit(x, y, batch_size=plan.batch_size, epochs=10_000, callbacks=[callback], verbose=0)
+        model.fit(x, y, batch_size=plan.batch_size, epochs=callback.epochs, callbacks=[callback], verbose=2)
         assert client.finished, "fit ended before the chief finished the run"
         loss, acc = model.evaluate(x, y, verbose=0)
         print(f"keras_fit: finished after round {client.round}; local accuracy {acc:.4f}")

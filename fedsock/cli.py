@@ -49,9 +49,13 @@ def worker_parser(p: argparse.ArgumentParser) -> None:
 
 def status_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chief", required=True, metavar="HOST:PORT", help="address of the chief (or relay) to ask")
-    p.add_argument("--token", help="its join token (default: $FEDSOCK_TOKEN)")
+    p.add_argument("--token", help="its join token (default: $FEDSOCK_TOKEN, else the --state-dir's token "
+                   "if that chief listened on this port)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
     p.add_argument("--json", action="store_true", help="print the Status message as JSON")
+    p.add_argument("--state-dir", type=Path, default=Path("fedsock-chief"),
+                   help="the chief's state dir, read when the chief does not answer: whether its run finished "
+                   "and where the final model is (default ./fedsock-chief)")
 
 
 def conformance_parser(p: argparse.ArgumentParser) -> None:
@@ -189,9 +193,20 @@ def run(args: argparse.Namespace) -> int:
         run_worker(settings.build(WorkerConfig, args), settings.build(TrainingOptions, args))
         return 0
     if args.command == "status":
-        from fedsock.status import format_status, query_status, status_json
+        from fedsock.errors import ConnectError
+        from fedsock.status import format_status, query_status, state_dir_token, status_json, stopped_run
 
-        st = query_status(args.chief, token=args.token, timeout=args.timeout)
+        token = args.token or os.environ.get("FEDSOCK_TOKEN") or state_dir_token(args.state_dir, args.chief)
+        try:
+            st = query_status(args.chief, token=token, timeout=args.timeout)
+        except ConnectError as exc:
+            run = stopped_run(args.state_dir, args.chief)
+            if run is None:
+                raise
+            if not run.finished:
+                raise ConnectError(f"{exc}\n{run.describe()}") from None
+            print(run.to_json() if args.json else f"no chief answers at {args.chief}: {run.describe()}")
+            return 0
         print(status_json(st) if args.json else format_status(st, args.chief))
         return 0
     if args.command == "conformance":

@@ -155,3 +155,18 @@ def evaluate(model: Any, weights: Sequence[np.ndarray], x: np.ndarray, y: np.nda
     model.set_weights(list(weights))
     res = model.evaluate(x, y, batch_size=256, verbose=0, return_dict=True)
     return {k: float(v) for k, v in res.items()}
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Save ``model`` as a ``.keras`` file that ``keras.models.load_model`` loads without a warning.
+
+    A compiled model whose optimizer never took a step (the chief's: it only
+    evaluates) would be saved with fewer optimizer variables than loading
+    builds, and ``load_model`` warns that it skips them. Building the
+    optimizer first saves its full, fresh state: the file loads compiled,
+    ready for ``fit`` or ``evaluate``.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    model.save(path)

@@ -6,6 +6,10 @@ The query authenticates like a worker (same HMAC challenge), with the
 federation. With a join token (which every worker holds) the answer has
 counts only; a read-only status token (``fedsock token create --status``),
 which cannot join, also gets each worker's name and traffic.
+
+A chief that is not running cannot answer; ``stopped_run`` reads what its
+state dir says instead (the run finished at round N, with its final model;
+or it stopped after round N and resumes there).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import os
 import socket
 import ssl
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from fedsock import limits
-from fedsock.errors import ConnectError, RemoteProtocolError
+from fedsock import limits, statefiles
+from fedsock.errors import ConfigError, ConnectError, RemoteProtocolError
 from fedsock.protocol import Status
 from fedsock.transport.channel import BlockingChannel, open_tls
 from fedsock.transport.credentials import Credentials, parse_address
@@ -116,3 +121,116 @@ def status_json(st: Status) -> str:
     """``st`` as JSON (the Status map of protocol.md)."""
     return json.dumps({**asdict(st), "workers": [asdict(w) for w in st.workers]}, indent=2)
 
+
+
+@dataclass(frozen=True)
+class StoppedRun:
+    """What a chief's state dir says about its run while no chief answers.
+
+    Attributes:
+        state_dir: the state dir read.
+        round: the last round checkpointed.
+        finished: the final model was saved after that checkpoint (the run is over).
+        final_model: ``final.keras`` (or ``final_weights.npz`` without ``--model``); None if not finished.
+        checkpoint: the newest checkpoint file.
+        metrics: the last round's holdout and federated metrics from ``metrics.jsonl`` (may be empty).
+    """
+
+    state_dir: Path
+    round: int
+    finished: bool
+    final_model: Path | None
+    checkpoint: Path
+    metrics: dict[str, float]
+
+    def describe(self) -> str:
+        """One paragraph for the user."""
+        shown = "  ".join(f"{k} {_num(v)}" for k, v in self.metrics.items())
+        if self.finished:
+            return (f"the run in {self.state_dir} finished at round {self.round}"
+                    + (f" ({shown})" if shown else "") + f"; final model: {self.final_model}; "
+                    f"per-round metrics: {self.state_dir / 'metrics.jsonl'}")
+        return (f"the run in {self.state_dir} stopped after round {self.round} ({self.checkpoint.name}); "
+                "starting the chief again on that state dir resumes there")
+
+    def to_json(self) -> str:
+        """The same as JSON, with ``"running": false``."""
+        return json.dumps({"running": False, "state_dir": str(self.state_dir), "round": self.round,
+                           "finished": self.finished, "checkpoint": str(self.checkpoint), "metrics": self.metrics,
+                           "final_model": None if self.final_model is None else str(self.final_model)}, indent=2)
+
+
+#: The last-round metrics a stopped run's report shows.
+SHOWN = ("accuracy", "loss", "fed_val_accuracy", "fed_val_loss")
+
+
+def stopped_run(state_dir: Path, address: str | None = None) -> StoppedRun | None:
+    """Read a chief's state dir: its newest checkpoint, whether the final model came after it.
+
+    Args:
+        state_dir: the chief's ``--state-dir``.
+        address: the ``host:port`` asked; a state dir whose ``chief.addr``
+            names another port belongs to another chief (None is returned).
+
+    Returns:
+        None when the state dir holds no checkpoint (no run, or not readable).
+    """
+    state_dir = Path(state_dir)
+    try:
+        if address is not None and _listened_on(state_dir) not in (None, _port(address)):
+            return None
+        ckpts = sorted((state_dir / "checkpoints").glob("round-*.fsck"))
+        if not ckpts:
+            return None
+        newest = ckpts[-1]
+        round_ = int(newest.stem.removeprefix("round-"))
+        weights = state_dir / "final_weights.npz"
+        finished = weights.exists() and weights.stat().st_mtime >= newest.stat().st_mtime
+        keras_file = state_dir / "final.keras"
+        final = (keras_file if keras_file.exists() else weights) if finished else None
+        metrics = _last_metrics(state_dir / "metrics.jsonl", round_)
+    except (OSError, ValueError, ConfigError):
+        return None
+    return StoppedRun(state_dir, round_, finished, final, newest, metrics)
+
+
+def _last_metrics(path: Path, round_: int) -> dict[str, float]:
+    """``SHOWN`` metrics of the row of ``round_`` if it is the last line of ``path`` (its tail only is read)."""
+    if not path.exists():
+        return {}
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64 * 1024))
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    try:
+        row = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        return {}
+    if not isinstance(row, dict) or row.get("round") != round_:
+        return {}
+    return {k: float(row[k]) for k in SHOWN if isinstance(row.get(k), (int, float))}
+
+
+def state_dir_token(state_dir: Path, address: str) -> str | None:
+    """The join token in ``<state_dir>/token`` if that state dir's chief listened on ``address``'s port
+    (``fedsock status`` on the chief's own host needs no ``--token``)."""
+    try:
+        if _listened_on(Path(state_dir)) != _port(address):
+            return None
+        return statefiles.read_text(Path(state_dir) / "token").strip() or None
+    except (OSError, ConfigError):
+        return None
+
+
+def _port(address: str) -> str:
+    return address.strip().rpartition(":")[2]
+
+
+def _listened_on(state_dir: Path) -> str | None:
+    """The port in ``<state_dir>/chief.addr``, None without one.
+
+    Raises:
+        OSError, ConfigError: it cannot be read.
+    """
+    if not (state_dir / "chief.addr").exists():
+        return None
+    return _port(statefiles.read_text(state_dir / "chief.addr"))

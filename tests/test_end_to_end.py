@@ -9,6 +9,7 @@ import stat
 import numpy as np
 import pytest
 
+from fedsock.data import load_shard
 from fedsock.worker.config import default_name
 from tests.conftest import finish, start_worker
 
@@ -53,7 +54,7 @@ def test_final_weights_are_the_weighted_average_of_the_last_round(tmp_path, chie
 def test_keras_callback_and_custom_loop_against_a_real_chief(tmp_path, chiefs, digits):
     # FedProx: the chief's plan carries mu and both hooks report that they apply it
     chief = chiefs("--model", "fedsock.models:digits_mlp", "--rounds", "4", "--min-workers", "2",
-                   "--sync-every", "5", "--strategy", "fedprox", "--mu", "0.05")
+                   "--sync-every", "10", "--strategy", "fedprox", "--mu", "0.05")
     procs = {
         "keras_fit": start_worker(tmp_path, "k", "--chief", chief.address, "--data", str(digits / "worker-0"),
                                   "--name", "keras-fit-example", token=chief.token, script="examples/keras_fit.py"),
@@ -61,11 +62,17 @@ def test_keras_callback_and_custom_loop_against_a_real_chief(tmp_path, chiefs, d
                                     str(digits / "worker-1"), token=chief.token,
                                     script="examples/custom_loop.py"),
     }
+    outs = {}
     for name, p in procs.items():
         code, out = finish(p)
+        outs[name] = out
         assert code == 0, out
         assert f"{name}: finished after round 4" in out, out
         assert f"{name}: FedProx with mu = 0.05" in out, out
+    # fit's epochs are the run's (callback.epochs): 4 rounds x 10 steps take 2 passes over the shard
+    assert 20 <= -(-len(load_shard(digits / "worker-0")[1]) // 32) < 40
+    assert "Epoch 1/2" in outs["keras_fit"] and "Epoch 2/2" in outs["keras_fit"], outs["keras_fit"]
+    assert "Epoch 3" not in outs["keras_fit"]
     assert chief.wait(60) == 0
     rows = (chief.state_dir / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4 and all(json.loads(r)["workers"] == 2 for r in rows)

@@ -155,6 +155,10 @@ def test_live_display_in_a_terminal(tmp_path):
     assert re.search(r"\d/2 updates", plain)
     lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "\n", bytes(screen).decode(errors="replace"))
     assert re.search(r"^\s+2\s+2\s+30\s+-\s+-\s", lines, flags=re.M)  # the round's line, above the panel
+    # one log format from start to end: the lines before the panel and those scrolling above it
+    assert re.search(r"^\d\d:\d\d:\d\d fedsock\.chief INFO fedsock chief listening", lines, flags=re.M)
+    assert re.search(r"^\d\d:\d\d:\d\d fedsock\.chief INFO .* joined from", lines, flags=re.M), lines[-3000:]
+    assert not re.search(r"\[\d\d/\d\d/\d\d \d\d:\d\d:\d\d\]", lines), lines[-3000:]
 
 
 def test_tensorboard_events_and_plot(tmp_path, chiefs, digits, capsys):

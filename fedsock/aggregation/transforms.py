@@ -103,8 +103,8 @@ def fedavg() -> Transform:
     return chain(identity())
 
 
-def fedavgm(server_lr: float = 1.0, momentum: float = 0.9) -> Transform:
-    """FedAvgM (Hsu et al. 2019): server momentum on the averaged delta."""
+def fedavgm(server_lr: float = 1.0, momentum: float = 0.3) -> Transform:
+    """FedAvgM (Hsu et al. 2019): server momentum on the averaged delta (defaults: ``--strategy fedavgm``'s)."""
     return chain(trace(momentum), scale(server_lr))
 
 

@@ -200,11 +200,36 @@ def render(snap: Snapshot | None, now: float | None = None) -> Any:
     return grid
 
 
+class ConsoleLogHandler(logging.Handler):
+    """Log records printed through the live display's console, in the format of the handler it stands in for.
+
+    The records scroll above the panel instead of tearing it, and read exactly
+    as before the panel started (``21:22:26 fedsock.chief INFO ...``): the
+    old handler's formatter, level and filters, no markup, no wrapping.
+    """
+
+    def __init__(self, console: Any, replaces: logging.Handler) -> None:
+        super().__init__(replaces.level)
+        self.console = console
+        self.setFormatter(replaces.formatter)
+        for f in replaces.filters:
+            self.addFilter(f)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.text import Text
+
+        try:
+            self.console.print(Text(self.format(record)), soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging's contract: report, never raise
+            self.handleError(record)
+
+
 class LiveDisplay:
     """A panel redrawn in place by ``rich.live.Live``; per-round lines scroll above it.
 
     While it runs, log records go through the same console (when stderr is a
-    terminal too), so they do not tear the panel.
+    terminal too), so they do not tear the panel, in the format they had before
+    (``ConsoleLogHandler``).
     """
 
     def __init__(self) -> None:
@@ -221,12 +246,10 @@ class LiveDisplay:
 
     def start(self) -> None:
         if sys.stderr.isatty():
-            from rich.logging import RichHandler
-
             root = logging.getLogger()
             for h in list(root.handlers):
                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                    rh = RichHandler(console=self.console, show_path=False, markup=False, level=h.level)
+                    rh = ConsoleLogHandler(self.console, h)
                     root.removeHandler(h)
                     root.addHandler(rh)
                     self._swapped.append((h, rh))

@@ -108,8 +108,14 @@ class Monitor(ChiefCallback):
         self.late = 0
 
     def snapshot(self, ctrl: RoundController, connected: int, bytes_in_now: int = 0) -> Snapshot:
-        """The display's view of now; ``bytes_in_now``: update bytes of the open round so far."""
+        """The display's view of now; ``bytes_in_now``: update bytes of the open round so far.
+
+        Once the run is over no round is open: the updates shown are the last round's.
+        """
         submitted = len(ctrl.submitted)
+        participants = submitted + len(ctrl.expected()) if ctrl.is_open else 0
+        if ctrl.finished and self.last_row:
+            submitted = participants = int(self.last_row.get("workers", 0))
         remaining = ctrl.rounds - ctrl.round
         eta = None
         if self._round_seconds and remaining > 0:
@@ -121,7 +127,7 @@ class Monitor(ChiefCallback):
         worst_acc = self.last_row.get("val_accuracy_worst")
         return Snapshot(
             round=min(ctrl.collecting, ctrl.rounds), rounds=ctrl.rounds, submitted=submitted,
-            participants=submitted + len(ctrl.expected()) if ctrl.is_open else 0,
+            participants=participants,
             connected=connected, late=self.late, min_workers=self.min_workers,
             bytes_in=self.bytes_in + bytes_in_now, bytes_out=self.bytes_out,
             opened_at=ctrl.opened_at, last_seconds=self._round_seconds[-1] if self._round_seconds else None,

@@ -114,5 +114,7 @@ class Outputs:
         """``final_weights.npz`` always; ``final.keras`` too when the architecture is known."""
         checkpoint.weights_to_npz(self.config.state_dir / "final_weights.npz", specs, weights)
         if self._model is not None:
+            from fedsock import kerasutil
+
             self._model.set_weights(list(weights))
-            self._model.save(self.config.state_dir / "final.keras")
+            kerasutil.save_model(self._model, self.config.state_dir / "final.keras")  # loads without warnings

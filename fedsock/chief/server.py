@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -156,7 +156,10 @@ class Chief:
         resumed = self.checkpoints.resume(ctrl, model.specs if model else None) if self.relay is None else None
         if resumed is None and model is not None:
             ctrl.set_model(model.specs, model.weights)
-        self.registry.expect(resumed or (), time.monotonic())  # expect them back: they are reconnecting
+        if ctrl.finished:  # before listening: every worker that joins gets Done right after its Welcome
+            self.service.done.set()  # (the checkpoint's members had theirs from the chief that finished)
+        else:
+            self.registry.expect(resumed or (), time.monotonic())  # expect them back: they are reconnecting
         context = tls.server_context(self.identity.cert_path, self.identity.key_path, cfg.ca)
         listener = Listener(context, cfg.handshake_timeout, self._io, cfg.heartbeat_interval, self.service.run)
         server = await listener.listen(cfg.host, cfg.port)
@@ -206,9 +209,7 @@ class Chief:
     async def _train(self) -> None:
         ctrl = self.controller
         if ctrl.finished:
-            log.info("the run already finished (round %d of %d); handing out the final model",
-                     ctrl.round, ctrl.rounds)
-            self.service.done.set()
+            log_already_finished(self.config, ctrl.round, ctrl.rounds)
             await self._finish(min_wait=3 * self.config.done_grace, conclude=False)
         else:
             await self._round_loop()
@@ -233,11 +234,7 @@ class Chief:
             if not ctrl.open_if_ready(now):
                 if now - last_log > 10:
                     last_log = now
-                    log.info("waiting for workers: %d of %d connected (%s)%s; training starts at --min-workers %d "
-                             "(start more workers, or restart the chief with a lower --min-workers)",
-                             len(ctrl.members), ctrl.min_workers, who(ctrl.members),
-                             "" if ctrl.has_model else "; no model yet: the first worker's becomes round 0",
-                             ctrl.min_workers)
+                    log_waiting(ctrl, who)
                 await self._sleep_until_woken(5.0)
                 continue
             if ctrl.should_close(now):
@@ -318,6 +315,22 @@ class Chief:
         if conclude:
             self.service.evals.conclude(ctrl.round, self._holdout)
         log.info("training finished after %d rounds; final model in %s", ctrl.round, self.config.state_dir)
+
+
+def log_already_finished(cfg: ChiefConfig, round_: int, rounds: int) -> None:
+    """A chief restarted on a finished run says so, and how to train further."""
+    log.warning("the run in %s already finished at round %d (--rounds %d asks for no more): nothing to "
+                "train; workers that join in the next %g s get the final model at once. To train "
+                "further, start the chief with --rounds above %d; for a new run, use another --state-dir",
+                cfg.state_dir, round_, rounds, 3 * cfg.done_grace, round_)
+
+
+def log_waiting(ctrl: RoundController, who: Callable[[Iterable[int]], str]) -> None:
+    """Training has not started: who is there, and what starts it."""
+    log.info("waiting for workers: %d of %d connected (%s)%s; training starts at --min-workers %d "
+             "(start more workers, or restart the chief with a lower --min-workers)",
+             len(ctrl.members), ctrl.min_workers, who(ctrl.members),
+             "" if ctrl.has_model else "; no model yet: the first worker's becomes round 0", ctrl.min_workers)
 
 
 def announce(cfg: ChiefConfig, port: int, identity: tls.ChiefIdentity) -> None:

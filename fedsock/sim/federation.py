@@ -10,6 +10,7 @@ result is added to the global model. Only the transport is missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,25 +115,50 @@ def simulate(fed: Federation, strategy: Strategy, *, rounds: int, lr: float, epo
     Returns:
         The accuracy curve; ``diverged`` if the model stopped being finite.
     """
+    worker_rngs = [np.random.default_rng([seed, k]) for k in range(len(fed.shards))]
+
+    def train(k: int, weights: Params) -> tuple[Params, int, np.random.Generator]:
+        x, y = fed.shards[k]
+        trained = local_train(weights, x, y, epochs=epochs, batch=batch, lr=lr, rng=worker_rngs[k], mu=strategy.mu)
+        return trained, len(y), worker_rngs[k]
+
+    return federate(fed.holdout, len(fed.shards), strategy, train, rounds=rounds, seed=seed, target=target,
+                    attack=attack, hidden=hidden)
+
+
+#: One worker's local training: (worker index, global weights) -> (trained weights, examples, its rng).
+LocalTraining = Callable[[int, Params], tuple[Params, int, np.random.Generator]]
+
+
+def federate(holdout: tuple[np.ndarray, np.ndarray], workers: int, strategy: Strategy, train: LocalTraining, *,
+             rounds: int, seed: int, target: float | None = None, attack: Attack | None = None,
+             hidden: int = 64) -> RunResult:
+    """The rounds of ``simulate`` with any local training: each round every worker trains
+    (``train``), the strategy combines the results, weighted by their examples.
+
+    Args:
+        holdout: the chief's ``(x, y)``.
+        workers: how many workers take part (``train`` is called with 0 .. workers - 1).
+        seed: the initial model.
+        The others: as ``simulate``.
+    """
     rng = np.random.default_rng(seed)
     weights = init_mlp(rng, hidden=hidden)
-    worker_rngs = [np.random.default_rng([seed, k]) for k in range(len(fed.shards))]
     state = strategy.transform.init(weights)
     # The sums and spent deltas of a round are reused by the next; nothing outside this loop
     # holds the global model, so each round overwrites it (reuse_weights).
     pool = BufferPool(max_bytes=2 * 8 * sum(w.size for w in weights))
-    hx, hy = fed.holdout
+    hx, hy = holdout
     result = RunResult([accuracy(weights, hx, hy)])
     for _ in range(rounds):
         if target is not None and result.accuracy[-1] >= target:
             break
         acc = init_accumulator(strategy.reducer, [w.shape for w in weights], pool)
-        for k, (x, y) in enumerate(fed.shards):
-            trained = local_train(weights, x, y, epochs=epochs, batch=batch, lr=lr, rng=worker_rngs[k],
-                                  mu=strategy.mu)
+        for k in range(workers):
+            trained, examples, worker_rng = train(k, weights)
             if attack is not None and k < attack.workers:
-                trained = attack.apply(weights, trained, worker_rngs[k])
-            acc = strategy.reducer.add(acc, trained, len(y))
+                trained = attack.apply(weights, trained, worker_rng)
+            acc = strategy.reducer.add(acc, trained, examples)
         combined = strategy.reducer.result(acc)
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging model overflows
             weights, state, _ = finish_round(weights, combined, strategy.transform, state, pool, spent=True,

@@ -24,7 +24,17 @@ import numpy as np
 
 from fedsock import limits
 from fedsock.errors import ConfigError, FedsockError, RemoteProtocolError
-from fedsock.protocol import Done, Error, Global, Plan, TensorSpec, Update, Welcome, check_signature, specs_of
+from fedsock.protocol import (
+    Done,
+    Error,
+    Global,
+    Plan,
+    TensorSpec,
+    Update,
+    Welcome,
+    check_signature,
+    specs_of,
+)
 from fedsock.protocol.compression import parse_compression
 from fedsock.protocol.connection import AnyMessage
 from fedsock.transport import tls
@@ -158,6 +168,9 @@ class Client(Reporting):
         self._engine = WorkerEngine(self.welcome, model, reconnect=reconnect_timeout > 0)
         self.worker_id = self.welcome.worker_id
         self._say_sharing()
+        if self.welcome.has_weights and self.welcome.round >= self.welcome.plan.rounds:
+            with self._lock:
+                self._take_final(model or [])
         self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
         self._hb.start()
 
@@ -277,12 +290,6 @@ class Client(Reporting):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def _say_sharing(self) -> None:
-        """Log what ``share_metrics`` means with this chief: at join, and after a plan change."""
-        text = self.sharing.news(self.plan.secure_agg)
-        if text is not None:
-            log.info("%s", text)
 
     # --- driving the engine -------------------------------------------------
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import keras
 
+from fedsock.errors import ConfigError
 from fedsock.worker.client import Client
 from fedsock.worker.evaluation import training_metrics, validation_metrics
 
@@ -37,13 +39,19 @@ class FederatedCallback(keras.callbacks.Callback):
     Adam it is a decoupled proximal term, the way AdamW decouples weight
     decay. Non-trainable variables (e.g. batch-norm statistics) are not pulled.
 
+    ``epochs`` is what to give ``fit``: just enough passes over the data for
+    the rounds left, so Keras' ``Epoch n/N`` counts real epochs of this run
+    (``fit`` stops at the chief's Done, possibly before the last one).
+
     Args:
         client: a connected ``fedsock.Client``.
-        sync_every: steps between syncs (default: the chief's plan).
+        sync_every: steps between syncs (default: the chief's plan). Another
+            value than the plan's overrides it for this worker, with a warning
+            in the log.
         batch_size: the batch size given to ``fit`` (default: the plan's),
             used to count examples.
         num_examples: size of the training set; makes the count exact for the
-            last, partial batch of an epoch.
+            last, partial batch of an epoch, and is needed for ``epochs``.
         progress: show a Keras progress bar of the local steps towards each
             sync (use with ``fit(verbose=0)``: fit's own bar counts epochs,
             which mean little here).
@@ -66,7 +74,12 @@ class FederatedCallback(keras.callbacks.Callback):
                  validation_data: tuple[Any, Any] | None = None) -> None:
         super().__init__()
         self.client = client
-        self.sync_every = sync_every or client.plan.sync_every
+        plan = client.plan.sync_every
+        self.sync_every = sync_every or plan
+        if self.sync_every != plan:
+            log.warning("FederatedCallback(sync_every=%d) overrides the chief's plan: this worker syncs every %d "
+                        "steps, the chief asks for every %d (leave sync_every out to follow the chief)",
+                        self.sync_every, self.sync_every, plan)
         self.batch_size = batch_size or client.plan.batch_size
         self.num_examples = num_examples
         self.progress = progress
@@ -96,7 +109,27 @@ class FederatedCallback(keras.callbacks.Callback):
             self.model.reset_metrics()
         return {**{k: float(v) for k, v in result.items() if _is_number(v)}, "examples": float(len(y))}
 
+    @property
+    def epochs(self) -> int:
+        """Epochs enough for the rounds left (``fit(..., epochs=callback.epochs)``).
+
+        Each sync takes the chief at least one round further, so ``(rounds - round) * sync_every``
+        steps finish the run; ``fit`` stops at the chief's Done, possibly within the last epoch.
+
+        Raises:
+            ConfigError: the callback was made without ``num_examples``.
+        """
+        if self.num_examples is None:
+            raise ConfigError("FederatedCallback.epochs needs the size of the training set: "
+                              "FederatedCallback(client, num_examples=len(x))")
+        steps_per_epoch = max(1, math.ceil(self.num_examples / self.batch_size))
+        steps = max(0, self.client.plan.rounds - self.client.round) * self.sync_every
+        return max(1, math.ceil(steps / steps_per_epoch))
+
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        log.info("syncing with the chief every %d steps (%s); %d rounds", self.sync_every,
+                 "the chief's plan" if self.sync_every == self.client.plan.sync_every else "sync_every= given here",
+                 self.client.plan.rounds)
         self._last = self.client.join(self.model.get_weights())
         self.model.set_weights(self._last)
         self._validate()
@@ -108,6 +141,10 @@ class FederatedCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.client.finished:  # the run was over when fit started; Keras trains one batch before stopping
+            self.model.set_weights(self.client.weights or [])
+            self.model.stop_training = True
+            return
         self._steps += 1
         self._examples += self._batch_examples(batch)
         if self.progress:
@@ -116,6 +153,12 @@ class FederatedCallback(keras.callbacks.Callback):
             self._proximal_step()
         if self._steps % self.sync_every == 0:
             self._sync(logs)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if not self.client.finished:
+            log.warning("fit ended before the chief finished the run (round %d of %d): give fit more epochs "
+                        "(epochs=callback.epochs is enough for the rounds left)", self.client.round,
+                        self.client.plan.rounds)
 
     def _show(self, logs: dict[str, Any] | None) -> None:
         numbers = [(k, float(v)) for k, v in (logs or {}).items() if _is_number(v)]

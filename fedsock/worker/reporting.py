@@ -4,7 +4,8 @@ A part of ``fedsock.Client`` (a mixin over its state, as ``RoundClock`` is of
 the chief's round controller): ``WorkerEngine`` decides what is sent
 (``ReadEval`` -> ``evaluated``, ``Done.report`` -> ``final_report``); this reads
 an ``EvalRequest``'s weights into scratch memory, runs the worker's evaluator
-on them and sends the answer, and sends the final evaluation once. What
+on them and sends the answer, and sends the final evaluation once; a
+Client joining a run that is over takes its final model at once. What
 ``--share-metrics`` keeps back is kept back here too: these messages never
 travel inside a secure-aggregation sum (docs/evaluation.md).
 """
@@ -19,11 +20,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedsock.errors import FedsockError
+from fedsock.protocol import Done, Heartbeat
 from fedsock.transport.errors import ConnectionLost
-from fedsock.worker.engine import Action, ReadEval, Send, WorkerEngine
+from fedsock.worker.engine import Action, ReadEval, ReadModel, Send, WorkerEngine
 from fedsock.worker.evaluation import Evaluation, MetricSharing, answer_request
 
 if TYPE_CHECKING:
+    from fedsock.protocol import Plan
     from fedsock.protocol.connection import AnyMessage
     from fedsock.transport.channel import BlockingChannel
     from fedsock.worker.buffers import ModelMemory
@@ -47,7 +50,16 @@ class Reporting:
         @property
         def finished(self) -> bool: ...
 
+        @property
+        def round(self) -> int: ...
+
+        @property
+        def plan(self) -> Plan: ...
+
         def _send(self, msg: AnyMessage, arrays: Sequence[np.ndarray] = ()) -> None: ...
+
+        def _drive(self, actions: list[Action], reuse: Sequence[np.ndarray] | None,
+                   keep: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
     def _evaluated(self, model: list[np.ndarray]) -> list[np.ndarray]:
         """``model`` (just returned by the chief) through the ``evaluate`` callable; the final one's
@@ -97,3 +109,26 @@ class Reporting:
             return self._engine.lost(str(exc))
         metrics = answer_request(self.evaluator, weights, msg.round)
         return self._engine.evaluated(msg, self.sharing.shared(False, metrics))
+
+    def _say_sharing(self) -> None:
+        """Log what ``share_metrics`` means with this chief: at join, and after a plan change."""
+        text = self.sharing.news(self.plan.secure_agg)
+        if text is not None:
+            log.info("%s", text)
+
+    def _take_final(self, keep: Sequence[np.ndarray]) -> None:
+        """The run is over (the Welcome's round is the plan's last): read the Done that follows it
+        (protocol.md 7.5), so that ``finished`` holds before any training. Anything else is left to
+        the first sync, which handles errors and reconnects (the lock is held)."""
+        while True:
+            try:
+                ev = self._channel.next_event()
+            except ConnectionLost:
+                return
+            if isinstance(ev, Done):
+                self._drive([ReadModel(ev)], None, keep)
+                log.info("the chief's run is already over (round %d of %d): took its final model; nothing to "
+                         "train", self.round, self.plan.rounds)
+                return
+            if not isinstance(ev, Heartbeat):
+                return
