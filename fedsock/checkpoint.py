@@ -140,9 +140,13 @@ def round_path(directory: Path, round_: int) -> Path:
 
 
 def prunable(directory: Path, keep: int) -> Path | None:
-    """The oldest round checkpoint if saving one more would prune it, else None."""
+    """The oldest round checkpoint if saving one more would prune it, else None.
+
+    Never the only one (``keep`` 1): it is the checkpoint a crash during the
+    save must leave intact, so it is pruned only once the new one is in place.
+    """
     files = sorted(directory.glob("round-*.fsck"))
-    return files[0] if files and len(files) >= keep else None
+    return files[0] if len(files) >= max(keep, 2) else None
 
 
 def prune(directory: Path, keep: int) -> None:

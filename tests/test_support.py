@@ -140,6 +140,28 @@ def test_prune_keeps_newest(tmp_path):
     assert [p.name for p in sorted(tmp_path.glob("round-*"))] == ["round-000004.fsck", "round-000005.fsck"]
 
 
+def test_keeping_one_checkpoint_never_overwrites_it_before_the_next_is_in_place(tmp_path, monkeypatch):
+    """With keep_checkpoints 1 the only checkpoint is not recycled: a crash while the next one is
+    written (here: its fsync fails) leaves it intact, and a restart resumes from it."""
+    w = [np.full(100, 0.0, np.float32)]
+    checkpoint.save(checkpoint.round_path(tmp_path, 0), checkpoint.Checkpoint(0, specs_of(w), w, [], {}))
+    spare = checkpoint.prunable(tmp_path, 1)
+    assert spare is None
+
+    def crash(fd: int) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", crash)
+    w1 = [np.full(100, 1.0, np.float32)]
+    with pytest.raises(OSError, match="disk gone"):
+        checkpoint.save(checkpoint.round_path(tmp_path, 1), checkpoint.Checkpoint(1, specs_of(w1), w1, [], {}),
+                        recycle=spare)
+    monkeypatch.undo()
+    back = checkpoint.load(checkpoint.round_path(tmp_path, 0))
+    assert back.round == 0
+    np.testing.assert_array_equal(back.weights[0], w[0])
+
+
 def test_checkpoint_overwrites_the_one_it_pushes_out(tmp_path):
     """A new checkpoint reuses the file of the one about to be pruned; every kept one stays intact."""
     for r in range(6):
