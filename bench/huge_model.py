@@ -229,7 +229,7 @@ def run_chief(state: str, workers: int, rounds: int) -> None:
     strategy = Strategy(weighted_mean(np.float32), fedavg(), name="fedavg")
     chief = fedsock.Chief(host="127.0.0.1", port=0, state_dir=Path(state), rounds=rounds, min_workers=workers,
                           round_timeout=3600, idle_timeout=3600, send_timeout=3600, done_grace=2.0,
-                          keep_checkpoints=1, strategy=strategy)
+                          keep_checkpoints=2, strategy=strategy)  # from round 2, each overwrites the oldest
     chief.run()
 
 
