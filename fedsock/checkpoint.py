@@ -162,5 +162,5 @@ def weights_to_npz(path: Path, specs: Sequence[TensorSpec], weights: Sequence[np
     Written straight to the file: packing it in memory first would cost the chief
     another copy of the model at the end of the run.
     """
-    arrays = {f"{i:04d}:{s.name}": w for i, (s, w) in enumerate(zip(specs, weights))}
+    arrays: dict[str, Any] = {f"{i:04d}:{s.name}": w for i, (s, w) in enumerate(zip(specs, weights))}
     atomic_write(path, lambda f: np.savez(f, **arrays))
