@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgpack
 import numpy as np
@@ -52,8 +52,10 @@ def _array_from_wire(obj: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(obj["data"], dtype=dt).reshape(obj["shape"]).copy()
 
 
-def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview], recycle: Path | None = None) -> None:
-    """Write ``data`` (bytes, or pieces written one after another) to ``path`` via temp file + fsync + rename.
+def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview] | Callable[[IO[bytes]], object],
+                 recycle: Path | None = None) -> None:
+    """Write ``data`` (bytes, pieces written one after another, or a function that writes to the
+    file it is given) to ``path`` via temp file + fsync + rename.
 
     ``recycle``: a file that is no longer needed (e.g. the checkpoint about to be
     pruned); it becomes the temp file and is overwritten in place, which reuses its
@@ -78,8 +80,11 @@ def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview], recycle
     if fd < 0:
         fd = statefiles.create_new(tmp)
     with os.fdopen(fd, "r+b") as f:
-        for piece in [data] if isinstance(data, bytes) else data:
-            f.write(piece)
+        if callable(data):
+            data(f)
+        else:
+            for piece in [data] if isinstance(data, bytes) else data:
+                f.write(piece)
         f.truncate()
         f.flush()
         os.fsync(f.fileno())
@@ -135,9 +140,13 @@ def round_path(directory: Path, round_: int) -> Path:
 
 
 def prunable(directory: Path, keep: int) -> Path | None:
-    """The oldest round checkpoint if saving one more would prune it, else None."""
+    """The oldest round checkpoint if saving one more would prune it, else None.
+
+    Never the only one (``keep`` 1): it is the checkpoint a crash during the
+    save must leave intact, so it is pruned only once the new one is in place.
+    """
     files = sorted(directory.glob("round-*.fsck"))
-    return files[0] if files and len(files) >= keep else None
+    return files[0] if len(files) >= max(keep, 2) else None
 
 
 def prune(directory: Path, keep: int) -> None:
@@ -148,9 +157,10 @@ def prune(directory: Path, keep: int) -> None:
 
 
 def weights_to_npz(path: Path, specs: Sequence[TensorSpec], weights: Sequence[np.ndarray]) -> None:
-    """Save weights as an ``.npz`` keyed by tensor name (no pickle), atomically."""
-    import io
+    """Save weights as an ``.npz`` keyed by tensor name (no pickle), atomically.
 
-    buf = io.BytesIO()
-    np.savez(buf, **{f"{i:04d}:{s.name}": w for i, (s, w) in enumerate(zip(specs, weights))})
-    atomic_write(path, buf.getvalue())
+    Written straight to the file: packing it in memory first would cost the chief
+    another copy of the model at the end of the run.
+    """
+    arrays: dict[str, Any] = {f"{i:04d}:{s.name}": w for i, (s, w) in enumerate(zip(specs, weights))}
+    atomic_write(path, lambda f: np.savez(f, **arrays))

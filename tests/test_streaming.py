@@ -220,6 +220,25 @@ def test_staging_budget_admits_what_fits_and_always_one():
     assert log.index("+c") < log.index("-a")  # c fitted next to a
 
 
+def test_staging_keeps_the_buffer_of_an_update_larger_than_the_budget():
+    """An update over the budget is staged every round: its buffer is reused, not faulted in anew
+    each time; a smaller update that needs room within the budget evicts it."""
+
+    async def scenario() -> None:
+        budget = StagingBudget(10)
+        async with budget.hold(100) as first:
+            pass
+        async with budget.hold(100) as again:
+            assert again is first
+        async with budget.hold(6) as small:  # 6 + the pooled 100 would exceed 10: the big one goes
+            assert small is not first and small.size == 6
+        assert sum(b.size for b in budget._free) <= budget.limit
+        async with budget.hold(100) as third:
+            assert third is not first and third.size == 100
+
+    asyncio.run(scenario())
+
+
 def test_model_streams_during_checkpoint_but_completes_only_after_it(tmp_path, monkeypatch):
     """The Global streams out while the chief checkpoints; its last bytes wait for the
     checkpoint, trickling out a byte per heartbeat interval so the worker does not give up."""

@@ -10,7 +10,10 @@ kernel) until another finishes. One update is always admitted, so a model
 larger than the budget still goes through, one upload at a time.
 
 The staging buffers are kept and reused from round to round (up to the
-budget), so receiving an update neither allocates nor clears memory.
+budget, or the one buffer of an update larger than it: that update is staged
+every round anyway, and fresh memory costs a page fault per page, for a
+multi-GiB model seconds of the event loop's time per update), so receiving an
+update neither allocates nor clears memory.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ class StagingBudget:
         finally:
             async with self._cond:
                 self.used -= nbytes
-                if buf.size + sum(b.size for b in self._free) <= self.limit:
-                    self._free.append(buf)
+                if buf.size + sum(b.size for b in self._free) <= self.limit or not self._free:
+                    self._free.append(buf)  # alone, even over the limit: the next update too needs it
                 self._cond.notify_all()
 
     def _take(self, nbytes: int) -> np.ndarray:
