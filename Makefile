@@ -35,7 +35,10 @@ lint: venv
 clean:
 	rm -rf $(VENV) fedsock-demo fedsock-chief .pytest_cache .hypothesis
 
+# make fuzz FUZZ_TARGET=secagg FUZZ_SECONDS=600 (targets: protocol, secagg, status, checkpoint; fuzz/targets.py)
 FUZZ_SECONDS ?= 60
+FUZZ_TARGET ?= protocol
+FUZZ_CORPUS = $(if $(filter protocol,$(FUZZ_TARGET)),fuzz/corpus,fuzz/corpus-$(FUZZ_TARGET))
 fuzz: venv
-	mkdir -p fuzz/work && cp -n fuzz/corpus/* fuzz/work/
-	cd fuzz && ../$(PY) fuzz_protocol.py work -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
+	mkdir -p fuzz/work/$(FUZZ_TARGET) && cp -n $(FUZZ_CORPUS)/* fuzz/work/$(FUZZ_TARGET)/
+	cd fuzz/work && ../../$(PY) ../fuzz.py $(FUZZ_TARGET) $(FUZZ_TARGET) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1

@@ -14,6 +14,7 @@ No pickle anywhere.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -24,9 +25,10 @@ from typing import IO, Any
 import msgpack
 import numpy as np
 
-from fedsock import statefiles
-from fedsock.errors import ConfigError
+from fedsock import limits, statefiles
+from fedsock.errors import ConfigError, RemoteProtocolError
 from fedsock.protocol.messages import TensorSpec
+from fedsock.protocol.specs import DTYPES
 from fedsock.protocol.tensors import raw_view
 
 MAGIC = b"FSCKPT1\n"
@@ -45,11 +47,6 @@ class Checkpoint:
 
 def _array_to_wire(a: np.ndarray) -> dict[str, Any]:
     return {"dtype": a.dtype.name, "shape": list(a.shape), "data": bytes(raw_view(a))}
-
-
-def _array_from_wire(obj: dict[str, Any]) -> np.ndarray:
-    dt = np.dtype(obj["dtype"]).newbyteorder("<")
-    return np.frombuffer(obj["data"], dtype=dt).reshape(obj["shape"]).copy()
 
 
 def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview] | Callable[[IO[bytes]], object],
@@ -113,25 +110,76 @@ def save(path: Path, ckpt: Checkpoint, recycle: Path | None = None) -> None:
 
 
 def load(path: Path) -> Checkpoint:
-    """Read a checkpoint.
+    """Read a checkpoint (``decode`` of the file's bytes).
 
     Raises:
         ConfigError: not a fedsock checkpoint, or corrupt, naming the file.
     """
-    data = statefiles.read_bytes(Path(path))
+    return decode(statefiles.read_bytes(Path(path)), str(path))
+
+
+def decode(data: bytes, source: str) -> Checkpoint:
+    """A checkpoint from the bytes of a checkpoint file (``source`` names it in errors).
+
+    Every field is checked explicitly; only msgpack's own narrow errors are translated,
+    so a bug here propagates (and the fuzzer, ``fuzz/fuzz.py checkpoint``, sees it).
+
+    Raises:
+        ConfigError: not a fedsock checkpoint, or corrupt.
+    """
     if not data.startswith(MAGIC):
-        raise ConfigError(f"{path} is not a fedsock checkpoint (bad magic)")
+        raise ConfigError(f"{source} is not a fedsock checkpoint (bad magic)")
     try:
-        body = msgpack.unpackb(data[len(MAGIC):], raw=False, strict_map_key=True)
-        specs = tuple(TensorSpec.from_wire(s) for s in body["tensors"])
-        weights = [
-            np.frombuffer(b, dtype=np.dtype(s.dtype).newbyteorder("<")).reshape(s.shape).copy()
-            for s, b in zip(specs, body["weights"], strict=True)
-        ]
-        state = [_array_from_wire(a) for a in body["state"]]
-        return Checkpoint(int(body["round"]), specs, weights, state, dict(body["meta"]))
-    except Exception as exc:  # any decode failure means a corrupt file
-        raise ConfigError(f"{path} is corrupt: {exc}") from None
+        body = msgpack.unpackb(memoryview(data)[len(MAGIC):], raw=False, strict_map_key=True,
+                               max_ext_len=0, ext_hook=_no_ext)
+    except (ValueError, msgpack.UnpackException) as exc:  # msgpack's documented errors (as frames.unpack_body)
+        raise ConfigError(f"{source} is corrupt: {exc}") from None
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{source} is corrupt: {why}")
+
+    if not isinstance(body, dict):
+        raise bad("not a map")
+    round_ = _field(body, "round", int, bad)
+    if isinstance(round_, bool) or round_ < 0:
+        raise bad(f"round {round_!r}")
+    try:
+        specs = tuple(TensorSpec.from_wire(s) for s in _field(body, "tensors", list, bad))
+    except RemoteProtocolError as exc:  # the wire's own checks of a tensor spec
+        raise bad(str(exc)) from None
+    raw = _field(body, "weights", list, bad)
+    if len(raw) != len(specs):
+        raise bad(f"{len(raw)} weights for {len(specs)} tensors")
+    weights = [_array(s.dtype, s.shape, b, bad) for s, b in zip(specs, raw)]
+    state = []
+    for a in _field(body, "state", list, bad):
+        if not isinstance(a, dict):
+            raise bad("a state array is not a map")
+        dtype, shape = _field(a, "dtype", str, bad), _field(a, "shape", list, bad)
+        if dtype not in DTYPES or len(shape) > limits.MAX_TENSOR_RANK or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= limits.MAX_TENSOR_ELEMENTS
+                for d in shape):
+            raise bad(f"state array {dtype!r} of shape {shape!r}")
+        state.append(_array(dtype, tuple(shape), a.get("data"), bad))
+    return Checkpoint(round_, specs, weights, state, dict(_field(body, "meta", dict, bad)))
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} in a checkpoint")
+
+
+def _field(body: dict[str, Any], key: str, kind: type, bad: Callable[[str], ConfigError]) -> Any:
+    value = body.get(key)
+    if not isinstance(value, kind):
+        raise bad(f"field {key!r} is not a {kind.__name__}")
+    return value
+
+
+def _array(dtype: str, shape: tuple[int, ...], data: Any, bad: Callable[[str], ConfigError]) -> np.ndarray:
+    """A little-endian array of ``dtype`` and ``shape`` from exactly its bytes ``data``."""
+    dt = np.dtype(dtype).newbyteorder("<")
+    if not isinstance(data, bytes) or len(data) != math.prod(shape) * dt.itemsize:
+        raise bad(f"data of a {dtype}{list(shape)} array is not {math.prod(shape) * dt.itemsize} bytes")
+    return np.frombuffer(data, dtype=dt).reshape(shape).copy()
 
 
 def round_path(directory: Path, round_: int) -> Path:

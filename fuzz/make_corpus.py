@@ -1,4 +1,11 @@
-"""Write real fedsock byte streams into fuzz/corpus/ as seeds for fuzz_protocol.py."""
+"""Write real fedsock inputs, made by the real encoders, as seeds for the fuzz targets (fuzz/targets.py).
+
+    python fuzz/make_corpus.py
+
+fuzz/corpus/ (protocol: whole conversations), fuzz/corpus-secagg/ (secure-aggregation
+attempts, both sides), fuzz/corpus-status/ (a chief's answers to a status query),
+fuzz/corpus-checkpoint/ (checkpoint files). The first byte of each seed is its target's flags.
+"""
 
 from __future__ import annotations
 
@@ -105,6 +112,85 @@ def secagg_conversation() -> tuple[bytes, bytes]:
     return up, down
 
 
+def frames_of(role: Role, messages: list) -> bytes:
+    """The bytes ``role`` sends for ``messages`` in the established phase ((message, arrays) for weights)."""
+    from fedsock.protocol import Phase
+
+    sender = Connection(role, phase=Phase.ESTABLISHED)
+    out = b""
+    for m in messages:
+        msg, arrays = m if isinstance(m, tuple) else (m, ())
+        out += sender.send(msg) + b"".join(sender.send(ch) for ch in iter_chunks(arrays, 16))
+    return out
+
+
+def secagg_seeds() -> dict[str, bytes]:
+    """Both sides of honest attempts (targets.transcript): what worker 1 receives from the chief,
+    and what worker 4 sends it; with and without worker 3 dropping out."""
+    import targets
+
+    from fedsock.protocol import SecAggAbort
+
+    seeds = {}
+    for dropout, tag in ((None, "all"), (3, "dropout-3")):
+        t = targets.transcript(dropout)
+        me, fz = targets.ME, targets.FUZZED
+        seeds[f"worker-{tag}"] = b"\x00" + frames_of(Role.CHIEF, [t["roster"][me], t["inbox"][me], t["unmask"][me]])
+        sent = [t["keys"][fz], t["shares"][fz], t["masked"][fz], t["reveal"][fz]]
+        seeds[f"chief-{tag}"] = (b"\x03" if dropout else b"\x01") + frames_of(Role.WORKER, sent)
+    t = targets.HONEST[None]
+    seeds["worker-abort-then-all"] = b"\x00" + frames_of(
+        Role.CHIEF, [SecAggAbort(1, 1, "too few"), t["roster"][1], t["inbox"][1], t["unmask"][1]])
+    seeds["chief-keys-only"] = b"\x01" + frames_of(Role.WORKER, [t["keys"][4]])
+    return seeds
+
+
+def status_seeds() -> dict[str, bytes]:
+    """A chief's Challenge and Status, as a status client receives them (counts only, full, finished relay)."""
+    from fedsock.protocol import Phase, Status, WorkerStatus
+
+    full = Status(7, 20, False, 2, 1, 3600.5, None, {"accuracy": 0.91, "loss": 0.3, "seconds": 1.5},
+                  (WorkerStatus("w-1", 1, True, 0.4, 7, 123456, 654321, {"val_accuracy": 0.9, "val_loss": 0.2}),
+                   WorkerStatus("w.2@site", 2, False, 75.0, 3, 10, 20)), connected=1, known=2)
+    seeds = {}
+    for tag, st in (("counts", Status(3, 10, False, 1, 2, 12.0, connected=3, known=3)), ("full", full),
+                    ("finished-relay", Status(10, 10, True, 0, 0, 90000.0, "10.0.0.1:7777", {"loss": 1e20}))):
+        chief = Connection(Role.CHIEF, phase=Phase.CHALLENGE)
+        stream = chief.send(Challenge(b"n" * 32))
+        chief.phase, chief.status_query = Phase.STATUS, True
+        seeds[tag] = b"\x00" + stream + chief.send(st)
+    return seeds
+
+
+def checkpoint_seeds(tmp: Path) -> dict[str, bytes]:
+    """Checkpoint files as the chief writes them (records.Checkpoints), for FedAvg and FedAdam."""
+    import json
+
+    from fedsock import checkpoint
+    from fedsock.aggregation import fedadam, flatten_state
+
+    weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float16), np.zeros((0,), np.int64)]
+    specs = specs_of(weights, ["dense/kernel", "dense/bias", "empty"])
+    rng = json.dumps(np.random.default_rng(5).bit_generator.state)
+    seeds = {}
+    for flag, tag, state in ((0, "fedavg", ()), (1, "fedadam", fedadam().init(weights))):
+        meta = {"metrics_lines": 4, "rng": rng, "members": ["w-1", "w-2"],
+                "last_row": json.dumps({"round": 4, "workers": 2, "loss": 0.5})}
+        path = tmp / f"{tag}.fsck"
+        checkpoint.save(path, checkpoint.Checkpoint(4, specs, weights, flatten_state(state), meta))
+        seeds[tag] = bytes([flag]) + path.read_bytes()
+    path = tmp / "fresh.fsck"
+    checkpoint.save(path, checkpoint.Checkpoint(0, (), [], [], {}))
+    seeds["empty-model"] = b"\x00" + path.read_bytes()
+    return seeds
+
+
+def write(out: Path, seeds: dict[str, bytes]) -> None:
+    out.mkdir(exist_ok=True)
+    for name, data in seeds.items():
+        (out / name).write_bytes(data)
+
+
 def main() -> None:
     out = Path(__file__).resolve().parent / "corpus"
     out.mkdir(exist_ok=True)
@@ -119,6 +205,14 @@ def main() -> None:
     (out / "secagg-to-chief").write_bytes(b"\x01\xff" + up)
     (out / "secagg-to-worker").write_bytes(b"\x00\xff" + down)
     print(f"wrote {len(list(out.iterdir()))} seeds to {out}")
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, seeds in (("secagg", secagg_seeds()), ("status", status_seeds()),
+                            ("checkpoint", checkpoint_seeds(Path(tmp)))):
+            write(out.with_name(f"corpus-{name}"), seeds)
+            print(f"wrote {len(seeds)} seeds to {out.with_name(f'corpus-{name}')}")
 
 
 if __name__ == "__main__":

@@ -425,7 +425,7 @@ def test_atheris_fuzz_run_is_clean(tmp_path):
 
     work = tmp_path / "corpus"
     shutil.copytree(ROOT / "fuzz" / "corpus", work)
-    out = subprocess.run([sys.executable, str(ROOT / "fuzz" / "fuzz_protocol.py"), str(work),
+    out = subprocess.run([sys.executable, str(ROOT / "fuzz" / "fuzz.py"), "protocol", str(work),
                           "-max_total_time=8", "-print_final_stats=1"], capture_output=True, text=True,
                          env=dict(env(), PYTHONPATH=str(ROOT)), timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

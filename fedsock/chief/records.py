@@ -14,8 +14,11 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fedsock import checkpoint, statefiles
 from fedsock.aggregation import flatten_state, unflatten_state
@@ -24,7 +27,7 @@ from fedsock.chief.outcomes import Snapshot
 from fedsock.chief.outputs import describe_budget
 from fedsock.chief.rounds import RoundController
 from fedsock.errors import ConfigError, RemoteProtocolError
-from fedsock.protocol import TensorSpec, check_signature
+from fedsock.protocol import TensorSpec, check_signature, is_valid_name
 
 log = logging.getLogger("fedsock.chief")
 
@@ -157,13 +160,54 @@ class Checkpoints(ChiefCallback):
             except RemoteProtocolError as exc:
                 raise ConfigError(f"{files[-1]} was written for another model ({exc}); {hint}") from None
         try:
-            state = unflatten_state(ctrl.transform.init(ckpt.weights), ckpt.state)
-            rng = json.loads(ckpt.meta["rng"]) if "rng" in ckpt.meta else None
-            lines = int(ckpt.meta.get("metrics_lines", ckpt.round))
-            members = [str(n) for n in ckpt.meta.get("members", [])]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"{files[-1]} does not fit this chief's aggregation ({exc}); {hint}") from None
-        ctrl.restore(ckpt.round, ckpt.specs, ckpt.weights, state, rng)
-        self.metrics.truncate(lines, ckpt.meta.get("last_row"))
+            r = read_resume(ckpt, ctrl.transform.init(ckpt.weights))
+        except ConfigError as exc:
+            raise ConfigError(f"{files[-1]} {exc}; {hint}") from None
+        ctrl.restore(ckpt.round, ckpt.specs, ckpt.weights, r.state, r.rng)
+        self.metrics.truncate(r.lines, r.last_row)
         log.info("resuming after round %d of %d from %s", ckpt.round, ctrl.rounds, files[-1])
-        return members
+        return r.members
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a checkpoint's state and ``meta`` restore (``read_resume``)."""
+
+    state: Any  # the aggregation state, shaped like the transform's
+    rng: dict[str, Any] | None  # the sampling generator's state
+    lines: int  # metrics.jsonl lines of completed rounds
+    members: list[str]  # the workers taking part
+    last_row: str | None  # the checkpoint's own metrics line (JSON)
+
+
+def read_resume(ckpt: checkpoint.Checkpoint, template: Any) -> Resume:
+    """Check and read what resuming from ``ckpt`` restores besides the model (no I/O).
+
+    Args:
+        template: the configured transform's fresh state, which the checkpointed one must fit.
+
+    Raises:
+        ConfigError: the state does not fit ``template``, or ``meta`` is malformed (the
+            message says which part; the caller names the file).
+    """
+    meta = ckpt.meta
+    try:
+        state = unflatten_state(template, ckpt.state)
+    except ValueError as exc:  # its documented error: the arrays do not fit the template
+        raise ConfigError(f"does not fit this chief's aggregation ({exc})") from None
+    rng = meta.get("rng")
+    if rng is not None:
+        try:
+            rng = json.loads(rng) if isinstance(rng, str) else None
+            np.random.default_rng().bit_generator.state = rng  # refuses what is no PCG64 state
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:  # json's and numpy's own errors
+            raise ConfigError(f"has a bad sampling state ({type(exc).__name__}: {exc})") from None
+    lines = meta.get("metrics_lines", ckpt.round)
+    if isinstance(lines, bool) or not isinstance(lines, int) or not 0 <= lines <= ckpt.round:
+        raise ConfigError(f"has a bad metrics_lines {lines!r} (round {ckpt.round})")
+    members, last_row = meta.get("members", []), meta.get("last_row")
+    if not isinstance(members, list) or not all(isinstance(n, str) and is_valid_name(n) for n in members):
+        raise ConfigError("has a bad list of members")
+    if last_row is not None and not isinstance(last_row, str):
+        raise ConfigError("has a bad last_row")
+    return Resume(state, rng, lines, members, last_row)
