@@ -89,8 +89,32 @@ class ConnectionLost(FedsockError):
     """The connection to the chief broke (EOF, reset, silence, or the chief stopping)."""
 
 
+class ChiefStopping(ConnectionLost):
+    """The chief said it is stopping (Error ``shutdown``): it resumes once restarted, so a worker
+    goes on reconnecting for its whole ``--reconnect-timeout``."""
+
+
+class ClientClosed(FedsockError):
+    """``Client.close()`` was called (from another thread, say) while a join or sync waited, or
+    before it: this Client no longer talks to the chief."""
+
+
 class ConnectError(FedsockError):
-    """The chief could not be reached within the retry budget."""
+    """The chief could not be reached within the retry budget (or nothing has listened at its
+    address for ``--gone-timeout`` since the connection was lost)."""
+
+
+class StateWriteError(FedsockError):
+    """The chief could not write its state dir (disk full, quota, I/O error). It stops; the
+    checkpoint before the failed write stays loadable, and a restarted chief resumes from it.
+
+    Attributes:
+        reason: the system's words for the failure (e.g. "No space left on device").
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConfigError(FedsockError):

@@ -63,7 +63,9 @@ def test_done_ends_the_run():
 def test_errors_from_the_chief_hang_up_or_fail():
     eng = engine()
     eng.start_plain(update(1), model_of(1))
-    assert eng.receive(Error(code="shutdown", message="bye")) == [Reconnect("the chief hung up: bye")]
+    # shutdown: the chief will be back (announced); busy and timeout are only transient
+    assert eng.receive(Error(code="shutdown", message="bye")) == [Reconnect("the chief hung up: bye", True)]
+    assert eng.receive(Error(code="busy", message="full")) == [Reconnect("the chief hung up: full", False)]
     assert eng.receive(ConnectionClosed()) == [Reconnect("the chief closed the connection")]
     [fail] = eng.receive(Error(code="signature_mismatch", message="tensor 0"))
     assert isinstance(fail, Fail) and isinstance(fail.error, PeerError) and fail.error.code == "signature_mismatch"

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-timeout", type=float, default=60.0)
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
     p.add_argument("--reconnect-timeout", type=float, default=120.0)
+    p.add_argument("--gone-timeout", type=float, default=30.0)
     p.add_argument("--save-updates", default=None)
     p.add_argument("--val-examples", type=int, default=0,
                    help="evaluate every global model with evaluate_for on this many pretended examples")
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(args.chief, token=args.token, name=args.name, idle_timeout=args.idle_timeout,
                     heartbeat_interval=args.heartbeat_interval, reconnect_timeout=args.reconnect_timeout,
+                    gone_timeout=args.gone_timeout,
                     save_updates=args.save_updates, share_metrics=args.share_metrics,
                     evaluate=(lambda w: evaluate_for(args.name, w, args.val_examples))
                     if args.val_examples else None) as client:

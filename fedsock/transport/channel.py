@@ -221,6 +221,15 @@ class BlockingChannel:
         except OSError as exc:
             raise ConnectionLost(f"connection to the chief lost: {exc}") from None
 
+    def interrupt(self) -> None:
+        """From another thread: shut the connection down under a read or write blocked on it, which
+        then returns or fails at once. The socket stays open (the thread using it closes it): only
+        the TCP connection is shut down, with the plain socket's call, which leaves TLS state alone."""
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def close(self) -> None:
         try:
             self.sock.close()

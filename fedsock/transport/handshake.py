@@ -6,7 +6,7 @@ use it; it turns the chief's refusals into the exceptions a user can act on.
 
 from __future__ import annotations
 
-from fedsock.errors import AuthenticationError, ConnectError, PeerError, RemoteProtocolError
+from fedsock.errors import AuthenticationError, ChiefStopping, ConnectError, PeerError, RemoteProtocolError
 from fedsock.protocol import (
     ACK_CAPABILITY,
     EVAL_CAPABILITY,
@@ -47,8 +47,8 @@ def handshake(channel: BlockingChannel, name: str, credentials: Credentials, ins
     Raises:
         AuthenticationError: the chief rejected the credentials.
         NameInUse: another running worker holds ``name``.
-        ConnectionLost: the chief hung up or went silent (worth retrying); for a status
-            query a ``ConnectError`` instead.
+        ConnectionLost: the chief hung up or went silent (worth retrying); ``ChiefStopping``
+            if it said it stops (``shutdown``); for a status query a ``ConnectError`` instead.
         PeerError: the chief refused with another Error.
         RemoteProtocolError: the answer broke the protocol.
     """
@@ -78,6 +78,8 @@ def _expect(channel: BlockingChannel, kind: type, status: bool) -> Event:
             raise AuthenticationError(f"authentication failed: the chief rejected the join token ({ev.message})")
         if ev.code == "name_in_use":
             raise NameInUse(ev.message)
+        if ev.code == "shutdown" and not status:  # it will be back: keep reconnecting
+            raise ChiefStopping(f"the chief hung up: {ev.message}")
         if ev.code in TRANSIENT_CODES and not status:
             raise ConnectionLost(f"the chief hung up: {ev.message}")
         raise PeerError(ev.code, ev.message)

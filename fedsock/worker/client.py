@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedsock import limits
-from fedsock.errors import ConfigError, FedsockError, RemoteProtocolError
+from fedsock.errors import ClientClosed, ConfigError, FedsockError, RemoteProtocolError
 from fedsock.protocol import (
     Done,
     Error,
@@ -53,6 +53,8 @@ from fedsock.worker.reporting import Reporting
 __all__ = ["Client", "ConnectionLost", "parse_address", "token_from"]
 
 log = logging.getLogger("fedsock.worker")
+#: Seconds ``close()`` waits for the channel before it shuts the connection down under a waiting call.
+CLOSE_LOCK_WAIT_S = 0.1
 
 
 class Client(Reporting):
@@ -75,6 +77,10 @@ class Client(Reporting):
         reconnect_timeout: after a lost connection (chief restarted, link
             cut, chief silent for ``idle_timeout``), seconds to keep trying to
             reconnect, with exponential backoff and jitter; 0 disables it.
+        gone_timeout: while reconnecting, give up (``ConnectError``) once nothing
+            has listened at the chief's address for this many seconds, unless the
+            chief said it stops and will be back (Error ``shutdown``); 0: only
+            ``reconnect_timeout`` applies.
         ca, cert, key: mutual TLS with an organisation's PKI: verify the
             chief against CA file ``ca`` (and its host name) instead of the
             token's pinned fingerprint, and present client certificate
@@ -106,6 +112,9 @@ class Client(Reporting):
         NameInUse: another running worker holds ``name`` (the message says
             to pick another ``--name``).
         PolicyRefused: the chief's plan violates this worker's policy.
+
+    ``close()`` may be called from another thread while ``join`` or ``sync``
+    waits: it returns at once, and the waiting call raises ``ClientClosed``.
     """
 
     def __init__(self, address: str | tuple[str, int], token: str | tls.JoinToken | None = None,
@@ -114,6 +123,7 @@ class Client(Reporting):
                  idle_timeout: float = WorkerConfig.idle_timeout,
                  heartbeat_interval: float = WorkerConfig.heartbeat_interval,
                  reconnect_timeout: float = WorkerConfig.reconnect_timeout,
+                 gone_timeout: float = WorkerConfig.gone_timeout,
                  save_updates: str | os.PathLike[str] | None = None,
                  ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
                  key: str | os.PathLike[str] | None = None,
@@ -147,6 +157,7 @@ class Client(Reporting):
         self._idle_timeout = idle_timeout
         self._hb_interval = heartbeat_interval
         self._reconnect_timeout = reconnect_timeout
+        self._gone_timeout = gone_timeout
         self.reconnects = 0
         self.evaluation = Evaluation(evaluate)  # .last: the val_* metrics of the model last returned
         self.sharing = MetricSharing(share_metrics)
@@ -225,7 +236,9 @@ class Client(Reporting):
         Raises:
             ConfigError: the chief has no model and no weights were given, or
                 ``weights`` do not match the chief's model.
+            ClientClosed: ``close()`` was called (before, or meanwhile from another thread).
         """
+        self._check_open()
         if self.weights is not None:
             if weights is not None:
                 try:
@@ -255,10 +268,14 @@ class Client(Reporting):
                 new model is read into its memory, which saves fresh memory each round
                 (a page fault per page). Its arrays are overwritten; a list that still
                 shares memory with ``weights`` is not reused.
+
+        Raises:
+            ClientClosed: ``close()`` was called (before, or meanwhile from another thread).
         """
         if self.finished:
             assert self.weights is not None
             return self.weights
+        self._check_open()
         if self.weights is None:
             raise FedsockError("call join() before sync()")
         base = self.weights
@@ -276,14 +293,29 @@ class Client(Reporting):
 
     def close(self, reason: str | None = None) -> None:
         """Hang up; with ``reason``, tell the chief why first. A final evaluation the chief asked for
-        and ``report`` did not send goes out first (``final_metrics``)."""
+        and ``report`` did not send goes out first (``final_metrics``).
+
+        From another thread while a ``join`` or ``sync`` waits, this returns at once: the
+        connection is shut down under the waiting call, which raises ``ClientClosed``
+        (and closes the socket itself; the chief is not told a reason then).
+        """
         if self.finished and self.report_due and not reason:
             self.report()
         self._stop.set()
-        with self._lock:
+        if not self._lock.acquire(timeout=CLOSE_LOCK_WAIT_S):  # a join or sync holds the channel
+            self._channel.interrupt()
+            if not self._lock.acquire(timeout=CLOSE_LOCK_WAIT_S):
+                return  # it is between connections (reconnecting): it sees the close and stops there
+        try:
             if reason and not self._channel.conn.we_finished and not self.finished:
                 self._channel.send_quietly(Error(code="shutdown", message=reason))
             self._channel.close()
+        finally:
+            self._lock.release()
+
+    def _check_open(self) -> None:
+        if self._stop.is_set():
+            raise ClientClosed("this Client was closed (Client.close()); it no longer talks to the chief")
 
     def __enter__(self) -> Client:
         return self
@@ -298,6 +330,9 @@ class Client(Reporting):
         """Carry out the engine's actions until it delivers the model (the lock is held)."""
         todo = deque(actions)
         while True:
+            if self._stop.is_set():  # close() from another thread: it shut the connection down under us
+                self._channel.close()
+                raise ClientClosed("Client.close() was called while this call waited for the chief")
             if not todo:
                 try:
                     todo.extend(self._engine.receive(self._channel.next_event()))
@@ -321,7 +356,7 @@ class Client(Reporting):
                 return act.model
             elif isinstance(act, Reconnect):
                 todo.clear()
-                todo.extend(self._reconnect(act.reason))
+                todo.extend(self._reconnect(act.reason, act.announced))
             elif isinstance(act, Fail):
                 if act.notify is not None:
                     self._channel.send_quietly(act.notify)
@@ -351,23 +386,28 @@ class Client(Reporting):
 
     # --- connection and reconnect policy ------------------------------------
 
-    def _reconnect(self, reason: str) -> list[Action]:
-        """Connect and authenticate again (same name, so the chief knows us); resume the sync."""
-        log.warning("connection to the chief lost (%s); reconnecting for up to %g s",
-                    reason, self._reconnect_timeout)
+    def _reconnect(self, reason: str, announced: bool = False) -> list[Action]:
+        """Connect and authenticate again (same name, so the chief knows us); resume the sync.
+
+        ``announced``: the chief said it stops and will be back, so ``gone_timeout`` does not apply.
+        """
+        gone = None if announced or not self._gone_timeout else self._gone_timeout
+        log.warning("connection to the chief lost (%s); reconnecting for up to %g s%s", reason,
+                    self._reconnect_timeout, "" if gone is None else f" ({gone:g} s if nothing listens there)")
         self._channel.close()
-        self._channel, self.welcome, model = self._connect(self._reconnect_timeout)
+        self._channel, self.welcome, model = self._connect(self._reconnect_timeout, gone)
         self.reconnects += 1
         log.info("reconnected as worker %d; the chief is at round %d", self.welcome.worker_id, self.welcome.round)
         return self._engine.reconnected(self.welcome, model)
 
-    def _connect(self, timeout: float) -> tuple[BlockingChannel, Welcome, list[np.ndarray] | None]:
-        """Join the chief (``joining.join_chief``), retrying for ``timeout`` seconds."""
+    def _connect(self, timeout: float, gone: float | None = None
+                 ) -> tuple[BlockingChannel, Welcome, list[np.ndarray] | None]:
+        """Join the chief (``joining.join_chief``), retrying for ``timeout`` seconds (``gone``: see there)."""
         channel, welcome, model = join_chief(
             self.address, self._credentials, self.name, self.instance, self._reconnect_secret,
             timeout=timeout, idle_timeout=self._idle_timeout, heartbeat_interval=self._hb_interval,
             memory=self._memory, policy=self.policy, max_model_bytes=self.max_model_bytes,
-            evaluations=self._evaluations)
+            evaluations=self._evaluations, gone_timeout=gone, stop=self._stop)
         self._reconnect_secret = welcome.reconnect_secret or None
         return channel, welcome, model
 

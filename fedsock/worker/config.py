@@ -52,6 +52,9 @@ class WorkerConfig:
     connect_timeout: float = setting(60.0, help="seconds to keep retrying an unreachable chief")
     reconnect_timeout: float = setting(300.0, help="after a lost connection, seconds to keep reconnecting "
                                        "(0: never)")
+    gone_timeout: float = setting(30.0, help="while reconnecting, give up once nothing has listened at the "
+                                  "chief's address for this many seconds, unless the chief said it would be "
+                                  "back (0: only --reconnect-timeout)")
     idle_timeout: float = setting(limits.IDLE_TIMEOUT_S,
                                   help="seconds of silence after which the chief counts as gone")
     heartbeat_interval: float = setting(limits.HEARTBEAT_INTERVAL_S,
@@ -92,6 +95,8 @@ class WorkerConfig:
                 raise ConfigError(f"{flag} must be positive, got {value:g}")
         if not self.reconnect_timeout >= 0:
             raise ConfigError(f"--reconnect-timeout must be 0 (never) or positive, got {self.reconnect_timeout:g}")
+        if not self.gone_timeout >= 0:
+            raise ConfigError(f"--gone-timeout must be 0 (off) or positive, got {self.gone_timeout:g}")
         if not 0 < self.heartbeat_interval < self.idle_timeout or math.isinf(self.heartbeat_interval):
             raise ConfigError("--heartbeat-interval must be positive and shorter than --idle-timeout")
         if not 0 < self.max_model_bytes <= limits.MAX_MODEL_BYTES:

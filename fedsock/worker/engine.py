@@ -92,9 +92,14 @@ class Deliver:
 
 @dataclass(frozen=True)
 class Reconnect:
-    """The connection is gone: connect again, then call ``WorkerEngine.reconnected``."""
+    """The connection is gone: connect again, then call ``WorkerEngine.reconnected``.
+
+    ``announced``: the chief said it stops (Error ``shutdown``), so it will be back: keep trying even
+    while nothing listens at its address (``--gone-timeout`` does not apply).
+    """
 
     reason: str
+    announced: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,7 @@ class WorkerEngine:
             return self.lost("the chief closed the connection")
         if isinstance(ev, Error):
             if ev.code in TRANSIENT_CODES:
-                return self.lost(f"the chief hung up: {ev.message}")
+                return self.lost(f"the chief hung up: {ev.message}", announced=ev.code == "shutdown")
             return [Fail(PeerError(ev.code, ev.message))]
         sync = self._sync
         if sync is not None and sync.secure and isinstance(ev, (SecAggAbort, SecAggRoster, SecAggInbox, SecAggUnmask)):
@@ -275,11 +280,11 @@ class WorkerEngine:
         one arrives (if that fails, no half-written model is left behind)."""
         self.model = None
 
-    def lost(self, reason: str) -> list[Action]:
-        """The connection broke during a sync."""
+    def lost(self, reason: str, announced: bool = False) -> list[Action]:
+        """The connection broke during a sync (``announced``: the chief said it stops and will be back)."""
         if not self.reconnect:
             return [Fail(ConnectionLost(reason))]
-        return [Reconnect(reason)]
+        return [Reconnect(reason, announced)]
 
     def reconnected(self, welcome: Welcome, model: list[np.ndarray] | None) -> list[Action]:
         """The ``Welcome`` (and its model) of a new connection: resume the sync in progress.

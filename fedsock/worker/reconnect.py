@@ -8,6 +8,12 @@ restart, and the chief lets it go once it has been silent for its idle
 timeout. So such refusals are retried until that time (plus a margin) has
 passed since the first one, even beyond the connect timeout; after that the
 name belongs to another running worker and the user must pick another one.
+
+A chief that vanished is not waited for as long: after a lost connection,
+when every attempt for ``gone`` seconds found nothing listening at the
+chief's address (refused, or host/network unreachable), the worker gives up
+(its run is probably over). A chief that said it stops (Error ``shutdown``:
+a signal, a full disk) is waited for the whole reconnect timeout.
 """
 
 from __future__ import annotations
@@ -32,15 +38,29 @@ class Backoff:
     """
 
     def __init__(self, now: float, timeout: float, name_hold: float,
-                 jitter: Callable[[float, float], float] = random.uniform) -> None:
+                 jitter: Callable[[float, float], float] = random.uniform, gone: float | None = None) -> None:
         self.deadline = now + timeout
         self.name_hold = name_hold + NAME_HOLD_MARGIN_S
         self.delay = limits.RECONNECT_BACKOFF_START_S
         self.refused_since: float | None = None
+        #: Seconds of attempts that all find nothing listening after which to give up (None: never).
+        self.gone = gone
+        self.nobody_since: float | None = None  # start of the current run of such attempts
         self._jitter = jitter
 
-    def retry_in(self, now: float, name_in_use: bool = False) -> float | None:
-        """After a failed attempt at ``now``: seconds to wait before the next, or None to give up."""
+    def is_gone(self, now: float) -> bool:
+        """Nothing has listened at the address for ``gone`` seconds (see ``retry_in(nobody=)``)."""
+        return self.gone is not None and self.nobody_since is not None and now - self.nobody_since >= self.gone
+
+    def retry_in(self, now: float, name_in_use: bool = False, nobody: bool = False) -> float | None:
+        """After a failed attempt at ``now``: seconds to wait before the next, or None to give up.
+
+        ``nobody``: nothing listens at the address (refused, unreachable); ``gone`` seconds of
+        nothing but such attempts end the retries early (``is_gone``).
+        """
+        self.nobody_since = (self.nobody_since if self.nobody_since is not None else now) if nobody else None
+        if self.is_gone(now):
+            return None
         delay = self.delay
         if name_in_use:
             if self.refused_since is None:
@@ -51,6 +71,8 @@ class Backoff:
             delay = min(delay, deadline - now)  # the last attempt comes when the hold is over
         elif now + delay > self.deadline:
             return None
+        elif self.gone is not None and self.nobody_since is not None:  # the last attempt comes when gone is up
+            delay = min(delay, max(self.nobody_since + self.gone - now, 0.0))
         self.delay = min(self.delay * 2, limits.RECONNECT_BACKOFF_MAX_S) * self._jitter(0.8, 1.2)
         return delay
 
