@@ -61,6 +61,10 @@ def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview] | Callab
     The temp file has a random name and is created 0600 with ``O_EXCL`` and
     ``O_NOFOLLOW`` (``fedsock.statefiles``); the rename replaces whatever is at
     ``path`` (a symlink included) without following it. The result is 0600.
+    If writing fails (a full disk), the temp file is removed and ``path`` is untouched.
+
+    Raises:
+        OSError: the write, fsync or rename failed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
@@ -76,16 +80,21 @@ def atomic_write(path: Path, data: bytes | Sequence[bytes | memoryview] | Callab
             fd = -1
     if fd < 0:
         fd = statefiles.create_new(tmp)
-    with os.fdopen(fd, "r+b") as f:
-        if callable(data):
-            data(f)
-        else:
-            for piece in [data] if isinstance(data, bytes) else data:
-                f.write(piece)
-        f.truncate()
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "r+b") as f:
+            if callable(data):
+                data(f)
+            else:
+                for piece in [data] if isinstance(data, bytes) else data:
+                    f.write(piece)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: the partial temp file must not keep its space
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)

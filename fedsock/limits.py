@@ -150,6 +150,10 @@ HEARTBEAT_INTERVAL_S = 10.0
 RECONNECT_BACKOFF_START_S = 0.25
 #: Longest pause between a worker's reconnection attempts (before +-20% jitter).
 RECONNECT_BACKOFF_MAX_S = 5.0
+#: Seconds a chief that stops because it cannot write its state dir goes on answering new
+#: connections with Error ``shutdown``: workers whose model it cut off reconnect at once and
+#: learn that it will be back (so their ``--gone-timeout`` does not apply).
+STOP_NOTICE_S = 2.0
 #: Bytes asked of the socket per read (chief sessions and the worker's Client).
 READ_BYTES = 256 * 1024
 #: Most bytes of a weights message the chief reads without letting other tasks run.

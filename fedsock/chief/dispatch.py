@@ -76,6 +76,8 @@ class WorkerService:
         self.evals = EvalRequests(config, ctrl, registry, publisher)  # held workers' and the final evaluation
         self.wake = asyncio.Event()  # something the round loop waits for happened
         self.done = asyncio.Event()  # the run is over: Done for everyone
+        #: Set while the chief stops (its state dir unwritable): what new connections are told (Error shutdown).
+        self.stopping: str | None = None
         self._conn_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -101,6 +103,8 @@ class WorkerService:
                 await s.send(self.monitor.status(self.ctrl, self.registry.live, outcome.full),
                              timeout=cfg.handshake_timeout)
                 log.info("answered a status query from %r (%s)", s.name, s.peer)
+            elif self.stopping is not None:  # a worker whose model was cut off learns that the chief will be back
+                await s.send_error(ErrorCode.SHUTDOWN, self.stopping)
             elif self._missing_features(s):
                 await s.send_error(ErrorCode.UNSUPPORTED_FEATURE, self._missing_features(s))
             elif await self._join(s, outcome):
@@ -305,7 +309,7 @@ class WorkerService:
 
     async def _ack(self, s: Session, round_: int, sampled: bool) -> None:
         """Tell a worker whose Hello asked for it what became of its update (protocol.md 7.4)."""
-        if s.conn.acks:
+        if s.conn.acks and not s.conn.we_finished:  # not after our Error (the chief stopping)
             ctrl = self.ctrl
             waiting = len(ctrl.expected()) if ctrl.is_open else 0
             await s.send(Ack(round_, sampled, len(ctrl.submitted), waiting), timeout=self.config.idle_timeout)

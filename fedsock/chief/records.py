@@ -26,10 +26,18 @@ from fedsock.chief.callbacks import ChiefCallback, RoundRecord
 from fedsock.chief.outcomes import Snapshot
 from fedsock.chief.outputs import describe_budget
 from fedsock.chief.rounds import RoundController
-from fedsock.errors import ConfigError, RemoteProtocolError
+from fedsock.errors import ConfigError, RemoteProtocolError, StateWriteError
 from fedsock.protocol import TensorSpec, check_signature, is_valid_name
 
 log = logging.getLogger("fedsock.chief")
+
+
+def write_failed(what: str, exc: OSError, resumes_after: int | None = None) -> StateWriteError:
+    """The error that stops a chief that could not write ``what`` (a full disk, say)."""
+    where = f"; it resumes after round {resumes_after}" if resumes_after is not None and resumes_after >= 0 else ""
+    reason = exc.strerror or str(exc)
+    return StateWriteError(f"cannot write {what}: {reason}. The chief stops; free space (or fix the disk) and "
+                           f"start it again on the same --state-dir{where}", reason)
 
 
 class MetricsLog(ChiefCallback):
@@ -50,11 +58,15 @@ class MetricsLog(ChiefCallback):
         except OSError as exc:
             raise ConfigError(f"cannot append to {self.path} ({exc.strerror or exc}); the chief follows no "
                               "links in its state dir") from None
-        with os.fdopen(fd, "a") as f:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
-            if record.snapshot is None:
-                os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "a") as f:
+                f.write(json.dumps(line) + "\n")
+                f.flush()
+                if record.snapshot is None:
+                    os.fsync(f.fileno())
+        except OSError as exc:  # its line may be partly written: a resumed chief cuts it off (truncate)
+            raise write_failed(f"the metrics line of round {record.round} to {self.path}", exc,
+                               record.round - 1) from None
 
     def fsync_later(self) -> None:
         """Fsync the file in the background (after the checkpoint that carries its last line)."""
@@ -68,10 +80,17 @@ class MetricsLog(ChiefCallback):
             os.close(fd)
 
     def sync(self) -> None:
-        """Wait until the file is on disk (raises what its fsync raised)."""
+        """Wait until the file is on disk.
+
+        Raises:
+            StateWriteError: its fsync failed.
+        """
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending.result()
+            try:
+                pending.result()
+            except OSError as exc:
+                raise write_failed(f"{self.path} (fsync)", exc) from None
 
     def on_run_end(self, rounds: int) -> None:
         self.sync()
@@ -86,7 +105,10 @@ class MetricsLog(ChiefCallback):
         if len(kept) == lines - 1 and isinstance(last_row, str):
             log.warning("metrics.jsonl lacked the line of round %d; restored it from the checkpoint", lines)
             kept.append(last_row + "\n")
-        checkpoint.atomic_write(self.path, "".join(kept).encode())
+        try:
+            checkpoint.atomic_write(self.path, "".join(kept).encode())
+        except OSError as exc:
+            raise write_failed(f"{self.path} (cut back to {lines} lines to resume)", exc, lines) from None
 
 
 class Checkpoints(ChiefCallback):
@@ -124,8 +146,12 @@ class Checkpoints(ChiefCallback):
         )
         # the checkpoint that this one pushes out is overwritten, not a new file written (much faster)
         spare = checkpoint.prunable(self.directory, self.keep) if self.directory.is_dir() else None
-        checkpoint.save(checkpoint.round_path(self.directory, snap.round), ckpt, recycle=spare)
-        checkpoint.prune(self.directory, self.keep)
+        path = checkpoint.round_path(self.directory, snap.round)
+        try:
+            checkpoint.save(path, ckpt, recycle=spare)
+            checkpoint.prune(self.directory, self.keep)
+        except OSError as exc:  # the temp file is gone (atomic_write); the previous checkpoint is intact
+            raise write_failed(f"the checkpoint of round {snap.round} to {path}", exc, snap.round - 1) from None
         if row is not None:
             self.metrics.fsync_later()
 

@@ -34,13 +34,13 @@ from fedsock.chief.monitor import Monitor
 from fedsock.chief.outcomes import RoundResult
 from fedsock.chief.outputs import Outputs, privacy_fields
 from fedsock.chief.publish import Publisher, on_thread_holding, round_record
-from fedsock.chief.records import Checkpoints, MetricsLog
+from fedsock.chief.records import Checkpoints, MetricsLog, write_failed
 from fedsock.chief.registry import WorkerRegistry
 from fedsock.chief.relay import Relay
 from fedsock.chief.rounds import RoundController
 from fedsock.chief.secure import SecureAggregation
 from fedsock.chief.tensorboard import TensorBoard
-from fedsock.errors import ErrorCode
+from fedsock.errors import ErrorCode, StateWriteError
 from fedsock.protocol import Global
 from fedsock.statelock import StateDirLock
 from fedsock.transport.aio import Session
@@ -167,8 +167,10 @@ class Chief:
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         announce(cfg, self.port, self.identity)  # before chief.addr: whoever waits for it finds the command logged
         self.callbacks.on_run_begin(RunInfo(cfg.state_dir, ctrl.rounds, ctrl.round, self.port))
-        # atomically: a reader never sees an empty or half-written address
-        atomic_write(cfg.state_dir / "chief.addr", f"{local}:{self.port}\n".encode())
+        try:  # atomically: a reader never sees an empty or half-written address
+            atomic_write(cfg.state_dir / "chief.addr", f"{local}:{self.port}\n".encode())
+        except OSError as exc:
+            raise write_failed(str(cfg.state_dir / "chief.addr"), exc) from None
         await asyncio.to_thread(self.outputs.announce_privacy)
         stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
@@ -185,10 +187,15 @@ class Chief:
                     log.warning("stopping on a signal after round %d; starting again on %s resumes there",
                                 ctrl.round, cfg.state_dir)
                     bye = "the chief is stopping; reconnect later"
+                    self.service.stopping = bye
                     await asyncio.gather(*(s.send_error(ErrorCode.SHUTDOWN, bye, timeout=1.0)
                                            for s in list(self.registry.live.values())))
                 else:
-                    work.result()
+                    try:
+                        work.result()
+                    except StateWriteError as exc:
+                        await self._stop_for(exc)
+                        raise
         finally:
             for s in list(self.registry.live.values()):
                 s.abort()
@@ -205,6 +212,20 @@ class Chief:
                 self.relay.close()
             self._io.shutdown(wait=False)
         return RunSummary(ctrl.round, self._last_metrics, str(cfg.state_dir), stopped=stop.is_set())
+
+    async def _stop_for(self, exc: StateWriteError) -> None:
+        """The state dir cannot be written: tell every worker that the chief stops and will be back
+        (Error shutdown, so they keep reconnecting), and for STOP_NOTICE_S tell the same to those
+        that reconnect at once because their model was cut off (the round was never released)."""
+        bye = f"the chief cannot write its state dir ({exc.reason}) and stops; it resumes once restarted: reconnect"
+        self.service.stopping = bye
+        told = list(self.registry.live.values())
+        log.warning("the state dir cannot be written (%s): telling %d connected workers that the chief stops and "
+                    "will be back; they keep reconnecting", exc.reason, len(told))
+        await asyncio.gather(*(s.send_error(ErrorCode.SHUTDOWN, bye, timeout=1.0) for s in told))
+        for s in told:  # their conversation is over (what was sent still arrives): nothing more goes out
+            s.abort()
+        await asyncio.sleep(limits.STOP_NOTICE_S)
 
     async def _train(self) -> None:
         ctrl = self.controller
@@ -298,7 +319,10 @@ class Chief:
         are in or ``final_eval_timeout`` has passed); then write final_evaluation.json."""
         ctrl = self.controller
         assert ctrl.specs is not None and ctrl.weights is not None
-        self.outputs.save_final(ctrl.specs, ctrl.weights)
+        try:
+            self.outputs.save_final(ctrl.specs, ctrl.weights)
+        except OSError as exc:  # the last checkpoint holds the same model: a restarted chief hands it out
+            raise write_failed(f"the final model to {self.config.state_dir}", exc, ctrl.round) from None
         start = time.monotonic()
         while True:
             waited = time.monotonic() - start
