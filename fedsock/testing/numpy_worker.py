@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-timeout", type=float, default=60.0)
     p.add_argument("--heartbeat-interval", type=float, default=10.0)
     p.add_argument("--reconnect-timeout", type=float, default=120.0)
-    p.add_argument("--gone-timeout", type=float, default=30.0)
+    p.add_argument("--gone-timeout", type=float, default=60.0)
     p.add_argument("--save-updates", default=None)
     p.add_argument("--val-examples", type=int, default=0,
                    help="evaluate every global model with evaluate_for on this many pretended examples")

@@ -52,7 +52,7 @@ class WorkerConfig:
     connect_timeout: float = setting(60.0, help="seconds to keep retrying an unreachable chief")
     reconnect_timeout: float = setting(300.0, help="after a lost connection, seconds to keep reconnecting "
                                        "(0: never)")
-    gone_timeout: float = setting(30.0, help="while reconnecting, give up once nothing has listened at the "
+    gone_timeout: float = setting(60.0, help="while reconnecting, give up once nothing has listened at the "
                                   "chief's address for this many seconds, unless the chief said it would be "
                                   "back (0: only --reconnect-timeout)")
     idle_timeout: float = setting(limits.IDLE_TIMEOUT_S,
