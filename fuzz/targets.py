@@ -9,9 +9,10 @@ reports is a real bug.
 - ``protocol``: a byte stream into a ``Connection`` (either role, with the in-place chunk path),
   answered like a real peer, so it reaches the established phase and weights messages.
 - ``secagg``: secure-aggregation messages into the state machines that act on them: a
-  worker's ``WorkerRound`` fed the chief's Roster/Inbox/Unmask/Abort, or a ``ChiefRound``
-  with three honest workers fed a fourth worker's Keys/Shares/Masked/Reveal, through a
-  ``Connection`` in the established phase, up to the unmasked sum.
+  worker's ``WorkerRound`` fed the chief's Roster/Inbox/Unmask/Abort (and masking its update
+  and metrics as the engine does), or a ``ChiefRound`` with three honest workers fed a fourth
+  worker's Keys/Shares/Masked/Reveal, through a ``Connection`` in the established phase, up to
+  the unmasked sum and its decoded model and metrics.
 - ``status``: a chief's answer to ``fedsock status`` (Challenge, then Status) into the
   status client's ``Connection``, then the report and the JSON it prints.
 - ``checkpoint``: the bytes of a checkpoint file into ``checkpoint.decode`` and what resuming
@@ -33,7 +34,7 @@ import numpy as np
 from fedsock import checkpoint as ckpt_mod
 from fedsock.aggregation import fedadam
 from fedsock.chief.records import read_resume
-from fedsock.errors import ConfigError, PeerMisbehaved, RemoteProtocolError, TooFewWorkers
+from fedsock.errors import ConfigError, PeerMisbehaved, RangeError, RemoteProtocolError, TooFewWorkers
 from fedsock.protocol import (
     NEED_DATA,
     STATUS_CAPABILITY,
@@ -62,7 +63,8 @@ from fedsock.protocol import (
     Update,
     Welcome,
 )
-from fedsock.secagg import crypto, shamir
+from fedsock.secagg import crypto, fixedpoint, shamir
+from fedsock.secagg import metrics as metric_words
 from fedsock.secagg.chief import ChiefRound
 from fedsock.secagg.worker import WorkerRound
 from fedsock.status import format_status, status_json
@@ -70,7 +72,7 @@ from fedsock.status import format_status, status_json
 #: The errors each target's input may cause on purpose; anything else escaping is a bug.
 ALLOWED: dict[str, tuple[type[BaseException], ...]] = {
     "protocol": (RemoteProtocolError,),
-    "secagg": (RemoteProtocolError, TooFewWorkers, PeerMisbehaved),
+    "secagg": (RemoteProtocolError, TooFewWorkers, PeerMisbehaved, RangeError),
     "status": (RemoteProtocolError,),
     "checkpoint": (ConfigError,),
 }
@@ -131,6 +133,8 @@ def protocol(data: bytes) -> None:
 SECAGG_WORKERS = (1, 2, 3, 4)
 SECAGG_SHAPES = ((2, 3),)
 SECAGG_WORDS = 7  # model elements + the weight
+SECAGG_METRICS = ("loss", "val_accuracy")  # the metrics that ride in the masked vector (one transcript)
+PLAN = Plan(1, 1, 1, secure_agg=True)
 FUZZED = 4  # the chief-side target's untrusted worker
 ME = 1  # the worker-side target's own id
 
@@ -161,10 +165,12 @@ def keys_of(w: WorkerRound) -> SecAggKeys:
 
 
 def transcript(dropout: int | None) -> dict[str, dict[int, object]]:
-    """An honest attempt of round 1 by workers 1-4 (``dropout`` sends no masked update), with the
-    chief's and every worker's messages: real encoders, real state machines."""
+    """An honest attempt of round 1 by workers 1-4 (``dropout`` sends no masked update; without it,
+    metrics ride in the masked vector), with the chief's and every worker's messages: real
+    encoders, real state machines."""
     from fedsock.worker.secure import masked_update
 
+    metrics = () if dropout else SECAGG_METRICS
     with seeded(dropout or 0):
         ws = {i: worker_state(i) for i in SECAGG_WORKERS}
         cr = ChiefRound(1, 1, SECAGG_WORDS)
@@ -173,19 +179,19 @@ def transcript(dropout: int | None) -> dict[str, dict[int, object]]:
         for i, w in ws.items():
             out["keys"][i] = keys_of(w)
             cr.add_keys(i, keys_of(w))
-        out["roster"] = dict(cr.rosters(min_workers=2))
+        out["roster"] = dict(cr.rosters(min_workers=2, metrics=metrics))
         for i, w in ws.items():
             out["shares"][i] = s = w.on_roster(out["roster"][i])  # type: ignore[arg-type]
             cr.add_shares(i, s)  # type: ignore[arg-type]
         out["inbox"] = dict(cr.inboxes())
         for i, w in ws.items():
             w.on_inbox(out["inbox"][i])  # type: ignore[arg-type]
-        plan = Plan(1, 1, 1, secure_agg=True)
         for i, w in ws.items():
             if i == dropout:
                 continue
             weights = [np.full(s, 0.25 * i, np.float32) for s in SECAGG_SHAPES]
-            msg, arrays = masked_update(w, weights, 10 * i, plan, ["dense"])
+            msg, arrays = masked_update(w, weights, 10 * i, PLAN, ["dense"], {"loss": 1.0 / i, "val_accuracy": 0.5,
+                                                                               "val_examples": 20.0})
             out["masked"][i] = (msg, arrays)
             cr.check_masked(i, msg.round, msg.attempt, msg.tensors, SECAGG_SHAPES, msg.excluded)
             cr.add_masked(i, arrays)
@@ -195,8 +201,11 @@ def transcript(dropout: int | None) -> dict[str, dict[int, object]]:
             if i != dropout:
                 out["reveal"][i] = r = w.on_unmask(unmask)
                 cr.add_reveal(i, r)
-        cr.finish()
-        out["workers"] = dict(ws)  # their state after masking: they answer the Unmask a fuzzed run ends with
+        total = cr.finish()
+        fixedpoint.decode(total[:SECAGG_WORDS], SECAGG_SHAPES)
+        metric_words.decode(total[SECAGG_WORDS:], metrics)
+        out["workers"] = dict(ws)
+        out["metrics"] = {0: metrics}  # their state after masking: they answer the Unmask a fuzzed run ends with
     return out
 
 
@@ -237,6 +246,8 @@ def secagg(data: bytes) -> None:
 
 def _secagg_worker(stream: bytes) -> None:
     """Worker 1 in round 1 (its fixed keys) answers whatever the chief sends, as the engine does."""
+    from fedsock.worker.secure import masked_update
+
     me = worker_state(ME)
     for ev in _events(Connection(Role.WORKER, phase=Phase.ESTABLISHED), stream):
         if isinstance(ev, SecAggAbort):
@@ -245,8 +256,9 @@ def _secagg_worker(stream: bytes) -> None:
             me.on_roster(ev)
         elif isinstance(ev, SecAggInbox):
             me.on_inbox(ev)
-            if me.phase == "inbox":
-                me.mask(np.arange(SECAGG_WORDS, dtype="<u8"))
+            if me.phase == "inbox":  # its update and metrics, encoded for the roster's layout, then masked
+                masked_update(me, [np.full(s, 0.5, np.float32) for s in SECAGG_SHAPES], 10, PLAN, ["dense"],
+                              {"loss": 0.25, "val_accuracy": 0.75, "val_examples": 20.0})
         elif isinstance(ev, SecAggUnmask):
             me.on_unmask(ev)
 
@@ -265,7 +277,7 @@ def _secagg_chief(stream: bytes, honest: dict[str, dict[int, object]]) -> None:
             if step == "keys":
                 if FUZZED not in cr.keys:  # its keys came before the stream: the honest shares expect them
                     cr.add_keys(FUZZED, honest["keys"][FUZZED])  # type: ignore[arg-type]
-                cr.rosters(min_workers=2)
+                cr.rosters(min_workers=2, metrics=honest["metrics"][0])  # type: ignore[arg-type]
                 for i in (1, 2, 3):
                     if i in cr.hoods:
                         cr.add_shares(i, honest["shares"][i])  # type: ignore[arg-type]
@@ -284,8 +296,10 @@ def _secagg_chief(stream: bytes, honest: dict[str, dict[int, object]]) -> None:
                         w.phase = "masked"  # type: ignore[attr-defined]  # each run asks them anew
                         cr.add_reveal(i, w.on_unmask(req))  # type: ignore[attr-defined]
                 cr_phase[0] = "reveal"
-            else:
-                cr.finish()
+            else:  # the unmasked sum, decoded as the chief's SecureAggregation does
+                total = cr.finish()
+                fixedpoint.decode(total[:SECAGG_WORDS], SECAGG_SHAPES)
+                metric_words.federated(metric_words.decode(total[SECAGG_WORDS:], cr.metrics))
                 cr_phase[0] = "finish"
 
     cr_phase = ["keys"]
