@@ -217,7 +217,8 @@ class Chief:
         """The state dir cannot be written: tell every worker that the chief stops and will be back
         (Error shutdown, so they keep reconnecting), and for STOP_NOTICE_S tell the same to those
         that reconnect at once because their model was cut off (the round was never released)."""
-        bye = f"the chief cannot write its state dir ({exc.reason}) and stops; it resumes once restarted: reconnect"
+        bye = (f"the chief cannot write its state dir ({exc.reason}) and stops; it resumes once restarted, "
+               "keep reconnecting")
         self.service.stopping = bye
         told = list(self.registry.live.values())
         log.warning("the state dir cannot be written (%s): telling %d connected workers that the chief stops and "

@@ -95,6 +95,8 @@ def join_chief(address: tuple[str, int], credentials: Credentials, name: str, in
         except NameInUse as exc:
             refused, last = exc, f"the name {name!r} is in use"
         except ChiefStopping as exc:  # it will be back: wait for it however long nothing listens
+            if backoff.gone is not None:
+                log.warning("%s; waiting for it for up to %g s", exc, timeout)
             last, backoff.gone = str(exc), None
         except (OSError, ConnectionLost) as exc:
             last = str(exc) or type(exc).__name__
