@@ -112,6 +112,22 @@ def secagg_conversation() -> tuple[bytes, bytes]:
     return up, down
 
 
+def status_query() -> bytes:
+    """What ``fedsock status`` sends a chief: Hello with the status capability, then Auth."""
+    from fedsock.protocol import STATUS_CAPABILITY
+
+    w = Connection(Role.WORKER)
+    hello = w.send(Hello(name="status-corpus", capabilities=(STATUS_CAPABILITY,), instance=bytes(range(16))))
+    c = Connection(Role.CHIEF)
+    c.receive_data(hello)
+    while c.next_event() is not NEED_DATA:
+        pass
+    w.receive_data(c.send(Challenge(b"n" * 32)))
+    while w.next_event() is not NEED_DATA:
+        pass
+    return hello + w.send(Auth(b"m" * 32))
+
+
 def frames_of(role: Role, messages: list) -> bytes:
     """The bytes ``role`` sends for ``messages`` in the established phase ((message, arrays) for weights)."""
     from fedsock.protocol import Phase
@@ -201,6 +217,7 @@ def main() -> None:
     (out / "to-chief-direct-5").write_bytes(b"\x03\x04" + up)
     (out / "to-worker-whole").write_bytes(b"\x00\xff" + down)
     (out / "to-worker-7").write_bytes(b"\x00\x06" + down)
+    (out / "to-chief-status-query").write_bytes(b"\x01\xff" + status_query())
     up, down = secagg_conversation()
     (out / "secagg-to-chief").write_bytes(b"\x01\xff" + up)
     (out / "secagg-to-worker").write_bytes(b"\x00\xff" + down)

@@ -7,7 +7,8 @@ documented one (docs/architecture.md, "Errors are split by blame"), so a crash t
 reports is a real bug.
 
 - ``protocol``: a byte stream into a ``Connection`` (either role, with the in-place chunk path),
-  answered like a real peer, so it reaches the established phase and weights messages.
+  answered like a real peer (a status query gets a Status), so it reaches the established phase
+  and weights messages.
 - ``secagg``: secure-aggregation messages into the state machines that act on them: a
   worker's ``WorkerRound`` fed the chief's Roster/Inbox/Unmask/Abort (and masking its update
   and metrics as the engine does), or a ``ChiefRound`` with three honest workers fed a fourth
@@ -80,6 +81,7 @@ ALLOWED: dict[str, tuple[type[BaseException], ...]] = {
 # --- protocol ---------------------------------------------------------------
 
 WELCOME = Welcome(1, 0, Plan(3, 1, 1), tensors=(), has_weights=False, reconnect_secret=bytes(32))
+STATUS = Status(1, 3, False, 0, 1, 5.0, connected=1, known=1)
 
 
 def protocol(data: bytes) -> None:
@@ -118,8 +120,8 @@ def protocol(data: bytes) -> None:
             return
         if isinstance(ev, Hello):
             conn.send(Challenge(b"c" * 32))
-        elif isinstance(ev, Auth):
-            conn.send(WELCOME)
+        elif isinstance(ev, Auth):  # a status query gets Status, as the chief answers it, else Welcome
+            conn.send(STATUS if conn.status_query else WELCOME)
         elif isinstance(ev, Challenge):
             conn.send(Auth(b"a" * 32))
         elif isinstance(ev, (Update, Global, Done, Welcome)):
