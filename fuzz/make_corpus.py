@@ -68,6 +68,37 @@ def conversation() -> tuple[bytes, bytes]:
     return up, down
 
 
+def eval_conversation() -> tuple[bytes, bytes]:
+    """A worker that asked for Acks and evaluation requests: (worker -> chief, chief -> worker) bytes."""
+    from fedsock.protocol import ACK_CAPABILITY, EVAL_CAPABILITY, Ack, EvalRequest, EvalResult
+
+    w, c = Connection(Role.WORKER), Connection(Role.CHIEF)
+    up, down = b"", b""
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3)]
+    specs = specs_of(arrays)
+    for sender, dst, msg, chunks in [
+        (w, c, Hello(name="corpus", capabilities=(ACK_CAPABILITY, EVAL_CAPABILITY), instance=bytes(range(16))), ()),
+        (c, w, Challenge(b"n" * 32), ()),
+        (w, c, Auth(b"m" * 32), ()),
+        (c, w, Welcome(1, 0, Plan(2, 5, 8), tensors=specs, has_weights=True, reconnect_secret=bytes(32)), arrays),
+        (c, w, EvalRequest(0, specs), arrays),
+        (w, c, EvalResult(0, {"val_accuracy": 0.5, "val_examples": 20.0}), ()),
+        (w, c, Update(1, 10, specs, {"loss": 0.5}), arrays),
+        (c, w, Ack(1, True, 1, 0), ()),
+        (c, w, Done(1, specs, report=30.0), arrays),
+        (w, c, EvalResult(1, {"val_accuracy": 0.75, "personalized_val_accuracy": 0.8}, final=True), ()),
+    ]:
+        data = sender.send(msg) + b"".join(sender.send(ch) for ch in iter_chunks(chunks, 8))
+        dst.receive_data(data)
+        while dst.next_event() is not NEED_DATA:
+            pass
+        if sender is w:
+            up += data
+        else:
+            down += data
+    return up, down
+
+
 def secagg_conversation() -> tuple[bytes, bytes]:
     """One secure-aggregation attempt after the handshake: (worker -> chief, chief -> worker) bytes."""
     from fedsock.protocol.secagg import (
@@ -218,6 +249,9 @@ def main() -> None:
     (out / "to-worker-whole").write_bytes(b"\x00\xff" + down)
     (out / "to-worker-7").write_bytes(b"\x00\x06" + down)
     (out / "to-chief-status-query").write_bytes(b"\x01\xff" + status_query())
+    up, down = eval_conversation()
+    (out / "eval-to-chief").write_bytes(b"\x01\xff" + up)
+    (out / "eval-to-worker").write_bytes(b"\x04\xff" + down)  # bit 2: its Hello asked for acks and evals
     up, down = secagg_conversation()
     (out / "secagg-to-chief").write_bytes(b"\x01\xff" + up)
     (out / "secagg-to-worker").write_bytes(b"\x00\xff" + down)

@@ -37,6 +37,8 @@ from fedsock.aggregation import fedadam
 from fedsock.chief.records import read_resume
 from fedsock.errors import ConfigError, PeerMisbehaved, RangeError, RemoteProtocolError, TooFewWorkers
 from fedsock.protocol import (
+    ACK_CAPABILITY,
+    EVAL_CAPABILITY,
     NEED_DATA,
     STATUS_CAPABILITY,
     Auth,
@@ -46,6 +48,7 @@ from fedsock.protocol import (
     ConnectionClosed,
     Done,
     EndOfMessage,
+    EvalRequest,
     Global,
     Hello,
     Phase,
@@ -86,7 +89,8 @@ STATUS = Status(1, 3, False, 0, 1, 5.0, connected=1, known=1)
 
 def protocol(data: bytes) -> None:
     """Flags (bit 0: the receiver is the chief; bit 1: chunk data placed in place with
-    ``direct_chunk``, as the chief's event loop does), a piece size byte, then the stream."""
+    ``direct_chunk``, as the chief's event loop does; bit 2: a worker's Hello asks for Acks and
+    evaluation requests), a piece size byte, then the stream."""
     if len(data) < 2:
         return
     role = Role.CHIEF if data[0] & 1 else Role.WORKER
@@ -95,7 +99,8 @@ def protocol(data: bytes) -> None:
     stream = data[2:]
     conn = Connection(role)
     if role is Role.WORKER:
-        conn.send(Hello(name="fuzz", instance=bytes(16)))
+        caps = (ACK_CAPABILITY, EVAL_CAPABILITY) if data[0] & 4 else ()
+        conn.send(Hello(name="fuzz", capabilities=caps, instance=bytes(16)))
     assembler: TensorAssembler | None = None
     pos = 0
     while True:
@@ -124,7 +129,7 @@ def protocol(data: bytes) -> None:
             conn.send(STATUS if conn.status_query else WELCOME)
         elif isinstance(ev, Challenge):
             conn.send(Auth(b"a" * 32))
-        elif isinstance(ev, (Update, Global, Done, Welcome)):
+        elif isinstance(ev, (Update, Global, Done, Welcome, EvalRequest)):
             assembler = TensorAssembler(ev.tensors) if sum(s.nbytes for s in ev.tensors) < 1 << 20 else None
         elif isinstance(ev, Chunk) and assembler is not None:
             assembler.add(ev)
