@@ -105,8 +105,12 @@ def test_disk_full_mid_checkpoint_stops_the_chief_cleanly_and_its_restart_loses_
         assert "the chief cannot write its state dir (No space left on device)" in wout, wout[-3000:]
         assert f"w{i}: done at round {rounds}" in wout, wout[-2000:]
     assert again.wait(60) == 0, log.read_text()[-3000:]
-    assert [r["round"] for r in rows(state)] == list(range(1, rounds + 1))  # contiguous, none repeated
-    assert checkpoint.load(sorted(ckpts.glob("round-*.fsck"))[-1]).round == rounds
+    got = rows(state)
+    assert [r["round"] for r in got] == list(range(1, rounds + 1))  # contiguous, none repeated
+    kept = [checkpoint.load(p) for p in sorted(ckpts.glob("round-*.fsck"))]
+    assert [k.round for k in kept] == list(range(0, rounds + 1))  # round 0 is the adopted model
+    for k in kept[1:]:  # each checkpoint carries its round's line: the one metrics.jsonl has (round 2: the redone)
+        assert json.loads(k.meta["last_row"]) == got[k.round - 1] and k.meta["metrics_lines"] == k.round
 
 
 def test_a_checkpoint_slower_than_a_round_delays_the_run_and_loses_nothing(tmp_path):
