@@ -31,7 +31,7 @@ P = "fedsock/protocol/"
 MODULES: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
     "protocol": [(P + m, None) for m in ("connection.py", "direct.py", "frames.py", "messages.py", "handshake.py",
                                           "specs.py", "tensors.py", "chunking.py", "compression.py", "fields.py",
-                                          "identity.py")],
+                                          "identity.py")] + [("fedsock/chief/intake.py", ("decode_update",))],
     "secagg": [(P + "secagg.py", None), ("fedsock/secagg/chief.py", None), ("fedsock/secagg/worker.py", None),
                ("fedsock/secagg/shamir.py", None), ("fedsock/secagg/crypto.py", None)],
     "status": [(P + "status.py", None), ("fedsock/status.py", ("format_status", "status_json", "_ago", "_num"))],

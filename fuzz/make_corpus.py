@@ -68,6 +68,47 @@ def conversation() -> tuple[bytes, bytes]:
     return up, down
 
 
+def rich_conversation() -> tuple[bytes, bytes]:
+    """Every optional field: a Welcome with model, compile config, compression, a full plan; Updates
+    with int8, top-k and fp16 encoded deltas. (worker -> chief, chief -> worker) bytes."""
+    import json
+
+    from fedsock.protocol.compression import encode, parse_compression
+    from fedsock.protocol.specs import TensorSpec
+
+    w, c = Connection(Role.WORKER), Connection(Role.CHIEF)
+    up, down = b"", b""
+    arrays = [np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), np.arange(5, dtype=np.float32)]
+    specs = specs_of(arrays, ["dense/kernel", "dense/bias"])
+    plan = Plan(5, 10, 16, mu=0.01, dp_clip=1.0, dp_noise=0.5, heartbeat_interval=5.0, idle_timeout=30.0,
+                round_timeout=60.0, min_workers=2)
+    model = json.dumps({"class_name": "Sequential", "config": {"layers": []}})
+    compile_ = json.dumps({"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]})
+    updates = []
+    for mode in ("int8", "topk:0.5", "fp16"):
+        encs, payloads = zip(*(encode(a, parse_compression(mode)) for a in arrays))
+        enc_specs = tuple(TensorSpec(s.name, s.dtype, s.shape, e) for s, e in zip(specs, encs))
+        updates.append((Update(len(updates) + 1, 10, enc_specs, {"loss": 0.5}), list(payloads)))
+    for sender, dst, msg, chunks in [
+        (w, c, Hello(name="rich.worker@site-1", capabilities=("ack",), instance=bytes(range(16)),
+                     features=("secure_agg", "dp_clip")), ()),
+        (c, w, Challenge(b"n" * 32), ()),
+        (w, c, Auth(b"m" * 32, resume=b"r" * 32), ()),
+        (c, w, Welcome(2, 0, plan, specs, model, compile_, True, "topk:0.5", bytes(32), ("dp_clip",)), arrays),
+        *((w, c, u, payloads) for u, payloads in updates),
+        (c, w, Global(1, specs), arrays),
+    ]:
+        data = sender.send(msg) + b"".join(sender.send(ch) for ch in iter_chunks(chunks, 16))
+        dst.receive_data(data)
+        while dst.next_event() is not NEED_DATA:
+            pass
+        if sender is w:
+            up += data
+        else:
+            down += data
+    return up, down
+
+
 def eval_conversation() -> tuple[bytes, bytes]:
     """A worker that asked for Acks and evaluation requests: (worker -> chief, chief -> worker) bytes."""
     from fedsock.protocol import ACK_CAPABILITY, EVAL_CAPABILITY, Ack, EvalRequest, EvalResult
@@ -249,6 +290,9 @@ def main() -> None:
     (out / "to-worker-whole").write_bytes(b"\x00\xff" + down)
     (out / "to-worker-7").write_bytes(b"\x00\x06" + down)
     (out / "to-chief-status-query").write_bytes(b"\x01\xff" + status_query())
+    up, down = rich_conversation()
+    (out / "rich-to-chief").write_bytes(b"\x01\xff" + up)
+    (out / "rich-to-worker").write_bytes(b"\x00\xff" + down)
     up, down = eval_conversation()
     (out / "eval-to-chief").write_bytes(b"\x01\xff" + up)
     (out / "eval-to-worker").write_bytes(b"\x04\xff" + down)  # bit 2: its Hello asked for acks and evals

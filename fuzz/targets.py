@@ -34,6 +34,7 @@ import numpy as np
 
 from fedsock import checkpoint as ckpt_mod
 from fedsock.aggregation import fedadam
+from fedsock.chief.intake import decode_update
 from fedsock.chief.records import read_resume
 from fedsock.errors import ConfigError, PeerMisbehaved, RangeError, RemoteProtocolError, TooFewWorkers
 from fedsock.protocol import (
@@ -102,6 +103,7 @@ def protocol(data: bytes) -> None:
         caps = (ACK_CAPABILITY, EVAL_CAPABILITY) if data[0] & 4 else ()
         conn.send(Hello(name="fuzz", capabilities=caps, instance=bytes(16)))
     assembler: TensorAssembler | None = None
+    head: object = None
     pos = 0
     while True:
         d = conn.direct_chunk() if direct else None
@@ -130,9 +132,15 @@ def protocol(data: bytes) -> None:
         elif isinstance(ev, Challenge):
             conn.send(Auth(b"a" * 32))
         elif isinstance(ev, (Update, Global, Done, Welcome, EvalRequest)):
-            assembler = TensorAssembler(ev.tensors) if sum(s.nbytes for s in ev.tensors) < 1 << 20 else None
+            small = sum(s.wire_nbytes for s in ev.tensors) < 1 << 20
+            assembler, head = (TensorAssembler(ev.tensors), ev) if small else (None, None)
         elif isinstance(ev, Chunk) and assembler is not None:
             assembler.add(ev)
+        elif isinstance(ev, EndOfMessage) and assembler is not None and not direct:
+            if isinstance(head, Update):  # the chief decodes compressed deltas against its model (intake.py)
+                base = [np.zeros(s.shape, s.dtype) for s in head.tensors]
+                list(decode_update(head.tensors, assembler.arrays(), base))
+            assembler = head = None
 
 
 # --- secure aggregation -----------------------------------------------------
