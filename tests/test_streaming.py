@@ -130,6 +130,19 @@ def test_codecs_decode_within_their_stated_error(mode):
             assert np.min(np.abs(delta[kept])) >= np.max(np.abs(np.delete(delta, kept)), initial=0)
 
 
+@pytest.mark.parametrize("scale, offset", [(1e300, 0.0), (3e38, 0.0), (1.0, -1e300), (3e38, 3e38)])
+def test_an_int8_scale_beyond_float32_is_invalid_weights_without_a_numpy_warning(scale, offset):
+    """Found by the suite's bounded fuzz run: a peer's huge scale overflowed float32 with a RuntimeWarning
+    on the chief's stderr before the check refused it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RemoteProtocolError) as exc:
+            decode(np.full(4, 127, np.int8).tobytes(), Encoding("int8", scale, offset), 4)
+    assert exc.value.code == "invalid_weights"
+
+
 def test_codecs_edge_cases():
     assert encode(np.arange(4, dtype=np.int32), Compression("int8"))[0] is None  # not floating point
     assert encode(np.array([1e5], np.float32), Compression("fp16"))[0] is None  # would overflow float16

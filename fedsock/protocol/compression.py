@@ -153,8 +153,9 @@ def decode(data: np.ndarray | bytes | memoryview, enc: Encoding, size: int) -> n
         out = raw.view("<f2").astype(np.float32)
     elif enc.kind == "int8":
         out = raw.view(np.int8).astype(np.float32)
-        out *= np.float32(enc.scale)
-        out += np.float32(enc.offset)
+        with np.errstate(over="ignore", invalid="ignore"):  # a peer's huge scale overflows: refused below, unwarned
+            out *= np.float32(enc.scale)
+            out += np.float32(enc.offset)
     else:
         k = enc.k
         words = raw.view("<u4")
