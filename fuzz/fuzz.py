@@ -48,13 +48,17 @@ def plant_bug() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in targets.TARGETS:
+    if len(sys.argv) > 1 and sys.argv[1] in targets.TARGETS:
+        os.environ["FUZZ_TARGET"] = sys.argv.pop(1)  # the processes libFuzzer starts (-merge, -fork) inherit it
+    target = os.environ.get("FUZZ_TARGET", "")
+    if target not in targets.TARGETS:
         sys.exit(f"usage: {sys.argv[0]} {{{','.join(targets.TARGETS)}}} [CORPUS_DIR ...] [libFuzzer flags]")
-    target = sys.argv.pop(1)
     if os.environ.get("FUZZ_PLANTED_BUG") == "1":
         plant_bug()
         print("FUZZ_PLANTED_BUG=1: a bug is planted in the SecAgg pairs decoder", file=sys.stderr)
-    atheris.Setup(sys.argv, lambda data: targets.run_one(target, data))
+    # libFuzzer starts its helper processes with a shell command made from argv[0]: this interpreter and script
+    argv = [f"{sys.executable} {Path(__file__).resolve()}", *sys.argv[1:]]
+    atheris.Setup(argv, lambda data: targets.run_one(target, data))
     atheris.Fuzz()
 
 
