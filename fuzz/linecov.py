@@ -4,7 +4,7 @@
     python fuzz/linecov.py secagg=fuzz/work/secagg status=fuzz/work/status   # or over grown corpora
 
 The lines counted are those of the functions and methods of each module (module-level
-statements run at import and are left out), found from the compiled code objects; a line is
+statements and class bodies run at import and are left out), found from the compiled code objects; a line is
 covered when some input executed it (``sys.settrace``, stdlib only). For modules of which a
 target exercises only a part (the checkpoint loader, not the writer), only the named
 functions count. Prints one JSON object per module, then the totals.
@@ -12,6 +12,7 @@ functions count. Prints one JSON object per module, then the totals.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import types
@@ -53,6 +54,8 @@ def executable_lines(path: Path, functions: tuple[str, ...] | None) -> dict[int,
     module = compile(path.read_text(), str(path), "exec")
     out: dict[int, set[int]] = {}
     for code in _code_objects(module):
+        if not code.co_flags & inspect.CO_OPTIMIZED:  # a class body: it ran at import, like the module
+            continue
         top = code.co_qualname.split(".<locals>.")[0].split(".")[-1]
         if functions is None or top in functions:
             out[code.co_firstlineno] = {ln for _, _, ln in code.co_lines()
