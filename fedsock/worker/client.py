@@ -53,8 +53,7 @@ from fedsock.worker.reporting import Reporting
 __all__ = ["Client", "ConnectionLost", "parse_address", "token_from"]
 
 log = logging.getLogger("fedsock.worker")
-#: Seconds ``close()`` waits for the channel before it shuts the connection down under a waiting call.
-CLOSE_LOCK_WAIT_S = 0.1
+CLOSE_LOCK_WAIT_S = 0.1  #: seconds close() waits for the channel before it shuts the connection down under a call
 
 
 class Client(Reporting):
@@ -77,10 +76,7 @@ class Client(Reporting):
         reconnect_timeout: after a lost connection (chief restarted, link
             cut, chief silent for ``idle_timeout``), seconds to keep trying to
             reconnect, with exponential backoff and jitter; 0 disables it.
-        gone_timeout: while reconnecting, give up (``ConnectError``) once nothing
-            has listened at the chief's address for this many seconds, unless the
-            chief said it stops and will be back (Error ``shutdown``); 0: only
-            ``reconnect_timeout`` applies.
+        gone_timeout: give up reconnecting once nothing listened at the address this long (0: never; see config).
         ca, cert, key: mutual TLS with an organisation's PKI: verify the
             chief against CA file ``ca`` (and its host name) instead of the
             token's pinned fingerprint, and present client certificate
@@ -112,9 +108,6 @@ class Client(Reporting):
         NameInUse: another running worker holds ``name`` (the message says
             to pick another ``--name``).
         PolicyRefused: the chief's plan violates this worker's policy.
-
-    ``close()`` may be called from another thread while ``join`` or ``sync``
-    waits: it returns at once, and the waiting call raises ``ClientClosed``.
     """
 
     def __init__(self, address: str | tuple[str, int], token: str | tls.JoinToken | None = None,
@@ -175,7 +168,7 @@ class Client(Reporting):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         with self._lock:
-            self._channel, self.welcome, model = self._connect(connect_timeout)
+            self._channel, self.welcome, model = self._connect(connect_timeout, None)
         self._engine = WorkerEngine(self.welcome, model, reconnect=reconnect_timeout > 0)
         self.worker_id = self.welcome.worker_id
         self._say_sharing()
@@ -236,9 +229,7 @@ class Client(Reporting):
         Raises:
             ConfigError: the chief has no model and no weights were given, or
                 ``weights`` do not match the chief's model.
-            ClientClosed: ``close()`` was called (before, or meanwhile from another thread).
         """
-        self._check_open()
         if self.weights is not None:
             if weights is not None:
                 try:
@@ -268,14 +259,10 @@ class Client(Reporting):
                 new model is read into its memory, which saves fresh memory each round
                 (a page fault per page). Its arrays are overwritten; a list that still
                 shares memory with ``weights`` is not reused.
-
-        Raises:
-            ClientClosed: ``close()`` was called (before, or meanwhile from another thread).
         """
         if self.finished:
             assert self.weights is not None
             return self.weights
-        self._check_open()
         if self.weights is None:
             raise FedsockError("call join() before sync()")
         base = self.weights
@@ -294,10 +281,7 @@ class Client(Reporting):
     def close(self, reason: str | None = None) -> None:
         """Hang up; with ``reason``, tell the chief why first. A final evaluation the chief asked for
         and ``report`` did not send goes out first (``final_metrics``).
-
-        From another thread while a ``join`` or ``sync`` waits, this returns at once: the
-        connection is shut down under the waiting call, which raises ``ClientClosed``
-        (and closes the socket itself; the chief is not told a reason then).
+        From another thread while ``join`` or ``sync`` waits, it returns at once; that call raises ``ClientClosed``.
         """
         if self.finished and self.report_due and not reason:
             self.report()
@@ -313,10 +297,6 @@ class Client(Reporting):
         finally:
             self._lock.release()
 
-    def _check_open(self) -> None:
-        if self._stop.is_set():
-            raise ClientClosed("this Client was closed (Client.close()); it no longer talks to the chief")
-
     def __enter__(self) -> Client:
         return self
 
@@ -330,9 +310,9 @@ class Client(Reporting):
         """Carry out the engine's actions until it delivers the model (the lock is held)."""
         todo = deque(actions)
         while True:
-            if self._stop.is_set():  # close() from another thread: it shut the connection down under us
+            if self._stop.is_set():  # close(), maybe from another thread while this call waited
                 self._channel.close()
-                raise ClientClosed("Client.close() was called while this call waited for the chief")
+                raise ClientClosed("Client.close() was called (before or while this call waited for the chief)")
             if not todo:
                 try:
                     todo.extend(self._engine.receive(self._channel.next_event()))
@@ -387,10 +367,7 @@ class Client(Reporting):
     # --- connection and reconnect policy ------------------------------------
 
     def _reconnect(self, reason: str, announced: bool = False) -> list[Action]:
-        """Connect and authenticate again (same name, so the chief knows us); resume the sync.
-
-        ``announced``: the chief said it stops and will be back, so ``gone_timeout`` does not apply.
-        """
+        """Connect and authenticate again (same name); resume the sync (``announced``: see ``Reconnect``)."""
         gone = None if announced or not self._gone_timeout else self._gone_timeout
         log.warning("connection to the chief lost (%s); reconnecting for up to %g s%s", reason,
                     self._reconnect_timeout, "" if gone is None else f" ({gone:g} s if nothing listens there)")
@@ -400,8 +377,7 @@ class Client(Reporting):
         log.info("reconnected as worker %d; the chief is at round %d", self.welcome.worker_id, self.welcome.round)
         return self._engine.reconnected(self.welcome, model)
 
-    def _connect(self, timeout: float, gone: float | None = None
-                 ) -> tuple[BlockingChannel, Welcome, list[np.ndarray] | None]:
+    def _connect(self, timeout: float, gone: float | None) -> tuple[BlockingChannel, Welcome, list[np.ndarray] | None]:
         """Join the chief (``joining.join_chief``), retrying for ``timeout`` seconds (``gone``: see there)."""
         channel, welcome, model = join_chief(
             self.address, self._credentials, self.name, self.instance, self._reconnect_secret,
