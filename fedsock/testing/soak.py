@@ -19,7 +19,6 @@ import random
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -280,7 +280,7 @@ class Client:
                 return act.model
             elif isinstance(act, Reconnect):
                 todo.clear()
-                todo.extend(self._reconnect(act.reason))
+                todo.extend(self._reconnect(act.reason, act.wait))
             elif isinstance(act, Fail):
                 if act.notify is not None:
                     self._channel.send_quietly(act.notify)
@@ -310,11 +310,18 @@ class Client:
 
     # --- connection and reconnect policy ------------------------------------
 
-    def _reconnect(self, reason: str) -> list[Action]:
-        """Connect and authenticate again (same name, so the chief knows us); resume the sync."""
-        log.warning("connection to the chief lost (%s); reconnecting for up to %g s",
-                    reason, self._reconnect_timeout)
+    def _reconnect(self, reason: str, wait: float = 0.0) -> list[Action]:
+        """Connect and authenticate again (same name, so the chief knows us); resume the sync.
+        ``wait``: seconds the chief asked us to wait before the first attempt."""
         self._channel.close()
+        if wait > 0:
+            log.warning("connection to the chief lost (%s); reconnecting in %.2f s, as the chief asked, "
+                        "then for up to %g s", reason, wait, self._reconnect_timeout)
+            if self._stop.wait(wait):
+                raise ConnectionLost("closed while waiting to reconnect")
+        else:
+            log.warning("connection to the chief lost (%s); reconnecting for up to %g s",
+                        reason, self._reconnect_timeout)
         self._channel, self.welcome, model = self._connect(self._reconnect_timeout)
         self.reconnects += 1
         log.info("reconnected as worker %d; the chief is at round %d", self.welcome.worker_id, self.welcome.round)

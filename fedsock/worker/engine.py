@@ -46,6 +46,7 @@ from fedsock.protocol.secagg import SecAggAbort, SecAggInbox, SecAggRoster, SecA
 from fedsock.secagg.fixedpoint import RangeError
 from fedsock.secagg.worker import WorkerRound
 from fedsock.transport.errors import TRANSIENT_CODES, ConnectionLost
+from fedsock.worker.reconnect import hinted_wait
 from fedsock.worker.secure import masked_update
 
 log = logging.getLogger("fedsock.worker")
@@ -75,9 +76,11 @@ class Deliver:
 
 @dataclass(frozen=True)
 class Reconnect:
-    """The connection is gone: connect again, then call ``WorkerEngine.reconnected``."""
+    """The connection is gone: wait ``wait`` seconds (the chief's hint), connect again, then call
+    ``WorkerEngine.reconnected``."""
 
     reason: str
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ class WorkerEngine:
             return self.lost("the chief closed the connection")
         if isinstance(ev, Error):
             if ev.code in TRANSIENT_CODES:
-                return self.lost(f"the chief hung up: {ev.message}")
+                return self.lost(f"the chief hung up: {ev.message}", hinted_wait(ev.retry_after_ms))
             return [Fail(PeerError(ev.code, ev.message))]
         sync = self._sync
         if sync is not None and sync.secure and isinstance(ev, (SecAggAbort, SecAggRoster, SecAggInbox, SecAggUnmask)):
@@ -218,11 +221,11 @@ class WorkerEngine:
         one arrives (if that fails, no half-written model is left behind)."""
         self.model = None
 
-    def lost(self, reason: str) -> list[Action]:
-        """The connection broke during a sync."""
+    def lost(self, reason: str, wait: float = 0.0) -> list[Action]:
+        """The connection broke during a sync; ``wait``: seconds the chief asked us to wait first."""
         if not self.reconnect:
             return [Fail(ConnectionLost(reason))]
-        return [Reconnect(reason)]
+        return [Reconnect(reason, wait)]
 
     def reconnected(self, welcome: Welcome, model: list[np.ndarray] | None) -> list[Action]:
         """The ``Welcome`` (and its model) of a new connection: resume the sync in progress.

@@ -8,6 +8,11 @@ restart, and the chief lets it go once it has been silent for its idle
 timeout. So such refusals are retried until that time (plus a margin) has
 passed since the first one, even beyond the connect timeout; after that the
 name belongs to another running worker and the user must pick another one.
+
+A stopping chief says in its Error ``shutdown`` how long each worker should
+wait before reconnecting (``retry_after_ms``, spread over its workers): the
+worker waits that long (at most ``MAX_RETRY_AFTER_MS``) before its first
+attempt, and its reconnect timeout starts after the wait.
 """
 
 from __future__ import annotations
@@ -57,6 +62,14 @@ class Backoff:
     def refused_for(self, now: float) -> float:
         """Seconds since the first ``name_in_use`` refusal (0 if there was none)."""
         return 0.0 if self.refused_since is None else now - self.refused_since
+
+
+def hinted_wait(retry_after_ms: int | None) -> float:
+    """Seconds to wait before reconnecting, from a chief's ``retry_after_ms`` (None: no wait),
+    at most ``MAX_RETRY_AFTER_MS``."""
+    if retry_after_ms is None:
+        return 0.0
+    return min(max(retry_after_ms, 0), limits.MAX_RETRY_AFTER_MS) / 1000.0
 
 
 def name_in_use_message(chief_says: str, name: str, waited: float) -> str:
