@@ -24,23 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedsock.demo import wait_for_address  # noqa: E402
-from fedsock.testing.soak import SERIES, Sample, Thresholds, as_json, judge, sample  # noqa: E402
+from fedsock.testing.soak import SERIES, Sample, Thresholds, as_json, judge, run  # noqa: E402
 
 KEEP_CHECKPOINTS = 3
-STOPPED = 130  # the exit status of a chief stopped by a signal before its last round
 LABELS = {"rss_mib": "resident memory (MiB)", "fds": "open file descriptors", "threads": "threads",
           "state_bytes_other": "state dir without metrics.jsonl (KiB)", "metrics_bytes": "metrics.jsonl (KiB)"}
 
@@ -90,54 +84,20 @@ def main() -> int:
     every = args.every or (60.0 if args.seconds >= 600 else 5.0)
 
     tmp = Path(tempfile.mkdtemp(prefix="fedsock-soak-"))
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("FEDSOCK_CONFIG", None)
-    state = tmp / "chief"
-    chief = subprocess.Popen(
-        [sys.executable, str(ROOT / "chief.py"), "--host", "127.0.0.1", "--port", "0", "--state-dir", str(state),
-         "--rounds", "100000000", "--min-workers", "2", "--round-timeout", "10", "--idle-timeout", "30",
-         "--heartbeat-interval", "5", "--keep-checkpoints", str(KEEP_CHECKPOINTS), "--progress", "plain"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp / "chief.log", "wb"), env=env)
-    workers = None
-    samples: list[Sample] = []
-    try:
-        address = wait_for_address(state, chief)
-        token = (state / "token").read_text().strip()
-        workers = subprocess.Popen(
-            [sys.executable, "-m", "fedsock.testing.soak", "--chief", address, "--token", token,
-             "--workers", str(args.workers), "--params", str(args.params), "--pace", str(args.pace)],
-            stdout=subprocess.PIPE, stderr=open(tmp / "workers.log", "wb"), text=True, env=env)
-        t0 = time.monotonic()
-        next_at = t0
-        while chief.poll() is None and workers.poll() is None:
-            now = time.monotonic()
-            if now >= next_at:
-                samples.append(sample(chief.pid, state, now - t0))
-                next_at += every
-                if now - t0 >= args.seconds or samples[-1].rounds >= args.max_rounds:
-                    break
-            time.sleep(max(0.0, min(next_at - time.monotonic(), 1.0)))
-        workers.send_signal(signal.SIGTERM)
-        tally = json.loads((workers.communicate(timeout=180)[0].strip().splitlines() or ["{}"])[-1])
-        chief.send_signal(signal.SIGTERM)
-        chief_exit = chief.wait(timeout=60)
-    finally:
-        for proc in (workers, chief):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
+    result = run(tmp, args.seconds, every, max_rounds=args.max_rounds, workers=args.workers, params=args.params,
+                 pace=args.pace, keep_checkpoints=KEEP_CHECKPOINTS)
+    samples, tally = result.samples, result.workers
     verdict = judge(samples, Thresholds(), args.warmup, keep_checkpoints=KEEP_CHECKPOINTS)
-    errors = sum(1 for line in (tmp / "chief.log").read_text(errors="replace").splitlines()
-                 if " ERROR " in line or "Traceback" in line)
-    ok = bool(verdict["pass"]) and chief_exit == STOPPED and errors == 0 and tally.get("stuck", 1) == 0
+    ok = bool(verdict["pass"]) and result.clean
+    last = samples[-1] if samples else None
     report = {
-        "seconds": round(samples[-1].t, 1) if samples else 0, "every_s": every, "workers": args.workers,
+        "seconds": round(last.t, 1) if last else 0, "every_s": every, "workers": args.workers,
         "params": args.params, "pace_s": args.pace, "keep_checkpoints": KEEP_CHECKPOINTS,
-        "rounds": samples[-1].rounds if samples else 0,
-        "rounds_per_hour": round(samples[-1].rounds / samples[-1].t * 3600) if samples and samples[-1].t else 0,
-        "worker_activity": tally, "chief_exit": chief_exit, "chief_log_errors": errors,
-        "verdict": verdict, "pass": ok,
-        "joins_per_hour": round(tally.get("joins", 0) / samples[-1].t * 3600) if samples and samples[-1].t else 0,
-        "series": as_json(samples),
+        "rounds": last.rounds if last else 0,
+        "rounds_per_hour": round(last.rounds / last.t * 3600) if last and last.t else 0,
+        "joins_per_hour": round(tally.get("joins", 0) / last.t * 3600) if last and last.t else 0,
+        "worker_activity": tally, "chief_exit": result.chief_exit, "chief_log_errors": result.chief_log_errors,
+        "verdict": verdict, "pass": ok, "series": as_json(samples),
     }
     if args.png is not None and samples:
         draw(samples, verdict, args.png, args.warmup)

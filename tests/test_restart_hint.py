@@ -151,3 +151,22 @@ def test_a_stopped_chief_spreads_the_reconnects_and_the_run_resumes(tmp_path):
     assert waits == pytest.approx([step, 2 * step]), outs
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, 7))  # no round lost or repeated
+
+
+def test_close_from_another_thread_ends_the_hinted_wait():
+    import threading
+
+    from fedsock.transport.errors import ConnectionLost
+    from fedsock.worker.client import Client
+
+    class Channel:
+        def close(self) -> None:
+            pass
+
+    c = object.__new__(Client)  # only what _reconnect touches before it connects
+    c._channel, c._stop, c._reconnect_timeout = Channel(), threading.Event(), 300.0
+    threading.Timer(0.2, c._stop.set).start()  # what close() does first
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionLost, match="closed while waiting"):
+        c._reconnect("the chief hung up", wait=30.0)
+    assert time.monotonic() - t0 < 5

@@ -19,9 +19,11 @@ import random
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,6 +153,81 @@ def as_json(samples: Sequence[Sample]) -> dict[str, list[float]]:
     """The samples as one list per field (the series of the report)."""
     rows = [asdict(s) for s in samples]
     return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
+
+
+# --- a run ------------------------------------------------------------------------
+
+#: The exit status of a chief stopped by a signal before its last round.
+STOPPED = 130
+
+
+@dataclass
+class SoakRun:
+    """What ``run`` saw: the samples, what the workers did, how the chief ended."""
+
+    samples: list[Sample]
+    workers: dict[str, Any]
+    chief_exit: int | None
+    chief_log_errors: int  # ERROR lines and tracebacks in the chief's log
+    state_dir: Path
+
+    @property
+    def clean(self) -> bool:
+        """The chief stopped on its SIGTERM, logged no error, and no worker was stuck or failed."""
+        return (self.chief_exit == STOPPED and self.chief_log_errors == 0 and self.workers.get("stuck") == 0
+                and self.workers.get("errors") == 0)
+
+
+def run(workdir: Path, seconds: float, every: float, *, max_rounds: int = 10**8, workers: int = 8,
+        params: int = 10_000, pace: float = 0.5, keep_checkpoints: int = 3) -> SoakRun:
+    """One chief (``chief.py``, bring-your-own model) and churning workers for ``seconds``,
+    sampling the chief every ``every`` s; then the workers stop and the chief gets SIGTERM."""
+    import subprocess
+
+    from fedsock.demo import wait_for_address
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("FEDSOCK_CONFIG", None)
+    state, log = workdir / "chief", workdir / "chief.log"
+    chief = subprocess.Popen(
+        [sys.executable, str(root / "chief.py"), "--host", "127.0.0.1", "--port", "0", "--state-dir", str(state),
+         "--rounds", str(10**8), "--min-workers", "2", "--round-timeout", "10", "--idle-timeout", "30",
+         "--heartbeat-interval", "5", "--keep-checkpoints", str(keep_checkpoints), "--progress", "plain"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env)
+    host: subprocess.Popen[str] | None = None
+    samples: list[Sample] = []
+    tally: dict[str, Any] = {}
+    chief_exit = None
+    try:
+        address = wait_for_address(state, chief)
+        token = (state / "token").read_text().strip()
+        host = subprocess.Popen(
+            [sys.executable, "-m", "fedsock.testing.soak", "--chief", address, "--token", token, "--workers",
+             str(workers), "--params", str(params), "--pace", str(pace)],
+            stdout=subprocess.PIPE, stderr=open(workdir / "workers.log", "wb"), text=True, env=env)
+        t0 = time.monotonic()
+        next_at = t0
+        while chief.poll() is None and host.poll() is None:
+            now = time.monotonic()
+            if now >= next_at:
+                samples.append(sample(chief.pid, state, now - t0))
+                next_at += every
+                if now - t0 >= seconds or samples[-1].rounds >= max_rounds:
+                    break
+            time.sleep(max(0.0, min(next_at - time.monotonic(), 1.0)))
+        host.send_signal(signal.SIGTERM)
+        out = host.communicate(timeout=180)[0].strip().splitlines()
+        tally = json.loads(out[-1]) if out else {}
+        chief.send_signal(signal.SIGTERM)
+        chief_exit = chief.wait(timeout=60)
+    finally:
+        for proc in (host, chief):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    errors = sum(1 for line in log.read_text(errors="replace").splitlines() if " ERROR " in line or "Traceback" in line)
+    return SoakRun(samples, tally, chief_exit, errors, state)
 
 
 # --- churning workers -----------------------------------------------------------
