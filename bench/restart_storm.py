@@ -248,6 +248,7 @@ def main() -> int:
         outs = [json.loads(p.communicate(timeout=900)[0].strip().splitlines()[-1]) for p in procs]
         out_b = json.loads(second.communicate(timeout=120)[0].strip().splitlines()[-1])
         peak_b = rss_b.stop()
+        recorded = [json.loads(line)["round"] for line in metrics.read_text().splitlines()]
     back = [b - t_stop for o in outs for b in o["back"] if b]
     hints = [h for o in outs for h in o["hints"]]
     fails: dict[str, int] = {}
@@ -267,6 +268,7 @@ def main() -> int:
         "all_back_after_listening_s": round(max(back) - (t_b_up - t_stop), 2) if back else None,
         "back_s_p50_p90_p99": [pct(back, 0.5), pct(back, 0.9), pct(back, 0.99)],
         "first_round_after_restart_s": round(t_round - t_stop, 2),
+        "every_round_recorded_once": recorded == list(range(1, at + 3)),
         "refused_by_restarted_chief": out_b["refused"], "refused_by_first_chief": out_a["refused"],
         "failed_attempts_seen_by_workers": fails, "other_failures": [x for o in outs for x in o["other"]][:3],
         "why_workers_reconnected": reasons, "hints_received": len(hints),

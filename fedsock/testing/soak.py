@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", type=int, default=10_000)
     p.add_argument("--pace", type=float, default=0.5, help="seconds of pretended training per round")
     args = p.parse_args(argv)
-    stop, lock, tally, errors = threading.Event(), threading.Lock(), Tally(), []
+    stop, lock, tally = threading.Event(), threading.Lock(), Tally()
+    errors: list[str] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threads = [threading.Thread(target=churn, args=(args.chief, args.token, f"soak-{i}", args.params, args.pace,
                                                     stop, tally, lock, errors), daemon=True)
