@@ -127,6 +127,9 @@ MAX_WORKERS = 1024
 MAX_AUTH_FAILURES_PER_MINUTE = 10
 #: Most addresses whose failures are remembered (oldest forgotten first).
 MAX_TRACKED_ADDRESSES = 100_000
+#: Longest wait before reconnecting that a worker takes from an Error's ``retry_after_ms``, in ms;
+#: a longer hint is cut to this (it is a chief's request, not a command to stay away for good).
+MAX_RETRY_AFTER_MS = 60_000
 
 # --- authentication ------------------------------------------------------
 #: Bytes of the chief's random challenge nonce.
@@ -154,6 +157,9 @@ RECONNECT_BACKOFF_MAX_S = 5.0
 #: connections with Error ``shutdown``: workers whose model it cut off reconnect at once and
 #: learn that it will be back (so their ``--gone-timeout`` does not apply).
 STOP_NOTICE_S = 2.0
+#: Reconnections per second a stopping chief asks its workers to spread themselves at: it gives
+#: the k-th of its connected workers (in random order) ``retry_after_ms`` = k * 1000 / this.
+RESTART_RECONNECTS_PER_S = 100
 #: Bytes asked of the socket per read (chief sessions and the worker's Client).
 READ_BYTES = 256 * 1024
 #: Most bytes of a weights message the chief reads without letting other tasks run.

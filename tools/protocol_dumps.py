@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from fedsock import tls
-from fedsock.errors import RemoteProtocolError
+from fedsock.chief.admission import shutdown_message
+from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol import (
     ACK_CAPABILITY,
     EVAL_CAPABILITY,
@@ -348,6 +349,14 @@ def main() -> None:
     assert isinstance(error, Error)
     send("Error (chief -> worker)", chief, worker, error)
 
+    # A third: the chief stops (SIGTERM) while the worker waits for round 1's model; this worker's
+    # slot among the chief's workers is 2.34 s from now (section 7.8, "Restarts").
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    handshake(worker, chief, quiet=True)
+    send("Update", worker, chief, Update(round=1, num_examples=100, tensors=SPECS), TRAINED, quiet=True)
+    send("Error shutdown with a reconnect hint (chief -> worker)", chief, worker,
+         Error(code=ErrorCode.SHUTDOWN.value, message=shutdown_message(2340), retry_after_ms=2340))
+
     # The same worker reconnecting: its Auth proves it holds the first Welcome's reconnect secret.
     worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
     send("Hello", worker, chief, Hello(name=NAME, instance=INSTANCE), quiet=True)
@@ -356,7 +365,7 @@ def main() -> None:
                   resume=reconnect_proof(RECONNECT_SECRET, NONCE2, NAME))
     send("Auth with resume (worker -> chief), on a reconnection", worker, chief, resume)
 
-    # A third: the Welcome of a FedProx chief (--strategy fedprox --mu 0.01), the
+    # A fourth: the Welcome of a FedProx chief (--strategy fedprox --mu 0.01), the
     # only case in which the plan carries "mu".
     worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
     send("Hello", worker, chief, Hello(name=NAME, instance=INSTANCE), quiet=True)
@@ -369,7 +378,7 @@ def main() -> None:
     assert deliver(frame, worker) == [welcome]
     dump("Welcome with a FedProx plan (chief -> worker)", frame)
 
-    # A fourth: a worker that asks for acknowledgements (fedsock's worker does), not
+    # A fifth: a worker that asks for acknowledgements (fedsock's worker does), not
     # sampled for round 1 (--fraction), and the Ack that says so.
     print("=== A worker that asks for Ack, not sampled for round 1")
     print()

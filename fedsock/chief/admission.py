@@ -1,8 +1,10 @@
 """Admission control without I/O: failed authentications per address, connections not yet
-authenticated, weights messages in flight (all plain counters; the chief does the I/O)."""
+authenticated, weights messages in flight, connections refused and why (all plain counters),
+and when a stopping chief asks each worker to come back (the chief does the I/O)."""
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -55,10 +57,19 @@ class PreAuthCounts:
     total: int = 0
     _by_address: dict[str, int] = field(default_factory=dict)
 
-    def refusal(self, address: str) -> str | None:
+    def over(self, address: str) -> str | None:
+        """Which cap a new connection from ``address`` would break: ``"global"``, ``"per_address"`` or None."""
         if self.total >= self.limit:
-            return "too many connections still in the handshake"
+            return "global"
         if self._by_address.get(address, 0) >= self.per_address:
+            return "per_address"
+        return None
+
+    def refusal(self, address: str) -> str | None:
+        over = self.over(address)
+        if over == "global":
+            return "too many connections still in the handshake"
+        if over == "per_address":
             return f"too many connections still in the handshake from this address (at most {self.per_address})"
         return None
 
@@ -76,6 +87,31 @@ class PreAuthCounts:
 
     def of(self, address: str) -> int:
         return self._by_address.get(address, 0)
+
+
+@dataclass
+class Refusals:
+    """Connections turned away since the chief started, by why (for its log and benchmarks)."""
+
+    per_address: int = 0  # over MAX_UNAUTHENTICATED_PER_ADDRESS, before TLS
+    global_cap: int = 0  # over MAX_UNAUTHENTICATED, before TLS
+    failures: int = 0  # from an address over MAX_AUTH_FAILURES_PER_MINUTE, before TLS
+    tls_failed: int = 0  # admitted, but the TLS handshake failed or timed out
+
+    def count(self, why: str) -> None:
+        """One more refusal: ``why`` is ``"per_address"``, ``"global"``, ``"failures"`` or ``"tls_failed"``."""
+        name = "global_cap" if why == "global" else why
+        setattr(self, name, getattr(self, name) + 1)
+
+    @property
+    def before_tls(self) -> int:
+        return self.per_address + self.global_cap + self.failures
+
+    def describe(self) -> str:
+        return (f"{self.before_tls} connections refused before TLS ({self.per_address} over the per-address cap "
+                f"of {limits.MAX_UNAUTHENTICATED_PER_ADDRESS} in the handshake, {self.global_cap} over the cap "
+                f"of {limits.MAX_UNAUTHENTICATED} in all, {self.failures} from addresses with too many failed "
+                f"authentications), {self.tls_failed} TLS handshakes failed")
 
 
 @dataclass
@@ -148,3 +184,21 @@ class BufferedFrames:
 
     def of(self, address: str) -> int:
         return self._by_address.get(address, 0)
+
+
+def reconnect_hints(workers: int, rng: random.Random,
+                    per_second: int = limits.RESTART_RECONNECTS_PER_S) -> list[int]:
+    """``retry_after_ms`` for each of ``workers`` connected workers of a stopping chief.
+
+    The k-th worker in random order waits ``k * 1000 / per_second`` ms, so the
+    reconnections come at ``per_second`` a second instead of all at once (a
+    restarted chief admits only ``MAX_UNAUTHENTICATED`` handshakes at a time).
+    """
+    hints = [k * 1000 // per_second for k in range(workers)]
+    rng.shuffle(hints)
+    return hints
+
+
+def shutdown_message(retry_after_ms: int) -> str:
+    """The text of a stopping chief's Error ``shutdown`` that carries ``retry_after_ms``."""
+    return f"the chief is stopping; reconnect in {retry_after_ms / 1000:g} s"

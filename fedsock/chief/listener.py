@@ -21,12 +21,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fedsock import limits, tls
-from fedsock.chief.admission import FailureLimiter, PreAuthCounts
+from fedsock.chief.admission import FailureLimiter, PreAuthCounts, Refusals
 from fedsock.chief.framebudget import FrameBudget
 from fedsock.errors import ConfigError
 from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
+#: Seconds between two log lines about refused connections from one address (or from all, at the global cap).
+REFUSAL_LOG_S = 10.0
 
 
 class Ticket:
@@ -75,8 +77,9 @@ class Listener:
         self.keepalive_s, self.handler = keepalive_s, handler
         self.preauth = PreAuthCounts()
         self.failures = FailureLimiter()
+        self.refused = Refusals()
         self.frames = FrameBudget()  # created on the event loop (its waiters are asyncio futures)
-        self._refusal_logged: dict[str, float] = {}
+        self._refusal_logged: dict[str, float] = {}  # when a refusal was last logged, per address ("" for all)
 
     async def listen(self, host: str, port: int) -> asyncio.Server:
         """The listening server.
@@ -97,6 +100,19 @@ class Listener:
             why = f"over {limits.MAX_AUTH_FAILURES_PER_MINUTE} failed authentications a minute"
         return why
 
+    def _log_refusal(self, address: str, why: str, everyone: bool, now: float) -> None:
+        """Log a refusal at most every ``REFUSAL_LOG_S`` per address, or for all addresses together
+        when the global cap refuses (a flood from many addresses must not flood the log either)."""
+        logged = self._refusal_logged
+        if len(logged) >= limits.MAX_TRACKED_ADDRESSES:  # memory follows recent refusals, not every address
+            logged = self._refusal_logged = {k: t for k, t in logged.items() if now - t <= REFUSAL_LOG_S}
+        key = "" if everyone or len(logged) >= limits.MAX_TRACKED_ADDRESSES else address
+        if now - logged.get(key, -1e9) <= REFUSAL_LOG_S:
+            return
+        logged[key] = now
+        log.warning("refusing connections%s: %s (so far: %s)", f" from {address}" if key else "", why,
+                    self.refused.describe())
+
     async def accept(self, raw: asyncio.Transport) -> None:
         """One TCP connection: admission, TLS, then the handler."""
         peer = raw.get_extra_info("peername")
@@ -104,9 +120,9 @@ class Listener:
         now = time.monotonic()
         why = self.refusal(address, now)
         if why is not None:
-            if now - self._refusal_logged.get(address, -1e9) > 10:  # a flood must not flood the log
-                self._refusal_logged[address] = now
-                log.warning("refusing connections from %s: %s", address, why)
+            over = self.preauth.over(address)
+            self.refused.count(over or "failures")
+            self._log_refusal(address, why, over == "global", now)
             raw.abort()
             return
         self.preauth.enter(address)
@@ -119,6 +135,7 @@ class Listener:
                 timeout = isinstance(exc, TimeoutError)
                 log.info("%s: TLS handshake failed: %s", label,
                          "no TLS handshake within the time limit" if timeout else tls.describe_tls_failure(exc))
+                self.refused.count("tls_failed")
                 if timeout:  # holding a slot without a handshake counts as a failed authentication
                     ticket.failed()
                 sock.close()  # a TLS alert, if any, went out with the failed handshake

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import random
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 from fedsock import limits, tls
 from fedsock.aggregation import Strategy, Transform, check_compatible, with_dp
 from fedsock.checkpoint import atomic_write
+from fedsock.chief.admission import reconnect_hints, shutdown_message
 from fedsock.chief.callbacks import CallbackList, ChiefCallback, RunInfo
 from fedsock.chief.closers import LocalCloser, RelayCloser, RoundCloser, SecureCloser
 from fedsock.chief.config import ChiefConfig
@@ -47,6 +49,8 @@ from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
 IO_THREADS = limits.IO_THREADS
+#: Seconds a chief told to stop gives the fan-out of a round it has recorded to finish.
+STOP_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class Chief:
         )
         self.outputs = Outputs(cfg)
         self.port: int | None = None
+        self.listener: Listener | None = None  # once serving; its ``refused`` counts refused connections
         self.relay: Relay | None = None
         self.registry: WorkerRegistry[Session] = WorkerRegistry(cfg.idle_timeout)
         self.monitor = Monitor(cfg.min_workers, cfg.upstream)
@@ -123,6 +128,7 @@ class Chief:
             secure, self.service.send_secagg, lambda w: w in self.registry.live, self.registry.hold)
         self._last_metrics: dict[str, float] = {}
         self._holdout: dict[str, float] = {}  # the final model's holdout metrics, for final_evaluation.json
+        self._publishing: asyncio.Future[None] | None = None  # the latest round's fan-out
         self._io = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="fedsock-io")
 
     def run(self) -> RunSummary:
@@ -161,7 +167,8 @@ class Chief:
         else:
             self.registry.expect(resumed or (), time.monotonic())  # expect them back: they are reconnecting
         context = tls.server_context(self.identity.cert_path, self.identity.key_path, cfg.ca)
-        listener = Listener(context, cfg.handshake_timeout, self._io, cfg.heartbeat_interval, self.service.run)
+        self.listener = listener = Listener(context, cfg.handshake_timeout, self._io, cfg.heartbeat_interval,
+                                            self.service.run)
         server = await listener.listen(cfg.host, cfg.port)
         self.port = server.sockets[0].getsockname()[1]
         local = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -183,13 +190,19 @@ class Chief:
                 await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
                 if not work.done():
+                    server.close()  # no new connections: a worker reconnecting now waits for the next chief
                     work.cancel()
+                    if self._publishing is not None and not self._publishing.done():
+                        # cut short, its sends would be aborted and the shutdown Error never reach anyone
+                        await asyncio.wait({self._publishing}, timeout=STOP_GRACE_S)
                     log.warning("stopping on a signal after round %d; starting again on %s resumes there",
                                 ctrl.round, cfg.state_dir)
-                    bye = "the chief is stopping; reconnect later"
-                    self.service.stopping = bye
-                    await asyncio.gather(*(s.send_error(ErrorCode.SHUTDOWN, bye, timeout=1.0)
-                                           for s in list(self.registry.live.values())))
+                    live = list(self.registry.live.values())
+                    self.service.stopping = "the chief is stopping; reconnect later"
+                    # each worker is told when to come back, so that a restart is not met by all at once
+                    await asyncio.gather(*(s.send_error(ErrorCode.SHUTDOWN, shutdown_message(ms), timeout=1.0,
+                                                        retry_after_ms=ms)
+                                           for s, ms in zip(live, reconnect_hints(len(live), random.Random()))))
                 else:
                     try:
                         work.result()
@@ -199,11 +212,16 @@ class Chief:
         finally:
             for s in list(self.registry.live.values()):
                 s.abort()
-            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in handlers:
-                t.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
+            for _ in range(3):  # a connection accepted meanwhile has a task too: end it before the I/O threads
+                handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+                if not handlers:
+                    break
+                for t in handlers:
+                    t.cancel()
+                await asyncio.gather(*handlers, return_exceptions=True)
             self._show()
+            if listener.refused.before_tls or listener.refused.tls_failed:
+                log.info("admission since the start: %s", listener.refused.describe())
             try:
                 self.callbacks.on_run_end(ctrl.round)  # the display stops, the last metrics line is synced
             except Exception as exc:  # noqa: BLE001 - already stopping; the run's outcome is what counts
@@ -261,7 +279,9 @@ class Chief:
                 continue
             if ctrl.should_close(now):
                 if (result := await self._closer.close(ctrl, now)) is not None:
-                    await self._publish(result)
+                    # shielded: a stop lets a recorded round's model reach the workers (see serve)
+                    self._publishing = asyncio.ensure_future(self._publish(result))
+                    await asyncio.shield(self._publishing)
                 continue
             if ctrl.past_deadline_without_quorum(now):
                 log.warning(

@@ -130,18 +130,31 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Error:
-    """Either side: a failure; the sender closes the connection after it."""
+    """Either side: a failure; the sender closes the connection after it.
+
+    ``retry_after_ms`` (optional): the chief asks the worker to wait this many
+    milliseconds before it connects again (sent with ``shutdown``, a different
+    value to each worker, so that a restart is not met by all of them at once).
+    """
 
     kind: ClassVar[Kind] = Kind.ERROR
     code: str
     message: str
+    retry_after_ms: int | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message}
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retry_after_ms is not None:
+            body["retry_after_ms"] = self.retry_after_ms
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Error:
-        return cls(code=require(b, "code", str, "Error"), message=require(b, "message", str, "Error"))
+        code, message = require(b, "code", str, "Error"), require(b, "message", str, "Error")
+        retry = None
+        if "retry_after_ms" in b:
+            retry = nonneg(require(b, "retry_after_ms", int, "Error"), "retry_after_ms", "Error")
+        return cls(code=code, message=message, retry_after_ms=retry)
 
 
 @dataclass(frozen=True)

@@ -184,12 +184,14 @@ class Session(Receiving):
         self.last_sent = time.monotonic()
         return n
 
-    async def send_error(self, code: str, message: str, timeout: float = 5.0) -> None:
-        """Send ``Error`` if still allowed, within ``timeout`` (queueing included); never raises."""
+    async def send_error(self, code: str, message: str, timeout: float = 5.0,
+                         retry_after_ms: int | None = None) -> None:
+        """Send ``Error`` (with ``retry_after_ms``, if given) if still allowed, within ``timeout``
+        (queueing included); never raises."""
         if self.conn.we_finished:
             return
         try:
-            await self.send(Error(code=code, message=message), timeout=timeout)
+            await self.send(Error(code=code, message=message, retry_after_ms=retry_after_ms), timeout=timeout)
         except Exception:  # noqa: BLE001 - the peer may be gone already
             pass
 

@@ -336,7 +336,7 @@ class Client(Reporting):
                 return act.model
             elif isinstance(act, Reconnect):
                 todo.clear()
-                todo.extend(self._reconnect(act.reason, act.announced))
+                todo.extend(self._reconnect(act.reason, act.announced, act.wait))
             elif isinstance(act, Fail):
                 if act.notify is not None:
                     self._channel.send_quietly(act.notify)
@@ -366,12 +366,16 @@ class Client(Reporting):
 
     # --- connection and reconnect policy ------------------------------------
 
-    def _reconnect(self, reason: str, announced: bool = False) -> list[Action]:
-        """Connect and authenticate again (same name); resume the sync (``announced``: see ``Reconnect``)."""
+    def _reconnect(self, reason: str, announced: bool = False, wait: float = 0.0) -> list[Action]:
+        """Connect and authenticate again (same name, so the chief knows us); resume the sync
+        (``announced`` and ``wait``: see ``Reconnect``)."""
         gone = None if announced or not self._gone_timeout else self._gone_timeout
-        log.warning("connection to the chief lost (%s); reconnecting for up to %g s%s", reason,
-                    self._reconnect_timeout, "" if gone is None else f" ({gone:g} s if nothing listens there)")
         self._channel.close()
+        after = f" in {wait:.2f} s, as the chief asked, then" if wait > 0 else ""
+        log.warning("connection to the chief lost (%s); reconnecting%s for up to %g s%s", reason, after,
+                    self._reconnect_timeout, "" if gone is None else f" ({gone:g} s if nothing listens there)")
+        if wait > 0 and self._stop.wait(wait):
+            raise ConnectionLost("closed while waiting to reconnect")
         self._channel, self.welcome, model = self._connect(self._reconnect_timeout, gone)
         self.reconnects += 1
         log.info("reconnected as worker %d; the chief is at round %d", self.welcome.worker_id, self.welcome.round)

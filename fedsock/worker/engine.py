@@ -55,6 +55,7 @@ from fedsock.protocol.secagg import SecAggAbort, SecAggInbox, SecAggRoster, SecA
 from fedsock.secagg.fixedpoint import RangeError
 from fedsock.secagg.worker import WorkerRound
 from fedsock.transport.errors import TRANSIENT_CODES, ConnectionLost
+from fedsock.worker.reconnect import hinted_wait
 from fedsock.worker.secure import masked_update
 
 log = logging.getLogger("fedsock.worker")
@@ -92,7 +93,8 @@ class Deliver:
 
 @dataclass(frozen=True)
 class Reconnect:
-    """The connection is gone: connect again, then call ``WorkerEngine.reconnected``.
+    """The connection is gone: wait ``wait`` seconds (the chief's hint), connect again, then call
+    ``WorkerEngine.reconnected``.
 
     ``announced``: the chief said it stops (Error ``shutdown``), so it will be back: keep trying even
     while nothing listens at its address (``--gone-timeout`` does not apply).
@@ -100,6 +102,7 @@ class Reconnect:
 
     reason: str
     announced: bool = False
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,8 @@ class WorkerEngine:
             return self.lost("the chief closed the connection")
         if isinstance(ev, Error):
             if ev.code in TRANSIENT_CODES:
-                return self.lost(f"the chief hung up: {ev.message}", announced=ev.code == "shutdown")
+                return self.lost(f"the chief hung up: {ev.message}", announced=ev.code == "shutdown",
+                                 wait=hinted_wait(ev.retry_after_ms))
             return [Fail(PeerError(ev.code, ev.message))]
         sync = self._sync
         if sync is not None and sync.secure and isinstance(ev, (SecAggAbort, SecAggRoster, SecAggInbox, SecAggUnmask)):
@@ -280,11 +284,12 @@ class WorkerEngine:
         one arrives (if that fails, no half-written model is left behind)."""
         self.model = None
 
-    def lost(self, reason: str, announced: bool = False) -> list[Action]:
-        """The connection broke during a sync (``announced``: the chief said it stops and will be back)."""
+    def lost(self, reason: str, announced: bool = False, wait: float = 0.0) -> list[Action]:
+        """The connection broke during a sync (``announced``: the chief said it stops and will be back;
+        ``wait``: seconds the chief asked us to wait first)."""
         if not self.reconnect:
             return [Fail(ConnectionLost(reason))]
-        return [Reconnect(reason, announced)]
+        return [Reconnect(reason, announced, wait)]
 
     def reconnected(self, welcome: Welcome, model: list[np.ndarray] | None) -> list[Action]:
         """The ``Welcome`` (and its model) of a new connection: resume the sync in progress.

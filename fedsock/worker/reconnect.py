@@ -14,6 +14,10 @@ when every attempt for ``gone`` seconds found nothing listening at the
 chief's address (refused, or host/network unreachable), the worker gives up
 (its run is probably over). A chief that said it stops (Error ``shutdown``:
 a signal, a full disk) is waited for the whole reconnect timeout.
+A stopping chief says in its Error ``shutdown`` how long each worker should
+wait before reconnecting (``retry_after_ms``, spread over its workers): the
+worker waits that long (at most ``MAX_RETRY_AFTER_MS``) before its first
+attempt, and its reconnect timeout starts after the wait.
 """
 
 from __future__ import annotations
@@ -79,6 +83,14 @@ class Backoff:
     def refused_for(self, now: float) -> float:
         """Seconds since the first ``name_in_use`` refusal (0 if there was none)."""
         return 0.0 if self.refused_since is None else now - self.refused_since
+
+
+def hinted_wait(retry_after_ms: int | None) -> float:
+    """Seconds to wait before reconnecting, from a chief's ``retry_after_ms`` (None: no wait),
+    at most ``MAX_RETRY_AFTER_MS``."""
+    if retry_after_ms is None:
+        return 0.0
+    return min(max(retry_after_ms, 0), limits.MAX_RETRY_AFTER_MS) / 1000.0
 
 
 def name_in_use_message(chief_says: str, name: str, waited: float) -> str:
