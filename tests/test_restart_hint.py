@@ -70,9 +70,9 @@ def test_the_engine_reconnects_after_the_hinted_wait():
     eng = engine()
     eng.start_plain(update(1), model_of(1))
     assert eng.receive(Error(code="shutdown", message="bye", retry_after_ms=1500)) == [
-        Reconnect("the chief hung up: bye", 1.5)]
+        Reconnect("the chief hung up: bye", announced=True, wait=1.5)]
     assert eng.receive(Error(code="busy", message="full", retry_after_ms=10**12)) == [
-        Reconnect("the chief hung up: full", limits.MAX_RETRY_AFTER_MS / 1000)]
+        Reconnect("the chief hung up: full", announced=False, wait=limits.MAX_RETRY_AFTER_MS / 1000)]
 
 
 def test_refusals_are_counted_by_cap():
@@ -164,7 +164,7 @@ def test_close_from_another_thread_ends_the_hinted_wait():
             pass
 
     c = object.__new__(Client)  # only what _reconnect touches before it connects
-    c._channel, c._stop, c._reconnect_timeout = Channel(), threading.Event(), 300.0
+    c._channel, c._stop, c._reconnect_timeout, c._gone_timeout = Channel(), threading.Event(), 300.0, 60.0
     threading.Timer(0.2, c._stop.set).start()  # what close() does first
     t0 = time.monotonic()
     with pytest.raises(ConnectionLost, match="closed while waiting"):
