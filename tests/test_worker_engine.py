@@ -169,6 +169,34 @@ def test_secure_round_starts_over_on_abort_and_on_reconnect():
     assert eng.reconnected(welcome(1, plan), newer) == [Deliver(newer)]
 
 
+def test_a_repeat_of_the_model_held_does_not_end_the_next_sync():
+    """Found by bench/chaos.py: a worker whose masked upload was cut reconnected and sent fresh keys
+    for round 2, which then closed without it. The chief sent it Global 2 twice on that connection
+    (its round's fan-out, and the answer to its stale keys); the second one ended the worker's round-3
+    attempt, whose keys were already in the chief's roster, and the worker failed with "the roster
+    does not carry this worker's keys". A Global of a round before the sync's is not its answer."""
+    plan = Plan(rounds=5, sync_every=1, batch_size=1, secure_agg=True)
+    eng = engine(round_=2, plan=plan)
+    held = eng.model
+    [keys] = eng.start_secure(update(3), model_of(1))
+    repeat = Global(2, SPECS)
+    assert eng.receive(repeat) == [ReadModel(repeat)]  # its weights must still be read off the wire
+    assert eng.model_read(repeat, model_of(2)) == []
+    assert eng.busy and eng.round == 2 and eng.model is held
+    assert eng._sync is not None and eng._sync.attempt is not None
+    assert eng._sync.update.round == 3 and isinstance(keys.msg, SecAggKeys)
+
+    eng.drop_model()  # the repeat was read into the held model's memory: it is the model now
+    again = model_of(2)
+    assert eng.model_read(repeat, again) == [] and eng.model is again
+
+    plain = engine(round_=2)
+    plain.start_plain(update(3), model_of(1))
+    assert plain.model_read(Global(1, SPECS), model_of(1)) == [] and plain.busy
+    answer = model_of(3)
+    assert plain.model_read(Global(3, SPECS), answer) == [Deliver(answer)] and plain.round == 3
+
+
 def test_secure_round_refuses_weights_it_cannot_encode_and_tells_the_chief():
     plan = Plan(rounds=3, sync_every=1, batch_size=1, secure_agg=True)
     workers = {w: engine(plan=plan) for w in (1, 2)}

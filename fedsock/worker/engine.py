@@ -204,7 +204,17 @@ class WorkerEngine:
         return [Send(msg, arrays)]
 
     def model_read(self, msg: Global | Done, model: list[np.ndarray]) -> list[Action]:
-        """The weights after ``msg`` have been read: they are the model from now on."""
+        """The weights after ``msg`` have been read: they are the model from now on, unless ``msg``
+        is a Global of a round before the one this sync is for (a repeat of a model this worker
+        already holds: the chief answered both a stale message of an earlier connection and its
+        round's fan-out); then the sync goes on."""
+        sync = self._sync
+        if isinstance(msg, Global) and sync is not None and msg.round < sync.update.round:
+            log.info("the chief sent the model of round %d again; still waiting for round %d",
+                     msg.round, sync.update.round)
+            if self.model is None:  # its memory held the one just read (see Client._read_model)
+                self.model, self.specs = model, msg.tensors
+            return []
         self.model = model
         self.specs = msg.tensors
         self.round = msg.round
