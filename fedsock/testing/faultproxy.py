@@ -115,6 +115,10 @@ class FaultProxy:
                 self._server.close()
             for w in list(self._writers):
                 w.transport.abort()
+            relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in relays:
+                t.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
