@@ -68,13 +68,13 @@ def reap(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[float, floa
         time.sleep(0.01)
 
 
-def spawn(args: list[str], **kw: object) -> subprocess.Popen[str]:
-    """Start ``python args...`` with the repository importable."""
+def spawn(args: list[str], python: str | None = None, **kw: object) -> subprocess.Popen[str]:
+    """Start ``python args...`` (this interpreter unless ``python`` names another) with the repository importable."""
     import os
 
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.Popen([sys.executable, *args], env=env, text=True, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen([python or sys.executable, *args], env=env, text=True, **kw)  # type: ignore[call-overload]
 
 
 def round_times(per_worker: list[list[float]], skip: int = 1) -> list[float]:

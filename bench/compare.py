@@ -1,13 +1,14 @@
 """Run the round benchmark through fedsock, the raw TLS floor and Flower side by side.
 
     python bench/compare.py [--configs 4x1M,16x1M,4x10M,8x10M,4x25M] [--rounds 5] [--trials 3]
-                            [--compress none] [--no-flower] [--baseline DIR]
+                            [--compress none] [--no-flower] [--flower-python PY] [--baseline DIR]
 
 For each configuration (workers x parameters) the floor and fedsock run
 ``--trials`` times, alternately (floor, fedsock, floor, fedsock, ...), so that
-a noisy stretch of the machine hits both alike; Flower runs once (its rounds
-take seconds). A system's round time is the median over all its timed rounds
-of all trials. With ``--baseline DIR`` (another checkout of fedsock, e.g. a
+a noisy stretch of the machine hits both alike; Flower runs once insecure
+(its legacy default and best case) and once over TLS (its rounds take
+seconds; ``--flower-python`` names an interpreter that has ``flwr``). A system's round time is the
+median over all its timed rounds of all trials. With ``--baseline DIR`` (another checkout of fedsock, e.g. a
 ``git worktree`` of the previous commit), each trial also runs that
 checkout's ``bench/fedsock_round.py`` right after this one's, and the summary
 gives both ratios to the floor and their quotient: a no-regression check
@@ -56,6 +57,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--compress", default="none")
     ap.add_argument("--no-flower", action="store_true")
+    ap.add_argument("--flower-python", help="an interpreter that has flwr (default: this one)")
     ap.add_argument("--baseline", type=Path, help="another fedsock checkout to run alternately with this one")
     a = ap.parse_args()
     rows = []
@@ -74,8 +76,12 @@ def main() -> int:
                 elif a.baseline is not None:
                     bases.append(baseline_bench(a.baseline.resolve(), k, p, a.rounds, a.compress))
                     print(json.dumps(bases[-1]), flush=True)
-        fl = {"skipped": "--no-flower"} if a.no_flower else flower_round.bench(k, p, a.rounds)
+        fl = {"skipped": "--no-flower"} if a.no_flower else flower_round.bench(k, p, a.rounds,
+                                                                              python=a.flower_python)
         print(json.dumps(fl), flush=True)
+        fl_tls = {"skipped": "--no-flower"} if a.no_flower else flower_round.bench(k, p, a.rounds, tls=True,
+                                                                                  python=a.flower_python)
+        print(json.dumps(fl_tls), flush=True)
         floor_s = statistics.median(t for r in floors for t in r["round_s"])
         fedsock_s = statistics.median(t for r in runs for t in r["round_s"])
         per_trial = [float(r["round_s_median"]) / float(f["round_s_median"]) for r, f in zip(runs, floors)]
@@ -90,26 +96,29 @@ def main() -> int:
         rows.append({
             "config": text, "model_mib": runs[0]["model_mib"], "trials": a.trials,
             "floor_s": round(floor_s, 4), "fedsock_s": round(fedsock_s, 4),
-            "flower_s": fl.get("round_s_median"),
+            "flower_s": fl.get("round_s_median"), "flower_tls_s": fl_tls.get("round_s_median"),
             "fedsock_over_floor": round(fedsock_s / floor_s, 2),
             "fedsock_over_floor_per_trial": [round(x, 2) for x in per_trial],
             "flower_over_fedsock": (round(float(fl["round_s_median"]) / fedsock_s, 1)
                                     if "round_s_median" in fl else None),
+            "flower_tls_over_fedsock": (round(float(fl_tls["round_s_median"]) / fedsock_s, 1)
+                                        if "round_s_median" in fl_tls else None),
             "fedsock_rss_mib": max(r["chief_peak_rss_mib"] for r in runs),
             "rss_budget_mib": runs[0]["rss_budget_mib"],
             "floor_rss_mib": max(f["server_peak_rss_mib"] for f in floors),
-            "flower_rss_mib": fl.get("server_peak_rss_mib"),
+            "flower_rss_mib": fl.get("server_peak_rss_mib"), "flower_tls_rss_mib": fl_tls.get("server_peak_rss_mib"),
             **base_extra,
         })
     print(json.dumps({"summary": rows}), flush=True)
-    print("| workers x params | model MiB | TLS floor s | fedsock s | Flower s | fedsock/floor (per trial)"
-          " | Flower/fedsock | fedsock chief RSS MiB (budget) | Flower server RSS MiB |", file=sys.stderr)
-    print("|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
+    print("| workers x params | model MiB | TLS floor s | fedsock s | Flower s (insecure) | Flower s (TLS) |"
+          " fedsock/floor (per trial) | Flower TLS/fedsock | fedsock chief RSS MiB (budget) |"
+          " Flower server RSS MiB |", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for r in rows:
         trials = ", ".join(f"{x:.2f}" for x in r["fedsock_over_floor_per_trial"])
         print(f"| {r['config']} | {r['model_mib']} | {r['floor_s']} | {r['fedsock_s']} | {r['flower_s']} | "
-              f"**{r['fedsock_over_floor']}** ({trials}) | {r['flower_over_fedsock']} | {r['fedsock_rss_mib']} "
-              f"({r['rss_budget_mib']}) | {r['flower_rss_mib']} |", file=sys.stderr)
+              f"{r['flower_tls_s']} | **{r['fedsock_over_floor']}** ({trials}) | {r['flower_tls_over_fedsock']} | "
+              f"{r['fedsock_rss_mib']} ({r['rss_budget_mib']}) | {r['flower_tls_rss_mib']} |", file=sys.stderr)
     if any("this_over_baseline" in r for r in rows):
         print("\n| workers x params | this/floor (per trial) | baseline/floor (per trial) | this/baseline |",
               file=sys.stderr)

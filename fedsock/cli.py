@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import socket
@@ -145,12 +144,9 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind(addr)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} on {host} is in use (another chief, or another program): stop "
-                                  "it, or choose another --port (0 = any free port, written to "
-                                  "<state-dir>/chief.addr)") from None
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host "
-                              "(an address of this machine, or 0.0.0.0 for all)") from None
+            from fedsock.chief.listener import cannot_listen
+
+            raise cannot_listen(host, port, exc) from None
 
 
 def known_variables() -> set[str]:

@@ -68,6 +68,16 @@ SECAGG_MAX_SEALED_BYTES = 512
 SECAGG_SHARE_BYTES = 66
 #: Longest share in SecAggReveal (exactly SECAGG_SHARE_BYTES is checked when it is used).
 SECAGG_MAX_SHARE_BYTES = 128
+#: Most metric names a SecAggRoster may announce (each puts 3 words into the masked vector).
+SECAGG_MAX_METRICS = 32
+#: Longest metric name in a SecAggRoster, in UTF-8 bytes.
+SECAGG_METRIC_NAME_BYTES = 64
+#: A worker puts a metric into the masked vector only with |value| below this (2**30) and a
+#: weight of at most SECAGG_METRIC_MAX_WEIGHT; with MAX_WORKERS workers no sum can overflow
+#: (fedsock.secagg.metrics). Otherwise it sends weight 0 for that metric.
+SECAGG_METRIC_MAX_ABS = 2**30
+#: Largest weight (validation or training examples) beside a metric in the masked vector (2**30).
+SECAGG_METRIC_MAX_WEIGHT = 2**30
 
 # --- time ----------------------------------------------------------------
 #: Seconds a new connection has for the TLS handshake, and then again for
@@ -83,6 +93,10 @@ SECAGG_PHASE_TIMEOUT_S = 60.0
 #: connection is dropped; a peer that stops reading costs one send slot for
 #: at most this long. The default of the chief's ``--send-timeout``.
 SEND_TIMEOUT_S = 60.0
+#: Seconds the chief waits, after sending Done, for the workers' final evaluation reports
+#: (EvalResult with ``final``) before it writes final_evaluation.json without the missing ones.
+#: The default of the chief's ``--final-eval-timeout``.
+FINAL_EVAL_TIMEOUT_S = 60.0
 
 # --- admission -----------------------------------------------------------
 #: Most connections that have not yet authenticated (including those still in
@@ -100,6 +114,9 @@ MAX_SENDS_PER_WORKER = 1
 #: Replies (a Global) the chief sends to one worker's stale updates per round;
 #: further stale updates in that round are dropped without an answer.
 MAX_STALE_REPLIES_PER_ROUND = 1
+#: EvalRequests outstanding at once to one worker (each is answered by exactly one EvalResult;
+#: another for the same request, or one never asked for, is refused as out_of_order).
+MAX_EVAL_REQUESTS_PER_WORKER = 1
 #: Default of ``--max-examples``: the largest ``num_examples`` one update may
 #: claim (a larger claim is refused as ``limit_exceeded``).
 MAX_EXAMPLES = 1_000_000_000

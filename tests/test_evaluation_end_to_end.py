@@ -96,6 +96,16 @@ def test_keras_workers_report_their_validation_split_and_the_chief_without_holdo
     for out in outs:
         assert "final model on the local validation split: val_accuracy=" in out, out
         assert re.search(r"after 1 epochs of local fine-tuning .*personalized_val_accuracy=0\.\d{4}", out), out
+    # ... and the chief has every worker's: final_evaluation.json holds what each logged
+    summary = json.loads((chief.state_dir / "final_evaluation.json").read_text())
+    assert sorted(summary["workers"]) == sorted(names) and summary["missing"] == [] and summary["round"] == 3
+    for name, out in zip(names, outs):
+        n, final, personal = re.search(r"final evaluation: (\d+) validation examples, final accuracy (0\.\d{4}), "
+                                       r"personalized accuracy (0\.\d{4})", out).groups()
+        got = summary["workers"][name]
+        assert got["examples"] == got["personalized_examples"] == int(n) == rows[-1]["per_worker"][name]["val_examples"]
+        assert (f"{got['final']['accuracy']:.4f}", f"{got['personalized']['accuracy']:.4f}") == (final, personal)
+    assert "final evaluation of the model of round 3 on the workers' validation splits:" in chief.output()
 
 
 def test_tensorboard_writes_each_worker_s_validation_in_a_run_of_its_own_under_the_federated_tag(tmp_path):

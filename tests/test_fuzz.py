@@ -224,6 +224,7 @@ def _real_messages() -> list:
         (C, E, Global(1, specs)),
         (C, E, Done(3, specs)),
         (C, E, SecAggRoster(1, 1, 1, 2, 2, 3, (Peer(1, key, key), Peer(2, key, key)))),
+        (C, E, SecAggRoster(1, 1, 1, 2, 2, 3, (Peer(1, key, key), Peer(2, key, key)), ("val_examples", "val_loss"))),
         (C, E, SecAggInbox(1, 1, ((2, b"s" * 60),))),
         (C, E, SecAggUnmask(1, 1, (1, 2), (3,))),
         (C, E, SecAggAbort(1, 1, "too few")),

@@ -32,7 +32,7 @@ def test_features_travel_in_hello_and_requires_in_welcome():
 def test_required_features_follow_the_plan():
     assert required_features(Plan(3, 1, 1)) == ()
     assert required_features(Plan(3, 1, 1, secure_agg=True, dp_clip=0.5)) == ("secure_agg", "dp_clip")
-    assert set(FEATURES) == {"secure_agg", "dp_clip"}
+    assert set(FEATURES) == {"secure_agg", "dp_clip", "secagg_metrics"}  # the last one no plan requires
 
 
 class FakeChannel:

@@ -429,7 +429,17 @@ def _with_unknown_keys(obj):
 
 def test_every_decoder_ignores_unknown_keys_at_every_depth():
     """protocol.md 11: a later revision may add keys anywhere; this one reads past them."""
-    from fedsock.protocol import Ack, Encoding, SecAggKeys, SecAggRoster, Status, TensorSpec, WorkerStatus
+    from fedsock.protocol import (
+        Ack,
+        Encoding,
+        EvalRequest,
+        EvalResult,
+        SecAggKeys,
+        SecAggRoster,
+        Status,
+        TensorSpec,
+        WorkerStatus,
+    )
     from fedsock.protocol.connection import CLASSES
     from fedsock.protocol.secagg import Peer
 
@@ -441,11 +451,13 @@ def test_every_decoder_ignores_unknown_keys_at_every_depth():
         Auth(b"m" * 32, b"r" * 32),
         Welcome(1, 2, timed, specs_of([np.zeros(2, np.float32)]), has_weights=True, compress="int8",
                 reconnect_secret=SECRET, requires=("dp_clip",)),
-        Update(1, 10, specs, metrics={"loss": 0.5}), Global(1, specs_of([np.zeros(2)])), Done(3, ()),
+        Update(1, 10, specs, metrics={"loss": 0.5}), Global(1, specs_of([np.zeros(2)])), Done(3, (), report=2.5),
+        EvalRequest(2, specs_of([np.zeros(2)])), EvalResult(2, {"val_loss": 0.5}, final=True),
         Heartbeat(), Error("bad_message", "why"), Chunk(0, 0, b"xy"),
         Status(1, 3, False, 1, 1, 2.5, None, {"loss": 0.5}, (WorkerStatus("w1", 1, True, 0.5, 1, 10, 20),)),
         SecAggKeys(1, bytes(32), bytes(32)), Ack(1, True, 2, 0),
-        SecAggRoster(1, 1, 1, 2, 2, 2, (Peer(1, bytes(32), bytes(32)), Peer(2, bytes(32), bytes(32)))),
+        SecAggRoster(1, 1, 1, 2, 2, 2, (Peer(1, bytes(32), bytes(32)), Peer(2, bytes(32), bytes(32))),
+                     ("val_examples", "val_loss")),
     ]
     for m in messages:
         body = _with_unknown_keys(frames.unpack_body(frames.pack_body(m.to_body())))

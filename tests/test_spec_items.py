@@ -61,13 +61,13 @@ def frame(kind: int, body: bytes) -> bytes:
     return frames.HEADER.pack(frames.MAGIC, 1, kind, len(body)) + body
 
 
-# 1. kinds 1-20 exist (Ack is 20); 0 and >= 21 are bad_frame -----------------------------
-def test_item_01_kinds_1_to_20_exist_and_only_0_and_21_up_are_bad_frame():
-    for kind in range(1, 21):
+# 1. kinds 1-22 exist (EvalResult is 22); 0 and >= 23 are bad_frame -----------------------------
+def test_item_01_kinds_1_to_22_exist_and_only_0_and_23_up_are_bad_frame():
+    for kind in range(1, 23):
         assert frames.decode_header(frames.HEADER.pack(b"FS", 1, kind, 1), 10)[0] == kind
-    for kind in (0, 21, 255):
+    for kind in (0, 23, 255):
         assert code_of(frames.decode_header, frames.HEADER.pack(b"FS", 1, kind, 1), 10) == "bad_frame"
-    assert "kind is not one of 1–20 (it is 0 or ≥ 21) → `bad_frame`" in section("## 2. Frames")
+    assert "kind is not one of 1–22 (it is 0 or ≥ 23) → `bad_frame`" in section("## 2. Frames")
 
 
 # 2. an ext type is bad_frame, whether msgpack's length limit or the hook refuses it ------------

@@ -9,10 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsock.protocol import Ack, ConnectionClosed, Done, Error, Global, Heartbeat, Plan, Update, Welcome, specs_of
+from fedsock.protocol import (
+    Ack,
+    ConnectionClosed,
+    Done,
+    Error,
+    EvalRequest,
+    EvalResult,
+    Global,
+    Heartbeat,
+    Plan,
+    Update,
+    Welcome,
+    specs_of,
+)
 from fedsock.protocol.secagg import SecAggAbort, SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
 from fedsock.secagg.chief import ChiefRound
-from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
+from fedsock.worker.engine import Action, Deliver, Fail, ReadEval, ReadModel, Reconnect, Send, WorkerEngine
 
 DOC = (Path(__file__).resolve().parent.parent / "protocol.md").read_text()
 PLAIN = Plan(rounds=3, sync_every=1, batch_size=1)
@@ -57,6 +70,11 @@ class Pair:
         if state == "PROPOSING":
             self.engine = WorkerEngine(welcome(0, self.plan, weights=False), None)
             self.engine.start_plain(Update(0, 0, SPECS), MODEL)
+        elif state == "DONE":
+            self.start()
+            [read] = self.engine.receive(Done(3, SPECS, report=60.0))
+            assert isinstance(read, ReadModel)
+            self.engine.model_read(read.msg, [a.copy() for a in MODEL])
         elif state in ("WAITING", "RECONNECTING"):
             self.start()
             if state == "RECONNECTING":
@@ -105,6 +123,11 @@ def outcome(actions: list[Action], engine: WorkerEngine, state: str) -> str:
         return "FAILED"
     if isinstance(first, Deliver):
         return "TRAINING"
+    if isinstance(first, ReadEval):  # the caller evaluates the weights; the engine answers
+        [send] = engine.evaluated(first.msg, {"val_accuracy": 0.5, "val_examples": 4.0, "train_loss": 1.0})
+        assert isinstance(send, Send) and send.msg == EvalResult(first.msg.round, {"val_accuracy": 0.5,
+                                                                                    "val_examples": 4.0})
+        return "WAITING" if engine.busy else "FAILED"
     if isinstance(first, ReadModel):
         after = engine.model_read(first.msg, [a.copy() for a in MODEL])
         if not after:  # a repeat of the model held: the sync goes on
@@ -114,6 +137,8 @@ def outcome(actions: list[Action], engine: WorkerEngine, state: str) -> str:
         assert isinstance(deliver, Deliver)
         return "DONE" if engine.finished else "TRAINING"
     assert isinstance(first, Send)
+    if isinstance(first.msg, EvalResult):
+        return "DONE" if first.msg.final and engine.finished else "FAILED"
     return {Update: "WAITING", SecAggKeys: "KEYS_SENT", SecAggShares: "SHARES_SENT", SecAggMasked: "MASKED_SENT",
             SecAggReveal: "REVEALED"}[type(first.msg)]
 
@@ -122,6 +147,10 @@ def apply(pair: Pair, event: str) -> list[Action]:
     eng = pair.engine
     if event.startswith("local training done"):
         return pair.start()
+    if event == "EvalRequest":
+        return eng.receive(EvalRequest(0, SPECS))
+    if event.startswith("final evaluation done"):
+        return eng.final_report({"val_accuracy": 0.75, "val_examples": 4.0, "personalized_val_accuracy": 0.875})
     if event == "Heartbeat":
         return eng.receive(Heartbeat())
     if event == "Ack":

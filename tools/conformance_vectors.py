@@ -28,11 +28,13 @@ import numpy as np
 from fedsock import tls
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import (
+    EVAL_CAPABILITY,
     NEED_DATA,
     Auth,
     Challenge,
     Connection,
     Encoding,
+    EvalResult,
     Heartbeat,
     Hello,
     Kind,
@@ -132,8 +134,8 @@ def vectors() -> list[Vector]:
     v.append(Vector("frame-version-2", "header version byte 2", "frame", "2")
              .send(frames.HEADER.pack(frames.MAGIC, 2, 1, 1) + b"\x80").fails("unsupported_version"))
     v.append(Vector("frame-kind-0", "kind 0", "frame", "2").send(frame(0, b"\x80")).fails("bad_frame"))
-    v.append(Vector("frame-kind-21", "kind 21 (kinds are 1-20)", "frame", "2")
-             .send(frame(21, b"\x80")).fails("bad_frame"))
+    v.append(Vector("frame-kind-23", "kind 23 (kinds are 1-22)", "frame", "2")
+             .send(frame(23, b"\x80")).fails("bad_frame"))
     v.append(Vector("frame-preauth-too-large", "a Hello announcing 4097 bytes, before Auth", "frame", "2")
              .send(frames.HEADER.pack(frames.MAGIC, 1, 1, 4097), note="header only").fails("frame_too_large"))
     v.append(Vector("phase-secagg-in-hello", "kind 12 with an empty body in phase HELLO", "phase", "2")
@@ -256,6 +258,17 @@ def vectors() -> list[Vector]:
     future.send(frame(Kind.UPDATE, frames.pack_body(update)) + b"".join(msg(c) for c in iter_chunks(MODEL)),
                 "round", "an Update with an unknown key, for the round being collected", offset=1)
     v.append(future.expect("Global"))
+    # --- evaluation on request (7.12) ----------------------------------------------------------
+    unasked = msg(EvalResult(round=0, metrics={"val_accuracy": 0.5, "val_examples": 10.0}))
+    v.append(Vector("phase-eval-result-without-capability", "an EvalResult from a worker whose Hello had no "
+                    "\"eval\"", "phase", "6").handshake("conformance-evalcap").model()
+             .send(unasked).fails("out_of_order"))
+    asks = Vector("semantics-eval-result-not-asked", "an EvalResult no EvalRequest asked for", "semantics",
+                  "7.12").handshake("conformance-unasked")
+    asks.steps[0]["hex"] = msg(Hello(name="conformance-unasked", capabilities=(EVAL_CAPABILITY,),
+                                     instance=INSTANCE)).hex()
+    asks.steps[0]["note"] = "Hello with the \"eval\" capability (the runner appends a suffix to the name)"
+    v.append(asks.model().send(unasked).fails("out_of_order"))
     for i, vec in enumerate(v, 1):
         vec.name = f"{i:02d}-{vec.name}"
     return v

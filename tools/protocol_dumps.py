@@ -20,6 +20,7 @@ from fedsock import tls
 from fedsock.errors import RemoteProtocolError
 from fedsock.protocol import (
     ACK_CAPABILITY,
+    EVAL_CAPABILITY,
     NEED_DATA,
     Ack,
     Auth,
@@ -28,6 +29,8 @@ from fedsock.protocol import (
     Done,
     EndOfMessage,
     Error,
+    EvalRequest,
+    EvalResult,
     Global,
     Heartbeat,
     Hello,
@@ -61,6 +64,7 @@ from fedsock.protocol.secagg import (
     SecAggUnmask,
 )
 from fedsock.secagg import crypto, fixedpoint, shamir
+from fedsock.secagg import metrics as metric_words
 from fedsock.worker.compress import UpdateEncoder
 
 # --- fixed example values ---------------------------------------------------
@@ -145,7 +149,8 @@ def deliver(frame: bytes, to: Connection) -> list[Any]:
 
 
 def send(title: str, sender: Connection, receiver: Connection, msg: Any,
-         arrays: list[np.ndarray] | None = None, quiet: bool = False) -> None:
+         arrays: list[np.ndarray] | None = None, quiet: bool = False, chunks_of: int | None = None) -> None:
+    """Send ``msg`` (and the chunks of ``arrays``) and dump the frames (``chunks_of``: only that tensor's chunks)."""
     frame = sender.send(msg)
     got = deliver(frame, receiver)
     assert got and got[0] == msg, (got, msg)
@@ -155,7 +160,7 @@ def send(title: str, sender: Connection, receiver: Connection, msg: Any,
         frame = sender.send(chunk)
         got = deliver(frame, receiver)
         assert bytes(got[0].data) == bytes(chunk.data)
-        if not quiet:
+        if not quiet and chunks_of in (None, chunk.tensor):
             dump(f"{title}, Chunk {i + 1} (tensor {chunk.tensor}, offset {chunk.offset})", frame)
     if arrays is not None:
         assert isinstance(got[-1], EndOfMessage), got
@@ -277,6 +282,41 @@ def secagg_example() -> None:
     send("SecAggReveal (worker 1 -> chief)", worker, chief, reveal)
     send("SecAggAbort (chief -> worker 1), had the attempt failed", chief, worker,
          SecAggAbort(1, 1, "2 workers sent masked updates; 3 needed"))
+    secagg_metrics_example(pub, mask_sk, seed[1])
+
+
+def secagg_metrics_example(pub: dict[int, tuple[bytes, bytes]], mask_sk: dict[int, Any], seed: bytes) -> None:
+    """The same attempt had its roster named metrics: the mask key, worker 1's words and the frames that change."""
+    names = ("val_examples", "val_loss", "train_loss")
+    shared = {"val_examples": 20.0, "val_loss": 0.375, "train_loss": -1.5}
+    tail, skipped = metric_words.encode(names, shared, 100)
+    assert not skipped
+    digest = metric_words.layout_digest(names)
+    k_mask = crypto.agree(mask_sk[1], pub[2][1], crypto.MASK_LABEL, 1, 1, digest)
+    assert k_mask == crypto.agree(mask_sk[2], pub[1][1], crypto.MASK_LABEL, 1, 1, digest)
+    encoded = fixedpoint.encode(TRAINED, 100, 2, tail)
+    n = len(encoded)
+    masked = encoded + crypto.mask(seed, n) + crypto.mask(k_mask, n)
+    print()
+    print("=== The same attempt with metrics in the sum (7.10): the roster names val_examples, val_loss, "
+          "train_loss;")
+    print("=== worker 1 shares val_loss 0.375 on 20 validation examples and train_loss -1.5 (100 examples)")
+    print(f"metric names digest       {digest.hex()}")
+    print(f"mask key 1-2              {k_mask.hex()}")
+    print(f"metric words (lo hi wt)   {words(tail)}")
+    print(f"encoded, all 16 words     {words(encoded)}")
+    print(f"PRG(seed 1)               {words(crypto.mask(seed, n))}")
+    print(f"PRG(mask key 1-2)         {words(crypto.mask(k_mask, n))}")
+    print(f"masked = sum mod 2^64     {words(masked)}")
+    print()
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    handshake(worker, chief, quiet=True)
+    send("SecAggKeys (worker 1 -> chief)", worker, chief, SecAggKeys(1, *pub[1]), quiet=True)
+    roster = SecAggRoster(1, 1, 1, 2, 2, 2, tuple(Peer(w, *pub[w]) for w in (1, 2)), names)
+    send("SecAggRoster with metrics (chief -> worker 1)", chief, worker, roster)
+    arrays = [masked[:4].reshape(2, 2), masked[4:6], masked[6:7], masked[7:]]
+    specs = tuple(TensorSpec(nm, "uint64", a.shape) for nm, a in zip([*NAMES, "weight", "metrics"], arrays))
+    send("SecAggMasked with metrics (worker 1 -> chief)", worker, chief, SecAggMasked(1, 1, specs), arrays)
 
 
 def main() -> None:
@@ -342,6 +382,35 @@ def main() -> None:
                                            reconnect_secret=RECONNECT_SECRET), INITIAL, quiet=True)
     send("Update", worker, chief, Update(round=1, num_examples=100, tensors=SPECS), TRAINED, quiet=True)
     send("Ack (chief -> worker)", chief, worker, Ack(round=1, sampled=False, held=1, waiting=1))
+
+    # A fifth: a worker that evaluates on request (capability "eval"), held in round 1 (not
+    # sampled) and asked to evaluate the round's starting model; then its final report after Done.
+    print("=== A held worker evaluating on request, and its final evaluation report (section 7.12)")
+    print()
+    worker, chief = Connection(Role.WORKER), Connection(Role.CHIEF)
+    send("Hello asking for acknowledgements and evaluation requests (worker -> chief)", worker, chief,
+         Hello(name=NAME, capabilities=(ACK_CAPABILITY, EVAL_CAPABILITY), instance=INSTANCE))
+    send("Challenge", chief, worker, Challenge(NONCE), quiet=True)
+    send("Auth", worker, chief, Auth(tls.auth_mac(SECRET, NONCE, FINGERPRINT, NAME)), quiet=True)
+    send("Welcome", chief, worker, Welcome(worker_id=1, round=0, plan=PLAN, tensors=SPECS, has_weights=True,
+                                           reconnect_secret=RECONNECT_SECRET), INITIAL, quiet=True)
+    send("Update", worker, chief, Update(round=1, num_examples=100, tensors=SPECS), TRAINED, quiet=True)
+    send("Ack", chief, worker, Ack(round=1, sampled=False, held=1, waiting=1), quiet=True)
+    send("EvalRequest (chief -> worker): the model round 1 started from", chief, worker,
+         EvalRequest(round=0, tensors=SPECS), INITIAL)
+    send("EvalResult (worker -> chief)", worker, chief,
+         EvalResult(round=0, metrics={"val_accuracy": 0.75, "val_examples": 40.0, "val_loss": 0.5}))
+    done = Done(round=3, tensors=SPECS, report=60.0)
+    frame = chief.send(done)
+    assert deliver(frame, worker) == [done]
+    dump("Done asking for the final report (chief -> worker; its Chunks as above)", frame)
+    for chunk in iter_chunks(FINAL):
+        deliver(chief.send(chunk), worker)
+    assert chief.we_finished and worker.they_finished
+    final = EvalResult(round=3, final=True, metrics={
+        "val_accuracy": 0.875, "val_examples": 40.0, "val_loss": 0.25,
+        "personalized_val_accuracy": 0.9375, "personalized_val_examples": 40.0, "personalized_val_loss": 0.125})
+    send("EvalResult, final (worker -> chief), after Done", worker, chief, final)
 
     print("=== Compressed updates (section 4.1): the same trained weights, encoded")
     print()

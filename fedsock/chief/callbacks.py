@@ -68,7 +68,12 @@ class RoundRecord:
         members: names of the workers holding the model when it closed.
         final: the run's last round.
         worker_metrics: the metrics each of its workers sent with its update, by worker name
-            (``val_*`` on its validation split, ``train_*``); see ``fedsock.chief.evaluation``.
+            (``val_*`` on its validation split, ``train_*``); see ``fedsock.chief.evaluation``. Held
+            workers (not sampled) that evaluated the round's starting model on request are among them.
+        aggregate_metrics: federated metrics (``fed_*``) known only as sums, without any worker's
+            own values (secure aggregation, docs/privacy.md).
+        held_workers: the names in ``worker_metrics`` that are held workers' evaluations (no training).
+        held_asked: how many held workers were asked to evaluate in this round (``--eval-every``).
     """
 
     round: int
@@ -88,10 +93,13 @@ class RoundRecord:
     members: tuple[str, ...] = ()
     final: bool = False
     worker_metrics: Mapping[str, WorkerEval] = field(default_factory=dict)
+    aggregate_metrics: Mapping[str, float] = field(default_factory=dict)
+    held_workers: tuple[str, ...] = ()
+    held_asked: int = 0
 
     def federated(self) -> dict[str, Any]:
         """The federated metrics (``fed_*``) and fairness figures of its workers' metrics."""
-        return federate(self.worker_metrics)
+        return {**federate(self.worker_metrics), **self.aggregate_metrics}
 
     def row(self) -> dict[str, Any]:
         """Its metrics.jsonl line."""
@@ -104,10 +112,14 @@ class RoundRecord:
             line["fraction"] = self.fraction
             line["sampled"] = self.sampled
         line.update(self.privacy)
-        if self.worker_metrics:
+        if self.worker_metrics or self.aggregate_metrics:
             line.update(self.federated())
             line["fed_model_round"] = self.round - 1  # the model its workers' val_* metrics describe
+        if self.worker_metrics:
             line["per_worker"] = {n: dict(ev.metrics) for n, ev in sorted(self.worker_metrics.items())}
+        if self.held_asked:
+            line["held_asked"] = self.held_asked
+            line["held_workers"] = list(self.held_workers)
         return line
 
 

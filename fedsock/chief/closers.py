@@ -66,7 +66,8 @@ class SecureCloser:
                 self.hold(worker)
         result = ctrl.close_with(time.monotonic(), outcome.average, outcome.workers, outcome.weight)
         return replace(result, extra={"secure_agg": {"attempt": outcome.attempt, "dropped": len(outcome.dropped),
-                                                     "unmask_s": round(outcome.unmask_s, 4)}})
+                                                     "unmask_s": round(outcome.unmask_s, 4)}},
+                       federated=outcome.metrics)
 
 
 class RelayCloser:

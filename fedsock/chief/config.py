@@ -11,6 +11,7 @@ from fedsock import limits
 from fedsock.aggregation.compat import check_compatible, with_dp
 from fedsock.aggregation.strategies import DEFAULTS, Strategy, parse_strategy
 from fedsock.errors import ConfigError
+from fedsock.secagg import metrics as metric_words
 from fedsock.settings import setting
 
 #: Strategies that select or drop individual updates (they keep every update of a round).
@@ -61,6 +62,14 @@ class ChiefConfig:
                                     "(for the printed command)")
     fraction: float = setting(1.0, help="share of connected workers sampled per round, seeded by --seed "
                               "(1.0: all)")
+    eval_every: int = setting(1, metavar="N", help="with --fraction below 1, every N-th round asks the workers "
+                              "not sampled for it (held) to evaluate the round's starting model on their "
+                              "validation split without training; their values join the round's federated "
+                              "metrics (0: never; see docs/evaluation.md)")
+    final_eval_timeout: float = setting(limits.FINAL_EVAL_TIMEOUT_S, metavar="SECONDS",
+                                        help="after the last round, seconds to wait for the workers' evaluation "
+                                        "of the final model (and after their --personalize-epochs) for "
+                                        "<state-dir>/final_evaluation.json (0: ask for none)")
     seed: int = setting(0, help="seed of the worker sampling and the initial model")
     cert: Path | None = setting(None, help="the chief's TLS certificate (PEM)",
                                 default_text="self-signed in --state-dir")
@@ -135,6 +144,11 @@ class ChiefConfig:
     secagg_timeout: float = setting(limits.SECAGG_PHASE_TIMEOUT_S, group=SECURE,
                                     help="seconds each secure-aggregation phase waits for workers before "
                                     "going on without them")
+    secagg_metrics: str = setting("auto", group=SECURE, metavar="NAMES",
+                                  help="metrics whose federated averages ride inside the masked vector, as "
+                                  "val_<m> and train_<m> with val_examples (the chief sees only their sums): "
+                                  "auto (loss, accuracy and the --model's compiled metrics), none, or Keras "
+                                  "metric names separated by commas")
 
     def __post_init__(self) -> None:
         # paths may come as text (``Chief(state_dir="run1")``)
@@ -184,6 +198,11 @@ class ChiefConfig:
             raise ConfigError("--cert and --key go together")
         if not 0 < self.fraction <= 1:
             raise ConfigError("--fraction must be in (0, 1]")
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be 0 (never) or a number of rounds, got {self.eval_every}")
+        if not 0 <= self.final_eval_timeout < math.inf:
+            raise ConfigError(f"--final-eval-timeout must be 0 (ask for no final evaluation) or a number of "
+                              f"seconds, got {self.final_eval_timeout}")
         from fedsock.protocol.compression import parse_compression
 
         self.compress = str(parse_compression(self.compress))
@@ -258,6 +277,9 @@ class ChiefConfig:
         if not self.secure_agg:
             if self.secagg_threshold or self.secagg_neighbours:
                 raise ConfigError("--secagg-threshold and --secagg-neighbours need --secure-agg")
+            if self.secagg_metrics != "auto":
+                raise ConfigError("--secagg-metrics needs --secure-agg (without it the workers send their "
+                                  "metrics with their updates)")
             return
         if self.compress != "none":
             raise ConfigError(f"--compress {self.compress} cannot be combined with --secure-agg: masked updates "
@@ -276,3 +298,4 @@ class ChiefConfig:
                               f"{self.secagg_neighbours + 1} workers")
         if self.secagg_timeout <= 0:
             raise ConfigError("--secagg-timeout must be positive")
+        metric_words.parse_bases(self.secagg_metrics)

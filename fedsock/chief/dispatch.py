@@ -22,6 +22,7 @@ import numpy as np
 
 from fedsock.chief.callbacks import ChiefCallback, WorkerJoined, WorkerLeft
 from fedsock.chief.config import ChiefConfig
+from fedsock.chief.evalrequests import EvalRequests
 from fedsock.chief.evaluation import WorkerMetrics
 from fedsock.chief.handshake import Admitted, Authenticator, Refused, StatusQuery, handshake
 from fedsock.chief.intake import check_initial, check_update
@@ -37,10 +38,11 @@ from fedsock.chief.secure import SecureAggregation
 from fedsock.chief.staging import StagingBudget
 from fedsock.errors import ErrorCode, RemoteProtocolError
 from fedsock.protocol import (
+    SECAGG_METRICS_FEATURE,
     Ack,
     ConnectionClosed,
-    Done,
     Error,
+    EvalResult,
     Global,
     Heartbeat,
     Plan,
@@ -71,6 +73,7 @@ class WorkerService:
         self.max_examples = config.max_examples
         self.staging = StagingBudget()
         self.evaluation = WorkerMetrics()  # the metrics of accepted updates, per round and worker
+        self.evals = EvalRequests(config, ctrl, registry, publisher)  # held workers' and the final evaluation
         self.wake = asyncio.Event()  # something the round loop waits for happened
         self.done = asyncio.Event()  # the run is over: Done for everyone
         self._conn_ids = itertools.count(1)
@@ -130,6 +133,7 @@ class WorkerService:
         if wid is not None:
             self.callbacks.on_worker_left(WorkerLeft(wid, s.name, s.bytes_in, s.bytes_out, s.last_received,
                                                      replaced=s.replaced))
+            self.evals.left(s)
             if self.registry.leave(wid, s):
                 self.ctrl.leave(wid)
                 if self.secure is not None:
@@ -199,7 +203,7 @@ class WorkerService:
         await self.publisher.send_weights(s, welcome, weights)
         if self.done.is_set():
             assert ctrl.specs is not None
-            await self.publisher.send_weights(s, Done(ctrl.round, ctrl.specs), ctrl.weights or [])
+            await self.publisher.send_weights(s, self.evals.done_for(s, ctrl.round, ctrl.specs), ctrl.weights or [])
             self.registry.done(s.worker_id)
         elif ctrl.has_model:
             ctrl.join(s.worker_id)
@@ -225,6 +229,9 @@ class WorkerService:
                     return
                 if isinstance(ev, SecAggMessage):
                     await self._on_secagg(s, ev)
+                    continue
+                if isinstance(ev, EvalResult):
+                    self.evals.on_result(s, ev)
                     continue
                 assert isinstance(ev, Update), ev
                 await self._read_update(s, ev)
@@ -269,8 +276,8 @@ class WorkerService:
         if isinstance(verdict, Accepted):
             self.evaluation.put(upd.round, wid, upd.num_examples, upd.metrics)
             log.debug("%s: update for round %d (%d examples)", s.label, upd.round, upd.num_examples)
+            self.wake.set()  # first: the round may close now, without waiting for the Ack to go out
             await self._ack(s, upd.round, sampled=True)
-            self.wake.set()
         elif isinstance(verdict, Duplicate):
             log.info("%s re-sent its round %d update after reconnecting; the first copy counts",
                      s.label, upd.round)
@@ -278,6 +285,7 @@ class WorkerService:
             log.debug("%s: not sampled for round %d; it waits", s.label, upd.round)
             self.registry.hold(wid)
             await self._ack(s, upd.round, sampled=False)
+            self.evals.on_held(s)
         else:
             log.info("%s: late update for round %d dropped (collecting round %d)",
                      s.label, verdict.round, verdict.current)
@@ -307,6 +315,7 @@ class WorkerService:
         ctrl = self.ctrl
         if not ctrl.is_selected(wid):
             self.registry.hold(wid)
+            self.evals.on_held(s)
         elif self.registry.allow_stale_reply(wid, ctrl.collecting):
             assert ctrl.weights is not None and ctrl.specs is not None
             await self.publisher.send_weights(s, Global(ctrl.round, ctrl.specs), ctrl.weights)
@@ -333,7 +342,7 @@ class WorkerService:
         elif isinstance(ev, SecAggReveal):
             sec.on_reveal(wid, ev)
         elif not self.done.is_set():
-            verdict = sec.on_keys(wid, ev, s.conn_id)
+            verdict = sec.on_keys(wid, ev, s.conn_id, metrics=SECAGG_METRICS_FEATURE in (s.conn.features or ()))
             if isinstance(verdict, NotSelected):
                 self.registry.hold(wid)
             elif isinstance(verdict, Stale):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from fedsock import limits, tls
 from fedsock.chief.admission import FailureLimiter, PreAuthCounts
 from fedsock.chief.framebudget import FrameBudget
+from fedsock.errors import ConfigError
 from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
@@ -47,6 +49,15 @@ class Ticket:
 Handler = Callable[[Session, Ticket], Awaitable[None]]
 
 
+def cannot_listen(host: str, port: int, exc: OSError) -> ConfigError:
+    """What to tell the user when ``host:port`` cannot be listened on."""
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"port {port} on {host} is in use (another chief, or another program): stop it, or "
+                           "choose another --port (0 = any free port, written to <state-dir>/chief.addr)")
+    return ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host "
+                       "(an address of this machine, or 0.0.0.0 for all)")
+
+
 class Listener:
     """Accepts connections and hands each authenticated-to-be ``Session`` to ``handler``.
 
@@ -68,7 +79,16 @@ class Listener:
         self._refusal_logged: dict[str, float] = {}
 
     async def listen(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.get_running_loop().create_server(lambda: _Held(self), host, port)
+        """The listening server.
+
+        Raises:
+            ConfigError: the port is in use (also when taken since the CLI's early check), or the
+                address is not this machine's.
+        """
+        try:
+            return await asyncio.get_running_loop().create_server(lambda: _Held(self), host, port)
+        except OSError as exc:
+            raise cannot_listen(host, port, exc) from None
 
     def refusal(self, address: str, now: float) -> str | None:
         """Why a new connection from ``address`` is closed before TLS (None: it is admitted)."""

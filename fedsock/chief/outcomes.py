@@ -59,3 +59,5 @@ class RoundResult:
     selected: tuple[int, ...] | None
     #: What the closer adds to the round's record (e.g. secure aggregation's attempt).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Federated metrics (``fed_*``) the closer got without any worker's own values (secure aggregation).
+    federated: dict[str, float] = field(default_factory=dict)

@@ -190,5 +190,5 @@ def round_record(result: RoundResult, bytes_in: int, bytes_out: int, metrics: di
         seconds=seconds, bytes_in=bytes_in, bytes_out=bytes_out, time=time.time(),
         metrics=metrics, sampled=len(result.selected) if result.selected is not None else None,
         fraction=fraction if result.selected is not None else None, extra=result.extra, privacy=privacy,
-        snapshot=snapshot, members=tuple(members), final=final,
+        snapshot=snapshot, members=tuple(members), final=final, aggregate_metrics=result.federated,
     )

@@ -36,6 +36,7 @@ from fedsock.errors import PeerMisbehaved, RemoteProtocolError
 from fedsock.protocol.messages import TensorSpec
 from fedsock.protocol.secagg import SecAggAbort, SecAggKeys, SecAggReveal, SecAggShares
 from fedsock.secagg import fixedpoint
+from fedsock.secagg import metrics as metric_words
 from fedsock.secagg.chief import ChiefRound, TooFewWorkers, check_keys
 
 log = logging.getLogger("fedsock.chief")
@@ -54,6 +55,8 @@ class Outcome:
     dropped: tuple[int, ...]
     attempt: int
     unmask_s: float  # the chief's time to rebuild the secrets and remove the masks
+    #: The federated metrics (``fed_*``) decoded from the sum; never any worker's own value.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +70,22 @@ class SecureAggregation:
     excluded: set[int] = field(default_factory=set)  # left out of the rest of the round for misbehaving
     reporters: set[int] = field(default_factory=set)  # named neighbours in this round
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The metrics whose sums ride in the masked vector (``metric_words.names_for``; set at start).
+    metric_names: tuple[str, ...] = ()
+    #: Workers whose latest keys came on a connection whose Hello lacks ``secagg_metrics``: an
+    #: attempt with one of them announces no metrics (its vector would not have their words).
+    without_metrics: set[int] = field(default_factory=set)
+    _told: set[int] = field(default_factory=set)  # of those, the ones the log has named
+
+    def announce_metrics(self, compile_json: str | None) -> None:
+        """Choose the metrics whose sums ride in the masked vector (``--secagg-metrics``; ``compile_json``:
+        the ``--model``'s compile config, None without one) and log them."""
+        self.metric_names = metric_words.names_for(self.config.secagg_metrics, compile_json)
+        if self.metric_names:
+            log.info("secure aggregation: the workers' metrics reach this chief only as sums inside the masked "
+                     "vector: %s", ", ".join(self.metric_names))
+        else:
+            log.info("secure aggregation: no metrics in the masked vector (--secagg-metrics none)")
 
     def _words(self) -> int:
         specs = self.controller.specs
@@ -91,8 +110,10 @@ class SecureAggregation:
 
     # --- messages from workers ------------------------------------------
 
-    def on_keys(self, worker: int, msg: SecAggKeys, connection: int) -> Verdict:
+    def on_keys(self, worker: int, msg: SecAggKeys, connection: int, metrics: bool = False) -> Verdict:
         """A worker is ready: its keys join the attempt, or it waits for the next one.
+
+        ``metrics``: its Hello listed ``secagg_metrics`` (it puts the roster's metrics in its vector).
 
         Raises:
             RemoteProtocolError: a key that is not a usable X25519 point (the
@@ -104,6 +125,10 @@ class SecureAggregation:
             if self.attempt is not None and self.attempt.round == msg.round:
                 self.excluded.add(worker)
             raise
+        if metrics:
+            self.without_metrics.discard(worker)
+        else:
+            self.without_metrics.add(worker)
         verdict = self.controller.reserve(worker, msg.round, connection)
         if isinstance(verdict, Accepted | Duplicate):
             att = self.current()
@@ -153,6 +178,7 @@ class SecureAggregation:
         if att is not None and att.phase == "keys" and worker in att.keys:
             att.drop_keys(worker)
             self.controller.withdraw(worker)
+        self.without_metrics.discard(worker)  # its next connection says again (its rosters are out already)
         self.progress.set()
 
     # --- driving an attempt ---------------------------------------------
@@ -165,7 +191,7 @@ class SecureAggregation:
         try:
             for w in [w for w in att.keys if w in self.excluded]:
                 att.drop_keys(w)
-            rosters = att.rosters(self.config.min_workers)
+            rosters = att.rosters(self.config.min_workers, self._metrics_for(att))
             log.info("round %d: secure aggregation attempt %d with %d workers (threshold %d%s)", att.round,
                      att.attempt, len(rosters), att.threshold,
                      f", {self.config.secagg_neighbours} neighbours each" if self.config.secagg_neighbours else "")
@@ -182,9 +208,10 @@ class SecureAggregation:
             total = await asyncio.to_thread(att.finish)
             unmask_s = time.perf_counter() - started
             assert self.controller.specs is not None
-            average, weight = fixedpoint.decode(total, [s.shape for s in self.controller.specs])
+            average, weight = fixedpoint.decode(total[:att.words], [s.shape for s in self.controller.specs])
             if not all(np.all(np.isfinite(a)) for a in average):
                 raise TooFewWorkers("the unmasked average is not finite")
+            metrics = self._decode_metrics(att, total[att.words:])
         except PeerMisbehaved as exc:
             self.excluded |= exc.workers
             if exc.workers:
@@ -203,7 +230,29 @@ class SecureAggregation:
         if unmask.dropped:
             log.warning("round %d: %s dropped out after sharing keys; their masks were removed",
                         att.round, ", ".join(map(str, unmask.dropped)))
-        return Outcome(average, unmask.survivors, weight, unmask.dropped, att.attempt, unmask_s)
+        return Outcome(average, unmask.survivors, weight, unmask.dropped, att.attempt, unmask_s, metrics)
+
+    def _metrics_for(self, att: ChiefRound) -> tuple[str, ...]:
+        """The metrics this attempt's rosters announce: none if one of its workers cannot add them."""
+        lacking = set(att.keys) & self.without_metrics
+        if not self.metric_names or not lacking:
+            return self.metric_names
+        new = lacking - self._told
+        if new:
+            self._told |= new
+            log.warning("round %d: worker(s) %s do not put metrics into the masked vector (their Hello lacks "
+                        "the secagg_metrics feature); rounds with them have no federated metrics",
+                        att.round, ", ".join(map(str, sorted(new))))
+        return ()
+
+    def _decode_metrics(self, att: ChiefRound, words: np.ndarray) -> dict[str, float]:
+        """The attempt's federated metrics; none if their words are out of range (some worker sent bad
+        ones: the model's sum checked out, so the round goes on without metrics)."""
+        try:
+            return metric_words.federated(metric_words.decode(words, att.metrics))
+        except metric_words.RangeError as exc:
+            log.warning("round %d: no federated metrics: %s", att.round, exc)
+            return {}
 
     def _reported(self, att: ChiefRound) -> None:
         """Neighbours named by workers leave the round; so does a worker naming for the second time.

@@ -41,7 +41,7 @@ from fedsock.chief.rounds import RoundController
 from fedsock.chief.secure import SecureAggregation
 from fedsock.chief.tensorboard import TensorBoard
 from fedsock.errors import ErrorCode
-from fedsock.protocol import Done, Global
+from fedsock.protocol import Global
 from fedsock.statelock import StateDirLock
 from fedsock.transport.aio import Session
 
@@ -122,6 +122,7 @@ class Chief:
         self._closer: RoundCloser = LocalCloser() if secure is None else SecureCloser(
             secure, self.service.send_secagg, lambda w: w in self.registry.live, self.registry.hold)
         self._last_metrics: dict[str, float] = {}
+        self._holdout: dict[str, float] = {}  # the final model's holdout metrics, for final_evaluation.json
         self._io = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="fedsock-io")
 
     def run(self) -> RunSummary:
@@ -149,6 +150,8 @@ class Chief:
             self.config = self.outputs.config = self.service.config = cfg
             self._closer = RelayCloser(self.relay, self.service.evaluation)
         model = self.outputs.prepare_model()
+        if self.service.secure is not None:
+            self.service.secure.announce_metrics(model.compile if model else None)
         # a relay's state lives upstream: it starts from the upstream's model, never a checkpoint
         resumed = self.checkpoints.resume(ctrl, model.specs if model else None) if self.relay is None else None
         if resumed is None and model is not None:
@@ -206,7 +209,7 @@ class Chief:
             log.info("the run already finished (round %d of %d); handing out the final model",
                      ctrl.round, ctrl.rounds)
             self.service.done.set()
-            await self._finish(min_wait=3 * self.config.done_grace)
+            await self._finish(min_wait=3 * self.config.done_grace, conclude=False)
         else:
             await self._round_loop()
             await self._finish()
@@ -265,26 +268,37 @@ class Chief:
             self.service.done.set()
         await self.service.drop_revoked()
         sessions = [reg.live[w] for w in reg.recipients(result.workers, ctrl.is_selected, final)]
-        msg = Done(result.round, ctrl.specs) if final else Global(result.round, ctrl.specs)
+        evals = self.service.evals
+        msg = evals.done(result.round, ctrl.specs) if final else Global(result.round, ctrl.specs)
         fields = {"seconds": seconds, "names": [reg.name_of(w) for w in result.workers],
                   "members": reg.names(ctrl.members), "final": final, "fraction": cfg.fraction,
                   "snapshot": ctrl.snapshot() if self.relay is None else None,  # a relay resumes upstream
                   "privacy": privacy_fields(cfg, result.round) if cfg.dp else {}}
-        evals = {reg.name_of(w): ev for w, ev in self.service.evaluation.take(result.round, result.workers).items()}
+        trained = self.service.evaluation.take(result.round, result.workers)
+        held, asked = evals.take(result.round)  # held workers' answers (docs/evaluation.md); a trained one wins
+        per = {reg.name_of(w): ev for w, ev in {**held, **trained}.items()}
+        held_names = tuple(sorted(reg.name_of(w) for w in held if w not in trained))
+        if final:  # before the first Done is out: a worker may report as soon as it has read it
+            evals.expect_final(sessions)
         record, sent = await self.publisher.publish(
             result, msg, sessions, lambda bytes_in, bytes_out, metrics: replace(round_record(
-                result, bytes_in, bytes_out, metrics, **fields), worker_metrics=evals))
+                result, bytes_in, bytes_out, metrics, **fields), worker_metrics=per, held_workers=held_names,
+                held_asked=asked))
         fed = {k: v for k, v in record.federated().items() if isinstance(v, float)}
         self._last_metrics = {**record.metrics, **fed}  # holdout metrics, and the workers' federated ones
         self._show()
         if final:
+            self._holdout = dict(record.metrics)
             for s, n in zip(sessions, sent):
                 if n and s.worker_id is not None:
                     reg.done(s.worker_id)
+        else:
+            evals.ask_held()  # the new round's held workers, once its model is out
 
-    async def _finish(self, min_wait: float = 0.0) -> None:
-        """Save the final model; keep handing out Done while workers hang up
-        (at most ``done_grace`` s, at least ``min_wait`` s for reconnecting ones)."""
+    async def _finish(self, min_wait: float = 0.0, conclude: bool = True) -> None:
+        """Save the final model; keep handing out Done while workers hang up (at most ``done_grace`` s,
+        at least ``min_wait`` s for reconnecting ones, and with ``conclude`` until the final reports
+        are in or ``final_eval_timeout`` has passed); then write final_evaluation.json."""
         ctrl = self.controller
         assert ctrl.specs is not None and ctrl.weights is not None
         self.outputs.save_final(ctrl.specs, ctrl.weights)
@@ -293,13 +307,16 @@ class Chief:
             waited = time.monotonic() - start
             # workers that dropped out recently (e.g. reconnecting) still deserve their Done
             pending = self.registry.owed_done(start - self.config.idle_timeout)
-            if waited >= max(min_wait, self.config.done_grace):
+            reports = conclude and self.service.evals.waiting(self.registry.live)
+            if waited >= max(min_wait, self.config.done_grace) and not reports:
                 if pending:
                     log.warning("gave up waiting for %s to reconnect for the final model", self.registry.who(pending))
                 break
             if waited >= min_wait and not self.registry.live and not pending:
                 break
             await asyncio.sleep(0.05)
+        if conclude:
+            self.service.evals.conclude(ctrl.round, self._holdout)
         log.info("training finished after %d rounds; final model in %s", ctrl.round, self.config.state_dir)
 
 

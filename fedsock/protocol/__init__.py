@@ -19,16 +19,28 @@ from fedsock.protocol.connection import (
     make_error,
 )
 from fedsock.protocol.frames import Kind
-from fedsock.protocol.handshake import FEATURES, Auth, Challenge, Hello, Plan, Welcome, required_features
+from fedsock.protocol.handshake import (
+    FEATURES,
+    SECAGG_METRICS_FEATURE,
+    Auth,
+    Challenge,
+    Hello,
+    Plan,
+    Welcome,
+    required_features,
+)
 from fedsock.protocol.identity import check_name, is_valid_name, reconnect_proof, verify_reconnect_proof
 from fedsock.protocol.messages import (
     ACK_CAPABILITY,
     ERROR_CODES,
+    EVAL_CAPABILITY,
     Ack,
     Chunk,
     Done,
     EndOfMessage,
     Error,
+    EvalRequest,
+    EvalResult,
     Global,
     Heartbeat,
     Message,
@@ -58,9 +70,11 @@ from fedsock.protocol.tensors import (
 )
 
 __all__ = [
-    "ACK_CAPABILITY", "ERROR_CODES", "FEATURES", "NEED_DATA", "STATUS_CAPABILITY",
+    "ACK_CAPABILITY", "ERROR_CODES", "EVAL_CAPABILITY", "FEATURES", "NEED_DATA", "SECAGG_METRICS_FEATURE",
+    "STATUS_CAPABILITY",
     "Ack", "AnyMessage", "Auth", "Challenge", "Chunk", "Compression", "Connection", "ConnectionClosed", "Done",
-    "Encoding", "EndOfMessage", "Error", "ErrorCode", "Event", "Global", "Heartbeat", "Hello", "Kind",
+    "Encoding", "EndOfMessage", "Error", "ErrorCode", "EvalRequest", "EvalResult", "Event", "Global", "Heartbeat",
+    "Hello", "Kind",
     "LocalProtocolError", "Message", "NeedData", "Peer", "Phase", "Plan", "RemoteProtocolError", "Role",
     "SecAggAbort", "SecAggInbox", "SecAggKeys", "SecAggMasked", "SecAggMessage", "SecAggReveal",
     "SecAggRoster", "SecAggShares", "SecAggUnmask", "Status", "TensorAssembler", "TensorSpec", "Update",

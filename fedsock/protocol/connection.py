@@ -27,10 +27,10 @@ from fedsock.protocol.chunking import ChunkStream, chunk_prefix, message_bytes
 from fedsock.protocol.direct import DirectChunks
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.handshake import Auth, Challenge, Hello
-from fedsock.protocol.messages import ACK_CAPABILITY, Chunk, EndOfMessage, Error, Message, TensorSpec
+from fedsock.protocol.messages import ACK_CAPABILITY, EVAL_CAPABILITY, Chunk, EndOfMessage, Error, Message, TensorSpec
 from fedsock.protocol.messages import CLASSES as PLAIN_CLASSES
 from fedsock.protocol.secagg import SECAGG_CLASSES, SecAggMessage
-from fedsock.protocol.states import ALLOWED, PREAUTH_PHASES, WEIGHTS_KINDS, Phase, Role
+from fedsock.protocol.states import ALLOWED, EVAL_KINDS, PREAUTH_PHASES, WEIGHTS_KINDS, Phase, Role
 from fedsock.protocol.status import STATUS_CAPABILITY
 
 __all__ = [
@@ -97,6 +97,8 @@ class Connection(DirectChunks):
     status_query: bool = False
     #: The Hello asked for Ack messages (capability "ack"); without it an Ack is out of order.
     acks: bool = False
+    #: The Hello had capability "eval": EvalRequest and EvalResult may be sent (else out of order).
+    evals: bool = False
     #: The features the Hello says the worker implements (None: it did not say).
     features: tuple[str, ...] | None = None
     #: Data bytes of a chunk still to be placed by the caller (see ``direct_chunk``).
@@ -150,8 +152,8 @@ class Connection(DirectChunks):
         if kind is Kind.CHUNK:
             raise LocalProtocolError("CHUNK outside a weights message")
         nxt = ALLOWED.get((sender, self.phase), {}).get(kind)
-        if kind is Kind.ACK and not self.acks:
-            nxt = None  # a worker that did not ask for acknowledgements may not know the kind
+        if (kind is Kind.ACK and not self.acks) or (kind in EVAL_KINDS and not self.evals):
+            nxt = None  # a worker that did not ask for the kind may not know it
         if nxt is None:
             raise LocalProtocolError(f"{sender.value} may not send {kind.name} in phase {self.phase.value}")
         return nxt
@@ -182,6 +184,7 @@ class Connection(DirectChunks):
         if isinstance(msg, Hello):
             self.status_query = STATUS_CAPABILITY in msg.capabilities
             self.acks = ACK_CAPABILITY in msg.capabilities
+            self.evals = EVAL_CAPABILITY in msg.capabilities
             self.features = msg.features
         elif kind is Kind.AUTH and self.status_query:
             nxt = Phase.STATUS  # the one branch of the table: a status query gets Status, not Welcome

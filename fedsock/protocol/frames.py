@@ -52,6 +52,8 @@ class Kind(enum.IntEnum):
     SECAGG_REVEAL = 18
     SECAGG_ABORT = 19
     ACK = 20
+    EVAL_REQUEST = 21
+    EVAL_RESULT = 22
 
 
 def encode_header(kind: Kind, length: int) -> bytes:

@@ -69,8 +69,12 @@ class Hello:
         return cls(name=name, version=version, capabilities=tuple(caps), instance=instance, features=features)
 
 
-#: Optional features a plan can require of a worker (protocol.md 7.2): what ``Welcome.requires`` lists.
-FEATURES = ("secure_agg", "dp_clip")
+#: The worker puts the metrics a SecAggRoster names into its masked vector (protocol.md 7.10). No plan
+#: requires it: a chief announces metrics only in attempts whose workers all list it.
+SECAGG_METRICS_FEATURE = "secagg_metrics"
+#: Optional features a worker implements (Hello's ``features``, protocol.md 7.2); a plan can require
+#: the first two (what ``Welcome.requires`` lists).
+FEATURES = ("secure_agg", "dp_clip", SECAGG_METRICS_FEATURE)
 
 
 def required_features(plan: Plan) -> tuple[str, ...]:

@@ -9,11 +9,12 @@ secure aggregation in ``secagg``, Status in ``status``; they are re-exported her
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from fedsock.errors import ErrorCode
-from fedsock.protocol.fields import metrics_map, nonneg, require
+from fedsock.errors import ErrorCode, RemoteProtocolError
+from fedsock.protocol.fields import metrics_map, nonneg, number, require
 from fedsock.protocol.frames import Kind
 from fedsock.protocol.handshake import Auth, Challenge, Hello, Plan, Welcome
 from fedsock.protocol.specs import DTYPES, ITEMSIZE, TensorSpec, specs_from_wire, specs_to_wire
@@ -21,7 +22,8 @@ from fedsock.protocol.status import Status
 
 __all__ = [
     "CLASSES", "DTYPES", "ERROR_CODES", "ITEMSIZE", "WEIGHTS_KINDS",
-    "Auth", "Challenge", "Chunk", "Done", "EndOfMessage", "Error", "Global", "Heartbeat", "Hello",
+    "Auth", "Challenge", "Chunk", "Done", "EndOfMessage", "Error", "EvalRequest", "EvalResult", "Global",
+    "Heartbeat", "Hello",
     "Message", "Plan", "TensorSpec", "Update", "Welcome", "specs_from_wire", "specs_to_wire",
 ]
 
@@ -80,20 +82,35 @@ class Global:
 
 @dataclass(frozen=True)
 class Done:
-    """Chief -> worker: training is over; the final weights follow."""
+    """Chief -> worker: training is over; the final weights follow.
+
+    ``report`` (seconds, optional): the chief waits that long for the worker's final
+    ``EvalResult`` (``final`` true); None: it wants none. On the wire only when set.
+    """
 
     kind: ClassVar[Kind] = Kind.DONE
     round: int
     tensors: tuple[TensorSpec, ...]
+    report: float | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {"round": self.round, "tensors": specs_to_wire(self.tensors)}
+        body: dict[str, Any] = {"round": self.round, "tensors": specs_to_wire(self.tensors)}
+        if self.report is not None:
+            body["report"] = float(self.report)
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> Done:
+        report = None
+        if "report" in b:
+            report = number(b, "report", "Done")
+            if not math.isfinite(report) or report <= 0:
+                raise RemoteProtocolError(f"Done: report must be a finite number > 0, got {report!r}",
+                                          code=ErrorCode.BAD_MESSAGE)
         return cls(
             round=nonneg(require(b, "round", int, "Done"), "round", "Done"),
             tensors=specs_from_wire(b, "Done"),
+            report=report,
         )
 
 
@@ -182,6 +199,58 @@ class Ack:
         )
 
 
+#: The Hello capability of a worker that answers ``EvalRequest`` and reports its final evaluation.
+EVAL_CAPABILITY = "eval"
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Chief -> worker, only to a worker whose Hello had ``EVAL_CAPABILITY``: evaluate these
+    weights (the global model of ``round``) on your validation split, without training on them,
+    and answer with one ``EvalResult`` for ``round``. Followed by chunks.
+    """
+
+    kind: ClassVar[Kind] = Kind.EVAL_REQUEST
+    round: int
+    tensors: tuple[TensorSpec, ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"round": self.round, "tensors": specs_to_wire(self.tensors)}
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> EvalRequest:
+        w = "EvalRequest"
+        return cls(round=nonneg(require(b, "round", int, w), "round", w), tensors=specs_from_wire(b, w))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Worker -> chief, only from a worker whose Hello had ``EVAL_CAPABILITY``: metrics, no weights.
+
+    The answer to the ``EvalRequest`` of ``round``; with ``final``, the report the chief's
+    ``Done`` asked for (``round``: Done's), on the final model and, after local fine-tuning,
+    as ``personalized_val_*``. ``metrics`` may be empty (the worker has nothing to evaluate on).
+    """
+
+    kind: ClassVar[Kind] = Kind.EVAL_RESULT
+    round: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    final: bool = False
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"round": self.round, "metrics": dict(self.metrics)}
+        if self.final:
+            body["final"] = True
+        return body
+
+    @classmethod
+    def from_body(cls, b: dict[str, Any]) -> EvalResult:
+        w = "EvalResult"
+        final = require(b, "final", bool, w) if "final" in b else False
+        return cls(round=nonneg(require(b, "round", int, w), "round", w), metrics=metrics_map(b, "metrics", w),
+                   final=final)
+
+
 @dataclass(frozen=True)
 class EndOfMessage:
     """Not on the wire: emitted after the last chunk of a weights message."""
@@ -189,10 +258,12 @@ class EndOfMessage:
     of: Kind
 
 
-Message = Hello | Challenge | Auth | Welcome | Update | Global | Done | Heartbeat | Error | Chunk | Status | Ack
-WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE})
+Message = (Hello | Challenge | Auth | Welcome | Update | Global | Done | Heartbeat | Error | Chunk | Status | Ack
+           | EvalRequest | EvalResult)
+WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE, Kind.EVAL_REQUEST})
 #: The class of each kind; a receiver calls ``CLASSES[kind].from_body(body)`` (looked up at
 #: decode time, so a test can replace a decoder).
 CLASSES: dict[Kind, type[Message]] = {
-    c.kind: c for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, Status, Ack)
+    c.kind: c for c in (Hello, Challenge, Auth, Welcome, Update, Global, Done, Heartbeat, Error, Chunk, Status, Ack,
+                        EvalRequest, EvalResult)
 }

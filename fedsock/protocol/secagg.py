@@ -108,7 +108,9 @@ class SecAggRoster:
     ``threshold``: shares that rebuild a secret; ``min_survivors``: fewest
     masked updates the chief will unmask; ``workers``: workers in the attempt
     (for the fixed-point range); ``peers``: the receiver's neighbourhood,
-    itself included.
+    itself included; ``metrics``: the metric names whose weighted sums ride
+    in the masked vector (``fedsock.secagg.metrics``; absent on the wire
+    when empty).
     """
 
     kind: ClassVar[Kind] = Kind.SECAGG_ROSTER
@@ -119,11 +121,16 @@ class SecAggRoster:
     min_survivors: int
     workers: int
     peers: tuple[Peer, ...]
+    metrics: tuple[str, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
-        return {"round": self.round, "attempt": self.attempt, "you": self.you, "threshold": self.threshold,
-                "min_survivors": self.min_survivors, "workers": self.workers,
-                "peers": [[p.id, p.share_key, p.mask_key] for p in self.peers]}
+        body: dict[str, Any] = {
+            "round": self.round, "attempt": self.attempt, "you": self.you, "threshold": self.threshold,
+            "min_survivors": self.min_survivors, "workers": self.workers,
+            "peers": [[p.id, p.share_key, p.mask_key] for p in self.peers]}
+        if self.metrics:
+            body["metrics"] = list(self.metrics)
+        return body
 
     @classmethod
     def from_body(cls, b: dict[str, Any]) -> SecAggRoster:
@@ -155,7 +162,24 @@ class SecAggRoster:
         if not 2 <= threshold <= len(peers) or not threshold <= min_survivors <= limits.MAX_WORKERS:
             raise RemoteProtocolError(f"{w}: threshold {threshold} / min_survivors {min_survivors} out of range "
                                       f"for {len(peers)} peers", code=ErrorCode.BAD_MESSAGE)
-        return cls(round_, attempt, you, threshold, min_survivors, workers, tuple(peers))
+        metrics = _metric_names(b, w) if "metrics" in b else ()
+        return cls(round_, attempt, you, threshold, min_survivors, workers, tuple(peers), metrics)
+
+
+def _metric_names(b: dict[str, Any], what: str) -> tuple[str, ...]:
+    """SecAggRoster's ``metrics``: at most SECAGG_MAX_METRICS distinct names of 1..SECAGG_METRIC_NAME_BYTES bytes."""
+    raw = require(b, "metrics", list, what)
+    if len(raw) > limits.SECAGG_MAX_METRICS:
+        raise RemoteProtocolError(f"{what}: more than {limits.SECAGG_MAX_METRICS} metrics",
+                                  code=ErrorCode.LIMIT_EXCEEDED)
+    if not all(isinstance(m, str) and m for m in raw):
+        raise RemoteProtocolError(f"{what}: metrics must be non-empty strings", code=ErrorCode.BAD_MESSAGE)
+    if any(len(m.encode()) > limits.SECAGG_METRIC_NAME_BYTES for m in raw):
+        raise RemoteProtocolError(f"{what}: a metric name is longer than {limits.SECAGG_METRIC_NAME_BYTES} bytes",
+                                  code=ErrorCode.LIMIT_EXCEEDED)
+    if len(set(raw)) != len(raw):
+        raise RemoteProtocolError(f"{what}: metrics repeat a name", code=ErrorCode.BAD_MESSAGE)
+    return tuple(raw)
 
 
 _Sealed = TypeVar("_Sealed", bound="_SealedShares")
@@ -193,7 +217,8 @@ class SecAggInbox(_SealedShares):
 
 @dataclass(frozen=True)
 class SecAggMasked:
-    """W -> C: the masked update, uint64 tensors (the model's shapes, then [1]). Followed by chunks.
+    """W -> C: the masked update, uint64 tensors (the model's shapes, then [1], then [3 x the roster's
+    metrics] if it named any). Followed by chunks.
 
     ``excluded``: neighbours this worker left out of its masks because their
     key did not agree or their sealed shares did not open (absent on the

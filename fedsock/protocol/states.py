@@ -6,11 +6,14 @@ Conversation (W = worker, C = chief)::
     WELCOME --C:Welcome(+chunks)--> ESTABLISHED
     If Hello's capabilities hold "status", Auth leads to STATUS instead of
     WELCOME: STATUS --C:Status--> CLOSED (a read-only query; nothing follows).
-    ESTABLISHED: W may send Update(+chunks), Heartbeat, and the SecAgg*
-                 messages of secure aggregation (SecAggMasked +chunks);
-                 C may send Global(+chunks), Heartbeat, Done(+chunks), SecAgg*
+    ESTABLISHED: W may send Update(+chunks), Heartbeat, the SecAgg*
+                 messages of secure aggregation (SecAggMasked +chunks), and
+                 EvalResult if its Hello had "eval";
+                 C may send Global(+chunks), Heartbeat, Done(+chunks), SecAgg*,
+                 Ack if the Hello had "ack", EvalRequest(+chunks) if it had "eval"
     Error from either side, at any time, ends that side's sending; during
-    the handshake it ends the conversation. Done ends the chief's sending.
+    the handshake it ends the conversation. Done ends the chief's sending
+    (the worker may still send, e.g. its final EvalResult).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ class Phase(enum.Enum):
 PREAUTH_PHASES = frozenset({Phase.HELLO, Phase.CHALLENGE, Phase.AUTH})
 
 #: Kinds that are followed by chunks.
-WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE, Kind.SECAGG_MASKED})
+WEIGHTS_KINDS = frozenset({Kind.WELCOME, Kind.UPDATE, Kind.GLOBAL, Kind.DONE, Kind.SECAGG_MASKED, Kind.EVAL_REQUEST})
+#: Kinds allowed only on a connection whose Hello had the "eval" capability (``Connection.evals``).
+EVAL_KINDS = frozenset({Kind.EVAL_REQUEST, Kind.EVAL_RESULT})
 _WORKER_SECAGG = (Kind.SECAGG_KEYS, Kind.SECAGG_SHARES, Kind.SECAGG_MASKED, Kind.SECAGG_REVEAL)
 _CHIEF_SECAGG = (Kind.SECAGG_ROSTER, Kind.SECAGG_INBOX, Kind.SECAGG_UNMASK, Kind.SECAGG_ABORT)
 
@@ -59,6 +64,7 @@ ALLOWED: dict[tuple[Role, Phase], dict[Kind, Phase]] = {
     (Role.WORKER, Phase.ESTABLISHED): {
         Kind.UPDATE: Phase.ESTABLISHED,
         Kind.HEARTBEAT: Phase.ESTABLISHED,
+        Kind.EVAL_RESULT: Phase.ESTABLISHED,  # only if the Hello asked for it (Connection.evals)
         **{k: Phase.ESTABLISHED for k in _WORKER_SECAGG},  # their order: fedsock.secagg's state machines
     },
     (Role.CHIEF, Phase.ESTABLISHED): {
@@ -66,6 +72,7 @@ ALLOWED: dict[tuple[Role, Phase], dict[Kind, Phase]] = {
         Kind.HEARTBEAT: Phase.ESTABLISHED,
         Kind.DONE: Phase.ESTABLISHED,  # and the chief's sending ends
         Kind.ACK: Phase.ESTABLISHED,  # only if the Hello asked for it (Connection.acks)
+        Kind.EVAL_REQUEST: Phase.ESTABLISHED,  # only if the Hello had "eval" (Connection.evals)
         **{k: Phase.ESTABLISHED for k in _CHIEF_SECAGG},
     },
 }

@@ -40,6 +40,7 @@ from fedsock.protocol.secagg import (
     SecAggUnmask,
 )
 from fedsock.secagg import crypto, graph, shamir
+from fedsock.secagg import metrics as metric_words
 
 
 def _bad(why: str) -> RemoteProtocolError:
@@ -53,9 +54,11 @@ class ChiefRound:
     Args:
         round: the round being aggregated.
         attempt: the attempt number within the round (1, 2, ...).
-        words: length of the flat masked vector (model elements + 1).
+        words: length of the masked vector's model part (model elements + 1).
         threshold: shares needed to rebuild a secret (0: a majority of each neighbourhood).
         neighbours: k for SecAgg+ (0: everyone masks with everyone).
+        metrics: the metric names the rosters announce (``rosters`` sets them); their words
+            (``fedsock.secagg.metrics``) follow the model part.
     """
 
     round: int
@@ -63,6 +66,7 @@ class ChiefRound:
     words: int
     threshold: int = 0
     neighbours: int = 0
+    metrics: tuple[str, ...] = ()
     phase: str = "keys"
     keys: dict[int, SecAggKeys] = field(default_factory=dict)
     hoods: dict[int, tuple[int, ...]] = field(default_factory=dict)
@@ -111,8 +115,13 @@ class ChiefRound:
     def drop_keys(self, worker: int) -> None:
         self.keys.pop(worker, None)
 
-    def rosters(self, min_workers: int) -> dict[int, SecAggRoster]:
-        """Close the key phase: each worker's roster (its neighbourhood's keys).
+    @property
+    def size(self) -> int:
+        """Words of the masked vector: the model part, then the metrics' words."""
+        return self.words + metric_words.WORDS * len(self.metrics)
+
+    def rosters(self, min_workers: int, metrics: tuple[str, ...] = ()) -> dict[int, SecAggRoster]:
+        """Close the key phase: each worker's roster (its neighbourhood's keys, and ``metrics``).
 
         Raises:
             TooFewWorkers: fewer than the threshold (or ``min_workers``) sent keys.
@@ -125,11 +134,12 @@ class ChiefRound:
         if any(len(h) < t for h in self.hoods.values()):
             raise TooFewWorkers(f"threshold {t} exceeds a neighbourhood of {min(map(len, self.hoods.values()))}")
         self.threshold, self.min_survivors = t, max(t, min_workers)
+        self.metrics = metrics
         self.phase = "shares"
         out = {}
         for w, hood in self.hoods.items():
             peers = tuple(Peer(v, self.keys[v].share_key, self.keys[v].mask_key) for v in hood)
-            out[w] = SecAggRoster(self.round, self.attempt, w, t, self.min_survivors, len(ids), peers)
+            out[w] = SecAggRoster(self.round, self.attempt, w, t, self.min_survivors, len(ids), peers, metrics)
         return out
 
     # --- shares -> inbox ----------------------------------------------
@@ -158,7 +168,7 @@ class ChiefRound:
         """
         self._need(self.shared, "sent shares")
         self.phase = "masked"
-        self.total = np.zeros(self.words, dtype="<u8")
+        self.total = np.zeros(self.size, dtype="<u8")
         return {w: SecAggInbox(self.round, self.attempt,
                                tuple((s, c) for s, c in sorted(self.mailbox.get(w, {}).items())
                                      if s in self.shared))
@@ -182,7 +192,8 @@ class ChiefRound:
 
     def check_masked(self, worker: int, round_: int, attempt: int, specs: Sequence[TensorSpec],
                      shapes: Sequence[tuple[int, ...]], excluded: tuple[int, ...] = ()) -> bool:
-        """Before reading a masked update: is it expected, and of the model's shapes plus [1]?
+        """Before reading a masked update: is it expected, and of the model's shapes plus [1] (and the
+        metrics' words)?
 
         Returns:
             False if it comes after the masking phase closed (read it and discard it).
@@ -192,7 +203,7 @@ class ChiefRound:
         self._check("masked", worker, round_, attempt)
         if worker not in self.shared or worker in self.masked:
             raise _bad(f"worker {worker} may not send a masked update now")
-        want = [*map(tuple, shapes), (1,)]
+        want = [*map(tuple, shapes), (1,)] + ([(self.size - self.words,)] if self.metrics else [])
         got = [tuple(s.shape) for s in specs]
         if got != want or any(s.dtype != "uint64" for s in specs):
             raise RemoteProtocolError(f"secure aggregation: masked update of shapes {got}, expected uint64 {want}",
@@ -284,7 +295,7 @@ class ChiefRound:
                                  frozenset(blamed))
 
     def finish(self) -> np.ndarray:
-        """The sum of the survivors' encoded updates, masks removed.
+        """The sum of the survivors' encoded updates (``size`` words), masks removed.
 
         Raises:
             TooFewWorkers: too few shares for some seed or key, or the rebuilt
@@ -311,7 +322,8 @@ class ChiefRound:
             for v in self.survivors:
                 if v in self.hoods[d] and v != d:
                     # v added +PRG(s_vd) if v < d, else -PRG(s_vd): take it back out.
-                    key = crypto.agree(sk, self.keys[v].mask_key, crypto.MASK_LABEL, self.round, self.attempt)
+                    key = crypto.agree(sk, self.keys[v].mask_key, crypto.MASK_LABEL, self.round, self.attempt,
+                                       metric_words.layout_digest(self.metrics))
                     _apply(total, key, add=v > d)
         self.phase = "done"
         self.total = None

@@ -53,8 +53,10 @@ def private_from_bytes(data: bytes) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(data)
 
 
-def agree(own: X25519PrivateKey, peer_public: bytes, label: bytes, round_: int, attempt: int) -> bytes:
-    """A 32-byte key shared with the owner of ``peer_public``, for one purpose, round and attempt.
+def agree(own: X25519PrivateKey, peer_public: bytes, label: bytes, round_: int, attempt: int,
+          context: bytes = b"") -> bytes:
+    """A 32-byte key shared with the owner of ``peer_public``, for one purpose, round and attempt
+    (and ``context``, appended to the HKDF info: the digest of the roster's metric names for masks).
 
     Raises:
         CryptoError: ``peer_public`` is not a usable X25519 public key.
@@ -63,7 +65,7 @@ def agree(own: X25519PrivateKey, peer_public: bytes, label: bytes, round_: int, 
         shared = own.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:  # wrong length, or a low-order point (all-zero shared secret)
         raise CryptoError(f"unusable public key: {exc}") from None
-    info = label + struct.pack(">QI", round_, attempt)
+    info = label + struct.pack(">QI", round_, attempt) + context
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
 
 

@@ -28,20 +28,23 @@ LIMIT = 2.0 ** (63 - FRACTION_BITS)
 MAX_ERROR = 2.0 ** -(FRACTION_BITS + 1)
 
 
-def encode(weights: Sequence[np.ndarray], weight: int, participants: int) -> np.ndarray:
-    """One flat uint64 vector: the encoded ``weight * w`` of every tensor, then ``weight``.
+def encode(weights: Sequence[np.ndarray], weight: int, participants: int,
+           tail: np.ndarray | None = None) -> np.ndarray:
+    """One flat uint64 vector: the encoded ``weight * w`` of every tensor, then ``weight``, then ``tail``.
 
     Args:
         weights: the update's tensors (any float dtype).
         weight: the update's weight (examples, or 1), >= 1.
         participants: how many workers' vectors will be summed.
+        tail: words appended as they are (the metrics of ``fedsock.secagg.metrics.encode``).
 
     Raises:
         RangeError: a NaN/Inf, or a value too large for ``participants`` to sum
             without overflow.
     """
     total = sum(int(np.size(w)) for w in weights)
-    out = np.empty(total + 1, dtype="<u8")
+    extra = 0 if tail is None else len(tail)
+    out = np.empty(total + 1 + extra, dtype="<u8")
     bound = LIMIT / max(participants, 1)
     scale = float(weight) * 2.0**FRACTION_BITS
     pos = 0
@@ -56,6 +59,8 @@ def encode(weights: Sequence[np.ndarray], weight: int, participants: int) -> np.
         out[pos:pos + flat.size] = np.rint(flat * scale).astype(np.int64).view(np.uint64)
         pos += flat.size
     out[total] = weight
+    if tail is not None:
+        out[total + 1:] = tail
     return out
 
 

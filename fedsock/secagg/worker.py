@@ -30,6 +30,7 @@ from fedsock.protocol.secagg import (
     SecAggUnmask,
 )
 from fedsock.secagg import crypto, shamir
+from fedsock.secagg import metrics as metric_words
 
 
 def _bad(why: str) -> RemoteProtocolError:
@@ -133,7 +134,9 @@ class WorkerRound:
         """Mask ``encoded`` (flat uint64, see ``fixedpoint.encode``) in place and return it.
 
         Adds PRG(seed) and, for every neighbour v that sent shares, +PRG(s_uv)
-        if this worker's id is below v's, -PRG(s_uv) otherwise.
+        if this worker's id is below v's, -PRG(s_uv) otherwise. The pairwise keys
+        depend on the roster's metric names: a chief that gives two workers
+        different lists (to isolate one worker's metrics) gets masks that do not cancel.
         """
         if self.phase != "inbox":
             raise RuntimeError("mask() before the inbox")
@@ -144,7 +147,8 @@ class WorkerRound:
             if v == r.you or v in self.excluded:
                 continue
             try:
-                key = crypto.agree(self.mask_sk, self._peer(v).mask_key, crypto.MASK_LABEL, r.round, r.attempt)
+                key = crypto.agree(self.mask_sk, self._peer(v).mask_key, crypto.MASK_LABEL, r.round, r.attempt,
+                                   metric_words.layout_digest(r.metrics))
             except crypto.CryptoError as exc:
                 self.excluded[v] = f"its mask key: {exc}"
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fedsock.errors import AuthenticationError, ConnectError, PeerError, RemoteProtocolError
 from fedsock.protocol import (
     ACK_CAPABILITY,
+    EVAL_CAPABILITY,
     FEATURES,
     STATUS_CAPABILITY,
     Auth,
@@ -27,7 +28,8 @@ from fedsock.transport.errors import TRANSIENT_CODES, ConnectionLost, NameInUse
 
 
 def handshake(channel: BlockingChannel, name: str, credentials: Credentials, instance: bytes, *,
-              reconnect_secret: bytes | None = None, status: bool = False) -> Welcome | Status:
+              reconnect_secret: bytes | None = None, status: bool = False,
+              evaluations: bool = False) -> Welcome | Status:
     """Authenticate on a fresh ``channel``; returns the chief's ``Welcome`` (its weights, if
     any, are still to be read with ``channel.read_weights``) or, with ``status``, its ``Status``.
 
@@ -39,6 +41,8 @@ def handshake(channel: BlockingChannel, name: str, credentials: Credentials, ins
         reconnect_secret: the secret of this chief's last Welcome to us, if any: ``Auth``
             then carries the proof that we are the worker the chief admitted under ``name``.
         status: ask for a ``Status`` instead of joining.
+        evaluations: say (capability ``"eval"``) that this worker answers EvalRequest and sends a
+            final EvalResult when Done asks for one.
 
     Raises:
         AuthenticationError: the chief rejected the credentials.
@@ -48,7 +52,8 @@ def handshake(channel: BlockingChannel, name: str, credentials: Credentials, ins
         PeerError: the chief refused with another Error.
         RemoteProtocolError: the answer broke the protocol.
     """
-    caps = (STATUS_CAPABILITY,) if status else (ACK_CAPABILITY,)  # a worker asks what became of its updates
+    # a worker asks what became of its updates
+    caps = (STATUS_CAPABILITY,) if status else (ACK_CAPABILITY, *((EVAL_CAPABILITY,) if evaluations else ()))
     channel.send(Hello(name=name, capabilities=caps, instance=instance, features=None if status else FEATURES))
     challenge = _expect(channel, Challenge, status)
     assert isinstance(challenge, Challenge)

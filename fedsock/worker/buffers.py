@@ -24,6 +24,14 @@ class ModelMemory:
     def __init__(self) -> None:
         # buffers we allocated and that still exist (the arrays of a model keep theirs alive)
         self._ours: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+        self._scratch: np.ndarray | None = None
+
+    def scratch(self, nbytes: int) -> np.ndarray:
+        """Memory of at least ``nbytes`` bytes for a model that is only looked at (an evaluation
+        request): the same buffer every time, so the previous one is overwritten; never a model's."""
+        if self._scratch is None or self._scratch.nbytes < nbytes:
+            self._scratch = np.empty(nbytes, np.uint8)
+        return self._scratch
 
     def allocate(self, nbytes: int) -> np.ndarray:
         """A fresh buffer of ``nbytes`` bytes."""

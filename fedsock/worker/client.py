@@ -33,18 +33,19 @@ from fedsock.transport.credentials import Credentials, parse_address, token_from
 from fedsock.transport.errors import ConnectionLost
 from fedsock.worker.buffers import ModelMemory
 from fedsock.worker.config import WorkerConfig, default_name
-from fedsock.worker.engine import Action, Deliver, Fail, ReadModel, Reconnect, Send, WorkerEngine
-from fedsock.worker.evaluation import Evaluation
+from fedsock.worker.engine import Action, Deliver, Fail, ReadEval, ReadModel, Reconnect, Send, WorkerEngine
+from fedsock.worker.evaluation import Evaluation, MetricSharing
 from fedsock.worker.joining import join_chief
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
 from fedsock.worker.policy import WorkerPolicy
+from fedsock.worker.reporting import Reporting
 
 __all__ = ["Client", "ConnectionLost", "parse_address", "token_from"]
 
 log = logging.getLogger("fedsock.worker")
 
 
-class Client:
+class Client(Reporting):
     """A worker's connection to the chief.
 
     Connecting, authenticating and receiving ``Welcome`` happen in the
@@ -78,6 +79,14 @@ class Client:
             weights are read, and the chief told why (``policy_refused``).
         evaluate: weights -> their metrics on local validation data, with ``examples``; run on
             each model join/sync return, sent with the next sync as ``val_*`` (docs/evaluation.md).
+            It also answers the chief's evaluation requests while this worker is held (not
+            sampled), unless ``evaluator`` is set to something else.
+        share_metrics: what of the metrics reaches the chief: ``"all"``, ``"aggregate-only"``
+            (only inside a secure-aggregation sum) or ``"none"`` (docs/privacy.md); evaluation
+            requests and the final report are answered only with ``"all"``.
+        evaluations: say to the chief (Hello capability ``"eval"``) that this worker answers its
+            evaluation requests and reports its final evaluation (see ``report``); default: if
+            ``evaluate`` is given and ``share_metrics`` is ``"all"``.
 
     Raises:
         ConfigError: bad address or token.
@@ -105,7 +114,9 @@ class Client:
                  epsilon_delta: float = WorkerConfig.epsilon_delta,
                  min_batch_size: int = WorkerConfig.min_batch_size,
                  min_sync_every: int = WorkerConfig.min_sync_every,
-                 evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None) -> None:
+                 evaluate: Callable[[list[np.ndarray]], Mapping[str, float]] | None = None,
+                 share_metrics: str = WorkerConfig.share_metrics,
+                 evaluations: bool | None = None) -> None:
         self.address = parse_address(address)
         self._credentials = Credentials.resolve(token, ca, cert, key)
         own = self._credentials.own_name
@@ -128,6 +139,16 @@ class Client:
         self._reconnect_timeout = reconnect_timeout
         self.reconnects = 0
         self.evaluation = Evaluation(evaluate)  # .last: the val_* metrics of the model last returned
+        self.sharing = MetricSharing(share_metrics)
+        #: weights -> metrics with ``examples``: answers the chief's evaluation requests (None: answered
+        #: without values). ``FederatedCallback`` sets its own.
+        self.evaluator = evaluate
+        #: The final model's validation metrics (``val_*``), once the run is over: what ``report`` sends
+        #: by default. ``evaluate`` fills it; so does ``FederatedCallback`` with validation data.
+        self.final_metrics: dict[str, float] = {}
+        if evaluations is None:
+            evaluations = evaluate is not None and share_metrics == "all"
+        self._evaluations = evaluations
         self._pipeline = UpdatePipeline(Path(save_updates) if save_updates is not None else None)
         self._memory = ModelMemory()
         self._lock = threading.Lock()
@@ -136,6 +157,7 @@ class Client:
             self._channel, self.welcome, model = self._connect(connect_timeout)
         self._engine = WorkerEngine(self.welcome, model, reconnect=reconnect_timeout > 0)
         self.worker_id = self.welcome.worker_id
+        self._say_sharing()
         self._hb = threading.Thread(target=self._heartbeat_loop, name="fedsock-heartbeat", daemon=True)
         self._hb.start()
 
@@ -197,12 +219,12 @@ class Client:
                     check_signature(self.welcome.tensors, self._specs(weights))
                 except RemoteProtocolError as exc:
                     raise ConfigError(f"local model does not match the chief's: {exc}") from None
-            return self.evaluation.evaluate(self.weights)
+            return self._evaluated(self.weights)
         if weights is None:
             raise ConfigError("the chief has no model yet: pass your initial weights to join()")
         with self._lock:
             model = self._drive(self._engine.start_plain(Update(0, 0, self._specs(weights)), weights), None, weights)
-        return self.evaluation.evaluate(model)
+        return self._evaluated(model)
 
     def sync(self, weights: Sequence[np.ndarray], num_examples: int, metrics: dict[str, float] | None = None,
              *, reuse: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
@@ -227,7 +249,8 @@ class Client:
         if self.weights is None:
             raise FedsockError("call join() before sync()")
         base = self.weights
-        sent = self.evaluation.outgoing(metrics or {})
+        self._say_sharing()
+        sent = self.sharing.shared(self.plan.secure_agg, self.evaluation.outgoing(metrics or {}))
         out = Outgoing(Update(self.round + 1, int(num_examples), self._specs(weights), sent), weights)
         steps = self._pipeline.steps(self.plan, parse_compression(self.welcome.compress), base,
                                      bool(self._engine.specs))
@@ -236,10 +259,13 @@ class Client:
         start = self._engine.start_secure if self.plan.secure_agg else self._engine.start_plain
         with self._lock:
             model = self._drive(start(out.update, out.tensors), reuse, keep)
-        return self.evaluation.evaluate(model)
+        return self._evaluated(model)
 
     def close(self, reason: str | None = None) -> None:
-        """Hang up; with ``reason``, tell the chief why first."""
+        """Hang up; with ``reason``, tell the chief why first. A final evaluation the chief asked for
+        and ``report`` did not send goes out first (``final_metrics``)."""
+        if self.finished and self.report_due and not reason:
+            self.report()
         self._stop.set()
         with self._lock:
             if reason and not self._channel.conn.we_finished and not self.finished:
@@ -251,6 +277,12 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _say_sharing(self) -> None:
+        """Log what ``share_metrics`` means with this chief: at join, and after a plan change."""
+        text = self.sharing.news(self.plan.secure_agg)
+        if text is not None:
+            log.info("%s", text)
 
     # --- driving the engine -------------------------------------------------
 
@@ -276,6 +308,8 @@ class Client:
                     log.info("send failed (%s); reading what the chief sent", exc)
             elif isinstance(act, ReadModel):
                 todo.extend(self._read_model(act.msg, reuse, keep))
+            elif isinstance(act, ReadEval):
+                todo.extend(self._answer_request(act))
             elif isinstance(act, Deliver):
                 return act.model
             elif isinstance(act, Reconnect):
@@ -325,7 +359,8 @@ class Client:
         channel, welcome, model = join_chief(
             self.address, self._credentials, self.name, self.instance, self._reconnect_secret,
             timeout=timeout, idle_timeout=self._idle_timeout, heartbeat_interval=self._hb_interval,
-            memory=self._memory, policy=self.policy, max_model_bytes=self.max_model_bytes)
+            memory=self._memory, policy=self.policy, max_model_bytes=self.max_model_bytes,
+            evaluations=self._evaluations)
         self._reconnect_secret = welcome.reconnect_secret or None
         return channel, welcome, model
 
@@ -336,7 +371,7 @@ class Client:
             if not self._lock.acquire(blocking=False):
                 continue  # a sync is under way; it sends its own heartbeats
             try:
-                if not self.finished:
+                if not self.finished or self.report_due:  # the chief waits for the report: stay alive
                     self._channel.heartbeat()
             finally:
                 self._lock.release()

@@ -20,6 +20,7 @@ from typing import Any
 from fedsock import limits, settings, tls
 from fedsock.errors import ConfigError
 from fedsock.settings import setting
+from fedsock.worker.evaluation import SHARING, MetricSharing
 from fedsock.worker.policy import WorkerPolicy
 
 
@@ -74,6 +75,11 @@ class WorkerConfig:
                                   "(batch 1 with frequent syncs lets a chief recover single examples)")
     min_sync_every: int = setting(1, metavar="STEPS", help="refuse a chief whose plan syncs more often than "
                                   "every STEPS local steps")
+    share_metrics: str = setting("all", choices=SHARING,
+                                 help="what of this worker's validation and training metrics reaches the chief: "
+                                 "all (with secure aggregation only inside the masked sum); aggregate-only "
+                                 "(only inside a secure-aggregation sum: a chief without --secure-agg gets "
+                                 "none); none")
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -91,6 +97,7 @@ class WorkerConfig:
         if not 0 < self.max_model_bytes <= limits.MAX_MODEL_BYTES:
             raise ConfigError(f"--max-model-bytes must be in 1..{limits.MAX_MODEL_BYTES}, got {self.max_model_bytes}")
         self.policy()  # checks the policy settings
+        MetricSharing(self.share_metrics)  # checks --share-metrics (a Client's own argument too)
 
     def policy(self) -> WorkerPolicy:
         """The privacy policy these settings ask for.

@@ -11,28 +11,36 @@ caller does the I/O and the state machine decides):
 - ``Send(msg, arrays)``: send this message (and the chunks of ``arrays``);
 - ``ReadModel(msg)``: read the weights that follow ``msg``, then call
   ``model_read``;
+- ``ReadEval(msg)``: read the weights of an ``EvalRequest`` into scratch
+  memory, evaluate them (never train on them, never keep them), then call
+  ``evaluated``;
 - ``Deliver(model)``: the sync is over, return ``model`` to the caller;
 - ``Reconnect(reason)``: connect again, then call ``reconnected``;
 - ``Fail(error, notify)``: send ``notify`` (an Error, if any) and raise ``error``.
 
 After a reconnect the engine decides between sending the update again and
 continuing from the chief's newer model, when the round closed meanwhile.
+After a ``Done`` whose ``report`` asks for it, ``final_report`` sends the
+final evaluation once (never with secure aggregation: then the chief must
+not see per-worker values).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedsock.errors import FedsockError, PeerError, RemoteProtocolError
+from fedsock.errors import ErrorCode, FedsockError, PeerError, RemoteProtocolError
 from fedsock.protocol import (
     Ack,
     ConnectionClosed,
     Done,
     Error,
+    EvalRequest,
+    EvalResult,
     Event,
     Global,
     Heartbeat,
@@ -40,6 +48,7 @@ from fedsock.protocol import (
     TensorSpec,
     Update,
     Welcome,
+    check_signature,
 )
 from fedsock.protocol.connection import AnyMessage
 from fedsock.protocol.secagg import SecAggAbort, SecAggInbox, SecAggRoster, SecAggUnmask
@@ -67,6 +76,14 @@ class ReadModel:
 
 
 @dataclass(frozen=True)
+class ReadEval:
+    """Read the weights that follow ``msg`` into scratch memory, evaluate them on the validation
+    split, then call ``WorkerEngine.evaluated`` with the metrics."""
+
+    msg: EvalRequest
+
+
+@dataclass(frozen=True)
 class Deliver:
     """The sync is over: ``model`` is the global model to continue from."""
 
@@ -88,7 +105,10 @@ class Fail:
     notify: Error | None = None
 
 
-Action = Send | ReadModel | Deliver | Reconnect | Fail
+Action = Send | ReadModel | ReadEval | Deliver | Reconnect | Fail
+
+#: What an EvalResult carries: validation metrics (``val_*``), after Done also ``personalized_val_*``.
+_HELD, _FINAL = ("val_",), ("val_", "personalized_val_")
 
 
 @dataclass
@@ -124,6 +144,8 @@ class WorkerEngine:
         self.specs: tuple[TensorSpec, ...] = welcome.tensors if model is not None else ()
         self.finished = False
         self.reconnect = reconnect
+        #: The chief's Done asked for a final EvalResult, not sent yet (``final_report``).
+        self.report_due = False
         self._sync: _Sync | None = None
 
     @property
@@ -164,6 +186,8 @@ class WorkerEngine:
             return []
         if isinstance(ev, (Global, Done)):
             return [ReadModel(ev)]
+        if isinstance(ev, EvalRequest):
+            return self._eval_request(ev)
         if isinstance(ev, ConnectionClosed):
             return self.lost("the chief closed the connection")
         if isinstance(ev, Error):
@@ -197,11 +221,43 @@ class WorkerEngine:
             _log_excluded(sa)
         names = [s.name for s in sync.update.tensors]
         try:
-            msg, arrays = masked_update(sa, sync.wire, sync.update.num_examples, self.plan, names)
+            msg, arrays = masked_update(sa, sync.wire, sync.update.num_examples, self.plan, names,
+                                        sync.update.metrics)
         except RangeError as exc:
             return [Fail(FedsockError(f"cannot take part in secure aggregation: {exc}"),
                          Error(code="invalid_weights", message=str(exc)))]
         return [Send(msg, arrays)]
+
+    def _eval_request(self, ev: EvalRequest) -> list[Action]:
+        """Only the model's own shape is read (so no more memory than a model of it takes)."""
+        try:
+            if not self.specs:
+                raise RemoteProtocolError("this worker holds no model yet", code=ErrorCode.OUT_OF_ORDER)
+            check_signature(self.specs, ev.tensors)
+        except RemoteProtocolError as exc:
+            why = f"EvalRequest for round {ev.round} does not fit the model: {exc}"
+            return [Fail(FedsockError(why), Error(code=exc.code, message=why))]
+        return [ReadEval(ev)]
+
+    def evaluated(self, msg: EvalRequest, metrics: Mapping[str, float]) -> list[Action]:
+        """The weights of ``msg`` were evaluated: answer with their validation metrics only."""
+        return [Send(EvalResult(msg.round, self._shared(metrics, _HELD)))]
+
+    def final_report(self, metrics: Mapping[str, float]) -> list[Action]:
+        """The final evaluation (``val_*``, ``personalized_val_*``) for the chief, if its Done asked and
+        it was not sent yet; nothing otherwise."""
+        if not self.report_due:
+            return []
+        self.report_due = False
+        return [Send(EvalResult(self.round, self._shared(metrics, _FINAL), final=True))]
+
+    def _shared(self, metrics: Mapping[str, float], prefixes: tuple[str, ...]) -> dict[str, float]:
+        """What of ``metrics`` leaves this worker: none with secure aggregation (the chief sees sums only)."""
+        if self.plan.secure_agg:
+            log.warning("the chief asked for this worker's evaluation although its plan has secure aggregation; "
+                        "answering without values")
+            return {}
+        return {k: float(v) for k, v in metrics.items() if k.startswith(prefixes)}
 
     def model_read(self, msg: Global | Done, model: list[np.ndarray]) -> list[Action]:
         """The weights after ``msg`` have been read: they are the model from now on, unless ``msg``
@@ -220,6 +276,7 @@ class WorkerEngine:
         self.round = msg.round
         if isinstance(msg, Done):
             self.finished = True
+            self.report_due = msg.report is not None
         self._sync = None
         return [Deliver(model)]
 

@@ -33,7 +33,8 @@ log = logging.getLogger("fedsock.worker")
 def join_chief(address: tuple[str, int], credentials: Credentials, name: str, instance: bytes,
                reconnect_secret: bytes | None, *, timeout: float, idle_timeout: float,
                heartbeat_interval: float, memory: ModelMemory, policy: WorkerPolicy,
-               max_model_bytes: int) -> tuple[BlockingChannel, Welcome, list[np.ndarray] | None]:
+               max_model_bytes: int, evaluations: bool = False
+               ) -> tuple[BlockingChannel, Welcome, list[np.ndarray] | None]:
     """Connect, pin, authenticate, read the Welcome's model; retry transient failures with
     backoff and jitter (``Backoff``).
 
@@ -41,7 +42,7 @@ def join_chief(address: tuple[str, int], credentials: Credentials, name: str, in
     it is busy are retried until ``timeout``; a name held by another
     connection until the chief would have let a silent one go (``idle_timeout``);
     a wrong certificate, a rejected token or a peer that does not speak TLS 1.3
-    are not retried.
+    are not retried. ``evaluations``: the Hello says the worker answers evaluation requests.
 
     Returns:
         The channel, the Welcome (its ``reconnect_secret`` is the one to present
@@ -61,7 +62,8 @@ def join_chief(address: tuple[str, int], credentials: Credentials, name: str, in
             sock = open_tls(ctx, host, port, timeout, credentials.pin)
             channel = BlockingChannel(sock, idle_timeout=idle_timeout, heartbeat_interval=heartbeat_interval,
                                       send_timeout=idle_timeout, mutual_tls=mutual)
-            welcome = handshake(channel, name, credentials, instance, reconnect_secret=reconnect_secret)
+            welcome = handshake(channel, name, credentials, instance, reconnect_secret=reconnect_secret,
+                                evaluations=evaluations)
             assert isinstance(welcome, Welcome)
             if welcome.plan.heartbeat_interval is not None:  # the chief's interval, if it asks for more
                 channel.heartbeat_interval = min(channel.heartbeat_interval, welcome.plan.heartbeat_interval)

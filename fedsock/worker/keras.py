@@ -53,7 +53,12 @@ class FederatedCallback(keras.callbacks.Callback):
             metrics before training continues from it, and the result goes
             with the next sync as ``val_<metric>`` and ``val_examples``
             (training metrics as ``train_<metric>``, then counted since the
-            previous sync). ``final_metrics`` holds the final model's.
+            previous sync). ``final_metrics`` holds the final model's (and the
+            client's ``final_metrics``, which its final report sends). While the
+            worker is held (not sampled), the chief's evaluation requests are
+            answered on it too (``client.evaluator``), the model's own weights
+            restored afterwards; a Client made with ``evaluations=True`` says so
+            to the chief (``worker.py`` does when it has a validation split).
     """
 
     def __init__(self, client: Client, sync_every: int | None = None, batch_size: int | None = None,
@@ -75,6 +80,21 @@ class FederatedCallback(keras.callbacks.Callback):
         self._val: dict[str, float] = {}  # the validation metrics of the model last received
         #: The validation metrics of the final model (with ``validation_data``, once the run is over).
         self.final_metrics: dict[str, float] = {}
+        if validation_data is not None:
+            client.evaluator = self._evaluate
+
+    def _evaluate(self, weights: list[Any]) -> dict[str, float]:
+        """``weights`` (a model the chief asks about) on ``validation_data``; the model keeps its own."""
+        assert self.validation_data is not None
+        x, y = self.validation_data
+        own = self.model.get_weights()
+        self.model.set_weights(weights)
+        try:
+            result = self.model.evaluate(x, y, batch_size=max(self.batch_size, 256), verbose=0, return_dict=True)
+        finally:
+            self.model.set_weights(own)
+            self.model.reset_metrics()
+        return {**{k: float(v) for k, v in result.items() if _is_number(v)}, "examples": float(len(y))}
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._last = self.client.join(self.model.get_weights())
@@ -134,6 +154,7 @@ class FederatedCallback(keras.callbacks.Callback):
         self._val = validation_metrics({k: float(v) for k, v in result.items() if _is_number(v)}, len(y))
         if self.client.finished:
             self.final_metrics = dict(self._val)
+            self.client.final_metrics = dict(self._val)
         log.info("round %d: global model on %d local validation examples: %s", self.client.round, len(y),
                  ", ".join(f"{k} {v:.4f}" for k, v in self._val.items() if k != "val_examples"))
 

@@ -80,7 +80,8 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
     started = time.monotonic()
     keras = kerasutil.import_keras()
     log.info("Keras %s ready in %.1f s", keras.__version__, time.monotonic() - started)
-    with Client.from_config(config) as client:
+    # with a validation split it shares, the chief may ask this worker to evaluate (held rounds, the final model)
+    with Client.from_config(config, evaluations=len(y_val) > 0 and config.share_metrics == "all") as client:
         log.info("joined the chief at %s:%s as worker %d (round %d; sync every %d steps, batch %d)",
                  *client.address, client.worker_id, client.round, client.plan.sync_every,
                  client.plan.batch_size)
@@ -113,7 +114,23 @@ def run_worker(config: WorkerConfig, training: TrainingOptions, verbose: int = 0
             log.info("final model on the local validation split: %s", _described(callback.final_metrics))
         personal = personalize(keras_model, client.weights or [], (x, y), (x_val, y_val),
                                training.personalize_epochs, plan.batch_size)
-        return {**result, **callback.final_metrics, **personal}
+        final = {**callback.final_metrics, **personal}
+        if final:
+            log.info("final evaluation: %s", final_row(final))
+        if client.report(final):
+            log.info("final evaluation sent to the chief")
+        return {**result, **final}
+
+
+def final_row(metrics: dict[str, float]) -> str:
+    """This worker's row of the chief's final-evaluation table: examples, final and personalized accuracy
+    (or loss, without accuracy)."""
+    metric = "accuracy" if "val_accuracy" in metrics else "loss"
+    cells = [f"{int(metrics.get('val_examples', 0))} validation examples",
+             f"final {metric} {metrics.get('val_' + metric, float('nan')):.4f}"]
+    if "personalized_val_" + metric in metrics:
+        cells.append(f"personalized {metric} {metrics['personalized_val_' + metric]:.4f}")
+    return ", ".join(cells)
 
 
 def personalize(model: Any, weights: list[Any], train: tuple[Any, Any], val: tuple[Any, Any], epochs: int,
