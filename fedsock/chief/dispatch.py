@@ -134,7 +134,7 @@ class WorkerService:
             self.callbacks.on_worker_left(WorkerLeft(wid, s.name, s.bytes_in, s.bytes_out, s.last_received,
                                                      replaced=s.replaced))
             self.evals.left(s)
-            if self.registry.leave(wid, s):
+            if self.registry.leave(wid, s, time.monotonic()):
                 self.ctrl.leave(wid)
                 if self.secure is not None:
                     self.secure.left(wid)
