@@ -68,6 +68,9 @@ SECAGG_MAX_SEALED_BYTES = 512
 SECAGG_SHARE_BYTES = 66
 #: Longest share in SecAggReveal (exactly SECAGG_SHARE_BYTES is checked when it is used).
 SECAGG_MAX_SHARE_BYTES = 128
+#: Key pairs a worker keeps of the SecAggKeys it sent in a round since its last SecAggRoster (an
+#: Abort and fresh keys can cross, so the roster may name earlier ones); the oldest go first.
+SECAGG_PENDING_KEYS = 4
 #: Most metric names a SecAggRoster may announce (each puts 3 words into the masked vector).
 SECAGG_MAX_METRICS = 32
 #: Longest metric name in a SecAggRoster, in UTF-8 bytes.
@@ -150,6 +153,8 @@ HEARTBEAT_INTERVAL_S = 10.0
 RECONNECT_BACKOFF_START_S = 0.25
 #: Longest pause between a worker's reconnection attempts (before +-20% jitter).
 RECONNECT_BACKOFF_MAX_S = 5.0
+#: Each pause between reconnection attempts is multiplied by a random factor in [1 - this, 1 + this].
+RECONNECT_JITTER = 0.2
 #: Bytes asked of the socket per read (chief sessions and the worker's Client).
 READ_BYTES = 256 * 1024
 #: Most bytes of a weights message the chief reads without letting other tasks run.

@@ -197,6 +197,46 @@ def test_a_repeat_of_the_model_held_does_not_end_the_next_sync():
     assert plain.model_read(Global(3, SPECS), answer) == [Deliver(answer)] and plain.round == 3
 
 
+def test_a_roster_with_keys_sent_before_a_crossing_abort_is_answered():
+    """Found by bench/chaos.py: a worker reconnected during a failing attempt and sent fresh keys at
+    once; the chief put them into its next attempt, and the Abort of the failed attempt (which the
+    worker's old keys had been in) reached the worker afterwards, so it sent yet fresher keys. The
+    next roster named the keys of before the Abort, and the worker stopped with "the roster does not
+    carry this worker's keys". A roster is answered with whichever pending keys it names."""
+    plan = Plan(rounds=3, sync_every=1, batch_size=1, secure_agg=True)
+    workers = {w: engine(plan=plan) for w in (1, 2)}
+    chief = ChiefRound(1, 2, sum(a.size for a in MODEL) + 1)
+    sent = {}
+    for wid, eng in workers.items():
+        [send] = eng.start_secure(update(1), model_of(float(wid)))
+        sent[wid] = send.msg
+        chief.add_keys(wid, send.msg)
+    [fresher] = workers[1].receive(SecAggAbort(1, 1, "2 workers revealed shares; not enough"))  # crossed
+    assert isinstance(fresher.msg, SecAggKeys) and fresher.msg.share_key != sent[1].share_key
+    for wid, roster in chief.rosters(min_workers=2).items():  # names worker 1's keys of before the Abort
+        [send] = workers[wid].receive(roster)
+        assert isinstance(send.msg, SecAggShares), send
+        chief.add_shares(wid, send.msg)
+    for wid, inbox in chief.inboxes().items():
+        [send] = workers[wid].receive(inbox)
+        chief.check_masked(wid, 1, 2, send.msg.tensors, [a.shape for a in MODEL])
+        chief.add_masked(wid, [np.ascontiguousarray(a) for a in send.arrays])
+    unmask = chief.unmask()
+    for wid, eng in workers.items():
+        [send] = eng.receive(unmask)
+        chief.add_reveal(wid, send.msg)
+    avg, weight = fixedpoint.decode(chief.finish(), [a.shape for a in MODEL])
+    assert weight == 20 and all(np.allclose(a, 1.5, atol=1e-6) for a in avg)
+
+    # keys a roster was answered with are never used again, nor the ones that were pending beside them
+    [again] = workers[1].receive(SecAggAbort(1, 2, "say it failed after all"))
+    retry = ChiefRound(1, 3, sum(a.size for a in MODEL) + 1)
+    retry.add_keys(1, sent[1])
+    retry.add_keys(2, SecAggKeys(1, again.msg.share_key, again.msg.mask_key))
+    [fail] = workers[1].receive(retry.rosters(min_workers=2)[1])
+    assert isinstance(fail, Fail) and "does not carry this worker's keys" in str(fail.error)
+
+
 def test_secure_round_refuses_weights_it_cannot_encode_and_tells_the_chief():
     plan = Plan(rounds=3, sync_every=1, batch_size=1, secure_agg=True)
     workers = {w: engine(plan=plan) for w in (1, 2)}

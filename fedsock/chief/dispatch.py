@@ -159,6 +159,8 @@ class WorkerService:
             log.info("%s reconnected from %s; its old connection (%s) is replaced", s.label, s.peer,
                      verdict.replaced.peer)
             self._spawn(self._evict(verdict.replaced))
+        if self.secure is not None:
+            self.secure.joined(verdict.worker)
         self.callbacks.on_worker_joined(WorkerJoined(verdict.worker, s.name, s.peer))
         log.info("%s joined from %s", s.label, s.peer)
         return True
