@@ -68,6 +68,9 @@ SECAGG_MAX_SEALED_BYTES = 512
 SECAGG_SHARE_BYTES = 66
 #: Longest share in SecAggReveal (exactly SECAGG_SHARE_BYTES is checked when it is used).
 SECAGG_MAX_SHARE_BYTES = 128
+#: Key pairs a worker keeps of the SecAggKeys it sent in a round since its last SecAggRoster (an
+#: Abort and fresh keys can cross, so the roster may name earlier ones); the oldest go first.
+SECAGG_PENDING_KEYS = 4
 #: Most metric names a SecAggRoster may announce (each puts 3 words into the masked vector).
 SECAGG_MAX_METRICS = 32
 #: Longest metric name in a SecAggRoster, in UTF-8 bytes.
@@ -160,6 +163,8 @@ STOP_NOTICE_S = 2.0
 #: Reconnections per second a stopping chief asks its workers to spread themselves at: it gives
 #: the k-th of its connected workers (in random order) ``retry_after_ms`` = k * 1000 / this.
 RESTART_RECONNECTS_PER_S = 100
+#: Each pause between reconnection attempts is multiplied by a random factor in [1 - this, 1 + this].
+RECONNECT_JITTER = 0.2
 #: Bytes asked of the socket per read (chief sessions and the worker's Client).
 READ_BYTES = 256 * 1024
 #: Most bytes of a weights message the chief reads without letting other tasks run.

@@ -110,8 +110,9 @@ class Workers:
     """Workers' secure-aggregation state machines, answering the chief's messages at once."""
 
     def __init__(self, sec: SecureAggregation, updates: dict[int, list[np.ndarray]], examples: dict[int, int],
-                 vanish: frozenset[int] = frozenset()) -> None:
+                 vanish: frozenset[int] = frozenset(), rejoin: frozenset[int] = frozenset()) -> None:
         self.sec, self.updates, self.examples, self.vanish = sec, updates, examples, vanish
+        self.rejoin = rejoin  # reconnect right after masking: a new connection, without the attempt's secrets
         self.states: dict[int, WorkerRound] = {}
         self.sent: list[tuple[int, str]] = []
         for w in updates:
@@ -131,6 +132,9 @@ class Workers:
             specs = [TensorSpec(f"t{i}", "uint64", s) for i, s in enumerate([*SHAPES, (1,)])]
             assert self.sec.check_masked(w, 1, 1, specs)
             self.sec.add_masked(w, 1, 1, [masked[:3], masked[3:7], masked[7:]])
+            if w in self.rejoin:
+                self.states[w] = WorkerRound.start(1)[0]  # what a reconnected worker holds
+                self.sec.joined(w)
         elif isinstance(msg, SecAggUnmask):
             self.sec.on_reveal(w, st.on_unmask(msg))
         return True
@@ -162,6 +166,28 @@ def test_secure_closer_leaves_the_round_open_when_too_few_survive():
     assert c.round == 0 and c.is_open and c.submitted == {}  # starts over with fresh keys
     assert ("SecAggAbort" in {kind for _, kind in workers.sent}) and held == []
     assert isinstance(c.submit(1, 1, 1, specs_of(update(1)), update(1)), Accepted)
+
+
+def test_a_worker_that_reconnects_during_an_attempt_gets_none_of_its_messages():
+    """Found by bench/chaos.py: a worker restarted (or reconnected) while the attempt it had masked in
+    went on; the chief sent the attempt's next message to its new connection, which had started over
+    with fresh keys, and that worker stopped with "message for phase 'masked' in phase 'keys'". Its
+    masked update stays in the sum; its new connection is left out of the attempt."""
+    c = controller(min_workers=2, transform=identity())
+    sec = SecureAggregation(ChiefConfig(min_workers=2, secure_agg=True, secagg_timeout=1.0), c)
+    workers = Workers(sec, {w: update(float(w)) for w in (1, 2, 3)}, {1: 10, 2: 20, 3: 30}, rejoin=frozenset({3}))
+    held: list[int] = []
+    r = close(SecureCloser(sec, workers.send, workers.alive, held.append), c)
+    assert r is not None and r.workers == (1, 2, 3)  # its masked update counts, once
+    np.testing.assert_allclose(r.weights[0], np.full(3, (10 + 40 + 90) / 60), atol=1e-4)
+    assert (3, "SecAggUnmask") not in workers.sent and (2, "SecAggUnmask") in workers.sent
+    assert 3 in held  # it gets the round's model on its new connection
+
+    c = controller(min_workers=2, transform=identity())  # before the roster, its old keys just go
+    sec = SecureAggregation(ChiefConfig(min_workers=2, secure_agg=True, secagg_timeout=1.0), c)
+    Workers(sec, {w: update(1.0) for w in (1, 2, 3)}, {1: 1, 2: 1, 3: 1})
+    sec.joined(3)
+    assert sorted(sec.current().keys) == [1, 2] and 3 not in c.submitted
 
 
 def test_a_worker_not_sampled_waits():

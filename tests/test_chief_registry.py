@@ -123,6 +123,34 @@ def test_done_workers_are_not_owed_the_final_model():
     assert reg.owed_done(since=0.0) == set()
 
 
+def test_a_worker_dropped_for_silence_just_before_the_end_is_owed_the_final_model():
+    """Found by bench/chaos.py: a stalled link made the chief drop a worker (silent for the idle
+    timeout) just before the last round closed. Its last byte was an idle timeout old by then, so the
+    chief did not count it as reconnecting, exited at once, and the worker retried a chief that was
+    gone for its whole reconnect timeout. When the connection ended counts."""
+    reg: WorkerRegistry[Conn] = WorkerRegistry(3.0)
+    c = Conn(0.0)
+    wid = joined(reg.join("a", b"", c, proven=False, now=0.0)).worker
+    c.last_received = 27.0  # then the link stalls
+    assert reg.leave(wid, c, now=30.0)  # dropped at 30 s, silent for 3 s
+    finish = 30.5  # the last round closes; the chief waits for those that left since finish - idle
+    assert reg.owed_done(since=finish - 3.0) == {wid}
+    assert reg.owed_done(since=30.0) == set()  # it left before that
+
+
+def test_a_worker_of_before_a_restart_is_owed_the_final_model_until_it_comes_back():
+    """Found by bench/chaos.py: a restarted chief finished its last rounds before a worker still in its
+    reconnect pauses came back; it did not wait for it, and the worker retried a chief that was gone."""
+    reg: WorkerRegistry[Conn] = WorkerRegistry(3.0)
+    reg.expect(["a", "b"], now=100.0)
+    wid = joined(reg.join("a", b"", Conn(101.0), proven=False, now=101.0)).worker
+    late = 100.0 + 3600  # however long the restarted run took
+    assert reg.owed_done(since=late) == {reg.worker_of("b")}
+    c = reg.live[wid]
+    reg.leave(wid, c, now=102.0)
+    assert reg.owed_done(since=late) == {reg.worker_of("b")}  # "a" came back: only the usual window
+
+
 def test_names_are_forgotten_beyond_the_cap_but_never_live_or_held_ones():
     reg: WorkerRegistry[Conn] = WorkerRegistry(IDLE, max_names=8)
     keep = joined(reg.join("live", b"", Conn(0.0), proven=False, now=0.0)).worker

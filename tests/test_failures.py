@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fedsock
-from fedsock.testing.chaos import free_port, run_chaos
+from fedsock.testing.chaos import free_port
 from fedsock.testing.faultproxy import FaultProxy
 from tests.conftest import ROOT, env, finish, start_chief, start_worker
 
@@ -159,13 +159,6 @@ def test_chief_killed_and_restarted_workers_reconnect(tmp_path, digits):
     assert [r["round"] for r in rows] == list(range(1, 9))  # every round exactly once
     assert any("reconnected" in o for o in outs)
     assert abs(rows[-1]["accuracy"] - calm[-1]["accuracy"]) <= 0.02, (rows[-1], calm[-1])
-
-
-def test_chaos_runs_finish_without_losing_rounds(tmp_path):
-    results = [run_chaos(tmp_path / f"run-{seed}", seed, rounds=8, kills=3, bound=120) for seed in (1, 3)]
-    for r in results:
-        assert r["ok"], r
-    assert sum(r["chief_kills"] for r in results) >= 1 and sum(r["worker_kills"] for r in results) >= 1
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

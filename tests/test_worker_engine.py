@@ -171,6 +171,74 @@ def test_secure_round_starts_over_on_abort_and_on_reconnect():
     assert eng.reconnected(welcome(1, plan), newer) == [Deliver(newer)]
 
 
+def test_a_repeat_of_the_model_held_does_not_end_the_next_sync():
+    """Found by bench/chaos.py: a worker whose masked upload was cut reconnected and sent fresh keys
+    for round 2, which then closed without it. The chief sent it Global 2 twice on that connection
+    (its round's fan-out, and the answer to its stale keys); the second one ended the worker's round-3
+    attempt, whose keys were already in the chief's roster, and the worker failed with "the roster
+    does not carry this worker's keys". A Global of a round before the sync's is not its answer."""
+    plan = Plan(rounds=5, sync_every=1, batch_size=1, secure_agg=True)
+    eng = engine(round_=2, plan=plan)
+    held = eng.model
+    [keys] = eng.start_secure(update(3), model_of(1))
+    repeat = Global(2, SPECS)
+    assert eng.receive(repeat) == [ReadModel(repeat)]  # its weights must still be read off the wire
+    assert eng.model_read(repeat, model_of(2)) == []
+    assert eng.busy and eng.round == 2 and eng.model is held
+    assert eng._sync is not None and eng._sync.attempt is not None
+    assert eng._sync.update.round == 3 and isinstance(keys.msg, SecAggKeys)
+
+    eng.drop_model()  # the repeat was read into the held model's memory: it is the model now
+    again = model_of(2)
+    assert eng.model_read(repeat, again) == [] and eng.model is again
+
+    plain = engine(round_=2)
+    plain.start_plain(update(3), model_of(1))
+    assert plain.model_read(Global(1, SPECS), model_of(1)) == [] and plain.busy
+    answer = model_of(3)
+    assert plain.model_read(Global(3, SPECS), answer) == [Deliver(answer)] and plain.round == 3
+
+
+def test_a_roster_with_keys_sent_before_a_crossing_abort_is_answered():
+    """Found by bench/chaos.py: a worker reconnected during a failing attempt and sent fresh keys at
+    once; the chief put them into its next attempt, and the Abort of the failed attempt (which the
+    worker's old keys had been in) reached the worker afterwards, so it sent yet fresher keys. The
+    next roster named the keys of before the Abort, and the worker stopped with "the roster does not
+    carry this worker's keys". A roster is answered with whichever pending keys it names."""
+    plan = Plan(rounds=3, sync_every=1, batch_size=1, secure_agg=True)
+    workers = {w: engine(plan=plan) for w in (1, 2)}
+    chief = ChiefRound(1, 2, sum(a.size for a in MODEL) + 1)
+    sent = {}
+    for wid, eng in workers.items():
+        [send] = eng.start_secure(update(1), model_of(float(wid)))
+        sent[wid] = send.msg
+        chief.add_keys(wid, send.msg)
+    [fresher] = workers[1].receive(SecAggAbort(1, 1, "2 workers revealed shares; not enough"))  # crossed
+    assert isinstance(fresher.msg, SecAggKeys) and fresher.msg.share_key != sent[1].share_key
+    for wid, roster in chief.rosters(min_workers=2).items():  # names worker 1's keys of before the Abort
+        [send] = workers[wid].receive(roster)
+        assert isinstance(send.msg, SecAggShares), send
+        chief.add_shares(wid, send.msg)
+    for wid, inbox in chief.inboxes().items():
+        [send] = workers[wid].receive(inbox)
+        chief.check_masked(wid, 1, 2, send.msg.tensors, [a.shape for a in MODEL])
+        chief.add_masked(wid, [np.ascontiguousarray(a) for a in send.arrays])
+    unmask = chief.unmask()
+    for wid, eng in workers.items():
+        [send] = eng.receive(unmask)
+        chief.add_reveal(wid, send.msg)
+    avg, weight = fixedpoint.decode(chief.finish(), [a.shape for a in MODEL])
+    assert weight == 20 and all(np.allclose(a, 1.5, atol=1e-6) for a in avg)
+
+    # keys a roster was answered with are never used again, nor the ones that were pending beside them
+    [again] = workers[1].receive(SecAggAbort(1, 2, "say it failed after all"))
+    retry = ChiefRound(1, 3, sum(a.size for a in MODEL) + 1)
+    retry.add_keys(1, sent[1])
+    retry.add_keys(2, SecAggKeys(1, again.msg.share_key, again.msg.mask_key))
+    [fail] = workers[1].receive(retry.rosters(min_workers=2)[1])
+    assert isinstance(fail, Fail) and "does not carry this worker's keys" in str(fail.error)
+
+
 def test_secure_round_refuses_weights_it_cannot_encode_and_tells_the_chief():
     plan = Plan(rounds=3, sync_every=1, batch_size=1, secure_agg=True)
     workers = {w: engine(plan=plan) for w in (1, 2)}

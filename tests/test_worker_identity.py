@@ -200,6 +200,19 @@ def test_backoff_gives_up_on_ordinary_failures_at_the_timeout():
     assert delays == [0.25, 0.5, 1.0] and now <= 2.0
 
 
+def test_backoff_starts_over_once_an_attempt_reached_the_chief():
+    """Found by bench/chaos.py: a worker that had retried a restarting chief for 6 s got its Welcome,
+    the link was cut while the model came, and the next attempt waited the grown pause (5.9 s): the
+    run ended meanwhile and the worker retried a chief that was gone."""
+    b = Backoff(now=0.0, timeout=60.0, name_hold=100.0, jitter=lambda lo, hi: 1.0)
+    now = 0.0
+    for _ in range(6):  # the chief is down
+        now += b.retry_in(now)
+    assert b.retry_in(now) == 5.0
+    b.reached()  # a Welcome came, then the link was cut
+    assert [b.retry_in(now), b.retry_in(now)] == [0.25, 0.5]
+
+
 def test_backoff_keeps_retrying_a_held_name_until_the_hold_has_passed_since_the_first_refusal():
     b = Backoff(now=0.0, timeout=1.0, name_hold=10.0, jitter=lambda lo, hi: 1.0)
     assert b.retry_in(3.0, name_in_use=True) == 0.25  # past the connect timeout, within the hold

@@ -138,7 +138,7 @@ class WorkerService:
             self.callbacks.on_worker_left(WorkerLeft(wid, s.name, s.bytes_in, s.bytes_out, s.last_received,
                                                      replaced=s.replaced))
             self.evals.left(s)
-            if self.registry.leave(wid, s):
+            if self.registry.leave(wid, s, time.monotonic()):
                 self.ctrl.leave(wid)
                 if self.secure is not None:
                     self.secure.left(wid)
@@ -163,6 +163,8 @@ class WorkerService:
             log.info("%s reconnected from %s; its old connection (%s) is replaced", s.label, s.peer,
                      verdict.replaced.peer)
             self._spawn(self._evict(verdict.replaced))
+        if self.secure is not None:
+            self.secure.joined(verdict.worker)
         self.callbacks.on_worker_joined(WorkerJoined(verdict.worker, s.name, s.peer))
         log.info("%s joined from %s", s.label, s.peer)
         return True

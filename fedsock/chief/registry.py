@@ -77,6 +77,8 @@ class _Name:
     instance: bytes = b""
     secret: bytes | None = None  # issued to its latest connection (None: none joined in this run)
     last_seen: float = float("-inf")  # last byte received on its latest connection, once that ended
+    left_at: float = float("-inf")  # when that connection ended
+    restored: bool = False  # named by the checkpoint a restarted chief resumed from, not back since
 
 
 @dataclass
@@ -118,7 +120,8 @@ class WorkerRegistry(Generic[C]):
     def expect(self, names: Iterable[str], now: float) -> None:
         """Names that took part before a restart: they keep ids and are owed a Done, but hold nothing."""
         for name in names:
-            self._entry(name, now).last_seen = now
+            entry = self._entry(name, now)
+            entry.last_seen, entry.restored = now, True
 
     def _forget(self, now: float) -> None:
         """Forget free names, least recently seen first, down to three quarters of ``max_names``."""
@@ -181,19 +184,20 @@ class WorkerRegistry(Generic[C]):
             return Full()
         entry = self._entry(name, now)
         replaced = self.live.get(entry.worker)
-        entry.instance = instance
+        entry.instance, entry.restored = instance, False
         entry.secret = secrets.token_bytes(limits.RECONNECT_SECRET_BYTES)
         self.live[entry.worker] = conn
         return Joined(entry.worker, entry.secret, replaced)
 
-    def leave(self, worker: int, conn: C) -> bool:
-        """``conn`` ended. Returns True if it was ``worker``'s live connection (the worker left);
-        False if a newer connection had replaced it (nothing changes)."""
+    def leave(self, worker: int, conn: C, now: float | None = None) -> bool:
+        """``conn`` ended (at ``now``; default: its last byte). Returns True if it was ``worker``'s
+        live connection (the worker left); False if a newer connection had replaced it (nothing changes)."""
         if self.live.get(worker) is not conn:
             return False
         del self.live[worker]
         entry = self._names[self._by_id[worker]]
         entry.last_seen = max(entry.last_seen, conn.last_received)
+        entry.left_at = max(entry.left_at, conn.last_received if now is None else now)
         self.held.discard(worker)
         return True
 
@@ -237,6 +241,11 @@ class WorkerRegistry(Generic[C]):
         self.given_done.add(worker)
 
     def owed_done(self, since: float) -> set[int]:
-        """Workers not connected now, seen since ``since``, that never got the final model."""
+        """Workers not connected now that never got the final model and whose connection ended after
+        ``since``, or that took part before a restart and have not come back since (however long the
+        restarted run took: they may be retrying). When a connection ended counts, not its last byte:
+        one dropped for silence ended an idle timeout after that, and its worker is the likeliest to
+        be reconnecting."""
         return {e.worker for e in self._names.values()
-                if e.worker not in self.given_done and e.worker not in self.live and e.last_seen > since}
+                if e.worker not in self.given_done and e.worker not in self.live
+                and (e.left_at > since or e.restored)}

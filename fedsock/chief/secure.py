@@ -67,6 +67,8 @@ class SecureAggregation:
     controller: RoundController
     attempt: ChiefRound | None = None
     late: set[int] = field(default_factory=set)  # sent keys after the roster went out
+    #: In the attempt, but on a connection that has since been replaced: the new one started over (7.8).
+    gone: set[int] = field(default_factory=set)
     excluded: set[int] = field(default_factory=set)  # left out of the rest of the round for misbehaving
     reporters: set[int] = field(default_factory=set)  # named neighbours in this round
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -97,7 +99,7 @@ class SecureAggregation:
         ctrl = self.controller
         if self.attempt is None or self.attempt.round != ctrl.collecting:
             self.attempt = self._new(ctrl.collecting, 1)
-            self.late, self.excluded, self.reporters = set(), set(), set()
+            self.late, self.excluded, self.reporters, self.gone = set(), set(), set(), set()
         return self.attempt
 
     def _new(self, round_: int, attempt: int) -> ChiefRound:
@@ -181,11 +183,29 @@ class SecureAggregation:
         self.without_metrics.discard(worker)  # its next connection says again (its rosters are out already)
         self.progress.set()
 
+    def joined(self, worker: int) -> None:
+        """A new connection of ``worker`` (a reconnect, or a restarted process). It throws away any
+        attempt it was in and sends fresh keys (protocol 7.8), so the attempt under way gets none of
+        its answers and it none of the attempt's messages: before the roster its old keys go; after
+        it, it counts as gone from the attempt (dropped, or in the sum once if it had masked)."""
+        att = self.attempt
+        self.late.discard(worker)  # its new connection's keys, if late, put it back
+        if att is None or worker not in att.keys:
+            return
+        if att.phase == "keys":
+            att.drop_keys(worker)
+            self.controller.withdraw(worker)
+        else:
+            self.gone.add(worker)
+        self.progress.set()
+
     # --- driving an attempt ---------------------------------------------
 
     async def run(self, send: Send, alive: Callable[[int], bool]) -> Outcome | None:
         """Take the attempt through its phases; None if it had to be abandoned (workers told)."""
         att = self.current()
+        alive = self._in_attempt(alive)
+        send = self._to_attempt(send)
         for w in [w for w in att.keys if not alive(w)]:
             att.drop_keys(w)
         try:
@@ -231,6 +251,14 @@ class SecureAggregation:
             log.warning("round %d: %s dropped out after sharing keys; their masks were removed",
                         att.round, ", ".join(map(str, unmask.dropped)))
         return Outcome(average, unmask.survivors, weight, unmask.dropped, att.attempt, unmask_s, metrics)
+
+    def _in_attempt(self, alive: Callable[[int], bool]) -> Callable[[int], bool]:
+        return lambda w: w not in self.gone and alive(w)
+
+    def _to_attempt(self, send: Send) -> Send:
+        async def to(w: int, msg: object) -> bool:
+            return False if w in self.gone else await send(w, msg)
+        return to
 
     def _metrics_for(self, att: ChiefRound) -> tuple[str, ...]:
         """The metrics this attempt's rosters announce: none if one of its workers cannot add them."""
@@ -289,11 +317,11 @@ class SecureAggregation:
                 await asyncio.wait_for(self.progress.wait(), left)
 
     async def _abort(self, att: ChiefRound, reason: str, send: Send) -> None:
-        told = set(att.keys) | self.late
+        told = (set(att.keys) - self.gone) | self.late  # a gone worker's new connection started over already
         log.warning("round %d: secure aggregation attempt %d failed (%s); the round stays open and "
                     "starts over with fresh keys", att.round, att.attempt, reason)
         self.attempt = self._new(att.round, att.attempt + 1)
-        self.late = set()
+        self.late, self.gone = set(), set()
         self.controller.restart(time.monotonic())
         msg = SecAggAbort(att.round, att.attempt, reason)
         await asyncio.gather(*(send(w, msg) for w in sorted(told)))

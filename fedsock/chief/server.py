@@ -48,6 +48,9 @@ from fedsock.statelock import StateDirLock
 from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
+#: The longest pause between a worker's reconnection attempts (protocol 7.8): a worker whose
+#: connection ended this long plus an idle timeout before the end may still come for its Done.
+LONGEST_RECONNECT_PAUSE_S = limits.RECONNECT_BACKOFF_MAX_S * (1 + limits.RECONNECT_JITTER)
 IO_THREADS = limits.IO_THREADS
 #: Seconds a chief told to stop gives the fan-out of a round it has recorded to finish.
 STOP_GRACE_S = 5.0
@@ -348,7 +351,7 @@ class Chief:
         while True:
             waited = time.monotonic() - start
             # workers that dropped out recently (e.g. reconnecting) still deserve their Done
-            pending = self.registry.owed_done(start - self.config.idle_timeout)
+            pending = self.registry.owed_done(start - self.config.idle_timeout - LONGEST_RECONNECT_PAUSE_S)
             reports = conclude and self.service.evals.waiting(self.registry.live)
             if waited >= max(min_wait, self.config.done_grace) and not reports:
                 if pending:

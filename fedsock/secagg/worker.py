@@ -79,12 +79,16 @@ class WorkerRound:
                 return p
         raise _bad(f"secure aggregation: worker {pid} is not a neighbour")
 
+    def carried_by(self, peer: Peer) -> bool:
+        """Whether ``peer`` (a roster's entry) has this attempt's public keys."""
+        mine = (crypto.public_bytes(self.share_sk), crypto.public_bytes(self.mask_sk))
+        return (peer.share_key, peer.mask_key) == mine
+
     def on_roster(self, roster: SecAggRoster) -> SecAggShares:
         """Split the mask key and seed among the neighbours; seal each share to its holder."""
         self._check("keys", roster.round)
         self.roster = roster
-        me = self._peer(roster.you)
-        if (me.share_key, me.mask_key) != (crypto.public_bytes(self.share_sk), crypto.public_bytes(self.mask_sk)):
+        if not self.carried_by(self._peer(roster.you)):
             raise _bad("secure aggregation: the roster does not carry this worker's keys")
         xs = [p.id for p in roster.peers]
         key_sh = shamir.split(int.from_bytes(crypto.private_bytes(self.mask_sk), "big"), xs, roster.threshold)

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedsock import limits
 from fedsock.errors import ErrorCode, FedsockError, PeerError, RemoteProtocolError
 from fedsock.protocol import (
     Ack,
@@ -127,6 +128,9 @@ class _Sync:
     wire: Sequence[np.ndarray]  # plain: what follows the Update; secure: the weights to mask
     secure: bool
     attempt: WorkerRound | None = None
+    #: Attempts whose keys were sent, newest last, none answered by a roster yet: a roster may carry
+    #: the keys of any of them (an Abort and fresh keys crossed), at most ``limits.SECAGG_PENDING_KEYS``.
+    sent: list[WorkerRound] = field(default_factory=list)
 
 
 def _log_excluded(sa: WorkerRound) -> None:
@@ -174,9 +178,26 @@ class WorkerEngine:
         return self._new_attempt()
 
     def _new_attempt(self) -> list[Action]:
-        assert self._sync is not None
-        self._sync.attempt, keys = WorkerRound.start(self._sync.update.round)
+        sync = self._sync
+        assert sync is not None
+        sync.attempt, keys = WorkerRound.start(sync.update.round)
+        sync.sent = [*sync.sent, sync.attempt][-limits.SECAGG_PENDING_KEYS:]
         return [Send(keys)]
+
+    def _for_roster(self, sync: _Sync, roster: SecAggRoster) -> WorkerRound:
+        """The attempt whose keys ``roster`` carries for this worker (the newest if none: it raises)."""
+        assert sync.attempt is not None
+        me = [p for p in roster.peers if p.id == roster.you]
+        for sa in reversed(sync.sent):
+            if me and sa.carried_by(me[0]):
+                if sa is not sync.attempt:
+                    log.info("secure aggregation of round %d: the roster of attempt %d carries keys sent before "
+                             "the chief's last Abort reached this worker; answering with those", roster.round,
+                             roster.attempt)
+                sync.attempt = sa
+                break
+        sync.sent = []  # keys a roster was answered with are never used again, nor the others
+        return sync.attempt
 
     # --- what the channel reports -----------------------------------------
 
@@ -219,6 +240,7 @@ class WorkerEngine:
                      ev.attempt, ev.round, ev.reason)
             return self._new_attempt()
         if isinstance(ev, SecAggRoster):
+            sa = self._for_roster(sync, ev)
             shares = sa.on_roster(ev)
             _log_excluded(sa)
             return [Send(shares)]
@@ -269,7 +291,17 @@ class WorkerEngine:
         return {k: float(v) for k, v in metrics.items() if k.startswith(prefixes)}
 
     def model_read(self, msg: Global | Done, model: list[np.ndarray]) -> list[Action]:
-        """The weights after ``msg`` have been read: they are the model from now on."""
+        """The weights after ``msg`` have been read: they are the model from now on, unless ``msg``
+        is a Global of a round before the one this sync is for (a repeat of a model this worker
+        already holds: the chief answered both a stale message of an earlier connection and its
+        round's fan-out); then the sync goes on."""
+        sync = self._sync
+        if isinstance(msg, Global) and sync is not None and msg.round < sync.update.round:
+            log.info("the chief sent the model of round %d again; still waiting for round %d",
+                     msg.round, sync.update.round)
+            if self.model is None:  # its memory held the one just read (see Client._read_model)
+                self.model, self.specs = model, msg.tensors
+            return []
         self.model = model
         self.specs = msg.tensors
         self.round = msg.round

@@ -77,6 +77,7 @@ def join_chief(address: tuple[str, int], credentials: Credentials, name: str, in
             welcome = handshake(channel, name, credentials, instance, reconnect_secret=reconnect_secret,
                                 evaluations=evaluations)
             assert isinstance(welcome, Welcome)
+            backoff.reached()
             if welcome.plan.heartbeat_interval is not None:  # the chief's interval, if it asks for more
                 channel.heartbeat_interval = min(channel.heartbeat_interval, welcome.plan.heartbeat_interval)
             nbytes = sum(s.wire_nbytes for s in welcome.tensors)

@@ -77,8 +77,14 @@ class Backoff:
             return None
         elif self.gone is not None and self.nobody_since is not None:  # the last attempt comes when gone is up
             delay = min(delay, max(self.nobody_since + self.gone - now, 0.0))
-        self.delay = min(self.delay * 2, limits.RECONNECT_BACKOFF_MAX_S) * self._jitter(0.8, 1.2)
+        spread = limits.RECONNECT_JITTER
+        self.delay = min(self.delay * 2, limits.RECONNECT_BACKOFF_MAX_S) * self._jitter(1 - spread, 1 + spread)
         return delay
+
+    def reached(self) -> None:
+        """An attempt got as far as the chief's Welcome: the chief is up, so a failure after that (a
+        cut link) is retried from the shortest pause, not after the pauses its downtime grew to."""
+        self.delay = limits.RECONNECT_BACKOFF_START_S
 
     def refused_for(self, now: float) -> float:
         """Seconds since the first ``name_in_use`` refusal (0 if there was none)."""
