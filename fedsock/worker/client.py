@@ -48,6 +48,7 @@ from fedsock.worker.evaluation import Evaluation, MetricSharing
 from fedsock.worker.joining import join_chief
 from fedsock.worker.pipeline import Outgoing, UpdatePipeline, run_steps
 from fedsock.worker.policy import WorkerPolicy
+from fedsock.worker.reconnect import reconnect_note
 from fedsock.worker.reporting import Reporting
 
 __all__ = ["Client", "ConnectionLost", "parse_address", "token_from"]
@@ -303,8 +304,6 @@ class Client(Reporting):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # --- driving the engine -------------------------------------------------
-
     def _drive(self, actions: list[Action], reuse: Sequence[np.ndarray] | None,
                keep: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Carry out the engine's actions until it delivers the model (the lock is held)."""
@@ -364,16 +363,12 @@ class Client(Reporting):
             names = [s.name for s in specs]
         return specs_of([np.asarray(w) for w in weights], names)
 
-    # --- connection and reconnect policy ------------------------------------
-
     def _reconnect(self, reason: str, announced: bool = False, wait: float = 0.0) -> list[Action]:
         """Connect and authenticate again (same name, so the chief knows us); resume the sync
         (``announced`` and ``wait``: see ``Reconnect``)."""
         gone = None if announced or not self._gone_timeout else self._gone_timeout
         self._channel.close()
-        after = f" in {wait:.2f} s, as the chief asked, then" if wait > 0 else ""
-        log.warning("connection to the chief lost (%s); reconnecting%s for up to %g s%s", reason, after,
-                    self._reconnect_timeout, "" if gone is None else f" ({gone:g} s if nothing listens there)")
+        log.warning("%s", reconnect_note(reason, wait, self._reconnect_timeout, gone))
         if wait > 0 and self._stop.wait(wait):
             raise ConnectionLost("closed while waiting to reconnect")
         self._channel, self.welcome, model = self._connect(self._reconnect_timeout, gone)

@@ -103,3 +103,10 @@ def name_in_use_message(chief_says: str, name: str, waited: float) -> str:
     """What a worker refused ``name_in_use`` for good tells its user."""
     advice = "" if "--name" in chief_says else f"; start this worker with a different --name than {name!r}"
     return f"{chief_says}{advice} (still refused after {waited:.0f} s of retrying)"
+
+
+def reconnect_note(reason: str, wait: float, timeout: float, gone: float | None) -> str:
+    """The worker's log line when its connection is lost: why, when it tries again, for how long."""
+    after = f" in {wait:.2f} s, as the chief asked, then" if wait > 0 else ""
+    limit = "" if gone is None else f" ({gone:g} s if nothing listens there)"
+    return f"connection to the chief lost ({reason}); reconnecting{after} for up to {timeout:g} s{limit}"
