@@ -151,6 +151,19 @@ def test_a_worker_of_before_a_restart_is_owed_the_final_model_until_it_comes_bac
     assert reg.owed_done(since=late) == {reg.worker_of("b")}  # "a" came back: only the usual window
 
 
+def test_a_done_on_a_connection_that_then_failed_is_owed_again():
+    """Found by bench/chaos.py: the final model went into a stalled link (the write succeeded, the
+    worker never read it); the chief counted it delivered, exited, and the worker retried a chief
+    that was gone. A connection handed Done that fails instead of being closed leaves it owed."""
+    reg: WorkerRegistry[Conn] = WorkerRegistry(3.0)
+    c = Conn(0.0)
+    wid = joined(reg.join("a", b"", c, proven=False, now=0.0)).worker
+    reg.done(wid)
+    reg.done_unconfirmed(wid)  # silent past the idle timeout after Done was written
+    reg.leave(wid, c, now=10.0)
+    assert reg.owed_done(since=5.0) == {wid}
+
+
 def test_names_are_forgotten_beyond_the_cap_but_never_live_or_held_ones():
     reg: WorkerRegistry[Conn] = WorkerRegistry(IDLE, max_names=8)
     keep = joined(reg.join("live", b"", Conn(0.0), proven=False, now=0.0)).worker

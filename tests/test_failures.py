@@ -308,3 +308,26 @@ def test_a_metrics_line_lost_after_its_checkpoint_comes_back_from_it(tmp_path):
     assert Checkpoints(tmp_path, cfg.keep_checkpoints, MetricsLog(tmp_path)).resume(again, specs) == ["w"]
     assert again.round == 3
     assert path.read_text().splitlines() == lines
+
+
+def test_a_done_lost_in_a_stalled_link_is_handed_out_again(tmp_path, chiefs):
+    """Found by bench/chaos.py: the final model went into a link that then stalled; the chief counted
+    it delivered and exited, and the worker retried a chief that was gone. Now a connection that
+    fails after its Done leaves the worker owed it for the final grace, and it gets it on reconnecting."""
+    chief = chiefs("--rounds", "1", "--min-workers", "1", "--idle-timeout", "2", "--heartbeat-interval", "0.5",
+                   "--done-grace", "8")
+    host, port = chief.address.rsplit(":", 1)
+    shape = (16_384,)  # a 64 KiB model: its Done fits the socket buffers, so the chief's write succeeds
+    with FaultProxy((host, int(port))) as proxy:
+        # the chief notices the silence first (as when its timer started earlier), so it drops the connection
+        # before the worker gives up on it
+        c = fedsock.Client(proxy.url, token=chief.token, name="stalled", idle_timeout=4, heartbeat_interval=0.5,
+                           reconnect_timeout=6)
+        w = c.join([np.zeros(shape, np.float32)])
+        proxy.inject("stall", 65_536 + 30_000, hold=30)  # past the update, inside the Done that answers it
+        final = c.sync([w[0] + 1], 5)
+        assert proxy.stats.stalls == 1 and c.finished and c.reconnects == 1
+        c.close()
+    np.testing.assert_allclose(final[0], 1.0)
+    assert chief.wait(30) == 0
+    assert "(stalled): silent for too long" in chief.output()

@@ -240,6 +240,12 @@ class WorkerRegistry(Generic[C]):
         """``worker`` received the final model."""
         self.given_done.add(worker)
 
+    def done_unconfirmed(self, worker: int) -> None:
+        """The connection ``worker`` was handed the final model on failed (silent past the idle
+        timeout, or reset) instead of being closed by the worker: the Done may never have arrived
+        (written into a link that then died), so it is owed again."""
+        self.given_done.discard(worker)
+
     def owed_done(self, since: float) -> set[int]:
         """Workers not connected now that never got the final model and whose connection ended after
         ``since``, or that took part before a restart and have not come back since (however long the
