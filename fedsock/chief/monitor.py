@@ -62,7 +62,8 @@ class Monitor(ChiefCallback):
         self.bytes_out = 0
         self.late = 0
         self.last_row: dict[str, Any] = {}
-        self._round_seconds: list[float] = []
+        # the rounds' durations as a running total (a list of them grew by one float every round)
+        self._rounds_seen, self._seconds_total, self._last_seconds = 0, 0.0, 0.0
 
     def _stats(self, wid: int, name: str) -> WorkerStats:
         st = self.workers.get(wid)
@@ -103,7 +104,9 @@ class Monitor(ChiefCallback):
                 self.workers[wid].metrics = status_metrics(ev.metrics)
         self.bytes_in += int(row.get("bytes_in", 0))
         self.bytes_out += int(row.get("bytes_out", 0))
-        self._round_seconds.append(float(row.get("seconds", 0.0)))
+        self._last_seconds = float(row.get("seconds", 0.0))
+        self._rounds_seen += 1
+        self._seconds_total += self._last_seconds
         self.last_row = dict(row)
         self.late = 0
 
@@ -118,9 +121,9 @@ class Monitor(ChiefCallback):
             submitted = participants = int(self.last_row.get("workers", 0))
         remaining = ctrl.rounds - ctrl.round
         eta = None
-        if self._round_seconds and remaining > 0:
+        if self._rounds_seen and remaining > 0:
             elapsed = time.monotonic() - ctrl.opened_at if ctrl.opened_at is not None else 0.0
-            mean = sum(self._round_seconds) / len(self._round_seconds)
+            mean = self._seconds_total / self._rounds_seen
             eta = max(0.0, mean * remaining - elapsed)
         metrics = _numbers((k, v) for k, v in self.last_row.items() if k not in ROW_FIELDS and not _evaluation(k))
         fed, worst = self.last_row.get("fed_val_accuracy"), self.last_row.get("worst_worker")
@@ -130,7 +133,7 @@ class Monitor(ChiefCallback):
             participants=participants,
             connected=connected, late=self.late, min_workers=self.min_workers,
             bytes_in=self.bytes_in + bytes_in_now, bytes_out=self.bytes_out,
-            opened_at=ctrl.opened_at, last_seconds=self._round_seconds[-1] if self._round_seconds else None,
+            opened_at=ctrl.opened_at, last_seconds=self._last_seconds if self._rounds_seen else None,
             last_metrics=metrics, eta_seconds=eta, finished=ctrl.finished,
             federated=float(fed) if isinstance(fed, float) else None,
             worst=(str(worst), float(worst_acc)) if isinstance(worst, str) and isinstance(worst_acc, float) else None,
