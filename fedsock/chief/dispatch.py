@@ -118,6 +118,8 @@ class WorkerService:
             await self._ended(s)
 
     async def _failed(self, s: Session, exc: Exception) -> None:
+        if isinstance(exc, TimeoutError | ConnectionError) and s.worker_id is not None and not s.replaced:
+            self.registry.done_unconfirmed(s.worker_id)  # a Done on it may not have got through
         if s.replaced:  # its end was logged when it was replaced
             log.debug("%s: old connection ended (%r)", s.label, exc)
         elif isinstance(exc, RemoteProtocolError):
@@ -128,8 +130,6 @@ class WorkerService:
             await s.send_error(ErrorCode.TIMEOUT, "no message within the time limit")
         elif isinstance(exc, ConnectionError | OSError):
             log.info("%s: connection lost (%s)", s.label, exc or type(exc).__name__)
-        if isinstance(exc, TimeoutError | ConnectionError) and s.worker_id is not None and not s.replaced:
-            self.registry.done_unconfirmed(s.worker_id)  # a Done on it may not have got through
         else:  # a bug here must cost one connection, not the chief
             log.error("%s: internal error; dropping the connection", s.label, exc_info=exc)
             await s.send_error(ErrorCode.INTERNAL, "internal error on the chief; see its log")
