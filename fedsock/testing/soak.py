@@ -245,9 +245,11 @@ class Tally:
 
 
 def churn(address: str, token: str, name: str, params: int, pace: float, stop: threading.Event,
-          tally: Tally, lock: threading.Lock, errors: list[str]) -> None:
-    """One worker: join, sync a few rounds (``pace`` s of "training" each), leave, stay away, rejoin."""
-    from fedsock.errors import FedsockError
+          tally: Tally, lock: threading.Lock, errors: list[str], live: dict[str, Any] | None = None) -> None:
+    """One worker: join, sync a few rounds (``pace`` s of "training" each), leave, stay away, rejoin.
+    Its Client is in ``live`` while connected, so that stopping can close it (a sync waiting for a
+    round that the leaving workers will not finish then ends with ``ClientClosed``, not an error)."""
+    from fedsock.errors import ClientClosed, FedsockError
     from fedsock.worker.client import Client
 
     rng = random.Random(name)
@@ -258,6 +260,8 @@ def churn(address: str, token: str, name: str, params: int, pace: float, stop: t
                         heartbeat_interval=5, reconnect_timeout=60) as c:
                 with lock:
                     tally.joins += 1
+                    if live is not None:
+                        live[name] = c
                 w = c.join([np.zeros((params,), np.float32)])[0]
                 for _ in range(rng.randint(2, 6)):
                     if stop.wait(pace * rng.uniform(0.5, 1.5)) or c.finished:
@@ -273,11 +277,18 @@ def churn(address: str, token: str, name: str, params: int, pace: float, stop: t
                     tally.silent_leaves += not polite
                 if c.finished:
                     return
+        except ClientClosed:
+            if not stop.is_set():
+                raise
         except (FedsockError, OSError) as exc:
             with lock:
                 tally.errors += 1
                 if len(errors) < 10:
                     errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        finally:
+            if live is not None:
+                with lock:
+                    live.pop(name, None)
         stop.wait(rng.uniform(0.5, 3.0))  # away
 
 
@@ -291,14 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stop, lock, tally = threading.Event(), threading.Lock(), Tally()
     errors: list[str] = []
+    live: dict[str, Any] = {}
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threads = [threading.Thread(target=churn, args=(args.chief, args.token, f"soak-{i}", args.params, args.pace,
-                                                    stop, tally, lock, errors), daemon=True)
+                                                    stop, tally, lock, errors, live), daemon=True)
                for i in range(args.workers)]
     for t in threads:
         t.start()
     while not stop.wait(1.0) and any(t.is_alive() for t in threads):
         pass
+    with lock:
+        leaving = list(live.values())
+    for c in leaving:  # a worker that stops does not wait for its round
+        c.close("stopping")
     for t in threads:
         t.join(timeout=90)  # a sync in progress returns once its round closes
     print(json.dumps({**asdict(tally), "stuck": sum(t.is_alive() for t in threads), "first_errors": errors}),
