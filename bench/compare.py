@@ -1,14 +1,18 @@
 """Run the round benchmark through fedsock, the raw TLS floor and Flower side by side.
 
     python bench/compare.py [--configs 4x1M,16x1M,4x10M,8x10M,4x25M] [--rounds 5] [--trials 3]
-                            [--compress none] [--no-flower] [--flower-python PY] [--baseline DIR]
+                            [--compress none] [--no-flower] [--no-duties] [--flower-python PY] [--baseline DIR]
 
 For each configuration (workers x parameters) the floor and fedsock run
 ``--trials`` times, alternately (floor, fedsock, floor, fedsock, ...), so that
 a noisy stretch of the machine hits both alike; Flower runs once insecure
 (its legacy default and best case) and once over TLS (its rounds take
 seconds; ``--flower-python`` names an interpreter that has ``flwr``). A system's round time is the
-median over all its timed rounds of all trials. With ``--baseline DIR`` (another checkout of fedsock, e.g. a
+median over all its timed rounds of all trials. Each trial also runs the
+floor with the chief's duties (``tls_floor.py --duties``: staging, the NaN/Inf
+check, a float64 sum, a checkpoint fsynced before the model's end), the same
+minute of the machine: what fedsock's guarantees alone cost over the floor,
+apart from its own code. With ``--baseline DIR`` (another checkout of fedsock, e.g. a
 ``git worktree`` of the previous commit), each trial also runs that
 checkout's ``bench/fedsock_round.py`` right after this one's, and the summary
 gives both ratios to the floor and their quotient: a no-regression check
@@ -57,23 +61,27 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--compress", default="none")
     ap.add_argument("--no-flower", action="store_true")
+    ap.add_argument("--no-duties", action="store_true", help="skip the floor with the chief's duties")
     ap.add_argument("--flower-python", help="an interpreter that has flwr (default: this one)")
     ap.add_argument("--baseline", type=Path, help="another fedsock checkout to run alternately with this one")
     a = ap.parse_args()
     rows = []
     for text in a.configs.split(","):
         k, p = parse_config(text)
-        floors, runs, bases = [], [], []
+        floors, runs, bases, duties = [], [], [], []
+        sides = ["this", *(["base"] if a.baseline is not None else []), *([] if a.no_duties else ["duties"])]
         for trial in range(a.trials):
             floors.append(tls_floor.bench(k, p, a.rounds))
             print(json.dumps(floors[-1]), flush=True)
-            # the two checkouts swap places every trial, so neither always runs right after the floor
-            order = ["this", "base"] if a.baseline is None or trial % 2 == 0 else ["base", "this"]
-            for side in order:
-                if side == "this":
+            # the other runs take turns after the floor, so none always runs right after it
+            for side in sides[trial % len(sides):] + sides[:trial % len(sides)]:
+                if side == "duties":
+                    duties.append(tls_floor.bench(k, p, a.rounds, duties=True))
+                    print(json.dumps(duties[-1]), flush=True)
+                elif side == "this":
                     runs.append(fedsock_round.bench(k, p, a.rounds, a.compress))
                     print(json.dumps(runs[-1]), flush=True)
-                elif a.baseline is not None:
+                else:
                     bases.append(baseline_bench(a.baseline.resolve(), k, p, a.rounds, a.compress))
                     print(json.dumps(bases[-1]), flush=True)
         fl = {"skipped": "--no-flower"} if a.no_flower else flower_round.bench(k, p, a.rounds,
@@ -86,11 +94,18 @@ def main() -> int:
         fedsock_s = statistics.median(t for r in runs for t in r["round_s"])
         per_trial = [float(r["round_s_median"]) / float(f["round_s_median"]) for r, f in zip(runs, floors)]
         base_extra: dict[str, object] = {}
+        if duties:
+            duties_s = statistics.median(t for r in duties for t in r["round_s"])  # type: ignore[attr-defined]
+            base_extra = {"duties_s": round(duties_s, 4), "duties_over_floor": round(duties_s / floor_s, 2),
+                          "duties_over_floor_per_trial": [
+                              round(float(d["round_s_median"]) / float(f["round_s_median"]), 2)  # type: ignore[arg-type]
+                              for d, f in zip(duties, floors)],
+                          "fedsock_over_duties": round(fedsock_s / duties_s, 2)}
         if bases:
             base_s = statistics.median(t for r in bases for t in r["round_s"])  # type: ignore[attr-defined]
             base_trials = [float(r["round_s_median"]) / float(f["round_s_median"])  # type: ignore[arg-type]
                            for r, f in zip(bases, floors)]
-            base_extra = {"baseline_s": round(base_s, 4), "baseline_over_floor": round(base_s / floor_s, 2),
+            base_extra |= {"baseline_s": round(base_s, 4), "baseline_over_floor": round(base_s / floor_s, 2),
                           "baseline_over_floor_per_trial": [round(x, 2) for x in base_trials],
                           "this_over_baseline": round(fedsock_s / base_s, 3)}
         rows.append({
@@ -110,14 +125,16 @@ def main() -> int:
             **base_extra,
         })
     print(json.dumps({"summary": rows}), flush=True)
-    print("| workers x params | model MiB | TLS floor s | fedsock s | Flower s (insecure) | Flower s (TLS) |"
-          " fedsock/floor (per trial) | Flower TLS/fedsock | fedsock chief RSS MiB (budget) |"
-          " Flower server RSS MiB |", file=sys.stderr)
-    print("|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
+    print("| workers x params | model MiB | TLS floor s | floor + duties s | fedsock s | Flower s (insecure) |"
+          " Flower s (TLS) | fedsock/floor (per trial) | duties/floor (per trial) | Flower TLS/fedsock |"
+          " fedsock chief RSS MiB (budget) | Flower server RSS MiB (TLS) |", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for r in rows:
         trials = ", ".join(f"{x:.2f}" for x in r["fedsock_over_floor_per_trial"])
-        print(f"| {r['config']} | {r['model_mib']} | {r['floor_s']} | {r['fedsock_s']} | {r['flower_s']} | "
-              f"{r['flower_tls_s']} | **{r['fedsock_over_floor']}** ({trials}) | {r['flower_tls_over_fedsock']} | "
+        dtrials = ", ".join(f"{x:.2f}" for x in r.get("duties_over_floor_per_trial", []))
+        print(f"| {r['config']} | {r['model_mib']} | {r['floor_s']} | {r.get('duties_s')} | {r['fedsock_s']} | "
+              f"{r['flower_s']} | {r['flower_tls_s']} | **{r['fedsock_over_floor']}** ({trials}) | "
+              f"{r.get('duties_over_floor')} ({dtrials}) | {r['flower_tls_over_fedsock']} | "
               f"{r['fedsock_rss_mib']} ({r['rss_budget_mib']}) | {r['flower_tls_rss_mib']} |", file=sys.stderr)
     if any("this_over_baseline" in r for r in rows):
         print("\n| workers x params | this/floor (per trial) | baseline/floor (per trial) | this/baseline |",
