@@ -26,7 +26,9 @@ SHAPES = [(6, 4), (4,), (6, 4), (3,)]  # two tensors of one shape: a spare of on
 
 
 def reference(weights, combined, transform, state):
-    """The round in plain numpy, with fresh arrays everywhere."""
+    """The round in plain numpy, with fresh arrays everywhere (FedAvg: the combined weights, cast)."""
+    if transform.passthrough:
+        return [np.asarray(c).astype(w.dtype) for c, w in zip(combined, weights)], state
     delta = [np.asarray(c) - w for c, w in zip(combined, weights)]
     out, state = transform.update(delta, state, weights)
     new = [(w.astype(np.float64) + np.asarray(d, np.float64)).astype(w.dtype) for w, d in zip(weights, out)]

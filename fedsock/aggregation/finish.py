@@ -7,8 +7,9 @@ this one function::
     out, state = transform.update(delta, state, weights)
     new = weights + out                            (in float64, then each weight's dtype)
 
-bit for bit what that numpy computes, but without fresh model-sized memory
-where it can avoid it: the delta is computed in the spent combined buffers,
+bit for bit what that numpy computes (for a pass-through transform, plain
+FedAvg: ``new = combined`` in each weight's dtype, one pass, no delta), but
+without fresh model-sized memory where it can avoid it: the delta is computed in the spent combined buffers,
 the new weights are written into a buffer this call owns (a spent delta in
 the model's dtype, the old weights when the caller says nothing else reads
 them, or a ``BufferPool`` array), and spent buffers it no longer needs go to
@@ -105,11 +106,14 @@ def finish_round(weights: Sequence[np.ndarray], combined: Sequence[np.ndarray], 
         if c.shape != w.shape:
             raise ValueError(f"combined tensor {i} has shape {c.shape}, the model's is {w.shape}")
     weight_owners = {owner(w) for w in olds}
-    delta = [_delta(c, w, spent and owner(c) not in weight_owners) for c, w in zip(inputs, olds)]
+    if transform.passthrough:  # the new model is ``combined`` itself: no delta, no transform
+        delta, outs, new_state = [], inputs, state
+    else:
+        delta = [_delta(c, w, spent and owner(c) not in weight_owners) for c, w in zip(inputs, olds)]
+        out, new_state = transform.update(delta, state, olds)
+        outs = [np.asarray(d) for d in out]
     # Arrays this call owns: the spent inputs and any delta it allocated.
     ours = {id(a): a for a in (*(inputs if spent else ()), *delta)}
-    out, new_state = transform.update(delta, state, olds)
-    outs = [np.asarray(d) for d in out]
     # Every array still read, or kept by the result, counted by the memory it lives in.
     busy = Counter(owner(a) for a in (*olds, *outs, *arrays_in(state), *arrays_in(new_state),
                                       *(() if spent else inputs)))
@@ -123,7 +127,13 @@ def finish_round(weights: Sequence[np.ndarray], combined: Sequence[np.ndarray], 
             target = w
         else:
             target = pool.take(w.shape, w.dtype, avoid=busy)
-        res = apply_delta([w], [d], [target])[0]
+        if not transform.passthrough:
+            res = apply_delta([w], [d], [target])[0]
+        elif target is d:  # a spent buffer of the model's dtype (a float32 sum): already the new model
+            res = d
+        else:
+            res = target if target is not None else np.empty(w.shape, w.dtype)  # the pool had none
+            np.copyto(res, d, casting="unsafe")
         busy[owner(res)] += 1
         new.append(res)
     # The transform's output is used up: what this call owns goes to the pool unless the result keeps it

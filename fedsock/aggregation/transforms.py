@@ -23,10 +23,16 @@ State = Any
 
 
 class Transform(NamedTuple):
-    """A pure server transform: ``init`` and ``update``."""
+    """A pure server transform: ``init`` and ``update``.
+
+    ``passthrough``: ``update`` returns the delta and the state unchanged
+    (plain FedAvg), so the new model is the round's combined weights
+    themselves and ``finish_round`` skips the delta.
+    """
 
     init: Callable[[Sequence[np.ndarray]], State]
     update: Callable[[Arrays, State, Sequence[np.ndarray]], tuple[Arrays, State]]
+    passthrough: bool = False
 
 
 class EmptyState(NamedTuple):
@@ -42,7 +48,7 @@ def identity() -> Transform:
     def update(delta: Arrays, state: State, params: Sequence[np.ndarray]) -> tuple[Arrays, State]:
         return delta, state
 
-    return Transform(init, update)
+    return Transform(init, update, passthrough=True)
 
 
 def scale(factor: float) -> Transform:
@@ -95,7 +101,7 @@ def chain(*transforms: Transform) -> Transform:
             states.append(s)
         return delta, ChainState(tuple(states))
 
-    return Transform(init, update)
+    return Transform(init, update, passthrough=all(t.passthrough for t in transforms))
 
 
 def fedavg() -> Transform:
