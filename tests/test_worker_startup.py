@@ -63,7 +63,9 @@ def test_example_ctrl_c_exits_without_a_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "keras_fit.py"), "--chief", "127.0.0.1:9",
                              "--data",
                              str(tmp_path / "shard"), "--token", TOKEN, "--connect-timeout", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+                            # Ctrl-C as in a terminal, even where the tests run with SIGINT ignored (a background job)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in proc.stdout:  # wait until it is retrying the connection
