@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,6 +48,26 @@ def _recv_exact(sock: ssl.SSLSocket, view: memoryview) -> None:
         got += n
 
 
+def _serve_clients(port_file: str, cert_dir: str, workers: int, serve: Callable[[ssl.SSLSocket], None]) -> None:
+    """Listen on 127.0.0.1 (the port goes to ``port_file``), accept ``workers`` TLS 1.3 clients and run
+    ``serve`` for each on a thread of its own, until all have returned."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(Path(cert_dir) / "cert.pem", Path(cert_dir) / "key.pem")
+    srv = socket.create_server(("127.0.0.1", 0))
+    Path(port_file + ".tmp").write_text(str(srv.getsockname()[1]))
+    Path(port_file + ".tmp").rename(port_file)
+    threads = []
+    for _ in range(workers):
+        raw, _ = srv.accept()
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t = threading.Thread(target=serve, args=(ctx.wrap_socket(raw, server_side=True),))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+
+
 def run_server(port_file: str, workers: int, params: int, rounds: int, cert_dir: str, duties: bool = False) -> None:
     import numpy as np
 
@@ -54,21 +75,13 @@ def run_server(port_file: str, workers: int, params: int, rounds: int, cert_dir:
         run_duties_server(port_file, workers, params, rounds, cert_dir)
         return
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(Path(cert_dir) / "cert.pem", Path(cert_dir) / "key.pem")
     acc = np.zeros(params, np.float32)
     lock = threading.Lock()
     barrier = threading.Barrier(workers, action=lambda: None)
     done_round = threading.Barrier(workers, action=lambda: acc.fill(0))
     nbytes = params * 4
-    srv = socket.create_server(("127.0.0.1", 0))
-    Path(port_file + ".tmp").write_text(str(srv.getsockname()[1]))
-    Path(port_file + ".tmp").rename(port_file)
 
-    def serve(raw: socket.socket) -> None:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = ctx.wrap_socket(raw, server_side=True)
+    def serve(sock: ssl.SSLSocket) -> None:
         buf = bytearray(BUF)
         view = memoryview(buf)
         for _ in range(rounds):
@@ -84,14 +97,7 @@ def run_server(port_file: str, workers: int, params: int, rounds: int, cert_dir:
             done_round.wait()
         sock.close()
 
-    threads = []
-    for _ in range(workers):
-        raw, _ = srv.accept()
-        t = threading.Thread(target=serve, args=(raw,))
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join()
+    _serve_clients(port_file, cert_dir, workers, serve)
 
 
 HELD = 4096  # bytes of the model held back until its checkpoint is on disk (as fedsock's chief does)
@@ -102,9 +108,6 @@ def run_duties_server(port_file: str, workers: int, params: int, rounds: int, ce
     """The floor plus the chief's duties (see the module docstring)."""
     import numpy as np
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(Path(cert_dir) / "cert.pem", Path(cert_dir) / "key.pem")
     total = np.zeros(params, np.float64)
     model = np.zeros(params, np.float32)
     ckpt_dir = Path(cert_dir) / "ckpt"
@@ -137,15 +140,9 @@ def run_duties_server(port_file: str, workers: int, params: int, rounds: int, ce
 
     barrier = threading.Barrier(workers, action=close_round)
     nbytes = params * 4
-    srv = socket.create_server(("127.0.0.1", 0))
-    Path(port_file + ".tmp").write_text(str(srv.getsockname()[1]))
-    Path(port_file + ".tmp").rename(port_file)
 
-    def serve(raw: socket.socket) -> None:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = ctx.wrap_socket(raw, server_side=True)
+    def serve(sock: ssl.SSLSocket) -> None:
         staged = np.empty(params, np.float32)  # one staging buffer per upload, reused
-        scratch = np.empty(FOLD, np.float64)
         view = memoryview(staged).cast("B")
         for _ in range(rounds):
             _recv_exact(sock, view)
@@ -159,8 +156,7 @@ def run_duties_server(port_file: str, workers: int, params: int, rounds: int, ce
                     if first:
                         total[a:b] = staged[a:b]
                     else:
-                        np.add(total[a:b], staged[a:b], out=scratch[: b - a])
-                        total[a:b] = scratch[: b - a]
+                        np.add(total[a:b], staged[a:b], out=total[a:b])
             barrier.wait()
             out = memoryview(model).cast("B")
             sock.sendall(out[: nbytes - HELD])
@@ -168,14 +164,7 @@ def run_duties_server(port_file: str, workers: int, params: int, rounds: int, ce
             sock.sendall(out[nbytes - HELD :])
         sock.close()
 
-    threads = []
-    for _ in range(workers):
-        raw, _ = srv.accept()
-        t = threading.Thread(target=serve, args=(raw,))
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join()
+    _serve_clients(port_file, cert_dir, workers, serve)
 
 
 def run_client(port: int, params: int, rounds: int) -> None:

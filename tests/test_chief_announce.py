@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from fedsock.chief.config import ChiefConfig
-from fedsock.chief.server import announce
+from fedsock.chief.notices import announce
 from fedsock.transport.tls import ChiefIdentity, JoinToken
 
 TOKEN = JoinToken(bytes(range(32)), bytes(range(32, 64)))

@@ -131,7 +131,7 @@ def test_checkpoints_round_trip_and_are_private(tmp_path, open_umask):
 @pytest.mark.parametrize("secure", [False, True])
 def test_the_start_message_never_shows_the_join_secret(tmp_path, caplog, secure):
     from fedsock.chief.config import ChiefConfig
-    from fedsock.chief.server import announce
+    from fedsock.chief.notices import announce
 
     identity = ensure_identity(tmp_path / "state", ["127.0.0.1"])
     cfg = ChiefConfig(state_dir=tmp_path / "state", secure_agg=secure, min_workers=2)
