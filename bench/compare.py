@@ -43,6 +43,12 @@ def parse_config(text: str) -> tuple[int, int]:
     return int(k), int(float(p.rstrip("km")) * mult)
 
 
+def per_trial(runs: list[dict[str, object]], floors: list[dict[str, object]]) -> list[float]:
+    """Each trial's median round time over that trial's floor."""
+    return [round(float(r["round_s_median"]) / float(f["round_s_median"]), 2)  # type: ignore[arg-type]
+            for r, f in zip(runs, floors)]
+
+
 def baseline_bench(tree: Path, workers: int, params: int, rounds: int, compress: str) -> dict[str, object]:
     """``bench/fedsock_round.py`` of another checkout, in its own process with that tree importable."""
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -92,28 +98,23 @@ def main() -> int:
         print(json.dumps(fl_tls), flush=True)
         floor_s = statistics.median(t for r in floors for t in r["round_s"])
         fedsock_s = statistics.median(t for r in runs for t in r["round_s"])
-        per_trial = [float(r["round_s_median"]) / float(f["round_s_median"]) for r, f in zip(runs, floors)]
-        base_extra: dict[str, object] = {}
+        extra: dict[str, object] = {}
         if duties:
             duties_s = statistics.median(t for r in duties for t in r["round_s"])  # type: ignore[attr-defined]
-            base_extra = {"duties_s": round(duties_s, 4), "duties_over_floor": round(duties_s / floor_s, 2),
-                          "duties_over_floor_per_trial": [
-                              round(float(d["round_s_median"]) / float(f["round_s_median"]), 2)  # type: ignore[arg-type]
-                              for d, f in zip(duties, floors)],
-                          "fedsock_over_duties": round(fedsock_s / duties_s, 2)}
+            extra = {"duties_s": round(duties_s, 4), "duties_over_floor": round(duties_s / floor_s, 2),
+                     "duties_over_floor_per_trial": per_trial(duties, floors),
+                     "fedsock_over_duties": round(fedsock_s / duties_s, 2)}
         if bases:
             base_s = statistics.median(t for r in bases for t in r["round_s"])  # type: ignore[attr-defined]
-            base_trials = [float(r["round_s_median"]) / float(f["round_s_median"])  # type: ignore[arg-type]
-                           for r, f in zip(bases, floors)]
-            base_extra |= {"baseline_s": round(base_s, 4), "baseline_over_floor": round(base_s / floor_s, 2),
-                          "baseline_over_floor_per_trial": [round(x, 2) for x in base_trials],
-                          "this_over_baseline": round(fedsock_s / base_s, 3)}
+            extra |= {"baseline_s": round(base_s, 4), "baseline_over_floor": round(base_s / floor_s, 2),
+                      "baseline_over_floor_per_trial": per_trial(bases, floors),
+                      "this_over_baseline": round(fedsock_s / base_s, 3)}
         rows.append({
             "config": text, "model_mib": runs[0]["model_mib"], "trials": a.trials,
             "floor_s": round(floor_s, 4), "fedsock_s": round(fedsock_s, 4),
             "flower_s": fl.get("round_s_median"), "flower_tls_s": fl_tls.get("round_s_median"),
             "fedsock_over_floor": round(fedsock_s / floor_s, 2),
-            "fedsock_over_floor_per_trial": [round(x, 2) for x in per_trial],
+            "fedsock_over_floor_per_trial": per_trial(runs, floors),
             "flower_over_fedsock": (round(float(fl["round_s_median"]) / fedsock_s, 1)
                                     if "round_s_median" in fl else None),
             "flower_tls_over_fedsock": (round(float(fl_tls["round_s_median"]) / fedsock_s, 1)
@@ -122,7 +123,7 @@ def main() -> int:
             "rss_budget_mib": runs[0]["rss_budget_mib"],
             "floor_rss_mib": max(f["server_peak_rss_mib"] for f in floors),
             "flower_rss_mib": fl.get("server_peak_rss_mib"), "flower_tls_rss_mib": fl_tls.get("server_peak_rss_mib"),
-            **base_extra,
+            **extra,
         })
     print(json.dumps({"summary": rows}), flush=True)
     print("| workers x params | model MiB | TLS floor s | floor + duties s | fedsock s | Flower s (insecure) |"

@@ -9,8 +9,9 @@ this one function::
 
 bit for bit what that numpy computes (for a pass-through transform, plain
 FedAvg: ``new = combined`` in each weight's dtype, one pass, no delta), but
-without fresh model-sized memory where it can avoid it: the delta is computed in the spent combined buffers,
-the new weights are written into a buffer this call owns (a spent delta in
+without fresh model-sized memory where it can avoid it: the delta is
+computed in the spent combined buffers, the new weights are written into a
+buffer this call owns (a spent delta in
 the model's dtype, the old weights when the caller says nothing else reads
 them, or a ``BufferPool`` array), and spent buffers it no longer needs go to
 the pool. Ownership is only ever what the caller declares; the call never
