@@ -108,10 +108,12 @@ def test_live_display_in_a_terminal(tmp_path):
     master, slave = pty.openpty()
     termios.tcsetwinsize(slave, (30, 120))
     state = tmp_path / "chief"
+    # the pty's own size, as in a terminal: not COLUMNS/LINES inherited from a runner (pytest-xdist sets 80x24)
+    terminal_env = {k: v for k, v in env().items() if k not in ("COLUMNS", "LINES")} | {"TERM": "xterm-256color"}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "chief.py"), "--host", "127.0.0.1", "--port", "0", "--state-dir", str(state),
          "--rounds", "2", "--min-workers", "2"],
-        stdin=slave, stdout=slave, stderr=slave, env=dict(env(), TERM="xterm-256color"), cwd=tmp_path,
+        stdin=slave, stdout=slave, stderr=slave, env=terminal_env, cwd=tmp_path,
     )
     os.close(slave)
     screen = bytearray()
@@ -151,7 +153,7 @@ def test_live_display_in_a_terminal(tmp_path):
     assert "\x1b[" in bytes(screen).decode(errors="replace")  # drawn with terminal codes
     assert re.search(r"waiting for workers: 0 of 2 connected", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", waiting))
     assert re.search(r"round 2/2\s+finished", plain), plain[-2000:]
-    assert "connected 2 · submitted" in plain
+    assert "connected 2 · submitted" in plain, plain[-3000:]
     assert re.search(r"\d/2 updates", plain)
     lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "\n", bytes(screen).decode(errors="replace"))
     assert re.search(r"^\s+2\s+2\s+30\s+-\s+-\s", lines, flags=re.M)  # the round's line, above the panel
