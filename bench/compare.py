@@ -15,8 +15,9 @@ minute of the machine: what fedsock's guarantees alone cost over the floor,
 apart from its own code. With ``--baseline DIR`` (another checkout of fedsock, e.g. a
 ``git worktree`` of the previous commit), each trial also runs that
 checkout's ``bench/fedsock_round.py`` right after this one's, and the summary
-gives both ratios to the floor and their quotient: a no-regression check
-taken in one run. Prints one JSON object per run, then a summary object with the
+gives both ratios to the floor and their quotient, per trial too: a no-regression
+check taken in one run (with the same commit on both sides, it measures the
+machine's noise). Prints one JSON object per run, then a summary object with the
 ratios (fedsock / floor, Flower / fedsock), the spread of the per-trial ratio,
 and a Markdown table on stderr.
 """
@@ -44,7 +45,7 @@ def parse_config(text: str) -> tuple[int, int]:
 
 
 def per_trial(runs: list[dict[str, object]], floors: list[dict[str, object]]) -> list[float]:
-    """Each trial's median round time over that trial's floor."""
+    """Each trial's median round time in ``runs`` over the same trial's in ``floors``."""
     return [round(float(r["round_s_median"]) / float(f["round_s_median"]), 2)  # type: ignore[arg-type]
             for r, f in zip(runs, floors)]
 
@@ -108,7 +109,8 @@ def main() -> int:
             base_s = statistics.median(t for r in bases for t in r["round_s"])  # type: ignore[attr-defined]
             extra |= {"baseline_s": round(base_s, 4), "baseline_over_floor": round(base_s / floor_s, 2),
                       "baseline_over_floor_per_trial": per_trial(bases, floors),
-                      "this_over_baseline": round(fedsock_s / base_s, 3)}
+                      "this_over_baseline": round(fedsock_s / base_s, 3),
+                      "this_over_baseline_per_trial": per_trial(runs, bases)}
         rows.append({
             "config": text, "model_mib": runs[0]["model_mib"], "trials": a.trials,
             "floor_s": round(floor_s, 4), "fedsock_s": round(fedsock_s, 4),
@@ -138,14 +140,15 @@ def main() -> int:
               f"{r.get('duties_over_floor')} ({dtrials}) | {r['flower_tls_over_fedsock']} | "
               f"{r['fedsock_rss_mib']} ({r['rss_budget_mib']}) | {r['flower_tls_rss_mib']} |", file=sys.stderr)
     if any("this_over_baseline" in r for r in rows):
-        print("\n| workers x params | this/floor (per trial) | baseline/floor (per trial) | this/baseline |",
-              file=sys.stderr)
+        print("\n| workers x params | this/floor (per trial) | baseline/floor (per trial) | this/baseline"
+              " (per trial) |", file=sys.stderr)
         print("|---|---|---|---|", file=sys.stderr)
         for r in rows:
             mine = ", ".join(f"{x:.2f}" for x in r["fedsock_over_floor_per_trial"])
             base = ", ".join(f"{x:.2f}" for x in r["baseline_over_floor_per_trial"])
+            quot = ", ".join(f"{x:.2f}" for x in r["this_over_baseline_per_trial"])
             print(f"| {r['config']} | {r['fedsock_over_floor']} ({mine}) | {r['baseline_over_floor']} ({base}) | "
-                  f"{r['this_over_baseline']} |", file=sys.stderr)
+                  f"{r['this_over_baseline']} ({quot}) |", file=sys.stderr)
     return 0
 
 

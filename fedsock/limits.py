@@ -36,6 +36,10 @@ MAX_STR_BYTES = 4 * 1024 * 1024
 MAX_ARRAY_ITEMS = 100_000
 #: Most keys in any msgpack map in a message body.
 MAX_MAP_ITEMS = 10_000
+#: Most values in one message body: the items of all its arrays, the entries of all its maps
+#: and the containers themselves, counted as they are decoded. 8 MiB of one-byte empty
+#: arrays would otherwise be 8 million Python objects (600 MiB and seconds of decoding).
+MAX_BODY_ITEMS = 1_000_000
 #: Deepest nesting of arrays/maps in a message body.
 MAX_NESTING = 32
 #: Longest worker name in Hello. Names are 1-64 characters of letters, digits
@@ -92,6 +96,13 @@ IDLE_TIMEOUT_S = 60.0
 #: Seconds each secure-aggregation phase (shares, masked updates, reveals)
 #: waits for the workers it expects before going on without them.
 SECAGG_PHASE_TIMEOUT_S = 60.0
+#: Slowest average rate, in bytes per second, at which the chief receives the chunks of a
+#: worker's Update (or SecAggMasked): all of them must be in within the idle timeout plus
+#: their size at this rate (2 Mbit/s), counted from the first byte the chief reads of them,
+#: else ``timeout``. A staged update holds room in the chief's staging budget, which other
+#: workers' updates may be waiting for: trickling one byte just inside the idle timeout holds
+#: it for no longer than this allows.
+MIN_UPLOAD_BYTES_PER_S = 256 * 1024
 #: Seconds any single send (one message, with its chunks) may take before the
 #: connection is dropped; a peer that stops reading costs one send slot for
 #: at most this long. The default of the chief's ``--send-timeout``.
@@ -165,6 +176,9 @@ STOP_NOTICE_S = 2.0
 RESTART_RECONNECTS_PER_S = 100
 #: Each pause between reconnection attempts is multiplied by a random factor in [1 - this, 1 + this].
 RECONNECT_JITTER = 0.2
+#: Most characters of a peer's own text (an Error's message and code) the chief writes to its
+#: log; control characters are escaped, so the text cannot forge log lines or drive a terminal.
+LOGGED_TEXT_CHARS = 200
 #: Bytes asked of the socket per read (chief sessions and the worker's Client).
 READ_BYTES = 256 * 1024
 #: Most bytes of a weights message the chief reads without letting other tasks run.

@@ -24,12 +24,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 
 from fedsock import limits
 from fedsock.errors import FedsockError
-from fedsock.protocol import Error, Global, Kind, Update, Welcome, message_bytes, specs_of
+from fedsock.protocol import (
+    Challenge,
+    ConnectionClosed,
+    Error,
+    Global,
+    Kind,
+    TensorSpec,
+    Update,
+    Welcome,
+    frames,
+    iter_chunks,
+    message_bytes,
+    specs_of,
+)
 from fedsock.testing.attacker import Hostile, IdleFlood, announce_frame, stale_update
 from tests.conftest import ROOT, env
 
@@ -436,6 +450,143 @@ def test_name_with_newline_and_escapes_refused(chiefs, procs):
     lines = raw.decode(errors="replace").splitlines()
     assert not any(line.startswith(forged) for line in lines), "a name's newline forged a line in the chief's log"
     wait_rounds(chief, 2, ("plain",))
+
+
+def test_a_trickled_update_is_cut_at_the_minimum_upload_rate(chiefs, procs):
+    # An authenticated worker sends its update a few bytes at a time, each just inside the idle
+    # timeout: without a rate it would hold its staging room (which others' updates may wait
+    # for) for as long as it likes.
+    chief = chiefs(*FAST, "--min-workers", "1", "--idle-timeout", "3")
+    honest(procs, chief, "prompt", "--shape", "512,512", "--idle-timeout", "3")  # a 1 MiB model
+    wait_rounds(chief, 2, ("prompt",))
+    h = Hostile(chief.address, chief.token)
+    welcome = h.join("trickler")
+    assert isinstance(welcome, Welcome), welcome
+    mine = [np.zeros(t.shape, np.float32) for t in welcome.tensors]
+    data = h.conn.send(Update(welcome.round + 1, 1, welcome.tensors)) + b"".join(
+        h.conn.send(c) for c in iter_chunks(mine))
+    allowed = 3 + sum(t.nbytes for t in mine) / limits.MIN_UPLOAD_BYTES_PER_S  # 7 s
+    start = len(rows(chief))
+    h.send_raw(data[:65536])
+    t0, sent, answer = time.monotonic(), 65536, None
+    while answer is None and time.monotonic() - t0 < 4 * allowed:
+        try:
+            ev = h.next(timeout=0.5)  # 1 KiB/s: far below the minimum, far inside the idle timeout
+            answer = ev if isinstance(ev, Error | ConnectionClosed) else None
+        except TimeoutError:
+            with contextlib.suppress(OSError):
+                sent += h.send_raw(data[sent:sent + 512])
+    took = time.monotonic() - t0
+    h.close()
+    assert isinstance(answer, Error) and answer.code == "timeout", answer
+    assert "MIN_UPLOAD_BYTES_PER_S" in answer.message and "256 KiB/s" in answer.message, answer.message
+    assert allowed - 1 < took < allowed + 4, f"cut after {took:.1f} s (allowed {allowed:.1f} s)"
+    assert sent < len(data) // 4  # it was nowhere near done
+    during = [r for r in rows(chief)[start:] if "prompt" in r["participants"]]
+    assert len(during) >= 3, f"{len(during)} rounds of the honest worker while the update trickled"
+    assert "Traceback" not in chief.output()
+    wait_rounds(chief, 2, ("prompt",))
+
+
+def _cannot_allocate(nbytes: int) -> bool:
+    """Whether this machine refuses one allocation of ``nbytes`` outright (heuristic overcommit,
+    less memory and swap than that), as the test below needs."""
+    mem = Path("/proc/meminfo").read_text()
+    kib = sum(int(re.search(rf"{k}:\s+(\d+) kB", mem).group(1)) for k in ("MemTotal", "SwapTotal"))  # type: ignore[union-attr]
+    return Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "0" and kib * 1024 < nbytes
+
+
+HUGE_PROPOSAL = tuple(TensorSpec(f"t{i}", "float64", (2**31,)) for i in range(4))  # 64 GiB, MAX_MODEL_BYTES
+
+
+@pytest.mark.skipif(not _cannot_allocate(sum(t.nbytes for t in HUGE_PROPOSAL)),
+                    reason="this machine would lend 64 GiB of address space without complaint")
+def test_a_proposal_the_chief_cannot_allocate_is_refused_and_frees_its_room(chiefs, procs):
+    # A chief without --model takes its model from the first worker's proposal: a token holder
+    # proposes the largest model the protocol allows, more than the machine has.
+    chief = chiefs(*FAST, "--min-workers", "1")
+    h = Hostile(chief.address, chief.token)
+    assert isinstance(h.join("mallory"), Welcome)
+    h.send(Update(round=0, num_examples=1, tensors=HUGE_PROPOSAL))
+    answer = h.error(timeout=10)
+    h.close()
+    assert answer is not None and answer.code == "limit_exceeded", answer
+    assert "cannot allocate" in answer.message and "--model" in answer.message, answer.message
+    honest(procs, chief, "proposer")  # its own proposal is staged: the room was given back
+    wait_rounds(chief, 3, ("proposer",))
+    assert "Traceback" not in chief.output()
+
+
+FORGED = "bye\n12:00:00 fedsock.chief INFO worker 1 (alice) disconnected\x1b[31m\x1d]0;pwned\x07"
+
+
+def test_connections_that_give_up_before_auth_keep_their_slot_until_closed(chiefs, procs):
+    # No token: TLS, Hello, then an Error instead of Auth (its text a forged log line and terminal
+    # escapes), the socket kept open. Each such connection used to leave its pre-authentication
+    # slot at once while the chief drained it: thousands piled up (fds, buffers), and at an
+    # open-file limit of 1024 the chief stopped.
+    chief = chiefs(*FAST, "--min-workers", "1")
+    honest(procs, chief, "steady", "--work", "0.05")
+    wait_rounds(chief, 3, ("steady",))
+    fd_dir = Path(f"/proc/{chief.proc.pid}/fd")
+    base_fds, start = len(os.listdir(fd_dir)), len(rows(chief))
+    stop = time.monotonic() + 6
+    held: list[Hostile] = []
+
+    def give_up() -> int:
+        n = 0
+        while time.monotonic() < stop:
+            try:
+                h = Hostile(chief.address, None, source="127.0.0.2", timeout=3)
+                held.append(h)
+                if isinstance(h.hello("x"), Challenge):
+                    h.send_raw(h.conn.send(Error(code="internal", message=FORGED)))
+                    n += 1
+            except (OSError, TimeoutError):
+                time.sleep(0.05)
+        return n
+
+    most = 0
+    with ThreadPoolExecutor(6) as pool:
+        runs = [pool.submit(give_up) for _ in range(6)]
+        while not all(r.done() for r in runs):
+            with contextlib.suppress(FileNotFoundError):
+                most = max(most, len(os.listdir(fd_dir)))
+            time.sleep(0.05)
+    gave_up = sum(r.result() for r in runs)
+    during = [r for r in rows(chief)[start:] if "steady" in r["participants"]]
+    for h in held:
+        h.close()
+    assert gave_up >= 1
+    assert most <= base_fds + limits.MAX_UNAUTHENTICATED_PER_ADDRESS + 4, (most, base_fds, gave_up)
+    log_text = chief.output()
+    assert "\x1b" not in log_text and "\x07" not in log_text
+    assert not any(line.startswith("12:00:00 fedsock.chief") for line in log_text.splitlines())
+    assert "gave up during the handshake: bye\\n12:00:00" in log_text  # escaped, on its own line
+    assert len(during) >= 3
+    wait_rounds(chief, 3, ("steady",))
+
+
+def test_a_body_of_millions_of_tiny_values_is_refused_as_it_is_decoded(chiefs, procs):
+    # A token holder's Heartbeat within MAX_WORKER_MESSAGE_BYTES: 8 million empty arrays, one
+    # byte each, which decoded whole took the chief to about 650 MiB and 5 s of its event loop.
+    chief = chiefs(*FAST, "--min-workers", "1")
+    honest(procs, chief, "steady", "--work", "0.05")
+    wait_rounds(chief, 3, ("steady",))
+    h = Hostile(chief.address, chief.token)
+    assert isinstance(h.join("bomber"), Welcome)
+    body = msgpack.packb({"x": [[[]] * 80] * 100_000})
+    assert len(body) <= limits.MAX_WORKER_MESSAGE_BYTES
+    t0 = time.monotonic()
+    h.send_raw(frames.encode_header(Kind.HEARTBEAT, len(body)) + body)
+    answer = h.error(timeout=20)
+    took = time.monotonic() - t0
+    h.close()
+    assert answer is not None and answer.code == "limit_exceeded", answer
+    assert "max_body_items" in answer.message
+    assert took < 3, f"refused after {took:.1f} s"
+    assert peak_rss_mib(chief.proc.pid) <= RSS_BASE_MIB
+    wait_rounds(chief, 3, ("steady",))
 
 
 # --- 5. num_examples -------------------------------------------------------------------

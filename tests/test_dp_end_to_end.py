@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def independent_epsilon(rounds: int, z: float, q: float, delta: float) -> float:
-    """What the issue asks for, written out with dp_accounting itself."""
+    """The accountant's epsilon, computed independently with dp_accounting itself."""
     import dp_accounting
     from dp_accounting import rdp
 

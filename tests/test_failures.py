@@ -1,4 +1,4 @@
-"""Training survives failures: real processes on 127.0.0.1 (issue: deadlines, dropouts, rejoin, restart)."""
+"""Training survives failures: real processes on 127.0.0.1: deadlines, dropouts, rejoin, restart."""
 
 from __future__ import annotations
 

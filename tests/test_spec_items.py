@@ -1,4 +1,4 @@
-"""The fifteen places where protocol.md and the chief disagreed or were silent (issue 17), one test
+"""The fifteen places where protocol.md and the chief disagreed or were silent, one test
 each: the code and the spec now say the same thing. Live checks of the same items are in
 conformance/ (tests/test_conformance.py) and tests/test_error_matrix.py."""
 

@@ -48,6 +48,7 @@ from fedsock.protocol import (
     Plan,
     Update,
     Welcome,
+    loggable,
     required_features,
 )
 from fedsock.protocol.secagg import SecAggKeys, SecAggMasked, SecAggReveal, SecAggShares
@@ -92,10 +93,13 @@ class WorkerService:
             except TimeoutError:
                 ticket.failed()  # a handshake timeout is a failed authentication
                 raise
-            ticket.authenticated()
+            # A connection that does not become a member keeps its pre-authentication slot until it
+            # is closed (its Error's drain included), so refused ones cannot pile up past the cap.
             if isinstance(outcome, Refused):
                 if outcome.why is not None:
                     log.warning("authentication failed for %r from %s: %s", s.name, s.peer, outcome.why)
+                    ticket.failed()
+                elif outcome.code is None:  # it gave up before Auth: no free retries either
                     ticket.failed()
                 if outcome.code is not None:
                     await s.send_error(outcome.code, outcome.message)
@@ -108,6 +112,7 @@ class WorkerService:
             elif self._missing_features(s):
                 await s.send_error(ErrorCode.UNSUPPORTED_FEATURE, self._missing_features(s))
             elif await self._join(s, outcome):
+                ticket.authenticated()
                 await self._welcome(s)
                 await self._serve(s)
         except Exception as exc:
@@ -127,7 +132,7 @@ class WorkerService:
             await s.send_error(exc.code, str(exc))
         elif isinstance(exc, TimeoutError):
             log.warning("%s: %s, dropping the connection", s.label, str(exc) or "silent for too long")
-            await s.send_error(ErrorCode.TIMEOUT, "no message within the time limit")
+            await s.send_error(ErrorCode.TIMEOUT, str(exc) or "no message within the time limit")
         elif isinstance(exc, ConnectionError | OSError):
             log.info("%s: connection lost (%s)", s.label, exc or type(exc).__name__)
         else:  # a bug here must cost one connection, not the chief
@@ -233,7 +238,7 @@ class WorkerService:
                     log.info("%s disconnected", s.label)
                     return
                 if isinstance(ev, Error):
-                    log.warning("%s gave up: %s [%s]", s.label, ev.message, ev.code)
+                    log.warning("%s gave up: %s [%s]", s.label, loggable(ev.message), loggable(ev.code))
                     return
                 if isinstance(ev, SecAggMessage):
                     await self._on_secagg(s, ev)

@@ -19,7 +19,16 @@ from typing import TypeVar
 from fedsock import limits, tls
 from fedsock.chief.tokens import TokenStore
 from fedsock.errors import ErrorCode, RemoteProtocolError
-from fedsock.protocol import Auth, Challenge, ConnectionClosed, Error, Hello, check_name, verify_reconnect_proof
+from fedsock.protocol import (
+    Auth,
+    Challenge,
+    ConnectionClosed,
+    Error,
+    Hello,
+    check_name,
+    loggable,
+    verify_reconnect_proof,
+)
 from fedsock.transport.aio import Session
 
 log = logging.getLogger("fedsock.chief")
@@ -149,7 +158,7 @@ async def _next(s: Session, kind: type[T], timeout: float) -> T | Refused:
             raise
         return Refused(ErrorCode.AUTH_FAILED, f"authentication failed: {exc}", why=str(exc))
     if isinstance(ev, Error):
-        log.info("%s gave up during the handshake: %s [%s]", s.label, ev.message, ev.code)
+        log.info("%s gave up during the handshake: %s [%s]", s.label, loggable(ev.message), loggable(ev.code))
         return Refused(None, ev.message)
     if isinstance(ev, ConnectionClosed):
         return Refused(None, "hung up")

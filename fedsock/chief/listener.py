@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import logging
 import os
+import resource
 import socket
 import ssl
 import time
@@ -88,6 +90,7 @@ class Listener:
             ConfigError: the port is in use (also when taken since the CLI's early check), or the
                 address is not this machine's.
         """
+        _raise_open_file_limit()
         try:
             return await asyncio.get_running_loop().create_server(lambda: _Held(self), host, port)
         except OSError as exc:
@@ -128,7 +131,14 @@ class Listener:
         self.preauth.enter(address)
         ticket = Ticket(self, address)
         try:
-            sock = _take_socket(raw)
+            try:
+                sock = _take_socket(raw)
+            except OSError as exc:  # out of file descriptors: this connection goes, the chief stays
+                self.refused.count("tls_failed")
+                why = f"cannot take its socket ({exc.strerror}; raise the chief's open-file limit, ulimit -n)"
+                self._log_refusal(address, why, True, now)
+                raw.abort()
+                return
             try:
                 tsock = await asyncio.wait_for(self._start_tls(sock), self.handshake_timeout)
             except Exception as exc:  # noqa: BLE001 - any failure here is the peer's or the network's
@@ -175,6 +185,15 @@ class Listener:
         except BaseException:
             tsock.close()
             raise
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each worker holds a descriptor, and a
+    soft limit of 1024 (a common default) is below MAX_WORKERS plus the connections in admission."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _take_socket(transport: asyncio.Transport) -> socket.socket:

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
+from fedsock.errors import ErrorCode, RemoteProtocolError
+
 #: Default budget: bytes of updates in flight at once.
 DEFAULT_STAGING_BYTES = 128 * 1024 * 1024
 
@@ -51,9 +53,15 @@ class StagingBudget:
         """
         async with self._cond:
             await self._cond.wait_for(lambda: self.used == 0 or self.used + nbytes <= self.limit)
+            try:
+                buf = self._take(nbytes)
+            except MemoryError:  # nothing is held: the others go on
+                raise RemoteProtocolError(
+                    f"the chief cannot allocate {nbytes} bytes to receive this update (out of memory); "
+                    "a model this large needs a chief started with it (--model) on a machine with more "
+                    "memory", code=ErrorCode.LIMIT_EXCEEDED) from None
             self.used += nbytes
             self.peak = max(self.peak, self.used)
-            buf = self._take(nbytes)
         try:
             yield buf
         finally:
@@ -67,7 +75,7 @@ class StagingBudget:
         fits = [i for i, b in enumerate(self._free) if nbytes <= b.size <= 2 * nbytes]
         if fits:
             return self._free.pop(min(fits, key=lambda i: self._free[i].size))
-        while self._free and self.used + sum(b.size for b in self._free) > self.limit:
+        while self._free and self.used + nbytes + sum(b.size for b in self._free) > self.limit:
             # make room: pooled and held memory stay within the budget
             self._free.pop(max(range(len(self._free)), key=lambda i: self._free[i].size))
         return np.empty(nbytes, np.uint8)

@@ -29,7 +29,7 @@ from fedsock.protocol.handshake import (
     Welcome,
     required_features,
 )
-from fedsock.protocol.identity import check_name, is_valid_name, reconnect_proof, verify_reconnect_proof
+from fedsock.protocol.identity import check_name, is_valid_name, loggable, reconnect_proof, verify_reconnect_proof
 from fedsock.protocol.messages import (
     ACK_CAPABILITY,
     ERROR_CODES,
@@ -79,7 +79,7 @@ __all__ = [
     "SecAggAbort", "SecAggInbox", "SecAggKeys", "SecAggMasked", "SecAggMessage", "SecAggReveal",
     "SecAggRoster", "SecAggShares", "SecAggUnmask", "Status", "TensorAssembler", "TensorSpec", "Update",
     "Welcome", "WorkerStatus",
-    "check_name", "check_signature", "first_nonfinite", "frames", "is_valid_name", "iter_chunks",
+    "check_name", "check_signature", "first_nonfinite", "frames", "is_valid_name", "iter_chunks", "loggable",
     "make_error", "message_bytes", "parse_compression", "reconnect_proof", "required_features", "specs_of",
     "verify_reconnect_proof",
 ]

@@ -120,9 +120,19 @@ def unpack_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
             else msgpack refuses (malformed, trailing bytes, invalid UTF-8, a
             key neither str nor bin, any ext type) and for a body that is not a map.
     """
+    left = [limits.MAX_BODY_ITEMS]
+
+    def counted(container: Any) -> Any:  # every array and map, as soon as it is decoded
+        left[0] -= len(container) + 1
+        if left[0] < 0:
+            raise ValueError(f"the body's values: exceeds max_body_items ({limits.MAX_BODY_ITEMS})")
+        return container
+
     try:
         obj = msgpack.unpackb(
             body,
+            list_hook=counted,
+            object_hook=counted,
             raw=False,
             use_list=True,
             strict_map_key=True,

@@ -7,7 +7,8 @@ Its **instance id** (Hello ``instance``) is ``INSTANCE_ID_BYTES`` random bytes
 drawn once per worker process. The chief's **reconnect secret** (Welcome
 ``reconnect_secret``) lets the worker prove, on a later connection, that it
 is the one the chief admitted under that name: ``Auth.resume`` is
-``reconnect_proof(secret, nonce, name)``.
+``reconnect_proof(secret, nonce, name)``. Other text a peer chooses (an
+Error's message) goes into logs only through ``loggable``.
 """
 
 from __future__ import annotations
@@ -63,3 +64,10 @@ def reconnect_proof(secret: bytes, nonce: bytes, name: str) -> bytes:
 def verify_reconnect_proof(secret: bytes, nonce: bytes, name: str, proof: bytes) -> bool:
     """Constant-time check of an ``Auth.resume`` proof against ``reconnect_proof``."""
     return hmac.compare_digest(reconnect_proof(secret, nonce, name), proof)
+
+
+def loggable(text: object) -> str:
+    """A peer's text as it may appear in a log line: control characters escaped (no forged lines,
+    no terminal escapes), at most ``LOGGED_TEXT_CHARS`` characters."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[: limits.LOGGED_TEXT_CHARS + 1])
+    return out if len(out) <= limits.LOGGED_TEXT_CHARS else out[: limits.LOGGED_TEXT_CHARS] + "..."

@@ -98,11 +98,22 @@ class Receiving:
         """
         asm = TensorAssembler(specs, buffer)
         nbytes = unyielded = 0
+        # All of it within the idle timeout plus its size at the slowest rate allowed: a peer that
+        # trickles a byte just inside the idle timeout holds its staging room only that long.
+        total = sum(s.wire_nbytes for s in specs)
+        allowed = timeout + total / limits.MIN_UPLOAD_BYTES_PER_S
+        until = time.monotonic() + allowed
         try:
             while True:
+                if time.monotonic() >= until:
+                    raise TimeoutError(
+                        f"an update of {total} bytes must arrive within {allowed:.0f} s (the idle timeout plus its "
+                        f"size at {limits.MIN_UPLOAD_BYTES_PER_S // 1024} KiB/s, MIN_UPLOAD_BYTES_PER_S); "
+                        f"{nbytes} bytes had arrived. For a link this slow, run the chief with --compress "
+                        "(fp16, int8 or topk:R)")
                 direct = self.conn.direct_chunk()
                 if isinstance(direct, tuple):  # the chunk's data is decrypted straight into place
-                    await self._read_into(asm.target(*direct), timeout)
+                    await self._read_into(asm.target(*direct), timeout, until)
                     nbytes += self.conn.last_frame_bytes
                     unyielded += self.conn.last_frame_bytes
                     if unyielded >= YIELD_BYTES:  # the data kept coming: let other tasks in
@@ -111,7 +122,7 @@ class Receiving:
                     continue
                 ev = self.conn.next_event()
                 if ev is NEED_DATA:
-                    await self._fill(timeout, direct or READ_BYTES)
+                    await self._fill(timeout, direct or READ_BYTES, until)
                 elif isinstance(ev, Chunk):
                     asm.add(ev)
                     nbytes += self.conn.last_frame_bytes
@@ -126,10 +137,11 @@ class Receiving:
             self.abort()
             raise
 
-    async def _read_into(self, dest: memoryview, timeout: float) -> None:
-        """The data of a chunk started with ``direct_chunk``, read into ``dest``."""
+    async def _read_into(self, dest: memoryview, timeout: float, until: float) -> None:
+        """The data of a chunk started with ``direct_chunk``, read into ``dest``: each byte within
+        ``timeout`` of the one before, all of them by ``until`` (monotonic; then it returns short)."""
         got = self.conn.take_chunk_data(dest)
-        deadline = time.monotonic() + timeout
+        deadline = min(time.monotonic() + timeout, until)
         while got < len(dest):
             n = self._recv(dest[got:])
             if n > 0:
@@ -137,17 +149,17 @@ class Receiving:
                 self.conn.chunk_data_received(n)
                 self.bytes_in += n
                 self.last_received = time.monotonic()
-                deadline = self.last_received + timeout
+                deadline = min(self.last_received + timeout, until)
             elif n == 0:
                 self.conn.receive_data(b"")  # next_event reports the truncation
                 return
-            else:
-                await self._ready(n == WANT_WRITE, deadline)
+            elif await self._ready_by(n == WANT_WRITE, deadline, until):
+                return  # past ``until``: read_weights says so
 
-    async def _fill(self, timeout: float, limit: int) -> None:
+    async def _fill(self, timeout: float, limit: int, until: float | None = None) -> None:
         """Read what has arrived, up to ``limit`` bytes (at least one byte, or the end of
-        the stream), and feed it to the Connection."""
-        deadline = time.monotonic() + timeout
+        the stream), and feed it to the Connection; with ``until``, return with nothing at it."""
+        deadline = time.monotonic() + timeout if until is None else min(time.monotonic() + timeout, until)
         await self._reserve(deadline)
         limit, got = min(limit, READ_BYTES), 0
         while got < limit:
@@ -160,8 +172,19 @@ class Receiving:
             if n == 0:
                 self._received(0)
                 return
-            await self._ready(n == WANT_WRITE, deadline)
+            if await self._ready_by(n == WANT_WRITE, deadline, until):
+                return
         self._received(got)
+
+    async def _ready_by(self, write: bool, deadline: float, until: float | None) -> bool:
+        """``_ready`` until ``deadline``; True (rather than TimeoutError) if that is ``until``."""
+        try:
+            await self._ready(write, deadline)
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
+            if until is not None and deadline >= until:
+                return True
+            raise
+        return False
 
     async def _reserve(self, deadline: float) -> None:
         """Before buffering more of a frame: hold room for all of it if it is large (see ``frames``)."""
