@@ -317,6 +317,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "fedsock", command: str 
     except FedsockError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path given on the command line: a file where a directory must be, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -159,7 +159,9 @@ def load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     raise ConfigError(f"{f} lacks array 'x' or 'y' (has {sorted(z.files)})")
                 x, y = z["x"], z["y"]
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"cannot read {f}: {exc}") from None
+            why = ("it is not an .npz archive of numeric arrays (np.savez)" if "pickle" in str(exc)
+                   else str(exc))  # numpy's text would suggest loading it with pickle
+            raise ConfigError(f"cannot read {f}: {why}") from None
         if len(x) != len(y):
             raise ConfigError(f"{f}: {len(x)} rows in x but {len(y)} in y")
         datacheck.check_arrays(x, y, str(f))

@@ -321,7 +321,7 @@ class WorkerService:
         if s.conn.acks and not s.conn.we_finished:  # not after our Error (the chief stopping)
             ctrl = self.ctrl
             waiting = len(ctrl.expected()) if ctrl.is_open else 0
-            await s.send(Ack(round_, sampled, len(ctrl.submitted), waiting), timeout=self.config.idle_timeout)
+            await s.send(Ack(round_, sampled, len(ctrl.submitted), waiting), timeout=self.config.send_timeout)
 
     async def _answer_stale(self, s: Session, wid: int) -> None:
         """The newest model for a worker that sent something for a closed round (once per round)."""

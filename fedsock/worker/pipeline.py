@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsock.errors import ConfigError
 from fedsock.protocol import Plan, Update, specs_of
 from fedsock.protocol.compression import Compression
 from fedsock.worker.compress import UpdateEncoder
@@ -60,10 +61,14 @@ def audit_step(directory: Path) -> Step:
     """Keep a copy of the update in ``directory/round-NNNNNN.npz`` (its tensors and ``num_examples``)."""
 
     def step(out: Outgoing) -> Outgoing:
-        directory.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(out.tensors)}
-        np.savez(directory / f"round-{out.update.round:06d}.npz", num_examples=np.int64(out.update.num_examples),
-                 **arrays)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            np.savez(directory / f"round-{out.update.round:06d}.npz",
+                     num_examples=np.int64(out.update.num_examples), **arrays)
+        except OSError as exc:
+            raise ConfigError(f"cannot keep this update in {directory} (--save-updates): "
+                              f"{exc.strerror or exc}") from None
         return out
 
     return step
