@@ -96,7 +96,7 @@ def certs_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-dir", type=Path, default=None, help="where ca.crt/ca.key are (default: --out)")
     p.add_argument("--host", action="append", default=[], help="server: a host name or IP of the chief (repeat)")
     p.add_argument("--name", help="client: the worker's identity (certificate common name)")
-    p.add_argument("--days", type=float, default=None, help="validity in days")
+    p.add_argument("--days", type=float, default=None, help="validity in days (default: the kind's own)")
 
 
 def demo_parser(p: argparse.ArgumentParser) -> None:
@@ -283,14 +283,17 @@ def run_certs(args: argparse.Namespace) -> int:
     from fedsock import certs
 
     ca_dir = args.ca_dir or args.out
+    if args.days is not None and not args.days > 0:
+        raise ConfigError(f"--days must be more than 0, got {args.days}")
+    days = {} if args.days is None else {"days": args.days}  # else each kind's own default (certs.py)
     if args.kind == "ca":
-        path = certs.make_ca(args.out, days=args.days or 3650)
+        path = certs.make_ca(args.out, **days)
     elif args.kind == "server":
-        path = certs.make_server(ca_dir, args.out, args.host, days=args.days or 825)
+        path = certs.make_server(ca_dir, args.out, args.host, **days)
     else:
         if not args.name:
             raise ConfigError("'fedsock certs client' needs --name (the worker's identity)")
-        path = certs.make_client(ca_dir, args.out, args.name, days=args.days or 825)
+        path = certs.make_client(ca_dir, args.out, args.name, **days)
     print(f"wrote {path} and {path.with_suffix('.key')}")
     return 0
 

@@ -62,6 +62,14 @@ MAX_TENSOR_RANK = 8
 #: Most bytes in one set of weights (all tensors together).
 MAX_MODEL_BYTES = 64 * 1024**3
 
+#: Most bytes a worker lets the chief's model take by default (its weights in the Welcome, and
+#: the model its config describes, counted before anything is built): the default of the
+#: worker's ``--max-model-bytes``; larger is ``limit_exceeded`` on the worker's side.
+WORKER_MAX_MODEL_BYTES = 2 * 1024**3
+#: Deepest nesting a worker accepts in the chief's Keras model config (a Functional model nested
+#: in another is about 20 levels deep).
+MAX_MODEL_CONFIG_DEPTH = 100
+
 # --- secure aggregation --------------------------------------------------
 #: Bytes of each X25519 public key in SecAggKeys and SecAggRoster.
 SECAGG_PUBLIC_KEY_BYTES = 32
@@ -107,6 +115,9 @@ MIN_UPLOAD_BYTES_PER_S = 256 * 1024
 #: connection is dropped; a peer that stops reading costs one send slot for
 #: at most this long. The default of the chief's ``--send-timeout``.
 SEND_TIMEOUT_S = 60.0
+#: Seconds an Error on its way out (with the close that follows) may take; the peer gets it or
+#: the connection is simply closed.
+ERROR_SEND_TIMEOUT_S = 5.0
 #: Seconds the chief waits, after sending Done, for the workers' final evaluation reports
 #: (EvalResult with ``final``) before it writes final_evaluation.json without the missing ones.
 #: The default of the chief's ``--final-eval-timeout``.
@@ -139,6 +150,8 @@ MAX_WORKERS = 1024
 #: Failed authentications from one address within 60 s after which its new
 #: connections are closed at once until the window has passed.
 MAX_AUTH_FAILURES_PER_MINUTE = 10
+#: Seconds over which failed authentications of an address are counted (MAX_AUTH_FAILURES_PER_MINUTE).
+AUTH_FAILURE_WINDOW_S = 60.0
 #: Most addresses whose failures are remembered (oldest forgotten first).
 MAX_TRACKED_ADDRESSES = 100_000
 #: Longest wait before reconnecting that a worker takes from an Error's ``retry_after_ms``, in ms;
@@ -179,6 +192,13 @@ RECONNECT_JITTER = 0.2
 #: Most characters of a peer's own text (an Error's message and code) the chief writes to its
 #: log; control characters are escaped, so the text cannot forge log lines or drive a terminal.
 LOGGED_TEXT_CHARS = 200
+#: Seconds a chief told to stop gives the fan-out of a round it has recorded to finish.
+STOP_GRACE_S = 5.0
+#: Seconds a worker waits beyond the chief's idle timeout before a held name counts as another
+#: worker's (its own old connection may be half-open until then).
+NAME_HOLD_MARGIN_S = 5.0
+#: Longest a worker's TCP connect takes per attempt, in seconds (the handshake then has its own).
+CONNECT_ATTEMPT_S = 10.0
 #: Bytes asked of the socket per read (chief sessions and the worker's Client).
 READ_BYTES = 256 * 1024
 #: Most bytes of a weights message the chief reads without letting other tasks run.

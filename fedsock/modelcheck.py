@@ -28,6 +28,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from fedsock import limits
 from fedsock.errors import ConfigError
 
 _WEIGHTLESS = {
@@ -150,8 +151,7 @@ def _check_object(obj: dict[str, Any], path: str) -> None:
         raise _refuse(path, f"registered_name {registered!r} (a custom object) for class {cls!r}")
 
 
-#: Deeper than any Keras config (a Functional model nested in another is about 20 levels).
-MAX_DEPTH = 100
+MAX_DEPTH = limits.MAX_MODEL_CONFIG_DEPTH
 
 
 def walk(node: Any, path: str = "$", depth: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:

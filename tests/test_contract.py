@@ -46,6 +46,30 @@ def test_hex_dumps_are_current():
     assert len(hexlines) > 20
     missing = [ln for ln in hexlines if ln not in DOC]
     assert not missing, missing[:5]
+    # Whole frames too, title, annotations and dump in order: each one in protocol.md is generated
+    # exactly so, and each generated one is there (but the Chunks of the EvalRequest example, whose
+    # model the text has shown already).
+    generated, documented = _dump_blocks(out), _dump_blocks(DOC)
+    assert len(documented) > 40
+    stale = [b.splitlines()[0] for b in documented if b not in generated]
+    assert not stale, stale
+    absent = [b.splitlines()[0] for b in generated if b not in documented]
+    assert all(t.startswith("--- EvalRequest") and "Chunk" in t for t in absent), absent
+
+
+def _dump_blocks(text: str) -> list[str]:
+    """Each frame's block: its ``--- title: N bytes`` line and what follows up to a blank line or a fence."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if re.match(r"^--- .*: \d+ bytes$", line):
+            current = [line]
+            blocks.append(current)
+        elif current is not None and (not line.strip() or line.startswith("```")):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return ["\n".join(b) for b in blocks]
 
 
 def test_every_exception_class_is_defined_in_errors_py():

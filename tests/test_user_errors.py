@@ -44,3 +44,10 @@ def test_save_updates_into_a_file_is_a_config_error(tmp_path):
     step(Outgoing(Update(1, 5, specs_of(tensors)), tensors))
     with np.load(tmp_path / "kept" / "round-000001.npz") as z:
         assert int(z["num_examples"]) == 5 and z["w0000"].shape == (2, 2)
+
+
+def test_zero_days_of_validity_is_refused_not_replaced_by_the_default(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fedsock", "certs", "ca", "--out", str(tmp_path / "pki"),
+                          "--days", "0"], capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "--days must be more than 0" in out.stderr, out
+    assert not (tmp_path / "pki").exists()

@@ -20,7 +20,7 @@ class FailureLimiter:
     """
 
     limit: int = limits.MAX_AUTH_FAILURES_PER_MINUTE
-    window: float = 60.0
+    window: float = limits.AUTH_FAILURE_WINDOW_S
     _failures: dict[str, deque[float]] = field(default_factory=dict)
 
     def _recent(self, address: str, now: float) -> deque[float]:

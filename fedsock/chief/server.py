@@ -53,8 +53,7 @@ log = logging.getLogger("fedsock.chief")
 #: connection ended this long plus an idle timeout before the end may still come for its Done.
 LONGEST_RECONNECT_PAUSE_S = limits.RECONNECT_BACKOFF_MAX_S * (1 + limits.RECONNECT_JITTER)
 IO_THREADS = limits.IO_THREADS
-#: Seconds a chief told to stop gives the fan-out of a round it has recorded to finish.
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = limits.STOP_GRACE_S
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ class Session(Receiving):
         self.last_sent = time.monotonic()
         return n
 
-    async def send_error(self, code: str, message: str, timeout: float = 5.0,
+    async def send_error(self, code: str, message: str, timeout: float = limits.ERROR_SEND_TIMEOUT_S,
                          retry_after_ms: int | None = None) -> None:
         """Send ``Error`` (with ``retry_after_ms``, if given) if still allowed, within ``timeout``
         (queueing included); never raises."""

@@ -52,7 +52,7 @@ def open_tls(ctx: ssl.SSLContext, host: str, port: int, timeout: float,
         OSError, ssl.SSLError: not reachable, or the TLS handshake failed.
         AuthenticationError: the certificate is not the pinned one.
     """
-    raw = socket.create_connection((host, port), timeout=min(10.0, max(timeout, 1.0)))
+    raw = socket.create_connection((host, port), timeout=min(limits.CONNECT_ATTEMPT_S, max(timeout, 1.0)))
     try:
         sock = ctx.wrap_socket(raw, server_hostname=host)
         if pin is not None:

@@ -64,7 +64,7 @@ class WorkerConfig:
     key: Path | None = setting(None, help="mutual TLS: the private key of --cert")
     save_updates: Path | None = setting(None, help="keep a copy of every update sent (round-N.npz) in this "
                                         "directory, to audit what left this machine")
-    max_model_bytes: int = setting(2 * 1024**3, metavar="BYTES",
+    max_model_bytes: int = setting(limits.WORKER_MAX_MODEL_BYTES, metavar="BYTES",
                                    help="the most the chief's model may take: its weights in the Welcome, and "
                                    "the model its config describes (counted before anything is built)")
     require_secure_agg: bool = setting(False, help="refuse a chief whose plan has no secure aggregation")

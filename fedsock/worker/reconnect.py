@@ -27,8 +27,7 @@ from collections.abc import Callable
 
 from fedsock import limits
 
-#: Seconds waited beyond the chief's idle timeout before a held name counts as another worker's.
-NAME_HOLD_MARGIN_S = 5.0
+NAME_HOLD_MARGIN_S = limits.NAME_HOLD_MARGIN_S
 
 
 class Backoff:
