@@ -134,7 +134,6 @@ class Listener:
             try:
                 sock = _take_socket(raw)
             except OSError as exc:  # out of file descriptors: this connection goes, the chief stays
-                self.refused.count("tls_failed")
                 why = f"cannot take its socket ({exc.strerror}; raise the chief's open-file limit, ulimit -n)"
                 self._log_refusal(address, why, True, now)
                 raw.abort()

@@ -156,10 +156,10 @@ class Receiving:
             elif await self._ready_by(n == WANT_WRITE, deadline, until):
                 return  # past ``until``: read_weights says so
 
-    async def _fill(self, timeout: float, limit: int, until: float | None = None) -> None:
+    async def _fill(self, timeout: float, limit: int, until: float) -> None:
         """Read what has arrived, up to ``limit`` bytes (at least one byte, or the end of
-        the stream), and feed it to the Connection; with ``until``, return with nothing at it."""
-        deadline = time.monotonic() + timeout if until is None else min(time.monotonic() + timeout, until)
+        the stream), and feed it to the Connection; at ``until`` (monotonic), return with nothing."""
+        deadline = min(time.monotonic() + timeout, until)
         await self._reserve(deadline)
         limit, got = min(limit, READ_BYTES), 0
         while got < limit:
@@ -176,12 +176,12 @@ class Receiving:
                 return
         self._received(got)
 
-    async def _ready_by(self, write: bool, deadline: float, until: float | None) -> bool:
+    async def _ready_by(self, write: bool, deadline: float, until: float) -> bool:
         """``_ready`` until ``deadline``; True (rather than TimeoutError) if that is ``until``."""
         try:
             await self._ready(write, deadline)
         except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
-            if until is not None and deadline >= until:
+            if deadline >= until:
                 return True
             raise
         return False
